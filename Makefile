@@ -1,0 +1,37 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   - create .venv, install, open napari with the sample case, docks and model
+#   make test   - create .venv, install with test extras, run the whole suite headless
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DEPS := pyproject.toml
+
+.PHONY: demo test install clean-venv
+
+$(VENV)/.installed: $(DEPS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# CPU torch 2.13.0 first where this machine has it (no multi-GB CUDA download); else the normal torch
+	$(PIP) install -q "torch==2.13.0" || $(PIP) install -q "torch>=2.2"
+	$(PIP) install -q -e ".[pyqt5]"
+	touch $@
+
+$(VENV)/.installed-testing: $(VENV)/.installed
+	$(PIP) install -q -e ".[testing]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	@if [ -n "$$DISPLAY" ] || [ -n "$$WAYLAND_DISPLAY" ]; then \
+		$(VENV)/bin/multirater demo --screenshot demo.png; \
+	else \
+		echo "no display: running the demo under Xvfb and saving demo.png"; \
+		xvfb-run -a -s "-screen 0 1600x1000x24" $(VENV)/bin/multirater demo --screenshot demo.png --exit; \
+	fi
+
+test: $(VENV)/.installed-testing
+	$(PY) -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Thin napari controller: readers/writers, sample data, layer naming/reuse and workers."""

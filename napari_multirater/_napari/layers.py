@@ -1,0 +1,134 @@
+"""Layer conventions: fixed prefixed names, per-rater colours, geometry copied from the image layer.
+
+Derived layers (rater masks, samples, personas, uncertainty) copy scale/translate/rotate/shear/
+affine/units and the geometry metadata from their image layer, are found again by name and
+reused instead of duplicated, and model edits to existing Labels go through the undo history.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..datasets.case import MultiRaterCase
+from ..io.geometry import METADATA_KEY
+
+PREFIX = "mr"
+ROLE_KEY = "multirater_role"
+RATER_COLORS = (
+    "#e6194b",  # red
+    "#3cb44b",  # green
+    "#4363d8",  # blue
+    "#ffe119",  # yellow
+    "#f58231",  # orange
+    "#911eb4",  # purple
+    "#42d4f4",  # cyan
+    "#f032e6",  # magenta
+)
+TRANSFORM_KEYS = ("scale", "translate", "rotate", "shear", "affine", "units", "axis_labels")
+
+
+def rater_color(k: int) -> str:
+    return RATER_COLORS[k % len(RATER_COLORS)]
+
+
+def binary_colormap(color: str) -> dict:
+    """A direct colormap for a binary Labels layer: 1 -> color, background transparent."""
+    return {None: "transparent", 0: "transparent", 1: color}
+
+
+def layer_name(kind: str, detail: str = "") -> str:
+    """Fixed, prefixed layer names: ``mr rater: tight``, ``mr samples``..."""
+    return f"{PREFIX} {kind}: {detail}" if detail else f"{PREFIX} {kind}"
+
+
+def transform_kwargs(image_layer) -> dict:
+    """Geometry of an image layer as layer kwargs (scale, translate, rotate, ..., units)."""
+    kw = {}
+    for key in TRANSFORM_KEYS:
+        value = getattr(image_layer, key, None)
+        if value is None:
+            continue
+        if key == "affine":
+            value = np.asarray(value.affine_matrix)
+        kw[key] = value
+    geo = image_layer.metadata.get(METADATA_KEY)
+    kw["metadata"] = {METADATA_KEY: geo} if geo else {}
+    if "source_path" in image_layer.metadata:
+        kw["metadata"]["source_path"] = image_layer.metadata["source_path"]
+    return kw
+
+
+def case_layer_data(case: MultiRaterCase, contour: bool = False) -> list[tuple]:
+    """Layer data tuples for a case: the image, then one binary Labels layer per valid rater."""
+    geo_kw = case.geometry.layer_kwargs(case.meta.get("image_path"))
+    image_meta = dict(geo_kw["metadata"])
+    image_meta.update({ROLE_KEY: "image", "case_id": case.case_id})
+    img_kw = {k: v for k, v in geo_kw.items() if k != "metadata"}
+    lo, hi = _display_window(case.image)
+    layers = [(case.image, {**img_kw, "name": case.case_id, "metadata": image_meta, "contrast_limits": (lo, hi), "colormap": "gray"}, "image")]
+    for k, rater in enumerate(case.rater_names):
+        if not case.valid[k]:
+            continue
+        meta = dict(geo_kw["metadata"])
+        meta.update({ROLE_KEY: "rater", "rater": rater, "case_id": case.case_id})
+        if rater in case.meta.get("sidecars", {}):
+            meta["sidecar"] = case.meta["sidecars"][rater]
+        kw = {
+            **img_kw,
+            "name": layer_name("rater", rater),
+            "metadata": meta,
+            "colormap": binary_colormap(rater_color(k)),
+            "opacity": 0.7,
+        }
+        layers.append((case.masks[k].astype(np.uint8), kw, "labels"))
+    return layers
+
+
+def _display_window(image: np.ndarray) -> tuple[float, float]:
+    """A CT-friendly display window: lung window for HU data, else the 1-99.5 percentiles."""
+    lo, hi = float(np.min(image)), float(np.max(image))
+    if lo < -500 and hi > 0:
+        return (-1000.0, 400.0)
+    p1, p99 = np.percentile(image, [1, 99.5])
+    return (float(p1), float(p99) if p99 > p1 else float(p1) + 1.0)
+
+
+def rater_layers(viewer, case_id: str | None = None) -> list:
+    """Labels layers created for raters (optionally of one case), in viewer order."""
+    out = []
+    for layer in viewer.layers:
+        md = getattr(layer, "metadata", {}) or {}
+        if md.get(ROLE_KEY) == "rater" and (case_id is None or md.get("case_id") == case_id):
+            out.append(layer)
+    return out
+
+
+def upsert_layer(viewer, name: str, data, layer_type: str, like=None, **kwargs):
+    """Create layer ``name`` or reuse it: same shape Labels are edited through the undo history,
+    other layers get their data replaced. Geometry is copied from ``like`` (an image layer)."""
+    kw = transform_kwargs(like) if like is not None else {}
+    extra_meta = kwargs.pop("metadata", {})
+    kw["metadata"] = {**kw.get("metadata", {}), **extra_meta}
+    kw.update(kwargs)
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        if layer_type == "labels" and layer.data.shape == np.shape(data):
+            set_labels_undoable(layer, np.asarray(data))
+        else:
+            layer.data = data
+        for key in ("scale", "translate", "rotate", "shear"):
+            if key in kw:
+                setattr(layer, key, kw[key])
+        layer.metadata.update(kw["metadata"])
+        return layer
+    adder = {"labels": viewer.add_labels, "image": viewer.add_image}[layer_type]
+    return adder(data, name=name, **kw)
+
+
+def set_labels_undoable(layer, new: np.ndarray) -> int:
+    """Write ``new`` into a Labels layer through its undo history; returns voxels changed."""
+    new = np.asarray(new).astype(layer.data.dtype, copy=False)
+    changed = np.nonzero(np.asarray(layer.data) != new)
+    if changed[0].size:
+        layer.data_setitem(changed, new[changed])
+    return int(changed[0].size)

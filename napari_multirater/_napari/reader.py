@@ -1,0 +1,74 @@
+"""napari reader contribution: medical images, DICOM series folders and case folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..io.medical import is_dicom_dir, is_supported_file, read_image
+from .layers import ROLE_KEY, _display_window
+
+MAX_LABEL_VALUES = 32
+
+
+def get_reader(path):
+    """Return a reader callable for ``path`` or None (never raises)."""
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    try:
+        p = Path(path)
+        if p.is_dir():
+            if (p / "case.json").is_file() or (p / "raters").is_dir():
+                return read_case_folder
+            return read_medical if is_dicom_dir(p) else None
+        return read_medical if is_supported_file(p) else None
+    except Exception:  # get_reader must not raise: napari then offers other readers
+        return None
+
+
+def _looks_like_labels(array: np.ndarray) -> bool:
+    if not np.issubdtype(array.dtype, np.integer) or array.size == 0:
+        return False
+    if array.min() < 0 or array.max() > 255:
+        return False
+    return np.unique(array).size <= MAX_LABEL_VALUES
+
+
+def read_medical(path) -> list[tuple]:
+    """Read one image file or DICOM folder into a napari layer (labels if it looks like a mask)."""
+    if isinstance(path, list):
+        path = path[0]
+    array, geometry, info = read_image(path)
+    kw = geometry.layer_kwargs(str(path))
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    kw["name"] = name
+    kw["metadata"].update({k: v for k, v in info.items() if isinstance(v, (str, int, float))})
+    if info.get("warning"):
+        from napari.utils.notifications import show_warning
+
+        show_warning(info["warning"])
+    if _looks_like_labels(array):
+        kw["metadata"][ROLE_KEY] = "labels"
+        return [(array, kw, "labels")]
+    kw["contrast_limits"] = _display_window(array)
+    kw["colormap"] = "gray"
+    return [(array, kw, "image")]
+
+
+def read_case_folder(path) -> list[tuple]:
+    """Open one case folder of a multi-rater dataset: image plus one Labels layer per rater."""
+    from ..datasets.case_folder import CaseFolderDataset
+    from .layers import case_layer_data
+
+    if isinstance(path, list):
+        path = path[0]
+    case_dir = Path(path)
+    dataset = CaseFolderDataset(case_dir.parent.parent)
+    return case_layer_data(dataset.load_case(case_dir.name))

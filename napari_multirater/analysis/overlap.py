@@ -1,0 +1,169 @@
+"""Pairwise overlap / surface-distance metrics and simple vote maps on binary rater masks.
+
+All functions take numpy masks in array order ((y, x) or (z, y, x)) and ``spacing_zyx`` in the
+same order (mm); SimpleITK images are built with the spacing reversed to its (x, y, z) order.
+
+Conventions (used everywhere in :mod:`napari_multirater.analysis`):
+
+* both masks empty  -> Dice 1, IoU 1, Hausdorff 0, mean surface distance 0 (perfect agreement
+  that "there is nothing");
+* exactly one empty -> Dice 0, IoU 0, distances NaN (undefined: no surface to measure to);
+* missing rater (``valid`` False) -> its row and column are NaN and it is listed in ``missing``;
+* Hausdorff is ITK's symmetric Hausdorff distance between the two voxel sets (physical mm);
+* mean surface distance is the average symmetric surface distance (ASSD): distances from every
+  contour voxel of A to B's contour and from every contour voxel of B to A's contour, averaged
+  over all those contour voxels together; contours are ITK ``LabelContour`` (face connectivity).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+__all__ = [
+    "dice",
+    "jaccard",
+    "to_sitk",
+    "contour",
+    "signed_distance",
+    "surface_distances",
+    "pairwise_overlap",
+    "agreement_map",
+    "majority_vote",
+]
+
+
+# --- small helpers ------------------------------------------------------------------------------
+def to_sitk(mask: np.ndarray, spacing_zyx: Sequence[float]) -> sitk.Image:
+    """uint8 SimpleITK image of ``mask`` with spacing given in array (z, y, x) order."""
+    mask = np.asarray(mask)
+    if len(spacing_zyx) != mask.ndim:
+        raise ValueError(f"spacing {tuple(spacing_zyx)} does not match mask ndim {mask.ndim}")
+    img = sitk.GetImageFromArray(np.ascontiguousarray(mask != 0, dtype=np.uint8))
+    img.SetSpacing([float(s) for s in reversed(tuple(spacing_zyx))])
+    return img
+
+
+def crop_box(any_mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
+    """Bounding box of the non-zero voxels padded by ``margin`` voxels (None when empty)."""
+    idx = np.nonzero(any_mask)
+    if idx[0].size == 0:
+        return None
+    return tuple(
+        slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, n))
+        for i, n in zip(idx, any_mask.shape)
+    )
+
+
+def contour(mask: np.ndarray) -> np.ndarray:
+    """Boolean inner contour of a binary mask (ITK ``LabelContour``, face connectivity)."""
+    return sitk.GetArrayFromImage(sitk.LabelContour(to_sitk(mask, (1.0,) * mask.ndim))) > 0
+
+
+def signed_distance(mask: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
+    """Signed Maurer distance (mm) to the mask's inner contour voxels: 0 on the contour,
+    positive outside, negative inside. Undefined (all inf) for an empty mask."""
+    img = to_sitk(mask, spacing_zyx)
+    d = sitk.SignedMaurerDistanceMap(img, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
+    return sitk.GetArrayFromImage(d).astype(np.float64)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two binary masks (1 when both empty)."""
+    a, b = np.asarray(a) != 0, np.asarray(b) != 0
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two binary masks (1 when both empty)."""
+    a, b = np.asarray(a) != 0, np.asarray(b) != 0
+    u = int(np.logical_or(a, b).sum())
+    return 1.0 if u == 0 else int(np.logical_and(a, b).sum()) / u
+
+
+def surface_distances(a: np.ndarray, b: np.ndarray, spacing_zyx: Sequence[float]) -> tuple[float, float]:
+    """(Hausdorff mm, average symmetric surface distance mm) between two binary masks.
+
+    Both empty -> (0, 0); one empty -> (NaN, NaN). Computed on the union's bounding box
+    (padded by one voxel), which does not change any distance.
+    """
+    a, b = np.asarray(a) != 0, np.asarray(b) != 0
+    ea, eb = not a.any(), not b.any()
+    if ea and eb:
+        return 0.0, 0.0
+    if ea or eb:
+        return float("nan"), float("nan")
+    box = crop_box(a | b, 1)
+    a, b = a[box], b[box]
+    ia, ib = to_sitk(a, spacing_zyx), to_sitk(b, spacing_zyx)
+    hd = sitk.HausdorffDistanceImageFilter()
+    hd.Execute(ia, ib)
+    ca, cb = contour(a), contour(b)
+    da = np.abs(signed_distance(a, spacing_zyx))
+    db = np.abs(signed_distance(b, spacing_zyx))
+    total = db[ca].sum() + da[cb].sum()
+    assd = float(total / (ca.sum() + cb.sum()))
+    return float(hd.GetHausdorffDistance()), assd
+
+
+# --- pairwise -----------------------------------------------------------------------------------
+def pairwise_overlap(
+    masks: np.ndarray,
+    valid: Sequence[bool] | None,
+    spacing_zyx: Sequence[float],
+    names: Sequence[str] | None = None,
+    distances: bool = True,
+) -> dict:
+    """K x K agreement matrices between rater masks (K, *shape).
+
+    Returns ``{"names", "dice", "iou", "hausdorff_mm", "mean_surface_mm", "missing", "empty"}``;
+    matrices are float (K, K), symmetric, diagonal = a rater against itself. ``missing`` and
+    ``empty`` list rater names. See the module docstring for the empty/missing conventions.
+    ``distances=False`` skips the (slower) surface metrics, leaving them NaN.
+    """
+    masks = np.asarray(masks) != 0
+    k = masks.shape[0]
+    valid = np.ones(k, bool) if valid is None else np.asarray(valid, bool)
+    names = [f"rater{i}" for i in range(k)] if names is None else list(names)
+    if len(names) != k or valid.shape != (k,):
+        raise ValueError(f"{k} masks but {len(names)} names / valid shape {valid.shape}")
+    out = {key: np.full((k, k), np.nan) for key in ("dice", "iou", "hausdorff_mm", "mean_surface_mm")}
+    for i in range(k):
+        for j in range(i, k):
+            if not (valid[i] and valid[j]):
+                continue
+            vals = {"dice": dice(masks[i], masks[j]), "iou": jaccard(masks[i], masks[j])}
+            if i == j:
+                vals["hausdorff_mm"] = vals["mean_surface_mm"] = 0.0
+            elif distances:
+                vals["hausdorff_mm"], vals["mean_surface_mm"] = surface_distances(masks[i], masks[j], spacing_zyx)
+            for key, v in vals.items():
+                out[key][i, j] = out[key][j, i] = v
+    out["names"] = names
+    out["missing"] = [n for n, v in zip(names, valid) if not v]
+    out["empty"] = [n for n, v, m in zip(names, valid, masks) if v and not m.any()]
+    return out
+
+
+# --- vote maps ----------------------------------------------------------------------------------
+def agreement_map(masks: np.ndarray, valid: Sequence[bool] | None = None) -> np.ndarray:
+    """uint8 map: how many valid raters marked each voxel."""
+    masks = np.asarray(masks) != 0
+    valid = np.ones(masks.shape[0], bool) if valid is None else np.asarray(valid, bool)
+    return masks[valid].sum(axis=0, dtype=np.int64).astype(np.uint8)
+
+
+def majority_vote(masks: np.ndarray, valid: Sequence[bool] | None = None, threshold: float = 0.5) -> np.ndarray:
+    """uint8 consensus: voxels marked by strictly more than ``threshold`` x (number of valid raters).
+
+    With the default 0.5 a tie (e.g. 2 of 4 raters) is background. No valid rater -> all zero.
+    """
+    masks = np.asarray(masks) != 0
+    valid = np.ones(masks.shape[0], bool) if valid is None else np.asarray(valid, bool)
+    n = int(valid.sum())
+    if n == 0:
+        return np.zeros(masks.shape[1:], np.uint8)
+    return (agreement_map(masks, valid).astype(np.float64) > threshold * n).astype(np.uint8)

@@ -1,0 +1,1 @@
+"""Subcommands of the ``multirater`` console script (each: ``add_parser`` and ``run``)."""

@@ -1,0 +1,317 @@
+"""The case-folder format: one folder per case, one mask file per rater, JSON manifest and sidecars.
+
+Layout::
+
+    <dataset>/dataset.json                      manifest (raters, labels, modality, window, splits)
+    <dataset>/cases/<case_id>/image.nii.gz      the image (any supported format)
+    <dataset>/cases/<case_id>/case.json         case info (patient id, image checksum, source)
+    <dataset>/cases/<case_id>/raters/<rater>.nii.gz   that rater's binary mask (same geometry)
+    <dataset>/cases/<case_id>/raters/<rater>.json     annotation sidecar (rater, times, provenance)
+
+A rater without a mask file is *missing* for that case (validity flag False), which is different
+from an empty mask (the rater saw no lesion).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..io.medical import MedicalIOError, read_image, read_label_image, write_image
+from .case import DatasetError, MultiRaterCase
+
+FORMAT_NAME = "napari-multirater/dataset"
+FORMAT_VERSION = 1
+MANIFEST = "dataset.json"
+IMAGE_STEM = "image"
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".nhdr", ".mhd")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def check_identifier(value: str, what: str) -> str:
+    """Case and rater ids become file names: letters, digits, ``_.-`` only."""
+    if not isinstance(value, str) or not _ID_RE.match(value) or value in (".", ".."):
+        raise DatasetError(f"invalid {what} {value!r}: use letters, digits, '_', '-', '.' (max 128)")
+    return value
+
+
+def image_checksum(array: np.ndarray) -> str:
+    """sha256 of an image's voxels, shape and dtype (independent of file format/compression)."""
+    a = np.ascontiguousarray(array)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except FileNotFoundError:
+        raise DatasetError(f"{what} not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{what} {path} is not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{what} {path} must hold a JSON object")
+    return obj
+
+
+def find_file(folder: Path, stem: str) -> Path | None:
+    for suffix in IMAGE_SUFFIXES:
+        p = folder / f"{stem}{suffix}"
+        if p.exists():
+            return p
+    return None
+
+
+def new_manifest(
+    name: str,
+    raters: Sequence[str],
+    *,
+    modality: str = "CT",
+    labels: dict | None = None,
+    intensity_window: Sequence[float] | None = None,
+    description: str = "",
+    splits: dict | None = None,
+) -> dict:
+    """A fresh manifest dict (validated)."""
+    manifest = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "name": name,
+        "description": description,
+        "modality": modality,
+        "raters": [check_identifier(r, "rater id") for r in raters],
+        "labels": labels or {"0": "background", "1": "lesion"},
+        "intensity_window": list(intensity_window) if intensity_window is not None else None,
+        "splits": splits or {},
+        "created": now_iso(),
+        "app_version": __version__,
+    }
+    validate_manifest(manifest, "manifest")
+    return manifest
+
+
+def validate_manifest(m: dict, where: str) -> None:
+    """Raise DatasetError naming ``where`` when a manifest is not valid."""
+    if m.get("format") != FORMAT_NAME:
+        raise DatasetError(f"{where}: 'format' must be {FORMAT_NAME!r}, got {m.get('format')!r}")
+    if not isinstance(m.get("version"), int) or m["version"] > FORMAT_VERSION:
+        raise DatasetError(f"{where}: unsupported format version {m.get('version')!r}")
+    raters = m.get("raters")
+    if not isinstance(raters, list) or not all(isinstance(r, str) for r in raters):
+        raise DatasetError(f"{where}: 'raters' must be a list of rater ids")
+    if len(set(raters)) != len(raters):
+        raise DatasetError(f"{where}: duplicate rater ids in {raters}")
+    for r in raters:
+        check_identifier(r, f"rater id in {where}")
+    labels = m.get("labels")
+    if not isinstance(labels, dict) or "1" not in labels:
+        raise DatasetError(f"{where}: 'labels' must map label values to names and include '1'")
+    win = m.get("intensity_window")
+    if win is not None and (
+        not isinstance(win, list) or len(win) != 2 or not all(isinstance(v, (int, float)) for v in win) or win[0] >= win[1]
+    ):
+        raise DatasetError(f"{where}: 'intensity_window' must be [low, high] with low < high, got {win!r}")
+    splits = m.get("splits", {})
+    if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
+        raise DatasetError(f"{where}: 'splits' must map split names to lists of patient ids")
+
+
+def is_case_folder_dataset(path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def annotation_sidecar(
+    rater: str,
+    case_id: str,
+    image_sha256: str,
+    provenance: dict,
+    *,
+    created: str | None = None,
+    active_seconds: float = 0.0,
+) -> dict:
+    stamp = now_iso()
+    return {
+        "rater": rater,
+        "case_id": case_id,
+        "created": created or stamp,
+        "saved": stamp,
+        "active_seconds": round(float(active_seconds), 1),
+        "image_sha256": image_sha256,
+        "provenance": provenance,
+        "app_version": __version__,
+    }
+
+
+class CaseFolderDataset(Sequence):
+    """Lazy reader of a case-folder dataset; ``dataset[i]`` loads and validates one case."""
+
+    def __init__(self, root, split: str | None = None):
+        self.root = Path(root)
+        self.manifest = read_json(self.root / MANIFEST, "dataset manifest")
+        validate_manifest(self.manifest, str(self.root / MANIFEST))
+        self.rater_names: list[str] = list(self.manifest["raters"])
+        cases_dir = self.root / "cases"
+        all_ids = sorted(p.name for p in cases_dir.iterdir() if p.is_dir()) if cases_dir.is_dir() else []
+        self.split = split
+        if split is not None:
+            splits = self.manifest.get("splits", {})
+            if split not in splits:
+                raise DatasetError(
+                    f"{self.root / MANIFEST}: no split {split!r} (available: {sorted(splits) or 'none'})"
+                )
+            wanted = set(splits[split])
+            all_ids = [c for c in all_ids if self._patient_of(c) in wanted or c in wanted]
+        self.case_ids = all_ids
+
+    # --- Sequence API ----------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self.load_case(self.case_ids[i])
+
+    def __iter__(self) -> Iterator[MultiRaterCase]:
+        for cid in self.case_ids:
+            yield self.load_case(cid)
+
+    @property
+    def intensity_window(self):
+        return self.manifest.get("intensity_window")
+
+    def case_dir(self, case_id: str) -> Path:
+        return self.root / "cases" / check_identifier(case_id, "case id")
+
+    def _patient_of(self, case_id: str) -> str:
+        p = self.case_dir(case_id) / "case.json"
+        if p.exists():
+            try:
+                return str(read_json(p, "case info").get("patient_id", case_id))
+            except DatasetError:
+                return case_id
+        return case_id
+
+    def patient_ids(self) -> list[str]:
+        return [self._patient_of(c) for c in self.case_ids]
+
+    def load_case(self, case_id: str) -> MultiRaterCase:
+        """Load one case; DatasetError naming the file if anything is wrong."""
+        cdir = self.case_dir(case_id)
+        img_path = find_file(cdir, IMAGE_STEM)
+        if img_path is None:
+            raise DatasetError(f"case {case_id}: no image file in {cdir} (expected image.nii.gz or similar)")
+        try:
+            image, geometry, _ = read_image(img_path)
+        except MedicalIOError as e:
+            raise DatasetError(str(e)) from None
+        info = read_json(cdir / "case.json", "case info") if (cdir / "case.json").exists() else {}
+        masks = np.zeros((len(self.rater_names), *image.shape), np.uint8)
+        valid = np.zeros(len(self.rater_names), bool)
+        sidecars = {}
+        for k, rater in enumerate(self.rater_names):
+            mpath = find_file(cdir / "raters", rater)
+            if mpath is None:
+                continue
+            try:
+                m, _, _ = read_label_image(mpath, reference=geometry, shape=image.shape)
+            except MedicalIOError as e:
+                raise DatasetError(str(e)) from None
+            values = np.unique(m)
+            if not set(values.tolist()) <= {0, 1}:
+                raise DatasetError(f"{mpath}: mask must be binary (0/1), found values {values[:8].tolist()}")
+            masks[k] = m
+            valid[k] = True
+            side = mpath.parent / f"{rater}.json"
+            if side.exists():
+                sidecars[rater] = read_json(side, "annotation sidecar")
+        meta = {"patient_id": info.get("patient_id", case_id), "case_dir": str(cdir), "image_path": str(img_path)}
+        meta.update({k: v for k, v in info.items() if k not in meta})
+        meta["sidecars"] = sidecars
+        return MultiRaterCase(case_id, image, masks, valid, list(self.rater_names), geometry, meta)
+
+    def check(self) -> list[str]:
+        """Load every case; return one message per broken case (nothing raised)."""
+        problems = []
+        for cid in self.case_ids:
+            try:
+                self.load_case(cid)
+            except DatasetError as e:
+                problems.append(str(e))
+        return problems
+
+
+def write_case(
+    root,
+    case: MultiRaterCase,
+    *,
+    suffix: str = ".nii.gz",
+    provenance: dict | None = None,
+) -> Path:
+    """Write one case (image, case.json, one mask + sidecar per valid rater) into a dataset."""
+    root = Path(root)
+    cdir = root / "cases" / check_identifier(case.case_id, "case id")
+    (cdir / "raters").mkdir(parents=True, exist_ok=True)
+    write_image(cdir / f"{IMAGE_STEM}{suffix}", case.image, case.geometry)
+    checksum = image_checksum(case.image)
+    info = {k: v for k, v in case.meta.items() if isinstance(v, (str, int, float, bool, list, dict))}
+    info.update({"case_id": case.case_id, "patient_id": case.patient_id, "image_sha256": checksum})
+    info.pop("sidecars", None)
+    write_json(cdir / "case.json", info)
+    for k, rater in enumerate(case.rater_names):
+        if not case.valid[k]:
+            continue
+        check_identifier(rater, "rater id")
+        write_image(cdir / "raters" / f"{rater}{suffix}", case.masks[k], case.geometry, label=True)
+        write_json(
+            cdir / "raters" / f"{rater}.json",
+            annotation_sidecar(rater, case.case_id, checksum, provenance or {"kind": "imported"}),
+        )
+    return cdir
+
+
+def create_dataset(root, manifest: dict, overwrite: bool = False) -> Path:
+    """Create a dataset folder with its manifest (refuses to clobber an existing one)."""
+    root = Path(root)
+    if (root / MANIFEST).exists() and not overwrite:
+        raise DatasetError(f"{root / MANIFEST} already exists (choose another folder)")
+    validate_manifest(manifest, "manifest")
+    (root / "cases").mkdir(parents=True, exist_ok=True)
+    write_json(root / MANIFEST, manifest)
+    return root

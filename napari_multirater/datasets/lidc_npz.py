@@ -1,0 +1,111 @@
+"""Adapter for the LIDC-IDRI 2D slice shards (``images``, ``masks``, ``patient_id`` ... in .npz).
+
+A folder holds ``train-*.npz`` shards and ``val.npz``; a single ``.npz`` file works too.
+Images are 8-bit lung-window crops (128x128), masks (N, 4, 128, 128) in {0, 1}. LIDC readers are
+anonymous, so rater index k is "annotation k of this nodule", not a fixed person. The pixel
+spacing of the crops is not stored, so geometry is unit spacing.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..io.geometry import Geometry
+from .case import DatasetError, MultiRaterCase
+
+REQUIRED_KEYS = ("images", "masks")
+LIDC_RATERS = ["annotation_1", "annotation_2", "annotation_3", "annotation_4"]
+LIDC_INTENSITY_WINDOW = [0.0, 255.0]
+
+
+def lidc_files(path, split: str | None) -> list[Path]:
+    """The npz files for ``split`` ('train', 'val' or None = a single file/all shards)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DatasetError(f"LIDC data not found: {path}")
+    if split in (None, "train"):
+        files = sorted(path.glob("train-*.npz"))
+        if not files and split is None and (path / "val.npz").exists():
+            files = [path / "val.npz"]
+    elif split == "val":
+        files = [path / "val.npz"] if (path / "val.npz").exists() else []
+    else:
+        f = path / f"{split}.npz"
+        files = [f] if f.exists() else []
+    if not files:
+        raise DatasetError(f"{path}: no npz files for split {split!r} (expected train-*.npz / val.npz)")
+    return files
+
+
+def _load_npz(path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in REQUIRED_KEYS if k not in z.files]
+            if missing:
+                raise DatasetError(f"{path}: missing arrays {missing} (has {z.files})")
+            out = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise DatasetError(f"{path}: not a readable npz file ({e})") from None
+    images, masks = out["images"], out["masks"]
+    if images.ndim != 3 or masks.ndim != 4 or masks.shape[0] != images.shape[0] or masks.shape[2:] != images.shape[1:]:
+        raise DatasetError(
+            f"{path}: expected images (N,H,W) and masks (N,K,H,W), got {images.shape} and {masks.shape}"
+        )
+    if masks.max(initial=0) > 1:
+        raise DatasetError(f"{path}: masks must be binary 0/1, found max {masks.max()}")
+    return out
+
+
+class LidcNpzDataset(Sequence):
+    """All slices of the given npz file(s), as MultiRaterCase objects (2D)."""
+
+    def __init__(self, path, split: str | None = None):
+        self.files = lidc_files(path, split)
+        parts = [_load_npz(f) for f in self.files]
+        self.images = np.concatenate([p["images"] for p in parts])
+        self.masks = np.concatenate([p["masks"] for p in parts]).astype(np.uint8, copy=False)
+        n = len(self.images)
+
+        def col(key, default):
+            if all(key in p for p in parts):
+                return np.concatenate([p[key] for p in parts])
+            return default
+
+        self.patient = col("patient_id", np.array([f"slice{i:05d}" for i in range(n)])).astype(str)
+        self.nodule = col("nodule_id", np.zeros(n, np.int16))
+        self.slice = col("slice_id", np.arange(n))
+        k = self.masks.shape[1]
+        self.rater_names = LIDC_RATERS[:k] if k <= 4 else [f"annotation_{i + 1}" for i in range(k)]
+        self.intensity_window = LIDC_INTENSITY_WINDOW
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        cid = f"{self.patient[i]}_n{int(self.nodule[i])}_s{int(self.slice[i])}"
+        meta = {"patient_id": str(self.patient[i]), "nodule_id": int(self.nodule[i]), "slice_id": int(self.slice[i])}
+        k = len(self.rater_names)
+        return MultiRaterCase(cid, self.images[i], self.masks[i], np.ones(k, bool), list(self.rater_names), Geometry.identity(2), meta)
+
+    def patient_ids(self) -> list[str]:
+        return [str(p) for p in self.patient]
+
+    def select(self, indices) -> LidcNpzDataset:
+        """A view of the given slices (shares nothing mutable with this dataset)."""
+        idx = np.asarray(indices, dtype=int)
+        sub = object.__new__(LidcNpzDataset)
+        sub.__dict__.update(self.__dict__)
+        for key in ("images", "masks", "patient", "nodule", "slice"):
+            setattr(sub, key, getattr(self, key)[idx])
+        return sub

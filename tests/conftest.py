@@ -1,0 +1,36 @@
+"""Shared fixtures: phantom datasets, the real LIDC data folder (skipped when absent)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("MULTIRATER_NOTHREADS", "0")
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """../shared/data (real LIDC-IDRI); tests using it skip with a clear reason when absent."""
+    from napari_multirater.datasets.shared import ENV_VAR, shared_data_dir
+
+    d = shared_data_dir()
+    if d is None:
+        pytest.skip(f"real LIDC data folder not found (../shared/data or ${ENV_VAR}); skipping real-data test")
+    return d
+
+
+@pytest.fixture(scope="session")
+def lidc_fixture(shared_data):
+    p = shared_data / "lidc-slices" / "ci-fixture.npz"
+    if not p.exists():
+        pytest.skip(f"{p} not found; skipping LIDC fixture test")
+    return p
+
+
+@pytest.fixture(scope="session")
+def phantom_dataset(tmp_path_factory):
+    """A small 2D phantom dataset in the case-folder format (12 cases, 4 raters)."""
+    from napari_multirater.datasets.synth import generate_phantom_dataset
+
+    return generate_phantom_dataset(tmp_path_factory.mktemp("phantom2d") / "ds", 12)

@@ -1,0 +1,213 @@
+"""Agreement metrics, STAPLE, rater-style report (hand-computed cases + phantom style recovery)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy.spatial.distance import cdist
+
+from napari_multirater.analysis import (
+    agreement_map,
+    case_style,
+    dataset_style,
+    majority_vote,
+    pairwise_heatmap_figure,
+    pairwise_overlap,
+    staple,
+    style_markdown,
+    write_style_report,
+)
+from napari_multirater.analysis.overlap import contour, surface_distances
+from napari_multirater.datasets.case import MultiRaterCase
+from napari_multirater.io.geometry import Geometry
+
+
+def square(shape=(30, 30), y=(8, 18), x=(8, 18)):
+    m = np.zeros(shape, np.uint8)
+    m[y[0]:y[1], x[0]:x[1]] = 1
+    return m
+
+
+def brute_surface(a, b, spacing):
+    """Reference HD / ASSD from explicit contour point clouds (physical mm)."""
+    pa = np.argwhere(contour(a)) * np.asarray(spacing)
+    pb = np.argwhere(contour(b)) * np.asarray(spacing)
+    d = cdist(pa, pb)
+    return max(d.min(1).max(), d.min(0).max()), (d.min(1).sum() + d.min(0).sum()) / (len(pa) + len(pb))
+
+
+# --- overlap --------------------------------------------------------------------------------------
+def test_offset_squares_anisotropic():
+    a = square()
+    b = square(x=(10, 20))  # shifted 2 px along x
+    c = square(y=(10, 20))  # shifted 2 px along y
+    spacing = (1.0, 0.5)  # (y, x) mm
+    res = pairwise_overlap(np.stack([a, b, c]), None, spacing, ["a", "b", "c"])
+    assert res["dice"][0, 1] == pytest.approx(2 * 80 / 200)  # 10x8 overlap of two 10x10
+    assert res["iou"][0, 1] == pytest.approx(80 / 120)
+    assert res["hausdorff_mm"][0, 1] == pytest.approx(1.0)  # 2 px * 0.5 mm along x
+    assert res["hausdorff_mm"][0, 2] == pytest.approx(2.0)  # 2 px * 1.0 mm along y
+    hd, assd = brute_surface(a, b, spacing)
+    assert res["mean_surface_mm"][0, 1] == pytest.approx(assd)
+    assert hd == pytest.approx(1.0)
+    assert np.allclose(np.diag(res["dice"]), 1) and np.allclose(np.diag(res["hausdorff_mm"]), 0)
+    assert np.allclose(res["dice"], res["dice"].T, equal_nan=True)
+    # Dice/IoU agree with ITK's LabelOverlapMeasuresImageFilter
+    f = sitk.LabelOverlapMeasuresImageFilter()
+    f.Execute(sitk.GetImageFromArray(a), sitk.GetImageFromArray(b))
+    assert res["dice"][0, 1] == pytest.approx(f.GetDiceCoefficient())
+    assert res["iou"][0, 1] == pytest.approx(f.GetJaccardCoefficient())
+
+
+def test_concentric_and_3d_surface_distance():
+    a = np.zeros((12, 20, 20), np.uint8)
+    a[3:9, 5:15, 5:15] = 1
+    b = np.zeros_like(a)
+    b[3:9, 5:15, 5:17] = 1  # grows 2 px along x only
+    spacing = (2.0, 0.8, 0.6)
+    hd, assd = surface_distances(a, b, spacing)
+    ref_hd, ref_assd = brute_surface(a, b, spacing)
+    assert hd == pytest.approx(1.2) and ref_hd == pytest.approx(1.2)
+    assert assd == pytest.approx(ref_assd)
+
+
+def test_empty_and_missing_conventions():
+    a, z = square(), np.zeros((30, 30), np.uint8)
+    res = pairwise_overlap(np.stack([a, z, z, a]), [True, True, True, False], (1.0, 1.0), ["a", "e1", "e2", "m"])
+    assert res["missing"] == ["m"] and res["empty"] == ["e1", "e2"]
+    assert res["dice"][0, 1] == 0 and res["iou"][0, 1] == 0
+    assert np.isnan(res["hausdorff_mm"][0, 1]) and np.isnan(res["mean_surface_mm"][0, 1])
+    assert res["dice"][1, 2] == 1 and res["iou"][1, 2] == 1
+    assert res["hausdorff_mm"][1, 2] == 0 and res["mean_surface_mm"][1, 2] == 0
+    assert np.isnan(res["dice"][3]).all() and np.isnan(res["dice"][:, 3]).all()
+
+
+def test_agreement_and_majority():
+    a, b, c = square(), square(x=(10, 20)), square(x=(12, 22))
+    m = np.stack([a, b, c, c])
+    cnt = agreement_map(m, [True, True, True, False])
+    assert cnt.dtype == np.uint8 and cnt.max() == 3 and cnt[10, 8] == 1 and cnt[10, 13] == 3
+    mv = majority_vote(m, [True, True, True, False])  # >1.5 of 3 -> at least 2
+    assert mv[10, 10] == 1 and mv[10, 19] == 1 and mv[10, 8] == 0 and mv[10, 21] == 0
+    tie = majority_vote(np.stack([a, b]), None)  # 1 of 2 is a tie -> background
+    assert tie[10, 9] == 0 and tie[10, 12] == 1
+    assert not majority_vote(m, [False] * 4).any()
+
+
+# --- STAPLE ---------------------------------------------------------------------------------------
+def test_staple_two_agree_one_differs():
+    a = square(shape=(40, 40))
+    odd = square(shape=(40, 40), x=(8, 13))  # covers half of the square only
+    res = staple(np.stack([a, a, odd]), None)
+    assert np.array_equal(res.consensus, a)
+    assert res.sensitivity[0] == pytest.approx(1.0, abs=1e-6) and res.sensitivity[1] == pytest.approx(1.0, abs=1e-6)
+    assert res.sensitivity[2] == pytest.approx(0.5, abs=0.02)  # half of the consensus
+    assert res.specificity[2] == pytest.approx(1.0, abs=1e-6)  # marked nothing outside it
+    assert res.probability.dtype == np.float32 and res.probability[12, 12] > 0.99
+
+
+def test_staple_degenerate_and_missing():
+    a, z = square(), np.zeros((30, 30), np.uint8)
+    res = staple(np.stack([a, a, square(x=(10, 20))]), [True, True, False])
+    assert np.array_equal(res.consensus, a) and np.isnan(res.sensitivity[2]) and not res.used[2]
+    empty = staple(np.stack([z, z, a]), [True, True, False])
+    assert not empty.consensus.any() and np.isnan(empty.sensitivity).all() and "empty" in empty.note
+    single = staple(np.stack([a, z]), [True, False])
+    assert np.array_equal(single.consensus, a) and "single" in single.note
+
+
+# --- style ----------------------------------------------------------------------------------------
+def _case(masks, valid=None, spacing_xy=(0.5, 1.0)):
+    k = len(masks)
+    return MultiRaterCase("c0", np.zeros(masks[0].shape, np.int16), np.stack(masks).astype(np.uint8),
+                          np.ones(k, bool) if valid is None else np.asarray(valid), [f"r{i}" for i in range(k)],
+                          Geometry(spacing_xy, (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)))
+
+
+def test_case_style_hand_computed():
+    ref = square(shape=(40, 40), y=(10, 20), x=(10, 20))
+    big = square(shape=(40, 40), y=(9, 21), x=(9, 21))  # one voxel outside everywhere
+    rows = case_style(_case([ref, ref, ref, big, ref], valid=[1, 1, 1, 1, 0]))
+    r3 = rows[3]
+    assert r3["volume_bias"] == pytest.approx(144 / 100 - 1)
+    assert r3["sensitivity"] == 1 and r3["specificity"] < 1
+    assert r3["signed_boundary_mm"] > 0.5  # outside: between 0.5 mm (x) and 1 mm (y)
+    assert r3["n_reference_raters"] == 3 and r3["dice_vs_r0"] == pytest.approx(200 / 244)
+    assert rows[0]["volume_bias"] == pytest.approx(0) and rows[0]["signed_boundary_mm"] == pytest.approx(0)
+    assert not rows[4]["valid"] and np.isnan(rows[4]["volume_bias"]) and np.isnan(rows[0]["dice_vs_r4"])
+
+
+def test_case_style_empty_rater():
+    ref, z = square(), np.zeros((30, 30), np.uint8)
+    rows = case_style(_case([ref, ref, z]))
+    assert rows[2]["empty"] and rows[2]["volume_bias"] == -1 and rows[2]["sensitivity"] == 0
+    assert np.isnan(rows[2]["mean_boundary_mm"])
+
+
+@pytest.fixture(scope="module")
+def phantom_report():
+    phantom = pytest.importorskip("napari_multirater.datasets.phantom")
+    return dataset_style([phantom.make_phantom_case(i, seed=0) for i in range(8)])
+
+
+def test_phantom_style_recovery(phantom_report):
+    s = phantom_report.summary
+    assert phantom_report.rater_names == ["tight", "generous", "smooth", "misses_faint"]
+    vb = {n: s[n]["volume_bias_mean"] for n in s}
+    sb = {n: s[n]["signed_boundary_mm_mean"] for n in s}
+    assert vb["generous"] > 0.2 and vb["tight"] < -0.1 and vb["misses_faint"] < -0.1
+    assert sb["generous"] > 0.5 and sb["tight"] < -0.3 and sb["misses_faint"] < 0
+    assert vb["generous"] == max(vb.values()) and sb["generous"] == max(sb.values())
+    sens = {n: s[n]["sensitivity_mean"] for n in s}
+    assert max(sens["tight"], sens["misses_faint"]) < min(sens["generous"], sens["smooth"]) - 0.15
+    assert s["generous"]["specificity_mean"] == min(s[n]["specificity_mean"] for n in s)
+    # missing the faint part is a local error: the largest Hausdorff distance
+    hd = {n: s[n]["hausdorff_mm_mean"] for n in s}
+    assert hd["misses_faint"] == max(hd.values())
+    # "smooth" (convex hull) is closest to the others; "tight" vs "generous" the farthest pair
+    pw = phantom_report.pairwise_dice
+    assert np.allclose(np.diag(pw), 1) and pw[0, 1] == np.min(pw)
+    assert all(s[n]["n_cases"] == 8 and s[n]["n_missing"] == 0 for n in s)
+
+
+def test_report_files(phantom_report, tmp_path):
+    paths = write_style_report(phantom_report, tmp_path / "rep")
+    for key in ("raters_csv", "raters_per_case_csv", "raters_md", "pairwise_dice_png", "volume_bias_png",
+                "boundary_distance_png"):
+        assert paths[key].exists() and paths[key].stat().st_size > 0
+    rows = list(csv.DictReader(open(paths["raters_csv"])))
+    assert [r["rater"] for r in rows] == phantom_report.rater_names
+    assert len(list(csv.DictReader(open(paths["raters_per_case_csv"])))) == 8 * 4
+    md = style_markdown(phantom_report)
+    assert md.startswith("| Rater") and md.count("\n| ") == 4 and "leave-one-out" in md
+    assert paths["pairwise_dice_png"].read_bytes()[:4] == b"\x89PNG"
+    fig = pairwise_heatmap_figure(np.array([[1.0, np.nan], [0.5, 1.0]]), ["a", "b"], "t", ".2f")
+    assert len(fig.axes) == 2
+
+
+def test_cli_raters(tmp_path, capsys):
+    pytest.importorskip("napari_multirater.datasets.synth")
+    from napari_multirater.analysis import cli_raters
+    from napari_multirater.datasets.synth import generate_phantom_dataset
+
+    root = generate_phantom_dataset(tmp_path / "ds", 3)
+    parser = argparse.ArgumentParser()
+    cli_raters.add_parser(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["raters", "--data", str(root), "--out", str(tmp_path / "out"), "--max-cases", "2",
+                              "--consensus", "majority"])
+    assert args.func(args) == 0
+    assert "| generous |" in capsys.readouterr().out and (tmp_path / "out" / "raters.csv").exists()
+    bad = parser.parse_args(["raters", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o2")])
+    assert cli_raters.run(bad) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_case_style_3d_phantom():
+    phantom = pytest.importorskip("napari_multirater.datasets.phantom")
+    rows = {r["rater"]: r for r in case_style(phantom.make_phantom_case(1, ndim=3), consensus="majority")}
+    assert rows["generous"]["volume_bias"] > 0 > rows["tight"]["volume_bias"]
+    assert rows["generous"]["signed_boundary_mm"] > 0 > rows["tight"]["signed_boundary_mm"]
