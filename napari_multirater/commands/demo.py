@@ -30,8 +30,12 @@ def build_demo_viewer(three_d: bool = False, show: bool = True):
     """A viewer with the sample case loaded and every plugin dock open (returns viewer, docks)."""
     import napari
 
+    from .._napari.layers import rater_layers
+
     viewer = napari.Viewer(show=show, title="napari-multirater demo")
     viewer.open_sample(PLUGIN, "phantom_3d" if three_d else "phantom_2d")
+    for layer in rater_layers(viewer):
+        layer.contour = 1  # outlines: every rater stays visible where they overlap
     docks = {}
     for name in plugin_dock_names():
         _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=bool(docks))
@@ -40,6 +44,10 @@ def build_demo_viewer(three_d: bool = False, show: bool = True):
 
 
 def run(args) -> int:
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated.*")
+    warnings.filterwarnings("ignore", message="System theme detection requires a Qt6 backend")
     import napari
     from qtpy.QtWidgets import QApplication
 
