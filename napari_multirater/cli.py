@@ -10,6 +10,8 @@ SUBCOMMANDS = (
     "napari_multirater.commands.synth",
     "napari_multirater.commands.demo",
     "napari_multirater.analysis.cli_raters",
+    "src_training.cli",
+    "napari_multirater.inference.predict_cli",
 )
 
 

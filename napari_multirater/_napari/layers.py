@@ -132,3 +132,14 @@ def set_labels_undoable(layer, new: np.ndarray) -> int:
     if changed[0].size:
         layer.data_setitem(changed, new[changed])
     return int(changed[0].size)
+
+
+def unwrap_layer(layer):
+    """The layer behind napari's ``PublicOnlyProxy`` (plugin docks get proxied viewers, so the
+    same layer may arrive as different proxy objects)."""
+    return getattr(layer, "__wrapped__", layer)
+
+
+def same_layer(a, b) -> bool:
+    """Identity of two layers, proxied or not."""
+    return a is not None and b is not None and unwrap_layer(a) is unwrap_layer(b)

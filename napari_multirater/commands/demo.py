@@ -43,6 +43,22 @@ def build_demo_viewer(three_d: bool = False, show: bool = True):
     return viewer, docks
 
 
+def wait_for_workers(workers, timeout_s: float = 300.0) -> None:
+    """Keep the GUI responsive until the demo's background work has finished."""
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        QApplication.processEvents()
+        if not any(getattr(w, "is_running", False) for w in workers):
+            break
+        time.sleep(0.02)
+    for _ in range(10):
+        QApplication.processEvents()
+
+
 def run(args) -> int:
     import warnings
 
@@ -58,9 +74,13 @@ def run(args) -> int:
     viewer.window._qt_window.resize(1500, 950)
     for _ in range(20):
         QApplication.processEvents()
-    if hasattr(next(iter(docks.values()), None), "run_demo"):
-        for widget in docks.values():
-            getattr(widget, "run_demo", lambda: None)()
+    workers = []
+    for widget in docks.values():
+        run_demo = getattr(widget, "run_demo", None)
+        if callable(run_demo):
+            started = run_demo()  # docks return the workers they started (or None)
+            workers += [w for w in (started if isinstance(started, (list, tuple)) else [started]) if w is not None]
+    wait_for_workers(workers)
     for _ in range(20):
         QApplication.processEvents()
     if args.screenshot:

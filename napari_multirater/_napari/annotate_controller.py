@@ -1,0 +1,442 @@
+"""Annotation collection in the viewer: load a project case, let one rater paint their own mask,
+save it (manually, by autosave and on case switch) into the case-folder project.
+
+Layers (all marked ``metadata["multirater_annotate"] = True`` and replaced on every case switch, so
+undo never crosses cases):
+
+* ``mr image: <case>`` - the case image with its physical geometry;
+* ``mr annotation: <rater>`` - the current rater's binary Labels layer, same geometry; it only
+  exists once a rater id is set (no rater, nothing to paint);
+* unblinded only: ``mr rater: <other>`` - other raters' saved masks as read-only contours.
+
+Blind mode (default) never reads other raters' masks and hides rater layers of the same case that
+came from elsewhere (e.g. the reader).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..annotation.session import AnnotationSession
+from ..annotation.store import AnnotationStore, RaterIdentity, case_id_from_path
+from ..datasets.case import DatasetError
+from ..datasets.case_folder import check_identifier
+from ..io.geometry import geometry_from_layer
+from .layers import (
+    ROLE_KEY,
+    _display_window,
+    binary_colormap,
+    layer_name,
+    rater_color,
+    same_layer,
+    set_labels_undoable,
+    transform_kwargs,
+)
+
+__all__ = ["AnnotateController", "AnnotateError", "OWNER_KEY"]
+
+OWNER_KEY = "multirater_annotate"
+_NOT_PREFILL_ROLES = ("rater", "consensus", "agreement")
+_PROVENANCE_KEYS = ("model", "model_name", "checkpoint", "persona", "output", "sample", "seed", "kind")
+
+
+class AnnotateError(ValueError):
+    """A user action cannot be done now (no rater id, no project, no case...); message for the UI."""
+
+
+class AnnotateController:
+    """Layer logic of annotation collection; every public method is callable without Qt."""
+
+    def __init__(self, viewer, *, autosave_interval: float = 30.0, blind: bool = True,
+                 clock: Callable[[], float] = time.monotonic, identity_path=None):
+        self.viewer = viewer
+        self.store: AnnotationStore | None = None
+        self.rater: str | None = None
+        self.blind = bool(blind)
+        self.autosave_interval = float(autosave_interval)
+        self.clock = clock
+        self.identity_path = identity_path
+        self.case_id: str | None = None
+        self.session: AnnotationSession | None = None
+        self.image_layer = None
+        self.annotation_layer = None
+        self.last_save_reason = ""
+        self._suppress_edits = False
+        self._removing_own = False
+        self.on_edit: Callable[[], None] | None = None  # the view refreshes its "unsaved" marker
+        viewer.layers.events.removing.connect(self._on_layer_removing)
+
+    # --- identity ------------------------------------------------------------------------------
+    def load_identity(self) -> RaterIdentity:
+        return RaterIdentity.load(self.identity_path)
+
+    def remember(self, **changes) -> None:
+        """Persist rater id / last project / preferences (never raises: preferences only)."""
+        ident = self.load_identity()
+        if all(getattr(ident, k, None) == v for k, v in changes.items()):
+            return
+        for k, v in changes.items():
+            setattr(ident, k, v)
+        try:
+            ident.save(self.identity_path)
+        except (OSError, DatasetError):
+            pass
+
+    def set_rater(self, rater_id: str) -> None:
+        """Set who is annotating. Unsaved work of the previous rater is saved first; the current
+        case is reloaded for the new rater (blind mode: without anyone else's mask)."""
+        rater_id = (rater_id or "").strip()
+        try:
+            check_identifier(rater_id, "rater id")
+        except DatasetError as e:
+            raise AnnotateError(str(e)) from None
+        if rater_id == self.rater:
+            return
+        self.save_if_dirty("saved on rater change")
+        self.rater = rater_id
+        self.remember(rater_id=rater_id)
+        if self.store is not None and self.case_id is not None:
+            self.load_case(self.case_id, save_first=False)
+
+    # --- project -------------------------------------------------------------------------------
+    def open_project(self, path) -> AnnotationStore:
+        self.save_if_dirty("saved on project change")
+        try:
+            store = AnnotationStore(path)
+        except DatasetError as e:
+            raise AnnotateError(f"{path} is not an annotation project: {e}") from None
+        self._close_case()
+        self.store = store
+        self.remember(last_project=str(Path(path).resolve()))
+        return store
+
+    def create_project(self, path, name: str | None = None, image_paths=()) -> AnnotationStore:
+        """New project folder (optionally importing image files as cases) and open it."""
+        try:
+            store = AnnotationStore.create_project(path, name or Path(path).name)
+            errors: list[str] = []
+            store.import_images(image_paths, errors=errors)
+        except DatasetError as e:
+            raise AnnotateError(str(e)) from None
+        self.open_project(path)
+        if errors:
+            raise AnnotateError("some images could not be imported: " + "; ".join(errors))
+        return store
+
+    def new_project_from_layer(self, path, image_layer, name: str | None = None) -> str:
+        """New project from an image layer in the viewer (its data and geometry); the case is
+        loaded for annotation. Returns the case id."""
+        if image_layer is None or image_layer.__class__.__name__ != "Image":
+            raise AnnotateError("choose an image layer to start a project from")
+        data = np.asarray(image_layer.data)
+        if data.ndim not in (2, 3) or getattr(image_layer, "rgb", False):
+            raise AnnotateError(f"layer {image_layer.name!r}: only 2D/3D grey-value images can be annotated")
+        geo = geometry_from_layer(image_layer.scale, image_layer.translate, image_layer.metadata,
+                                  getattr(image_layer, "rotate", None))
+        try:
+            store = AnnotationStore.create_project(path, name or Path(path).name)
+            source = (image_layer.metadata or {}).get("source_path")
+            cid = store.add_case(data, geo, case_id_from_path(image_layer.name), source=source)
+        except DatasetError as e:
+            raise AnnotateError(str(e)) from None
+        self.open_project(path)
+        self.load_case(cid)
+        return cid
+
+    def import_images(self, paths) -> list[str]:
+        store = self._need_store()
+        errors: list[str] = []
+        ids = store.import_images(paths, errors=errors)
+        if errors:
+            raise AnnotateError(f"imported {len(ids)} case(s); could not import: " + "; ".join(errors))
+        return ids
+
+    def _need_store(self) -> AnnotationStore:
+        if self.store is None:
+            raise AnnotateError("open or create an annotation project first")
+        return self.store
+
+    # --- cases ---------------------------------------------------------------------------------
+    def case_rows(self) -> list[tuple[str, bool]]:
+        """``(case_id, annotated by the current rater)`` for every case."""
+        if self.store is None:
+            return []
+        return [(c, bool(self.rater) and self.store.has_mask(c, self.rater)) for c in self.store.case_ids()]
+
+    def progress(self) -> tuple[int, int]:
+        if self.store is None:
+            return 0, 0
+        if not self.rater:
+            return 0, len(self.store.case_ids())
+        return self.store.progress(self.rater)
+
+    def next_case(self, unannotated_only: bool = False) -> str | None:
+        """Go to the next case (or the next one the rater has not annotated); None at the end."""
+        store = self._need_store()
+        if unannotated_only and not self.rater:
+            raise AnnotateError("set your rater id first")
+        cid = store.next_case(self.case_id, self.rater, unannotated_only)
+        if cid is not None:
+            self.load_case(cid)
+        return cid
+
+    def previous_case(self) -> str | None:
+        cid = self._need_store().previous_case(self.case_id)
+        if cid is not None:
+            self.load_case(cid)
+        return cid
+
+    def load_case(self, case_id: str, save_first: bool = True) -> None:
+        """Show ``case_id``: image, the rater's own mask (editable) and, unblinded, the others."""
+        store = self._need_store()
+        if save_first:
+            self.save_if_dirty("saved on case switch")
+        image, geometry, info = store.load_image(case_id)
+        own, sidecar, own_error = None, None, None
+        if self.rater:
+            try:
+                own, sidecar = store.load_mask(case_id, self.rater)
+            except DatasetError as e:  # keep working: start from an empty mask, say why
+                own_error = str(e)
+        self._close_case()
+        self.case_id = case_id
+        self.last_save_reason = ""
+        kw = geometry.layer_kwargs(str(info.get("source_path", "")) or None)
+        meta = {**kw.pop("metadata"), ROLE_KEY: "image", "case_id": case_id, OWNER_KEY: True,
+                "image_sha256": info["image_sha256"]}
+        window = store.manifest.get("intensity_window") or _display_window(image)
+        self.image_layer = self.viewer.add_image(image, name=layer_name("image", case_id), metadata=meta,
+                                                 colormap="gray", contrast_limits=tuple(window), **kw)
+        if not self.blind:
+            self._add_other_raters(case_id)
+        self._hide_foreign_raters(case_id)
+        if self.rater:
+            self.session = AnnotationSession(self.rater, autosave_interval=self.autosave_interval, clock=self.clock)
+            self.session.start_case(case_id, image_sha256=info["image_sha256"], sidecar=sidecar)
+            self._add_own_layer(case_id, own if own is not None else np.zeros(image.shape, np.uint8), sidecar)
+        else:
+            self.session = None
+        self.viewer.reset_view()
+        if own_error:
+            raise AnnotateError(f"your saved annotation could not be loaded ({own_error}); "
+                                "starting from an empty mask - saving will replace the broken file")
+
+    def _rater_index(self, rater: str) -> int:
+        raters = self.store.raters() if self.store is not None else []
+        return raters.index(rater) if rater in raters else len(raters)
+
+    def _add_own_layer(self, case_id: str, mask: np.ndarray, sidecar: dict | None) -> None:
+        kw = transform_kwargs(self.image_layer)
+        kw["metadata"].update({ROLE_KEY: "rater", "rater": self.rater, "case_id": case_id, OWNER_KEY: True,
+                               "annotation": True, "sidecar": sidecar or {}})
+        layer = self.viewer.add_labels(mask.astype(np.uint8), name=layer_name("annotation", self.rater),
+                                       colormap=binary_colormap(rater_color(self._rater_index(self.rater))),
+                                       opacity=0.6, **kw)
+        layer.selected_label = 1
+        layer.brush_size = max(3, int(min(mask.shape[-2:]) // 40))
+        layer.events.paint.connect(self._on_edit)
+        layer.events.data.connect(self._on_edit)
+        self.annotation_layer = layer
+        self.viewer.layers.selection.active = layer
+        layer.mode = "paint"
+
+    def _add_other_raters(self, case_id: str) -> list[str]:
+        """Unblinded: other raters' masks as read-only contours; unreadable ones are skipped."""
+        names = []
+        for other in self.store.annotated_raters(case_id):
+            if other == self.rater:
+                continue
+            try:
+                mask, sidecar = self.store.load_mask(case_id, other)
+            except DatasetError:
+                continue
+            if mask is None:
+                continue
+            kw = transform_kwargs(self.image_layer)
+            kw["metadata"].update({ROLE_KEY: "rater", "rater": other, "case_id": case_id, OWNER_KEY: True,
+                                   "sidecar": sidecar or {}})
+            layer = self.viewer.add_labels(mask, name=layer_name("rater", other), opacity=0.8,
+                                           colormap=binary_colormap(rater_color(self._rater_index(other))), **kw)
+            layer.contour = 1
+            layer.editable = False
+            names.append(layer.name)
+        return names
+
+    def _hide_foreign_raters(self, case_id: str) -> list[str]:
+        """Blind mode: hide rater layers of this case that this controller did not create."""
+        hidden = []
+        if not self.blind:
+            return hidden
+        for ly in self.viewer.layers:
+            md = ly.metadata or {}
+            if (md.get(ROLE_KEY) == "rater" and md.get("case_id") == case_id and not md.get(OWNER_KEY)
+                    and md.get("rater") != self.rater and ly.visible):
+                ly.visible = False
+                hidden.append(ly.name)
+        return hidden
+
+    def set_blind(self, blind: bool) -> None:
+        """Blind mode on: other raters' layers are removed; off: shown as contours."""
+        blind = bool(blind)
+        if blind == self.blind:
+            return
+        self.blind = blind
+        if self.case_id is None or self.store is None:
+            return
+        if blind:
+            for ly in list(self.viewer.layers):
+                md = ly.metadata or {}
+                if md.get(OWNER_KEY) and md.get(ROLE_KEY) == "rater" and not md.get("annotation"):
+                    self.viewer.layers.remove(ly)
+            self._hide_foreign_raters(self.case_id)
+        else:
+            self._add_other_raters(self.case_id)
+            if self.annotation_layer is not None:  # keep painting on one's own layer
+                self.viewer.layers.selection.active = self.annotation_layer
+
+    def other_rater_layers(self) -> list:
+        """Layers showing another rater's mask of the current case (visible or not)."""
+        return [ly for ly in self.viewer.layers
+                if (ly.metadata or {}).get(ROLE_KEY) == "rater"
+                and (ly.metadata or {}).get("case_id") == self.case_id
+                and (ly.metadata or {}).get("rater") != self.rater]
+
+    def _close_case(self) -> None:
+        self._removing_own = True
+        try:
+            for ly in list(self.viewer.layers):
+                if (ly.metadata or {}).get(OWNER_KEY):
+                    self.viewer.layers.remove(ly)
+        finally:
+            self._removing_own = False
+        self.case_id = None
+        self.session = None
+        self.image_layer = None
+        self.annotation_layer = None
+
+    # --- editing -------------------------------------------------------------------------------
+    def _on_edit(self, event=None) -> None:
+        if self.session is not None and not self._suppress_edits:
+            self.session.record_edit()
+            if self.on_edit is not None:
+                self.on_edit()
+
+    def prefill_sources(self) -> list:
+        """Labels layers a rater may start from: not their own, and never another rater's mask
+        or a consensus (that would break blinding); model outputs first."""
+        out = []
+        for ly in self.viewer.layers:
+            if ly.__class__.__name__ != "Labels" or same_layer(ly, self.annotation_layer):
+                continue
+            if (ly.metadata or {}).get(ROLE_KEY) in _NOT_PREFILL_ROLES:
+                continue
+            out.append(ly)
+        return sorted(out, key=lambda ly: (ly.metadata or {}).get(ROLE_KEY) not in ("persona", "sample"))
+
+    def prefill_from_layer(self, source) -> dict:
+        """Replace the rater's mask by a copy of Labels layer ``source`` (e.g. a model persona),
+        undoable; provenance records the source and later edits mark it ``edited``."""
+        layer = self._need_annotation_layer()
+        if source is None or source.__class__.__name__ != "Labels":
+            raise AnnotateError("choose a Labels layer to pre-fill from")
+        if same_layer(source, layer):
+            raise AnnotateError("cannot pre-fill the annotation from itself")
+        if (source.metadata or {}).get(ROLE_KEY) in _NOT_PREFILL_ROLES:
+            raise AnnotateError(f"layer {source.name!r} is another rater's annotation or a consensus; "
+                                "pre-fill from a model output or your own labels")
+        if tuple(source.data.shape) != tuple(layer.data.shape):
+            raise AnnotateError(f"layer {source.name!r} has shape {tuple(source.data.shape)}, "
+                                f"the case has {tuple(layer.data.shape)}")
+        md = source.metadata or {}
+        info = {"layer": source.name}
+        for key in _PROVENANCE_KEYS:
+            value = md.get(key)
+            if isinstance(value, (str, int, float, bool)) and key != "kind":
+                info[key] = value
+        role = md.get(ROLE_KEY)
+        if role:
+            info["source_role"] = str(role)
+        info.setdefault("output", f"{role} {md.get('persona') or md.get('rater') or source.name}".strip()
+                        if role else source.name)
+        self._suppress_edits = True
+        try:
+            set_labels_undoable(layer, (np.asarray(source.data) != 0).astype(layer.data.dtype))
+        finally:
+            self._suppress_edits = False
+        self.session.mark_prefilled(info)
+        return dict(self.session.provenance)
+
+    def _need_annotation_layer(self):
+        if not self.rater:
+            raise AnnotateError("set your rater id before annotating (painting is locked until then)")
+        if self.store is None or self.case_id is None:
+            raise AnnotateError("open a project and a case first")
+        layer = self.annotation_layer
+        if not self._own_layer_present():
+            raise AnnotateError("your annotation layer was removed; reload the case to continue")
+        return layer
+
+    # --- saving --------------------------------------------------------------------------------
+    def save(self, reason: str = "saved") -> dict:
+        """Save the rater's mask of the current case; returns the sidecar."""
+        layer = self._need_annotation_layer()
+        mask = (np.asarray(layer.data) != 0).astype(np.uint8)
+        geo = geometry_from_layer(layer.scale, layer.translate, layer.metadata, getattr(layer, "rotate", None))
+        try:
+            sidecar = self.store.save_mask(self.case_id, self.rater, mask, geometry=geo, **self.session.save_kwargs())
+        except DatasetError as e:
+            raise AnnotateError(f"not saved: {e}") from None
+        self.session.mark_saved(sidecar)
+        layer.metadata["sidecar"] = sidecar
+        self.last_save_reason = reason
+        return sidecar
+
+    def save_if_dirty(self, reason: str = "saved") -> dict | None:
+        if self.session is not None and self.session.dirty and self._own_layer_present():
+            return self.save(reason)
+        return None
+
+    def autosave_if_due(self, now: float | None = None) -> dict | None:
+        """Save when the session's autosave interval has passed with unsaved edits."""
+        if self.session is not None and self.session.autosave_due(now):
+            return self.save("autosaved")
+        return None
+
+    def set_autosave_interval(self, seconds: float) -> None:
+        self.autosave_interval = float(seconds)
+        if self.session is not None:
+            self.session.autosave_interval = float(seconds)
+        self.remember(autosave_seconds=float(seconds))
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.session is not None and self.session.dirty)
+
+    def _own_layer_present(self) -> bool:
+        return any(same_layer(ly, self.annotation_layer) for ly in self.viewer.layers)
+
+    def _on_layer_removing(self, event) -> None:
+        """The user deletes the annotation layer: save unsaved work first."""
+        if self._removing_own:
+            return
+        try:
+            layer = self.viewer.layers[event.index]
+        except (IndexError, AttributeError, TypeError):
+            return
+        if same_layer(layer, self.annotation_layer):
+            try:
+                self.save_if_dirty("saved before the layer was removed")
+            except AnnotateError:
+                pass
+            self.annotation_layer = None
+
+    def disconnect(self) -> None:
+        """Stop listening to the viewer (dock closed)."""
+        try:
+            self.viewer.layers.events.removing.disconnect(self._on_layer_removing)
+        except (TypeError, ValueError, RuntimeError):
+            pass

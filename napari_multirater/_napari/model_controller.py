@@ -1,0 +1,470 @@
+"""Layer side of model inference: scopes, workers and the ``mr ...`` result layers (no Qt widgets).
+
+Every result goes into a layer with a fixed name that is reused on re-runs. Computed regions are
+written into existing Labels of the same shape through the undo history (a current-slice or ROI
+run only changes that region); other layers get their region replaced. All layers copy the image
+layer's geometry; ``mr samples`` gets one extra leading (sample) axis with scale 1.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..inference.engine import InferenceEngine
+from ..inference.roi import ROI, PredictionResult
+from ..io.geometry import METADATA_KEY, geometry_from_layer
+from .layers import ROLE_KEY, binary_colormap, layer_name, rater_color, transform_kwargs
+from .workers import run_to_completion, start_generator_worker
+
+SCOPES_2D = ("whole image", "region of interest")
+SCOPES_3D = ("current slice", "all slices", "region of interest")
+SAMPLES = layer_name("samples")
+SAMPLE_CONTOURS = layer_name("sample contours")
+MEAN_PROB = layer_name("mean probability")
+BLEND = layer_name("persona blend")
+UNC_CONTOUR = layer_name("uncertainty contour")
+EXPLORER = layer_name("latent explorer")
+ALL_EXPERTS = "all experts"
+
+
+def threads_disabled() -> bool:
+    """``MULTIRATER_NOTHREADS=1`` runs inference synchronously (debugging, scripts)."""
+    return os.environ.get("MULTIRATER_NOTHREADS", "0") not in ("", "0", "false", "False")
+
+
+def persona_layer_name(rater: str) -> str:
+    return layer_name("persona", rater)
+
+
+def uncertainty_layer_name(kind: str) -> str:
+    return layer_name("uncertainty", kind)
+
+
+@dataclass
+class Explorer:
+    """Latent explorer state for one 2D slice."""
+
+    enc: object
+    z_index: int | None
+    mu: np.ndarray
+    sigma: np.ndarray
+    directions: np.ndarray
+    strengths: np.ndarray
+    seed: int
+
+
+def _extend_transforms(image_layer) -> dict:
+    """The image layer's transforms with one extra leading axis (scale 1, no translation)."""
+    kw = transform_kwargs(image_layer)
+    n = image_layer.ndim
+    kw["scale"] = (1.0, *np.asarray(kw["scale"], float))
+    kw["translate"] = (0.0, *np.asarray(kw["translate"], float))
+    rot = np.eye(n + 1)
+    rot[1:, 1:] = np.asarray(kw["rotate"], float)
+    kw["rotate"] = rot
+    aff = np.eye(n + 2)
+    aff[1:, 1:] = np.asarray(kw["affine"], float)
+    aff[0, 0] = 1.0
+    kw["affine"] = aff
+    if np.any(np.asarray(kw.get("shear", 0)) != 0):
+        kw.pop("shear")  # oblique shear on the sample axis is meaningless; keep the others
+    else:
+        kw.pop("shear", None)
+    kw["units"] = ("pixel", *[str(u) for u in image_layer.units])
+    kw["axis_labels"] = ("sample", *image_layer.axis_labels)
+    kw["metadata"] = {k: v for k, v in kw["metadata"].items() if k != METADATA_KEY}  # geometry is n-D
+    return kw
+
+
+def _full_index(region, lead: int) -> tuple:
+    return (slice(None),) * lead + tuple(region)
+
+
+def _write_labels_region(layer, region, arr) -> int:
+    """Write ``arr`` into ``layer.data[region]`` through the undo history; returns voxels changed."""
+    sl = tuple(slice(s.start or 0, s.stop) for s in region)
+    cur = np.asarray(layer.data[sl])
+    arr = np.asarray(arr).astype(cur.dtype, copy=False)
+    changed = np.nonzero(cur != arr)
+    if changed[0].size:
+        idx = tuple(c + s.start for c, s in zip(changed, sl))
+        layer.data_setitem(idx, arr[changed])
+    return int(changed[0].size)
+
+
+class ModelController:
+    """Runs an :class:`InferenceEngine` on an image layer and shows the results as layers."""
+
+    def __init__(self, viewer, image_layer=None):
+        self.viewer = viewer
+        self.image_layer = image_layer
+        self.engine: InferenceEngine | None = None
+        self.worker = None
+        self.last: dict[str, PredictionResult] = {}
+        self.explorer: Explorer | None = None
+
+    # ------------------------------------------------------------------ model and image
+    def load_model(self, name_or_path, device: str = "auto", **kwargs) -> InferenceEngine:
+        self.engine = InferenceEngine.load(name_or_path, device=device, **kwargs)
+        self.last.clear()
+        self.explorer = None
+        return self.engine
+
+    def set_intensity(self, image_units: str = "auto", lidc_mapping: str = "fixed") -> None:
+        """Change how raw image values are mapped to the model input (see inference.intensity)."""
+        from ..inference.intensity import InputNormalizer
+
+        if self.engine is None:
+            raise ValueError("load a model first (Model section)")
+        self.engine.normalizer = InputNormalizer.from_card(self.engine.card, image_units, lidc_mapping)
+        self.last.clear()
+        self.explorer = None
+
+    def require(self):
+        if self.engine is None:
+            raise ValueError("load a model first (Model section)")
+        if self.image_layer is None or self.image_layer not in self.viewer.layers:
+            raise ValueError("choose an image layer first")
+        if getattr(self.image_layer, "rgb", False) or self.image_layer.ndim not in (2, 3):
+            raise ValueError(f"{self.image_layer.name!r} is not a 2D or 3D grey-value image")
+        return self.engine, self.image_layer
+
+    def image_data(self) -> np.ndarray:
+        layer = self.require()[1]
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        return np.asarray(data)
+
+    def geometry(self):
+        layer = self.image_layer
+        return geometry_from_layer(layer.scale, layer.translate, layer.metadata, getattr(layer, "rotate", None))
+
+    def scopes(self) -> tuple[str, ...]:
+        return SCOPES_3D if self.image_layer is not None and self.image_layer.ndim == 3 else SCOPES_2D
+
+    def current_slice_index(self) -> int | None:
+        """Axial index (data coordinates) of the viewer's current position, None for 2D images."""
+        layer = self.image_layer
+        if layer is None or layer.ndim != 3:
+            return None
+        z = int(np.round(layer.world_to_data(self.viewer.dims.point)[0]))
+        return int(np.clip(z, 0, layer.data.shape[0] - 1))
+
+    # ------------------------------------------------------------------ regions of interest
+    def roi_from_layer(self, layer, size_mm: float = 40.0) -> ROI:
+        """A rectangle from a Shapes layer (last/selected shape) or a box of ``size_mm`` around a
+        point of a Points layer (last/selected point), in the image's voxel grid."""
+        img = self.image_layer
+        kind = layer.__class__.__name__
+        if kind == "Shapes":
+            if len(layer.data) == 0:
+                raise ValueError(f"{layer.name!r} has no shape: draw a rectangle first")
+            i = max(layer.selected_data) if layer.selected_data else len(layer.data) - 1
+            verts = np.asarray(layer.data[i], float)
+            idx = np.array([img.world_to_data(layer.data_to_world(v)) for v in verts])
+            lo, hi = idx.min(0), idx.max(0)
+            y0, x0 = (int(np.floor(v + 0.5)) for v in lo[-2:])
+            y1, x1 = (int(np.floor(v + 0.5)) for v in hi[-2:])
+            z = None
+            if img.ndim == 3:
+                z = self.current_slice_index() if layer.ndim < 3 else int(np.round(lo[0]))
+                z = (z, max(int(np.round(hi[0])), z) + 1)
+            return ROI.rect(z, y0, x0, max(y1, y0 + 1), max(x1, x0 + 1))
+        if kind == "Points":
+            if len(layer.data) == 0:
+                raise ValueError(f"{layer.name!r} has no point: add a point first")
+            i = max(layer.selected_data) if layer.selected_data else len(layer.data) - 1
+            world = np.asarray(layer.data_to_world(layer.data[i]), float)
+            idx = np.asarray(img.world_to_data(world), float)
+            if img.ndim == 3 and layer.ndim < 3:
+                idx[0] = self.current_slice_index()
+            return ROI.point(self.geometry().index_to_physical(idx), size_mm)
+        raise ValueError(f"{layer.name!r} is a {kind} layer: use a Shapes (rectangle) or Points layer for the ROI")
+
+    def run_kwargs(self, scope: str, roi_layer=None, size_mm: float = 40.0) -> dict:
+        """``iter_predict_volume`` keywords for a scope name."""
+        if scope == "current slice":
+            return {"slice_index": self.current_slice_index()}
+        if scope == "region of interest":
+            if roi_layer is None:
+                raise ValueError("choose a Shapes or Points layer for the region of interest")
+            return {"roi": self.roi_from_layer(roi_layer, size_mm)}
+        if scope in ("whole image", "all slices"):
+            return {}
+        raise ValueError(f"unknown scope {scope!r}")
+
+    # ------------------------------------------------------------------ running
+    def start(self, action: str, scope: str = "whole image", *, samples: int = 16, seed: int = 0,
+              roi_layer=None, size_mm: float = 40.0, batch_slices: int = 8, show: dict | None = None,
+              on_done=None, on_error=None, on_finished=None, on_progress=None, sync: bool | None = None):
+        """Run ``action`` ('samples', 'personas', 'uncertainty') on ``scope``; the result is shown
+        with :meth:`apply` (``show`` = its keyword arguments) on the GUI thread. Returns the worker
+        (None when run synchronously). Errors in setup raise ValueError before anything starts."""
+        engine, _ = self.require()
+        if self.worker is not None:
+            raise ValueError("a model run is already in progress: wait or cancel it")
+        kw = self.run_kwargs(scope, roi_layer, size_mm)
+        kw.update(samples=samples if action in ("samples", "uncertainty") else 0, seed=seed,
+                  personas=action == "personas", uncertainty=action == "uncertainty", batch_slices=batch_slices)
+        image, geometry = self.image_data(), self.geometry()
+        show = dict(show or {})
+
+        def done(result):
+            self.last[action] = result
+            self.apply(action, result, **show)
+            if on_done is not None:
+                on_done(result)
+
+        def finished():
+            self.worker = None
+            if on_finished is not None:
+                on_finished()
+
+        if sync if sync is not None else threads_disabled():
+            try:
+                done(run_to_completion(engine.iter_predict_volume(image, geometry, **kw), on_progress))
+            except Exception as e:  # same contract as the worker: report, never raise into Qt
+                if on_error is None:
+                    raise
+                on_error(e)
+            finally:
+                finished()
+            return None
+        self.worker = start_generator_worker(engine.iter_predict_volume, image, geometry, desc=f"model {action}",
+                                             on_done=done, on_error=on_error, on_finished=finished, **kw)
+        if on_progress is not None:
+            self.worker.yielded.connect(on_progress)
+        return self.worker
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.worker.quit()
+
+    # ------------------------------------------------------------------ layers
+    def _meta(self, role: str, **extra) -> dict:
+        return {ROLE_KEY: role, "model": self.engine.name if self.engine else None,
+                "image_layer": self.image_layer.name, **extra}
+
+    def _layer_kwargs(self, like_kw, kwargs) -> dict:
+        kw = dict(like_kw if like_kw is not None else transform_kwargs(self.image_layer))
+        kw["metadata"] = {**kw.get("metadata", {}), **kwargs.pop("metadata", {})}
+        kw.update(kwargs)
+        return kw
+
+    @staticmethod
+    def _sync(layer, kw) -> None:
+        """Keep a reused layer on its image's grid (the image layer may have changed)."""
+        for key in ("scale", "translate", "rotate", "affine"):
+            if key in kw and not np.allclose(np.asarray(getattr(layer, key) if key != "affine" else
+                                                        layer.affine.affine_matrix, float), np.asarray(kw[key], float)):
+                setattr(layer, key, kw[key])
+        layer.metadata.update(kw["metadata"])
+
+    def _labels(self, name, result_region, arr, lead=0, like_kw=None, **kwargs):
+        """Create or update a Labels layer: region written through the undo history."""
+        full_shape = (arr.shape[:lead] if lead else ()) + tuple(np.shape(self.image_layer.data))
+        kw = self._layer_kwargs(like_kw, kwargs)
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        if layer is not None and layer.data.shape == full_shape:
+            _write_labels_region(layer, _full_index(result_region, lead), arr)
+            self._sync(layer, kw)
+            return layer
+        data = np.zeros(full_shape, arr.dtype if arr.dtype.kind in "iu" else np.uint8)
+        data[_full_index(result_region, lead)] = arr
+        if layer is not None:  # shape changed (other image, other n): replace data (not undoable)
+            layer.data = data
+            self._sync(layer, kw)
+            return layer
+        return self.viewer.add_labels(data, name=name, **kw)
+
+    def _image(self, name, region, arr, **kwargs):
+        """Create or update a float Image layer (region replaced, contrast fixed to 0..1)."""
+        shape = tuple(np.shape(self.image_layer.data))
+        kw = self._layer_kwargs(None, kwargs)
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        if layer is not None and layer.data.shape == shape:
+            layer.data[tuple(region)] = arr
+            layer.refresh()
+            self._sync(layer, kw)
+            return layer
+        data = np.zeros(shape, np.float32)
+        data[tuple(region)] = arr
+        if layer is not None:
+            self.viewer.layers.remove(name)
+        return self.viewer.add_image(data, name=name, contrast_limits=(0.0, 1.0), **kw)
+
+    def apply(self, action: str, result: PredictionResult, **show):
+        """Put a result into its layers (GUI thread). Returns the layers touched."""
+        if action == "samples":
+            return self.show_samples(result, contours=show.get("contours", False))
+        if action == "personas":
+            return self.show_personas(result, show.get("expert", ALL_EXPERTS))
+        if action == "uncertainty":
+            return self.show_uncertainty(result, show.get("kind", "entropy"))
+        raise ValueError(f"unknown action {action!r}")
+
+    def show_samples(self, result: PredictionResult, contours: bool = False) -> list:
+        out = []
+        if result.samples_region is not None:
+            layer = self._labels(SAMPLES, result.region, result.samples_region, lead=1,
+                                 like_kw=_extend_transforms(self.image_layer), opacity=0.6,
+                                 metadata=self._meta("sample", seed=result.info.get("seed")),
+                                 colormap=binary_colormap("#ffd700"))
+            out.append(layer)
+        if result.mean_prob_region is not None:
+            out.append(self._image(MEAN_PROB, result.region, result.mean_prob_region, colormap="magma",
+                                   blending="additive", opacity=0.8, metadata=self._meta("mean_probability")))
+        if contours and result.samples_region is not None:
+            out.append(self._labels(SAMPLE_CONTOURS, result.region, sample_contours(result.samples_region),
+                                    metadata=self._meta("sample_contours"), opacity=0.9))
+        for name, visible in ((SAMPLE_CONTOURS, contours), (SAMPLES, not contours)):
+            if name in self.viewer.layers:
+                self.viewer.layers[name].visible = visible
+        self._select_image()
+        return out
+
+    def show_personas(self, result: PredictionResult, expert: str = ALL_EXPERTS) -> list:
+        names = list(result.personas_region)
+        chosen = names if expert == ALL_EXPERTS else [expert]
+        out = []
+        for k, rater in enumerate(names):
+            lname = persona_layer_name(rater)
+            if rater not in chosen:
+                if lname in self.viewer.layers:
+                    self.viewer.layers[lname].visible = False
+                continue
+            layer = self._labels(lname, result.region, result.personas_region[rater],
+                                 colormap=binary_colormap(rater_color(k)), opacity=0.8,
+                                 metadata=self._meta("persona", rater=rater))
+            layer.contour = 1 if expert == ALL_EXPERTS else 0
+            layer.visible = True
+            out.append(layer)
+        self._select_image()
+        return out
+
+    def show_uncertainty(self, result: PredictionResult, kind: str = "entropy") -> list:
+        if kind not in result.uncertainty_region:
+            raise ValueError(f"no {kind!r} map in this result (available: {', '.join(result.uncertainty_region)})")
+        out = []
+        for k in result.uncertainty_region:
+            name = uncertainty_layer_name(k)
+            if k == kind:
+                out.append(self._image(name, result.region, result.uncertainty_region[k], colormap="inferno",
+                                       blending="additive", opacity=0.8, metadata=self._meta("uncertainty", kind=k)))
+                out[-1].visible = True
+            elif name in self.viewer.layers:
+                self.viewer.layers[name].visible = False
+        self._select_image()
+        return out
+
+    def uncertainty_contour(self, kind: str, threshold: float):
+        """``mr uncertainty contour``: outline of ``mr uncertainty: <kind>`` >= threshold."""
+        name = uncertainty_layer_name(kind)
+        if name not in self.viewer.layers:
+            raise ValueError(f"compute the {kind} map first")
+        mask = (np.asarray(self.viewer.layers[name].data) >= float(threshold)).astype(np.uint8)
+        region = tuple(slice(0, s) for s in mask.shape)
+        layer = self._labels(UNC_CONTOUR, region, mask, colormap=binary_colormap("#00e5ff"),
+                             metadata=self._meta("uncertainty_contour", kind=kind, threshold=float(threshold)))
+        layer.contour = 1
+        layer.visible = True
+        return layer
+
+    def blend(self, i: int, j: int, t: float, seed: int = 0):
+        """``mr persona blend``: blend of raters i and j on the 2D image / current slice."""
+        engine, _ = self.require()
+        image, z = self._current_2d()
+        mask = (engine.blend(image, i, j, t, seed=seed) > 0.5).astype(np.uint8)
+        region = self._slice_region(z, mask.shape)
+        names = engine.rater_names
+        layer = self._labels(BLEND, region, mask, colormap=binary_colormap("#ffffff"), opacity=0.8,
+                             metadata=self._meta("persona", rater=f"{names[i]}~{names[j]}@{t:.2f}",
+                                                 blend=[names[i], names[j], float(t)]))
+        layer.contour = 1
+        layer.visible = True
+        self._select_image()
+        return layer
+
+    def _current_2d(self):
+        data = self.image_data()
+        if data.ndim == 2:
+            return data, None
+        z = self.current_slice_index()
+        return data[z], z
+
+    def _slice_region(self, z, shape2d):
+        base = (slice(0, shape2d[0]), slice(0, shape2d[1]))
+        return base if z is None else (slice(z, z + 1), *base)
+
+    def _select_image(self):
+        if self.image_layer in self.viewer.layers:
+            self.viewer.layers.selection.active = self.image_layer
+
+    # ------------------------------------------------------------------ latent explorer
+    def explorer_start(self, mode: str = "axes", seed: int = 0) -> Explorer:
+        """Encode the 2D image / current slice once; sliders then only re-decode (ms)."""
+        engine, _ = self.require()
+        image, z = self._current_2d()
+        enc = engine.encode(image)
+        prior = engine.latent_prior(enc)
+        if prior is None:
+            raise ValueError(f"{engine.model.method} has no latent space to explore")
+        directions, strengths = engine.latent_directions(enc, mode, seed=seed)
+        self.explorer = Explorer(enc, z, prior[0], prior[1], directions, strengths, int(seed))
+        if EXPLORER in self.viewer.layers:
+            self.viewer.layers[EXPLORER].data[...] = 0
+        self.explorer_set(np.zeros(len(prior[0])))
+        return self.explorer
+
+    def _explorer_layer(self, mask):
+        ex = self.explorer
+        region = self._slice_region(ex.z_index, mask.shape)
+        shape = tuple(np.shape(self.image_layer.data))
+        if EXPLORER in self.viewer.layers and self.viewer.layers[EXPLORER].data.shape == shape:
+            layer = self.viewer.layers[EXPLORER]
+            layer.data[region] = mask  # a live preview: not recorded in the undo history
+            layer.refresh()
+            return layer
+        return self._labels(EXPLORER, region, mask, colormap=binary_colormap("#00ff7f"), opacity=0.7,
+                            metadata=self._meta("latent_explorer"))
+
+    def explorer_set(self, coeffs):
+        """Decode at slider values ``coeffs`` (units of prior sigma along the chosen directions)."""
+        ex = self._need_explorer()
+        z = self.engine.latent_from_coefficients(ex.enc, coeffs, ex.directions)
+        return self._explorer_layer((self.engine.decode(ex.enc, z)[0] > 0.5).astype(np.uint8))
+
+    def explorer_interpolate(self, a: int, b: int, t: float, n: int | None = None):
+        """Decode between prior draws a and b of the sample seed (t = 0 -> a, 1 -> b)."""
+        ex = self._need_explorer()
+        n = max(int(n or 0), a + 1, b + 1)
+        zs = self.engine.latent_samples(ex.enc, n, seed=ex.seed, key=ex.z_index or 0)
+        prob = self.engine.interpolate(ex.enc, zs[a], zs[b], t)
+        return self._explorer_layer((prob > 0.5).astype(np.uint8))
+
+    def _need_explorer(self) -> Explorer:
+        if self.explorer is None or self.engine is None:
+            raise ValueError("start the latent explorer first")
+        return self.explorer
+
+
+def sample_contours(samples: np.ndarray) -> np.ndarray:
+    """Outlines of n binary samples (n, ...) in one label image: sample i's in-plane boundary = i + 1
+    (later samples win where outlines cross)."""
+    from scipy import ndimage as ndi
+
+    out = np.zeros(samples.shape[1:], np.uint16 if len(samples) > 254 else np.uint8)
+    st = np.zeros((3,) * (samples.ndim - 1), bool)
+    c = (1,) * (samples.ndim - 1)
+    st[c] = True
+    for ax in (-1, -2):  # in-plane 4-neighbourhood
+        for d in (0, 2):
+            idx = list(c)
+            idx[ax] = d
+            st[tuple(idx)] = True
+    for i, m in enumerate(samples.astype(bool)):
+        edge = m & ~ndi.binary_erosion(m, st, border_value=0)
+        out[edge] = i + 1
+    return out

@@ -1,0 +1,579 @@
+"""Annotation store: collect rater masks into a case-folder project (pure Python, no Qt/napari).
+
+The project *is* a case-folder dataset (:mod:`napari_multirater.datasets.case_folder`), so what is
+collected can be trained on directly (``multirater train``)::
+
+    <project>/dataset.json                       manifest; ``raters`` grows as raters save
+    <project>/.dataset.lock                      project lock (manifest edits, new cases)
+    <project>/cases/<case>/image.nii.gz          the image
+    <project>/cases/<case>/case.json             case info incl. ``image_sha256`` (sha256 of voxels)
+    <project>/cases/<case>/raters/<rater>.nii.gz that rater's binary mask (image geometry)
+    <project>/cases/<case>/raters/<rater>.json   sidecar: rater, created/saved, active_seconds,
+                                                 image_sha256, mask_sha256, provenance
+    <project>/cases/<case>/raters/.<rater>.lock  per-(case, rater) lock
+    <project>/cases/<case>/raters/.pending/<rater>/   staging area of a save in progress
+
+Saving is crash safe and concurrency safe:
+
+* every save of (case, rater) runs under that pair's lock (:class:`~.lock.FileLock`: ``flock``,
+  released by the kernel when a process dies, or an ``O_EXCL`` lock file elsewhere);
+* the mask and the sidecar are first written completely into the staging folder (each file
+  itself via a temporary name and an atomic rename); writing the staged sidecar is the commit
+  point; then both are renamed over the live files;
+* before every load or save under the lock, a staged save left by a killed process is finished
+  when it was committed (staged sidecar present) and discarded otherwise, so the live mask and
+  sidecar always belong to one completed save, and a crash loses at most the save in progress;
+* a rater id is added to ``dataset.json`` under the project lock after re-reading the manifest,
+  so raters added concurrently by other processes are merged, never lost.
+
+A mask is only accepted for the image it was drawn on: the caller passes the checksum of the
+image it loaded, which must equal the checksum of the image on disk and the one recorded in
+``case.json``; shape and geometry must match too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from ..datasets.case import DatasetError
+from ..datasets.case_folder import (
+    IMAGE_STEM,
+    MANIFEST,
+    annotation_sidecar,
+    check_identifier,
+    create_dataset,
+    find_file,
+    image_checksum,
+    new_manifest,
+    now_iso,
+    read_json,
+    validate_manifest,
+    write_json,
+)
+from ..io.geometry import Geometry
+from ..io.medical import MedicalIOError, read_image, read_label_image, write_image
+from .lock import FileLock
+
+__all__ = [
+    "AnnotationStore",
+    "ChecksumMismatch",
+    "RaterIdentity",
+    "case_id_from_path",
+    "config_path",
+]
+
+PROJECT_LOCK = ".dataset.lock"
+PENDING_DIR = ".pending"
+DEFAULT_MASK_SUFFIX = ".nii.gz"
+_SINGLE_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+CONFIG_ENV = "NAPARI_MULTIRATER_CONFIG"
+
+
+class ChecksumMismatch(DatasetError):
+    """A mask was offered for an image other than the one on disk (or the image changed)."""
+
+
+def case_id_from_path(path) -> str:
+    """A valid case id from an image file (or DICOM folder) name: suffix removed, other
+    characters than letters, digits and ``_.-`` replaced by ``_``."""
+    name = Path(path).name
+    for suffix in _IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._-")[:120]
+    return name or "case"
+
+
+def _mask_suffix(path: Path) -> str:
+    name = path.name.lower()
+    for s in _SINGLE_FILE_SUFFIXES:
+        if name.endswith(s):
+            return s
+    return DEFAULT_MASK_SUFFIX
+
+
+def _binary_mask(mask, where: str) -> np.ndarray:
+    m = np.asarray(mask)
+    if m.dtype == bool:
+        return m.astype(np.uint8)
+    if m.dtype.kind not in "iuf":
+        raise DatasetError(f"{where}: mask of type {m.dtype} cannot be saved (expected 0/1 integers)")
+    if m.size and (m.min() < 0 or m.max() > 1 or (m.dtype.kind == "f" and not np.all((m == 0) | (m == 1)))):
+        values = np.unique(m)[:8].tolist()
+        raise DatasetError(f"{where}: mask must be binary (0 = background, 1 = lesion), found values {values}")
+    return m.astype(np.uint8)
+
+
+@dataclass
+class _ImageInfo:
+    stat_key: tuple
+    sha256: str
+    shape: tuple
+    geometry: Geometry
+    path: Path
+
+
+class AnnotationStore:
+    """Read and write rater annotations of a case-folder project (see the module docstring)."""
+
+    def __init__(self, project_dir, lock_timeout: float = 30.0):
+        self.root = Path(project_dir)
+        self.lock_timeout = float(lock_timeout)
+        m = read_json(self.root / MANIFEST, "project manifest")
+        validate_manifest(m, str(self.root / MANIFEST))
+        self._images: dict[str, _ImageInfo] = {}
+
+    # --- project -------------------------------------------------------------------------------
+    @classmethod
+    def create_project(
+        cls,
+        project_dir,
+        name: str,
+        raters: Sequence[str] = (),
+        *,
+        modality: str = "CT",
+        labels: dict | None = None,
+        intensity_window: Sequence[float] | None = None,
+        description: str = "",
+        lock_timeout: float = 30.0,
+    ) -> AnnotationStore:
+        """Create an empty project (refuses to overwrite an existing ``dataset.json``)."""
+        manifest = new_manifest(name, list(raters), modality=modality, labels=labels,
+                                intensity_window=intensity_window, description=description)
+        create_dataset(project_dir, manifest)
+        return cls(project_dir, lock_timeout=lock_timeout)
+
+    @property
+    def manifest(self) -> dict:
+        """The manifest as currently on disk (re-read: other processes may add raters)."""
+        m = read_json(self.root / MANIFEST, "project manifest")
+        validate_manifest(m, str(self.root / MANIFEST))
+        return m
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("name", self.root.name))
+
+    def raters(self) -> list[str]:
+        return list(self.manifest["raters"])
+
+    def _project_lock(self) -> FileLock:
+        return FileLock(self.root / PROJECT_LOCK, timeout=self.lock_timeout)
+
+    def _rater_lock(self, case_id: str, rater: str) -> FileLock:
+        return FileLock(self.case_dir(case_id) / "raters" / f".{rater}.lock", timeout=self.lock_timeout)
+
+    def add_rater(self, rater: str) -> bool:
+        """Add ``rater`` to the manifest (merged with concurrent additions); True if it was new."""
+        check_identifier(rater, "rater id")
+        with self._project_lock():
+            m = read_json(self.root / MANIFEST, "project manifest")
+            if rater in m.get("raters", []):
+                return False
+            m["raters"] = [*m.get("raters", []), rater]
+            validate_manifest(m, str(self.root / MANIFEST))
+            write_json(self.root / MANIFEST, m)
+            return True
+
+    # --- cases ---------------------------------------------------------------------------------
+    def case_ids(self) -> list[str]:
+        d = self.root / "cases"
+        if not d.is_dir():
+            return []
+        out = []
+        for p in sorted(d.iterdir()):
+            if p.is_dir() and not p.name.startswith("."):
+                try:
+                    out.append(check_identifier(p.name, "case id"))
+                except DatasetError:
+                    continue
+        return out
+
+    def case_dir(self, case_id: str) -> Path:
+        return self.root / "cases" / check_identifier(case_id, "case id")
+
+    def _existing_case_dir(self, case_id: str) -> Path:
+        d = self.case_dir(case_id)
+        if not d.is_dir():
+            raise DatasetError(f"case {case_id!r} not found in project {self.root}")
+        return d
+
+    def case_info(self, case_id: str) -> dict:
+        p = self._existing_case_dir(case_id) / "case.json"
+        return read_json(p, "case info") if p.exists() else {}
+
+    def add_case(
+        self,
+        image: np.ndarray,
+        geometry: Geometry,
+        case_id: str | None = None,
+        *,
+        source: str | None = None,
+        patient_id: str | None = None,
+        suffix: str = ".nii.gz",
+        info: dict | None = None,
+    ) -> str:
+        """Add one image as a new case; returns its id (made unique with ``_2``, ``_3``...)."""
+        image = np.asarray(image)
+        if image.ndim not in (2, 3):
+            raise DatasetError(f"only 2D or 3D images can be annotated, got shape {image.shape}")
+        base = case_id_from_path(case_id or "case")
+        with self._project_lock():
+            existing = set(self.case_ids())
+            cid, n = base, 1
+            while cid in existing or (self.root / "cases" / cid).exists():
+                n += 1
+                cid = f"{base}_{n}"
+            check_identifier(cid, "case id")
+            cdir = self.root / "cases" / cid
+            (cdir / "raters").mkdir(parents=True)
+            try:
+                write_image(cdir / f"{IMAGE_STEM}{suffix}", image, geometry)
+            except MedicalIOError as e:
+                shutil.rmtree(cdir, ignore_errors=True)
+                raise DatasetError(str(e)) from None
+            record = dict(info or {})
+            record.update({
+                "case_id": cid,
+                "patient_id": patient_id or record.get("patient_id") or cid,
+                "image_sha256": image_checksum(image),
+                "added": now_iso(),
+            })
+            if source:
+                record["source"] = str(source)
+            write_json(cdir / "case.json", record)
+        return cid
+
+    def import_images(self, paths: Iterable, errors: list[str] | None = None) -> list[str]:
+        """Add one case per image file / DICOM folder (case id from the file name).
+
+        A file that cannot be read raises :class:`DatasetError`, unless ``errors`` (a list) is
+        given: then its message is appended and the other files are still imported.
+        """
+        ids = []
+        for path in paths:
+            try:
+                image, geometry, info = read_image(path)
+            except MedicalIOError as e:
+                if errors is None:
+                    raise DatasetError(str(e)) from None
+                errors.append(str(e))
+                continue
+            extra = {k: info[k] for k in ("series_uid", "series_description", "modality") if info.get(k)}
+            ids.append(self.add_case(image, geometry, case_id_from_path(path), source=str(path), info=extra))
+        return ids
+
+    # --- images --------------------------------------------------------------------------------
+    def image_path(self, case_id: str) -> Path:
+        cdir = self._existing_case_dir(case_id)
+        p = find_file(cdir, IMAGE_STEM)
+        if p is None:
+            raise DatasetError(f"case {case_id}: no image file in {cdir} (expected image.nii.gz or similar)")
+        return p
+
+    def _image_info(self, case_id: str, array: np.ndarray | None = None, geometry: Geometry | None = None) -> _ImageInfo:
+        """Checksum/shape/geometry of the image on disk, re-read whenever the file changed."""
+        p = self.image_path(case_id)
+        st = p.stat()
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = self._images.get(case_id)
+        if cached is not None and cached.stat_key == key and cached.path == p:
+            return cached
+        if array is None:
+            try:
+                array, geometry, _ = read_image(p)
+            except MedicalIOError as e:
+                raise DatasetError(str(e)) from None
+        info = _ImageInfo(key, image_checksum(array), tuple(array.shape), geometry, p)
+        self._images[case_id] = info
+        return info
+
+    def load_image(self, case_id: str) -> tuple[np.ndarray, Geometry, dict]:
+        """``(array, geometry, info)``; info adds ``image_sha256`` (of the voxels just read)."""
+        p = self.image_path(case_id)
+        try:
+            array, geometry, info = read_image(p)
+        except MedicalIOError as e:
+            raise DatasetError(str(e)) from None
+        self._images.pop(case_id, None)
+        img = self._image_info(case_id, array, geometry)
+        info = {**info, "image_sha256": img.sha256, "case_id": case_id}
+        return array, geometry, info
+
+    def image_checksum(self, case_id: str) -> str:
+        return self._image_info(case_id).sha256
+
+    # --- masks ---------------------------------------------------------------------------------
+    def _pending(self, case_id: str, rater: str) -> Path:
+        return self.case_dir(case_id) / "raters" / PENDING_DIR / rater
+
+    def _recover(self, case_id: str, rater: str) -> str | None:
+        """Finish (committed) or discard (uncommitted) a save interrupted by a crash. Call under
+        the rater lock. Returns "finished", "discarded" or None."""
+        pend = self._pending(case_id, rater)
+        if not pend.exists():
+            return None
+        rdir = self.case_dir(case_id) / "raters"
+        side = pend / "sidecar.json"
+        outcome = "discarded"
+        if side.is_file():
+            try:
+                record = json.loads(side.read_text(encoding="utf-8"))
+                target = str(record.get("mask_file", f"{rater}{DEFAULT_MASK_SUFFIX}"))
+                staged = pend / f"mask{_mask_suffix(Path(target))}"
+                if staged.is_file():
+                    os.replace(staged, rdir / target)
+                os.replace(side, rdir / f"{rater}.json")
+                outcome = "finished"
+            except (ValueError, OSError):
+                outcome = "discarded"
+        shutil.rmtree(pend, ignore_errors=True)
+        return outcome
+
+    def mask_path(self, case_id: str, rater: str) -> Path | None:
+        check_identifier(rater, "rater id")
+        return find_file(self._existing_case_dir(case_id) / "raters", rater)
+
+    def has_mask(self, case_id: str, rater: str) -> bool:
+        try:
+            return self.mask_path(case_id, rater) is not None
+        except DatasetError:
+            return False
+
+    def annotated_raters(self, case_id: str) -> list[str]:
+        """Raters with a mask file for the case (manifest order, then others alphabetically)."""
+        rdir = self.case_dir(case_id) / "raters"
+        if not rdir.is_dir():
+            return []
+        found = set()
+        for p in rdir.iterdir():
+            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".json"):
+                stem = p.name
+                for s in _IMAGE_SUFFIXES:
+                    if stem.lower().endswith(s):
+                        found.add(stem[: -len(s)])
+                        break
+        order = [r for r in self.raters() if r in found]
+        return order + sorted(found - set(order))
+
+    def load_mask(self, case_id: str, rater: str) -> tuple[np.ndarray | None, dict | None]:
+        """``(mask uint8 {0,1} | None, sidecar | None)``; None, None when the rater has not saved.
+
+        A corrupt mask or sidecar, a mask whose shape/geometry differs from the image, or an
+        annotation recorded for another image raises :class:`DatasetError` naming the file.
+        """
+        check_identifier(rater, "rater id")
+        rdir = self._existing_case_dir(case_id) / "raters"
+        spath = rdir / f"{rater}.json"
+        if not self._pending(case_id, rater).exists() and find_file(rdir, rater) is None and not spath.exists():
+            return None, None  # never saved: no lock file needed
+        with self._rater_lock(case_id, rater):
+            self._recover(case_id, rater)
+            mpath = find_file(rdir, rater)
+            sidecar = read_json(spath, "annotation sidecar") if spath.exists() else None
+            if mpath is None:
+                return None, sidecar
+            img = self._image_info(case_id)
+            try:
+                mask, _, _ = read_label_image(mpath, reference=img.geometry, shape=img.shape)
+            except MedicalIOError as e:
+                raise DatasetError(f"case {case_id}, rater {rater}: {e}") from None
+        values = np.unique(mask)
+        if not set(values.tolist()) <= {0, 1}:
+            raise DatasetError(f"{mpath}: mask must be binary (0/1), found values {values[:8].tolist()}")
+        if sidecar is not None and sidecar.get("image_sha256") not in (None, img.sha256):
+            raise ChecksumMismatch(
+                f"{spath}: this annotation was made on a different image (image checksum "
+                f"{str(sidecar.get('image_sha256'))[:12]}... vs {img.sha256[:12]}... on disk)"
+            )
+        return mask.astype(np.uint8, copy=False), sidecar
+
+    def save_mask(
+        self,
+        case_id: str,
+        rater: str,
+        mask,
+        *,
+        provenance: dict,
+        active_seconds: float = 0.0,
+        created: str | None = None,
+        image_sha256: str | None = None,
+        geometry: Geometry | None = None,
+    ) -> dict:
+        """Save ``rater``'s binary mask of ``case_id``; returns the written sidecar.
+
+        ``image_sha256`` is the checksum of the image the mask was drawn on (from
+        :meth:`load_image`); ``geometry`` the mask's geometry. Refused with
+        :class:`ChecksumMismatch` / :class:`DatasetError` when they, or the shape, do not match
+        the case's image. ``created`` defaults to the existing sidecar's creation time.
+        """
+        check_identifier(rater, "rater id")
+        if not isinstance(provenance, dict) or "kind" not in provenance:
+            raise DatasetError("provenance must be a dict with a 'kind' (e.g. {'kind': 'drawn'})")
+        where = f"case {case_id}, rater {rater}"
+        rdir = self._existing_case_dir(case_id) / "raters"
+        mask = _binary_mask(mask, where)
+        img = self._image_info(case_id)
+        recorded = self.case_info(case_id).get("image_sha256")
+        if recorded and recorded != img.sha256:
+            raise ChecksumMismatch(
+                f"{where}: the image file {img.path} changed since the case was added (checksum "
+                f"{img.sha256[:12]}... vs {recorded[:12]}... in case.json); not saving"
+            )
+        if image_sha256 is not None and image_sha256 != img.sha256:
+            raise ChecksumMismatch(
+                f"{where}: the mask was drawn on a different image (checksum {image_sha256[:12]}... "
+                f"vs {img.sha256[:12]}... on disk); not saving"
+            )
+        if tuple(mask.shape) != img.shape:
+            raise DatasetError(f"{where}: mask shape {tuple(mask.shape)} does not match the image shape {img.shape}")
+        if geometry is not None:
+            diff = img.geometry.mismatch(geometry)
+            if diff is not None:
+                raise DatasetError(f"{where}: mask geometry does not match the image: {diff} (mask vs image)")
+        self.add_rater(rater)
+        rdir.mkdir(parents=True, exist_ok=True)
+        with self._rater_lock(case_id, rater):
+            self._recover(case_id, rater)
+            existing = find_file(rdir, rater)
+            suffix = _mask_suffix(existing) if existing is not None else DEFAULT_MASK_SUFFIX
+            if created is None and (rdir / f"{rater}.json").exists():
+                try:
+                    created = read_json(rdir / f"{rater}.json", "annotation sidecar").get("created")
+                except DatasetError:
+                    created = None
+            sidecar = annotation_sidecar(rater, case_id, img.sha256, dict(provenance),
+                                         created=created, active_seconds=active_seconds)
+            sidecar["mask_sha256"] = image_checksum(mask)
+            sidecar["mask_file"] = f"{rater}{suffix}"
+            pend = self._pending(case_id, rater)
+            shutil.rmtree(pend, ignore_errors=True)
+            pend.mkdir(parents=True)
+            try:
+                write_image(pend / f"mask{suffix}", mask, img.geometry, label=True)
+            except MedicalIOError as e:
+                shutil.rmtree(pend, ignore_errors=True)
+                raise DatasetError(str(e)) from None
+            write_json(pend / "sidecar.json", sidecar)  # commit point
+            self._recover(case_id, rater)  # rename both into place
+        return sidecar
+
+    # --- progress and navigation ---------------------------------------------------------------
+    def progress(self, rater: str) -> tuple[int, int]:
+        """``(cases with a mask by rater, number of cases)``."""
+        ids = self.case_ids()
+        return sum(self.has_mask(c, rater) for c in ids), len(ids)
+
+    def next_case(self, current: str | None, rater: str | None = None, unannotated_only: bool = True) -> str | None:
+        """The case after ``current``; with ``unannotated_only`` the next one (wrapping around,
+        ``current`` excluded) that ``rater`` has not annotated. None when there is none."""
+        ids = self.case_ids()
+        if not ids:
+            return None
+        start = ids.index(current) + 1 if current in ids else 0
+        if not unannotated_only:
+            return ids[start] if start < len(ids) else None
+        if not rater:
+            raise DatasetError("a rater id is needed to find the cases you have not annotated")
+        for cid in ids[start:] + ids[:start]:
+            if cid != current and not self.has_mask(cid, rater):
+                return cid
+        return None
+
+    def previous_case(self, current: str | None, rater: str | None = None, unannotated_only: bool = False) -> str | None:
+        """The case before ``current`` (see :meth:`next_case`)."""
+        ids = self.case_ids()
+        if not ids:
+            return None
+        start = ids.index(current) if current in ids else len(ids)
+        if not unannotated_only:
+            return ids[start - 1] if start > 0 else None
+        if not rater:
+            raise DatasetError("a rater id is needed to find the cases you have not annotated")
+        order = ids[:start][::-1] + ids[start:][::-1]
+        for cid in order:
+            if cid != current and not self.has_mask(cid, rater):
+                return cid
+        return None
+
+    def check(self) -> list[str]:
+        """Load every image and every mask; one message per problem (nothing raised)."""
+        problems = []
+        for cid in self.case_ids():
+            try:
+                self._image_info(cid)
+                for rater in self.annotated_raters(cid):
+                    self.load_mask(cid, rater)
+            except DatasetError as e:
+                problems.append(str(e))
+        return problems
+
+
+# --- rater identity ---------------------------------------------------------------------------------
+def config_path() -> Path:
+    """``$NAPARI_MULTIRATER_CONFIG`` (a folder, or a ``.json`` file), else
+    ``$XDG_CONFIG_HOME/napari-multirater/rater.json`` (``~/.config`` by default)."""
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        p = Path(env).expanduser()
+        return p if p.suffix == ".json" else p / "rater.json"
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "napari-multirater" / "rater.json"
+
+
+@dataclass
+class RaterIdentity:
+    """Who is annotating, remembered across sessions (with a few collection preferences)."""
+
+    rater_id: str = ""
+    display_name: str = ""
+    last_project: str = ""
+    autosave_seconds: float = 30.0
+
+    @classmethod
+    def load(cls, path=None) -> RaterIdentity:
+        """The stored identity; defaults when the file is missing or unreadable (never raises)."""
+        p = Path(path) if path is not None else config_path()
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return cls()
+        if not isinstance(data, dict):
+            return cls()
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        ident = cls()
+        for k, v in kwargs.items():
+            default = getattr(ident, k)
+            if isinstance(default, bool):
+                ok = isinstance(v, bool)
+            elif isinstance(default, float):
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            else:
+                ok = isinstance(v, str)
+            if ok:
+                setattr(ident, k, float(v) if isinstance(default, float) else v)
+        if ident.rater_id:
+            try:
+                check_identifier(ident.rater_id, "rater id")
+            except DatasetError:
+                ident.rater_id = ""
+        return ident
+
+    def save(self, path=None) -> Path:
+        """Write atomically (temp file + rename); the rater id is validated first."""
+        if self.rater_id:
+            check_identifier(self.rater_id, "rater id")
+        p = Path(path) if path is not None else config_path()
+        write_json(p, {**asdict(self), "updated": now_iso()})
+        return p

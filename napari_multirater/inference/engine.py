@@ -1,0 +1,465 @@
+"""Qt-free inference on 2D images, slices, volumes and regions with any multi-rater checkpoint.
+
+All model calls run under ``torch.inference_mode`` (autocast float16 only on CUDA). Randomness is
+keyed by ``(seed, slice index, stream)`` through CPU ``torch.Generator`` objects, so re-running with
+the same seed reproduces a result exactly on any device, a slice gives the same output whether it
+is run alone, in a batch or as part of a volume, and samples do not depend on other requests
+(stream 0: samples and latent draws, 1: personas, 2: blends). All ``n`` samples of an image are
+decoded in one batched call; the method's deterministic maps are computed per batch of slices.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .._napari.workers import Progress, run_to_completion
+from ..io.geometry import Geometry
+from .device import resolve_device, run_with_fallback
+from .intensity import InputNormalizer
+from .registry import find_model
+from .roi import ROI, PredictionResult
+
+SAMPLE_KINDS = ("entropy", "variance", "mutual_information")
+PERSONA_KIND = "persona_disagreement"
+LN2 = math.log(2.0)
+
+
+class ModelLoadError(ValueError):
+    """The checkpoint cannot be found or used (the message says why)."""
+
+
+def slice_seed(seed: int, key: int, stream: int = 0) -> int:
+    """A 63-bit seed derived from the request seed, the slice index and a stream id."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(key), int(stream)]).generate_state(1, np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
+def _generator(seed: int, key: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(slice_seed(seed, key, stream))
+
+
+def binary_entropy(p: torch.Tensor) -> torch.Tensor:
+    """Entropy of Bernoulli(p) in bits (in [0, 1])."""
+    p = p.clamp(1e-6, 1 - 1e-6)
+    return -(p * torch.log(p) + (1 - p) * torch.log(1 - p)) / LN2
+
+
+def sample_uncertainty(probs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """entropy of the mean, variance x4 and mutual information from sample probabilities (n, H, W)."""
+    mean = probs.mean(0)
+    h_mean = binary_entropy(mean)
+    return {"entropy": h_mean,
+            "variance": (probs.var(0, unbiased=False) * 4).clamp(0, 1),
+            "mutual_information": (h_mean - binary_entropy(probs).mean(0)).clamp(0, 1)}
+
+
+@dataclass
+class Encoded:
+    """An image encoded once for the latent explorer (model context + padding to undo)."""
+
+    ctx: dict
+    shape: tuple[int, int]
+    pad: tuple[int, int, int, int]  # top, bottom, left, right
+    device: torch.device
+
+
+class InferenceEngine:
+    """A loaded model plus everything needed to feed it raw images (see module docstring)."""
+
+    def __init__(self, model, card: dict, device="auto", name: str = "model", image_units: str = "auto",
+                 lidc_mapping: str = "fixed", target_spacing_mm: float | None = None, amp: bool = True):
+        self.model = model.eval()
+        self.card = dict(card or {})
+        self.name = name
+        self.device, self.device_message = resolve_device(device) if isinstance(device, str) else (
+            torch.device(device), str(device))
+        self.warnings: list[str] = []
+        self.normalizer = InputNormalizer.from_card(self.card, image_units, lidc_mapping)
+        inp = self.card.get("input") or {}
+        self.pad_multiple = int(inp.get("pad_multiple", 16))
+        self.target_spacing_mm = target_spacing_mm if target_spacing_mm is not None else inp.get("pixel_size_mm")
+        self.amp = amp
+        self._call(lambda dev: None)  # moves the model (falls back to CPU if the GPU refuses)
+
+    # ------------------------------------------------------------------ loading / info
+    @classmethod
+    def load(cls, name_or_path, device="auto", **kwargs) -> InferenceEngine:
+        """Load a checkpoint file, or a bundled/cached model by name (:func:`find_model`)."""
+        text = str(name_or_path)
+        path = Path(text).expanduser()
+        if not path.is_file():
+            if path.suffix == ".pt" or os.sep in text or path.exists():
+                raise ModelLoadError(f"checkpoint not found or not a file: {path}")
+            try:
+                path = find_model(text)
+            except FileNotFoundError as e:
+                raise ModelLoadError(str(e)) from None
+        from src_training.checkpoint import CheckpointError, load_checkpoint
+
+        try:
+            model, card = load_checkpoint(path, map_location="cpu")
+        except CheckpointError as e:
+            raise ModelLoadError(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - any unreadable file is a load error for the user
+            raise ModelLoadError(f"{path}: cannot load checkpoint: {e}") from None
+        try:
+            return cls(model, card, device=device, name=path.stem, **kwargs)
+        except ValueError as e:
+            raise ModelLoadError(f"{path}: {e}") from None
+
+    @property
+    def capabilities(self):
+        return self.model.capabilities
+
+    @property
+    def rater_names(self) -> list[str]:
+        return list(self.model.rater_names)
+
+    def summary(self) -> dict:
+        """Short, display-ready description of the model card."""
+        c, td = self.card, self.card.get("training_data") or {}
+        data = Path(str(td.get("path", "?"))).name or "?"
+        if "train_slices" in td:
+            data += f" ({td['train_slices']} slices, {td.get('train_patients', '?')} patients)"
+        vm = c.get("val_metrics") or {}
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in list(vm.items())[:4] if isinstance(v, (int, float)))
+        caps = self.capabilities
+        return {"name": self.name, "method": c.get("method", self.model.method), "raters": ", ".join(self.rater_names),
+                "training data": data, "val metrics": metrics or "n/a", "intensity": self.normalizer.describe(),
+                "can": ", ".join(k for k, v in (("samples", caps.diverse), ("personas", caps.personalized),
+                                                 ("blend", caps.blend), ("latent", caps.latent_dim > 0)) if v) or "one prediction",
+                "device": self.device_message}
+
+    # ------------------------------------------------------------------ device handling
+    def _call(self, fn):
+        """Run ``fn(device)`` under inference mode; a GPU failure moves the model to CPU and retries."""
+        def run(dev):
+            if next(self.model.parameters()).device != dev:
+                self.model.to(dev)
+            with ExitStack() as stack:
+                stack.enter_context(torch.inference_mode())
+                if dev.type == "cuda" and self.amp:
+                    stack.enter_context(torch.autocast("cuda", dtype=torch.float16))
+                return fn(dev)
+
+        def fallback(warning):
+            self.warnings.append(warning)
+            self.device = torch.device("cpu")
+            self.device_message = f"cpu (fell back: {warning})"
+
+        return run_with_fallback(run, self.device, on_fallback=fallback)[0]
+
+    # ------------------------------------------------------------------ input preparation
+    def _prepare(self, images: np.ndarray, dev, size=None):
+        """Raw (B, h, w) -> normalised, optionally resized to ``size``, edge-padded (B, 1, Hp, Wp)."""
+        x = torch.from_numpy(self.normalizer(images))[:, None]
+        if size is not None and tuple(size) != tuple(x.shape[-2:]):
+            x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+        h, w = x.shape[-2:]
+        m = self.pad_multiple
+        ph, pw = (-h) % m, (-w) % m
+        pad = (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)
+        if ph or pw:
+            x = F.pad(x, (pad[2], pad[3], pad[0], pad[1]), mode="replicate")
+        return x.to(dev), pad
+
+    @staticmethod
+    def _unpad(t: torch.Tensor, pad) -> torch.Tensor:
+        top, bottom, left, right = pad
+        return t[..., top:t.shape[-2] - bottom, left:t.shape[-1] - right]
+
+    @staticmethod
+    def _as_batch(image) -> tuple[np.ndarray, bool]:
+        arr = np.asarray(image)
+        if arr.ndim == 2:
+            return arr[None], True
+        if arr.ndim != 3:
+            raise ValueError(f"expected a 2D image (H, W) or a batch (B, H, W), got shape {arr.shape}")
+        return arr, False
+
+    # ------------------------------------------------------------------ per-image primitives
+    def _sample_probs(self, xb, n: int, seed: int, key: int, pad) -> torch.Tensor:
+        logits = self.model.sample(xb, int(n), _generator(seed, key, 0))
+        return self._unpad(torch.sigmoid(logits[0].float()), pad)
+
+    def _persona_probs(self, xb, seed: int, key: int, pad) -> torch.Tensor:
+        logits = self.model.personalize(xb, _generator(seed, key, 1))
+        return self._unpad(torch.sigmoid(logits[0].float()), pad)
+
+    def _method_maps(self, x, pad) -> tuple[dict, dict]:
+        """The model's own uncertainty: maps (B, H, W) and per-image scores (B,)."""
+        maps, scores = {}, {}
+        for k, v in (self.model.uncertainty(x) or {}).items():
+            v = v.float()
+            if v.dim() == 3:
+                maps[k] = self._unpad(v, pad).clamp(0, 1)
+            else:
+                scores[k] = v.reshape(v.shape[0])
+        return maps, scores
+
+    # ------------------------------------------------------------------ 2D API
+    def sample(self, image, n: int = 16, seed: int = 0) -> np.ndarray:
+        """Sample probabilities (n, H, W) for an image, (B, n, H, W) for a batch (image b uses key b)."""
+        batch, single = self._as_batch(image)
+
+        def fn(dev):
+            x, pad = self._prepare(batch, dev)
+            return torch.stack([self._sample_probs(x[b:b + 1], n, seed, b, pad) for b in range(len(batch))]).cpu().numpy()
+        out = self._call(fn)
+        return out[0] if single else out
+
+    def personas(self, image, seed: int = 0) -> np.ndarray:
+        """One probability map per rater (K, H, W) (same for every rater if not personalized)."""
+        batch, single = self._as_batch(image)
+
+        def fn(dev):
+            x, pad = self._prepare(batch, dev)
+            return torch.stack([self._persona_probs(x[b:b + 1], seed, b, pad) for b in range(len(batch))]).cpu().numpy()
+        out = self._call(fn)
+        return out[0] if single else out
+
+    def uncertainty_kinds(self) -> list[str]:
+        caps = self.capabilities
+        kinds = list(SAMPLE_KINDS) + ([PERSONA_KIND] if caps.personalized else [])
+        return kinds + [k for k in caps.uncertainty if k not in kinds]
+
+    def uncertainty(self, image, n: int = 16, seed: int = 0) -> dict:
+        """Float maps (H, W) in [0, 1]: entropy, variance, mutual_information, persona_disagreement
+        (personalized models) and the method's own maps; per-image scores (e.g. quality) as floats."""
+        arr = np.asarray(image)
+        if arr.ndim != 2:
+            raise ValueError(f"uncertainty() takes one 2D image, got shape {arr.shape}")
+        r = self._stack(arr[None], [0], int(n), self.capabilities.personalized, True, seed, None)
+        out = {k: v[0] for k, v in r["uncertainty"].items()}
+        out.update({k: float(v[0]) for k, v in r["scores"].items()})
+        return out
+
+    def blend(self, image, i: int, j: int, t: float, seed: int = 0) -> np.ndarray:
+        """Probability map (H, W) of a persona between raters i and j (t = 0 -> i, 1 -> j)."""
+        if not self.capabilities.blend:
+            raise ValueError(f"{self.model.method} cannot blend personas")
+
+        def fn(dev):
+            x, pad = self._prepare(np.asarray(image)[None], dev)
+            logits = self.model.blend(x, int(i), int(j), float(t), generator=_generator(seed, 0, 2))
+            return self._unpad(torch.sigmoid(logits[0, 0].float()), pad).cpu().numpy()
+        return self._call(fn)
+
+    # ------------------------------------------------------------------ latent explorer
+    def encode(self, image) -> Encoded:
+        arr = np.asarray(image)
+        if arr.ndim != 2:
+            raise ValueError(f"encode() takes one 2D image, got shape {arr.shape}")
+
+        def fn(dev):
+            x, pad = self._prepare(arr[None], dev)
+            return Encoded(self.model.encode(x), arr.shape, pad, dev)
+        return self._call(fn)
+
+    def latent_prior(self, enc: Encoded):
+        """``(mu (L,), sigma (L,))`` as numpy, or None when the model has no explorable latent."""
+        prior = self.model.latent_prior(enc.ctx) if self.capabilities.latent_dim > 0 else None
+        if prior is None:
+            return None
+        mu, sigma = prior
+        return mu[0].float().cpu().numpy(), sigma[0].float().cpu().numpy()
+
+    def decode(self, enc: Encoded, z) -> np.ndarray:
+        """Probabilities (N, H, W) for latents z (L,) or (N, L)."""
+        zt = torch.as_tensor(np.atleast_2d(np.asarray(z, dtype=np.float32)))
+
+        def fn(dev):
+            if enc.device != dev:  # after a CPU fallback
+                enc.ctx = _to_device(enc.ctx, dev)
+                enc.device = dev
+            logits = self.model.decode(enc.ctx, zt[None].to(dev))
+            return self._unpad(torch.sigmoid(logits[0].float()), enc.pad).cpu().numpy()
+        return self._call(fn)
+
+    def latent_samples(self, enc: Encoded, n: int, seed: int = 0, key: int = 0) -> np.ndarray:
+        """n prior draws mu + sigma * eps (n, L); eps comes from the same stream as ``sample``, so
+        for Gaussian-prior models (Prob. U-Net, D-Persona) they are the latents of its samples."""
+        mu, sigma = self._prior_or_raise(enc)
+        eps = torch.randn((1, int(n), len(mu)), generator=_generator(seed, key, 0), dtype=torch.float32)
+        return mu[None] + sigma[None] * eps[0].numpy()
+
+    def latent_directions(self, enc: Encoded, mode: str = "axes", n: int = 64, seed: int = 0):
+        """Slider directions in units of prior sigma: ``(D (L, L) orthonormal rows, strength (L,))``.
+
+        ``axes``: the prior's own axes (it is axis-aligned). ``principal``: the latent directions that
+        change the output most, from an SVD of the linear fit output ~ eps over ``n`` prior draws.
+        """
+        mu, sigma = self._prior_or_raise(enc)
+        dim = len(mu)
+        if mode == "axes":
+            return np.eye(dim, dtype=np.float32), np.ones(dim, np.float32)
+        if mode != "principal":
+            raise ValueError("mode must be 'axes' or 'principal'")
+        eps = torch.randn((int(n), dim), generator=_generator(seed, 0, 3)).numpy()
+        y = self.decode(enc, mu[None] + sigma[None] * eps).reshape(int(n), -1)
+        jac, *_ = np.linalg.lstsq(eps - eps.mean(0), y - y.mean(0), rcond=None)
+        u, s, _ = np.linalg.svd(jac, full_matrices=False)
+        return u.T.astype(np.float32), s.astype(np.float32)
+
+    def latent_from_coefficients(self, enc: Encoded, coeffs, directions=None) -> np.ndarray:
+        """Latent z = mu + sigma * (coeffs @ directions) for slider values in units of sigma."""
+        mu, sigma = self._prior_or_raise(enc)
+        c = np.asarray(coeffs, dtype=np.float32)
+        d = np.eye(len(mu), dtype=np.float32) if directions is None else np.asarray(directions, np.float32)
+        return mu + sigma * (c @ d)
+
+    def interpolate(self, enc: Encoded, z_a, z_b, t: float) -> np.ndarray:
+        """Decoded probability map (H, W) at (1 - t) z_a + t z_b."""
+        z = (1 - float(t)) * np.asarray(z_a, np.float32) + float(t) * np.asarray(z_b, np.float32)
+        return self.decode(enc, z)[0]
+
+    def _prior_or_raise(self, enc):
+        prior = self.latent_prior(enc)
+        if prior is None:
+            raise ValueError(f"{self.model.method} has no latent space to explore")
+        return prior
+
+    # ------------------------------------------------------------------ stacks and volumes
+    def _stack(self, images, keys, n, personas, uncertainty, seed, size) -> dict:
+        """Run a stack of raw slices (B, h, w); outputs at (h, w) (resampled back from ``size``)."""
+        h, w = images.shape[-2:]
+        n_eff = int(n) if n else 0
+
+        def back(t, mode):  # (B, C, H', W') at model resolution -> (B, C, h, w)
+            if tuple(t.shape[-2:]) == (h, w):
+                return t
+            if mode == "nearest":
+                return F.interpolate(t.float(), size=(h, w), mode="nearest-exact")
+            return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
+
+        def fn(dev):
+            x, pad = self._prepare(images, dev, size)
+            out = {"samples": None, "mean_prob": None, "personas": None, "uncertainty": {}, "scores": {}}
+            if n_eff:
+                probs = torch.stack([self._sample_probs(x[b:b + 1], n_eff, seed, keys[b], pad) for b in range(len(keys))])
+                out["samples"] = back((probs > 0.5).to(torch.uint8), "nearest").to(torch.uint8)
+                out["mean_prob"] = back(probs.mean(1, keepdim=True), "linear")[:, 0]
+                if uncertainty:
+                    maps = [sample_uncertainty(p) for p in probs]
+                    for k in SAMPLE_KINDS:
+                        out["uncertainty"][k] = back(torch.stack([m[k] for m in maps])[:, None], "linear")[:, 0]
+            if personas or (uncertainty and self.capabilities.personalized):
+                pp = torch.stack([self._persona_probs(x[b:b + 1], seed, keys[b], pad) for b in range(len(keys))])
+                if personas:
+                    out["personas"] = back((pp > 0.5).to(torch.uint8), "nearest").to(torch.uint8)
+                if uncertainty and self.capabilities.personalized:
+                    dis = (pp.var(1, unbiased=False) * 4).clamp(0, 1)
+                    out["uncertainty"][PERSONA_KIND] = back(dis[:, None], "linear")[:, 0]
+            if uncertainty:
+                maps, scores = self._method_maps(x, pad)
+                out["uncertainty"].update({k: back(v[:, None], "linear")[:, 0] for k, v in maps.items()})
+                out["scores"] = scores
+            return _to_numpy(out)
+        return self._call(fn)
+
+    def iter_predict_volume(self, volume, geometry: Geometry | None = None, *, samples: int = 8,
+                            personas: bool = False, uncertainty: bool = False, seed: int = 0,
+                            batch_slices: int = 8, roi: ROI | None = None, slice_index: int | None = None,
+                            target_spacing_mm: float | None = None, uncertainty_samples: int = 16):
+        """Generator: yields :class:`Progress` per chunk of slices, returns a :class:`PredictionResult`.
+
+        ``volume``: a 2D image (H, W) or a volume (Z, Y, X) in raw units. ``slice_index`` restricts
+        the run to one axial slice, ``roi`` to a box (the two combine); results are on the full
+        input grid (zero outside the region) with ``result.region`` telling what was computed.
+        In-plane, each slice crop is resampled to ``target_spacing_mm`` (default: the card's
+        ``input.pixel_size_mm`` if any, else native spacing), padded to the card's multiple, run and
+        resampled back (masks nearest, probabilities linear). Uncertainty without samples draws
+        ``uncertainty_samples``.
+        """
+        vol = np.asarray(volume)
+        if vol.ndim not in (2, 3):
+            raise ValueError(f"expected a 2D image or a 3D volume, got shape {vol.shape}")
+        is2d = vol.ndim == 2
+        vol3 = vol[None] if is2d else vol
+        geometry = geometry or Geometry.identity(vol.ndim)
+        region = (roi or ROI()).resolve(vol3.shape, geometry)
+        if slice_index is not None and not is2d:
+            z = int(slice_index)
+            if not (region[0].start <= z < region[0].stop):
+                raise ValueError(f"slice {z} is outside the region of interest / volume (0..{vol3.shape[0] - 1})")
+            region = (slice(z, z + 1), *region[1:])
+        zs = list(range(region[0].start, region[0].stop))
+        crop_h, crop_w = region[1].stop - region[1].start, region[2].stop - region[2].start
+        size = self._model_size((crop_h, crop_w), geometry, target_spacing_mm)
+        n = int(samples) if samples else (int(uncertainty_samples) if uncertainty else 0)
+        rshape = (len(zs), crop_h, crop_w)
+        res = {"samples": np.zeros((n, *rshape), np.uint8) if samples else None,
+               "mean_prob": np.zeros(rshape, np.float32) if n else None,
+               "personas": {r: np.zeros(rshape, np.uint8) for r in self.rater_names} if personas else {},
+               "uncertainty": {}, "scores": {}}
+        batch_slices = max(int(batch_slices), 1)
+        yield Progress(0, len(zs), f"{len(zs)} slice(s), {n} sample(s) on {self.device.type}")
+        for c0 in range(0, len(zs), batch_slices):
+            keys = zs[c0:c0 + batch_slices]
+            imgs = vol3[keys[0]:keys[-1] + 1, region[1], region[2]]
+            out = self._stack(imgs, keys, n, personas, uncertainty, seed, size)
+            sl = slice(c0, c0 + len(keys))
+            if res["samples"] is not None:
+                res["samples"][:, sl] = out["samples"].transpose(1, 0, 2, 3)
+            if res["mean_prob"] is not None:
+                res["mean_prob"][sl] = out["mean_prob"]
+            for k, r in enumerate(res["personas"]):
+                res["personas"][r][sl] = out["personas"][:, k]
+            for k, v in out["uncertainty"].items():
+                res["uncertainty"].setdefault(k, np.zeros(rshape, np.float32))[sl] = v
+            for k, v in out["scores"].items():
+                res["scores"].setdefault(k, np.zeros(len(zs), np.float32))[sl] = v
+            yield Progress(c0 + len(keys), len(zs), f"slice {keys[-1] + 1}/{vol3.shape[0]}")
+        return self._result(res, vol.shape, region, is2d, geometry, size, seed, n)
+
+    def predict_volume(self, volume, geometry=None, on_progress=None, **kwargs) -> PredictionResult:
+        """Synchronous :meth:`iter_predict_volume`."""
+        return run_to_completion(self.iter_predict_volume(volume, geometry, **kwargs), on_progress)
+
+    def _model_size(self, crop_hw, geometry, target_spacing_mm):
+        target = target_spacing_mm if target_spacing_mm is not None else self.target_spacing_mm
+        if not target:
+            return None
+        sy, sx = (abs(float(s)) for s in geometry.scale_zyx[-2:])
+        return (max(int(round(crop_hw[0] * sy / float(target))), 1), max(int(round(crop_hw[1] * sx / float(target))), 1))
+
+    def _result(self, res, shape, region, is2d, geometry, size, seed, n) -> PredictionResult:
+        def sq(a, lead=0):
+            if a is None or not is2d:
+                return a
+            return a[(slice(None),) * lead + (0,)]
+        return PredictionResult(
+            shape=tuple(shape), region=region[1:] if is2d else region,
+            samples_region=sq(res["samples"], 1), mean_prob_region=sq(res["mean_prob"]),
+            personas_region={k: sq(v) for k, v in res["personas"].items()},
+            uncertainty_region={k: sq(v) for k, v in res["uncertainty"].items()},
+            scores=dict(res["scores"]), geometry=geometry,
+            info={"model": self.name, "method": self.model.method, "seed": int(seed), "samples": n,
+                  "device": self.device_message, "warnings": list(self.warnings),
+                  "intensity": self.normalizer.describe(), "model_size": size})
+
+
+def _to_numpy(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().float().cpu().numpy() if obj.dtype != torch.uint8 else obj.cpu().numpy()
+    if isinstance(obj, dict):
+        return {k: _to_numpy(v) for k, v in obj.items()}
+    return obj
+
+
+def _to_device(obj, dev):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dev)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, dev) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to_device(v, dev) for v in obj)
+    return obj

@@ -1,0 +1,134 @@
+"""``multirater predict``: run a checkpoint on an image file or DICOM folder and write the outputs
+(samples, personas, mean probability, uncertainty maps) with the input geometry."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+FORMATS = ("nii.gz", "nrrd", "mha")
+
+
+def _ints(text: str, n: int, what: str) -> list[int]:
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    if len(parts) != n:
+        raise ValueError(f"{what} needs {n} comma-separated numbers, got {text!r}")
+    return [int(float(p)) for p in parts]
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("predict", help="run a model on an image / DICOM series and write samples, personas, uncertainty",
+                       description=__doc__)
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or the name of a bundled/cached model")
+    p.add_argument("--image", required=True, help="image file (.nii.gz, .nrrd, .mha, ...) or DICOM series folder")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--samples", type=int, default=8, help="number of diverse samples (default 8; 0 = none)")
+    p.add_argument("--personas", action="store_true", help="also write one mask per rater persona")
+    p.add_argument("--no-uncertainty", action="store_true", help="do not write uncertainty maps")
+    roi = p.add_mutually_exclusive_group()
+    roi.add_argument("--roi", help="box in voxel indices z0,y0,x0,z1,y1,x1 (end exclusive; 2D: y0,x0,y1,x1)")
+    roi.add_argument("--roi-point", help="box centre in physical mm z,y,x (2D: y,x), with --roi-size-mm")
+    p.add_argument("--roi-size-mm", type=float, default=64.0, help="edge length of the --roi-point box (mm)")
+    p.add_argument("--slice", type=int, default=None, help="only this axial slice index of a volume")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--format", default="nii.gz", choices=FORMATS, help="output file format")
+    p.add_argument("--image-units", default="auto", choices=("auto", "HU", "raw"),
+                   help="auto: uint8 images are raw model units, others Hounsfield units")
+    p.add_argument("--lidc-mapping", default="fixed", choices=("fixed", "minmax"),
+                   help="HU -> LIDC 8-bit mapping for LIDC-trained models (see inference.intensity)")
+    p.add_argument("--target-spacing-mm", type=float, default=None,
+                   help="in-plane pixel size the model runs at (default: native spacing)")
+    p.add_argument("--batch-slices", type=int, default=8)
+    p.set_defaults(func=run)
+
+
+def _progress_printer():
+    tty = sys.stderr.isatty()
+
+    def show(item):
+        total = item.total or 0
+        line = f"predict: {item.done}/{total} {item.message}"
+        if tty:
+            print("\r" + line.ljust(70), end="" if item.done < total else "\n", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+    return show
+
+
+def _roi(args, ndim: int):
+    from .roi import ROI
+
+    if args.roi:
+        if ndim == 2:
+            y0, x0, y1, x1 = _ints(args.roi, 4, "--roi for a 2D image")
+            return ROI.rect(None, y0, x0, y1, x1)
+        return ROI.box(*_ints(args.roi, 6, "--roi"))
+    if args.roi_point:
+        c = [float(v) for v in args.roi_point.split(",") if v.strip()]
+        if len(c) not in (2, 3):
+            raise ValueError(f"--roi-point needs z,y,x (or y,x) in mm, got {args.roi_point!r}")
+        return ROI.point(c, args.roi_size_mm)
+    return None
+
+
+def run(args) -> int:
+    from ..io import MedicalIOError, read_image, write_image
+    from .engine import InferenceEngine, ModelLoadError
+
+    try:
+        engine = InferenceEngine.load(args.checkpoint, device=args.device, image_units=args.image_units,
+                                      lidc_mapping=args.lidc_mapping, target_spacing_mm=args.target_spacing_mm)
+    except (ModelLoadError, ValueError) as e:
+        print(f"error: cannot load model: {e}", file=sys.stderr)
+        return 2
+    try:
+        image, geometry, _ = read_image(args.image)
+    except (MedicalIOError, OSError, RuntimeError) as e:
+        print(f"error: cannot read image: {e}", file=sys.stderr)
+        return 2
+    if image.ndim not in (2, 3):
+        print(f"error: {args.image}: expected a 2D or 3D scalar image, got shape {image.shape}", file=sys.stderr)
+        return 2
+    print(f"predict: model {engine.name} ({engine.model.method}) on {engine.device_message}; "
+          f"image {image.shape}, intensity {engine.normalizer.describe(image)}", file=sys.stderr)
+    t0 = time.perf_counter()
+    try:
+        result = engine.predict_volume(
+            image, geometry, samples=args.samples, personas=args.personas, uncertainty=not args.no_uncertainty,
+            seed=args.seed, batch_slices=args.batch_slices, roi=_roi(args, image.ndim), slice_index=args.slice,
+            on_progress=_progress_printer())
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for w in engine.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ext = "." + args.format
+    written = []
+
+    def put(name, arr, label):
+        written.append(write_image(out / f"{name}{ext}", arr, geometry, label=label).name)
+
+    try:
+        if result.samples_region is not None:
+            for i, s in enumerate(result.samples):
+                put(f"sample_{i:02d}", s, True)
+        for rater, m in result.personas.items():
+            put(f"persona_{rater}", m, True)
+        if result.mean_prob_region is not None:
+            put("mean_prob", result.mean_prob, False)
+        for kind, m in result.uncertainty.items():
+            put(f"uncertainty_{kind}", m, False)
+    except MedicalIOError as e:
+        print(f"error: cannot write outputs: {e}", file=sys.stderr)
+        return 2
+    summary = {**result.info, "image": str(args.image), "region": [[s.start, s.stop] for s in result.region],
+               "scores": {k: [float(v) for v in vals] for k, vals in result.scores.items()},
+               "files": written, "seconds": round(time.perf_counter() - t0, 3)}
+    (out / "prediction.json").write_text(json.dumps(summary, indent=2))
+    print(f"predict: wrote {len(written)} files to {out} in {summary['seconds']:.1f} s", file=sys.stderr)
+    return 0

@@ -1,0 +1,337 @@
+""""Collect annotations" dock: raters segment the cases of a project, one mask per rater.
+
+A thin view over :class:`~napari_multirater._napari.annotate_controller.AnnotateController`.
+Painting stays locked until a rater id is set (the id is remembered across sessions); blind mode
+(default on) never shows other raters' masks; the mask is saved by the Save button, every N
+seconds while there are unsaved edits (autosave) and whenever the case or rater changes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .._napari.annotate_controller import AnnotateController, AnnotateError
+from ..datasets.case import DatasetError
+
+__all__ = ["AnnotateDock"]
+
+DONE_MARK = "✓"
+TODO_MARK = "·"
+
+
+def _local_time(iso: str | None) -> str:
+    if not iso:
+        return ""
+    try:
+        return _dt.datetime.fromisoformat(iso).astimezone().strftime("%H:%M:%S")
+    except ValueError:
+        return iso
+
+
+class AnnotateDock(QWidget):
+    """Dock widget for annotation collection (see the module docstring)."""
+
+    def __init__(self, napari_viewer, parent=None, identity_path=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.controller = AnnotateController(napari_viewer, identity_path=identity_path)
+        ident = self.controller.load_identity()
+        self.controller.autosave_interval = ident.autosave_seconds
+        self._build(ident.autosave_seconds)
+        self.controller.on_edit = self._refresh_save_status
+        self.timer = QTimer(self)
+        self.timer.setInterval(1000)
+        self.timer.timeout.connect(self.tick)
+        self.timer.start()
+        self.viewer.layers.events.inserted.connect(self._refresh_prefill_sources)
+        self.viewer.layers.events.removed.connect(self._refresh_prefill_sources)
+        if ident.rater_id:
+            self.rater_edit.setText(ident.rater_id)
+            self._run(lambda: self.controller.set_rater(ident.rater_id))
+        if ident.last_project and (Path(ident.last_project) / "dataset.json").is_file():
+            self._run(lambda: self.controller.open_project(ident.last_project))
+        self.refresh()
+
+    # --- layout ----------------------------------------------------------------------------------
+    def _build(self, autosave_seconds: float) -> None:
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(6, 6, 6, 6)
+        lay.setSpacing(6)
+
+        who = QGroupBox("Rater")
+        form = QHBoxLayout(who)
+        self.rater_edit = QLineEdit()
+        self.rater_edit.setPlaceholderText("your rater id, e.g. dr_smith")
+        self.rater_edit.returnPressed.connect(self.apply_rater)
+        self.rater_btn = QPushButton("Set")
+        self.rater_btn.clicked.connect(self.apply_rater)
+        form.addWidget(self.rater_edit, 1)
+        form.addWidget(self.rater_btn)
+        lay.addWidget(who)
+        self.lock_label = QLabel()
+        self.lock_label.setWordWrap(True)
+        lay.addWidget(self.lock_label)
+
+        proj = QGroupBox("Project")
+        pl = QVBoxLayout(proj)
+        self.project_label = QLabel("no project open")
+        self.project_label.setWordWrap(True)
+        self.project_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        pl.addWidget(self.project_label)
+        row = QHBoxLayout()
+        self.open_btn = QPushButton("Open…")
+        self.open_btn.setToolTip("Open a project folder (a case-folder dataset with dataset.json)")
+        self.open_btn.clicked.connect(self._choose_project)
+        self.new_btn = QPushButton("New from image…")
+        self.new_btn.setToolTip("Create a project folder from the selected image layer")
+        self.new_btn.clicked.connect(self._choose_new_project)
+        self.import_btn = QPushButton("Add images…")
+        self.import_btn.setToolTip("Add image files (NIfTI, NRRD, MHA...) as new cases")
+        self.import_btn.clicked.connect(self._choose_images)
+        for b in (self.open_btn, self.new_btn, self.import_btn):
+            row.addWidget(b)
+        pl.addLayout(row)
+        self.blind_box = QCheckBox("Blind mode (hide other raters' annotations)")
+        self.blind_box.setChecked(True)
+        self.blind_box.toggled.connect(lambda on: self._run(lambda: self.controller.set_blind(on)))
+        pl.addWidget(self.blind_box)
+        lay.addWidget(proj)
+
+        cases = QGroupBox("Cases")
+        cl = QVBoxLayout(cases)
+        self.case_list = QListWidget()
+        self.case_list.setMinimumHeight(90)
+        self.case_list.itemClicked.connect(self._case_clicked)
+        cl.addWidget(self.case_list, 1)
+        self.progress_label = QLabel()
+        cl.addWidget(self.progress_label)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setTextVisible(False)
+        self.progress_bar.setMaximumHeight(8)
+        cl.addWidget(self.progress_bar)
+        nav = QHBoxLayout()
+        self.prev_btn = QPushButton("◀ Previous")
+        self.prev_btn.clicked.connect(self.previous_case)
+        self.next_btn = QPushButton("Next ▶")
+        self.next_btn.clicked.connect(lambda: self.next_case(False))
+        nav.addWidget(self.prev_btn)
+        nav.addWidget(self.next_btn)
+        cl.addLayout(nav)
+        self.next_todo_btn = QPushButton("Next not annotated by me ▶▶")
+        self.next_todo_btn.clicked.connect(lambda: self.next_case(True))
+        cl.addWidget(self.next_todo_btn)
+        lay.addWidget(cases, 1)
+
+        work = QGroupBox("Annotation")
+        wl = QFormLayout(work)
+        wl.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+        pre = QHBoxLayout()
+        self.prefill_combo = QComboBox()
+        self.prefill_combo.setToolTip("A Labels layer (e.g. a model persona) to start your mask from")
+        self.prefill_btn = QPushButton("Pre-fill")
+        self.prefill_btn.clicked.connect(self.prefill)
+        pre.addWidget(self.prefill_combo, 1)
+        pre.addWidget(self.prefill_btn)
+        wl.addRow("Start from:", pre)
+        save_row = QHBoxLayout()
+        self.save_btn = QPushButton("Save")
+        self.save_btn.clicked.connect(self.save)
+        self.autosave_spin = QSpinBox()
+        self.autosave_spin.setRange(0, 3600)
+        self.autosave_spin.setSuffix(" s")
+        self.autosave_spin.setSpecialValueText("off")
+        self.autosave_spin.setValue(int(round(autosave_seconds)))
+        self.autosave_spin.setToolTip("Autosave interval while there are unsaved edits (0 = off)")
+        self.autosave_spin.valueChanged.connect(lambda v: self.controller.set_autosave_interval(float(v)))
+        save_row.addWidget(self.save_btn, 1)
+        save_row.addWidget(QLabel("autosave"))
+        save_row.addWidget(self.autosave_spin)
+        wl.addRow(save_row)
+        lay.addWidget(work)
+
+        self.save_label = QLabel()
+        self.save_label.setWordWrap(True)
+        lay.addWidget(self.save_label)
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        lay.addWidget(self.status)
+        self._refresh_prefill_sources()
+
+    # --- helpers ---------------------------------------------------------------------------------
+    def _run(self, action, success: str | None = None):
+        """Run a controller action; user-facing errors go to the status line, never raise."""
+        try:
+            result = action()
+        except (AnnotateError, DatasetError, OSError) as e:
+            self.show_status(str(e), error=True)
+            self.refresh()
+            return None
+        self.show_status(success or "")
+        self.refresh()
+        return result
+
+    def show_status(self, text: str, error: bool = False) -> None:
+        self.status.setStyleSheet("color: #ff6b6b;" if error else "")
+        self.status.setText(text)
+
+    # --- actions (each callable from tests without dialogs) ---------------------------------------
+    def apply_rater(self) -> None:
+        rater = self.rater_edit.text().strip()
+        self._run(lambda: self.controller.set_rater(rater), f"Annotating as {rater}.")
+
+    def open_project(self, path) -> None:
+        self._run(lambda: self.controller.open_project(path), f"Opened project {path}.")
+        if self.controller.store is not None and self.controller.case_id is None:
+            first = self.controller.store.case_ids()[:1]
+            if first and self.controller.rater:
+                self._run(lambda: self.controller.next_case(True) or self.controller.load_case(first[0]))
+
+    def new_project_from_layer(self, path, image_layer=None) -> None:
+        layer = image_layer or self._current_image_layer()
+        self._run(lambda: self.controller.new_project_from_layer(path, layer),
+                  f"New project {path} with one case.")
+
+    def import_images(self, paths) -> None:
+        self._run(lambda: self.controller.import_images(paths), f"Added {len(paths)} image(s).")
+
+    def load_case(self, case_id: str) -> None:
+        self._run(lambda: self.controller.load_case(case_id))
+
+    def next_case(self, unannotated_only: bool = False) -> None:
+        def go():
+            cid = self.controller.next_case(unannotated_only)
+            if cid is None:
+                raise AnnotateError("all cases are annotated by you" if unannotated_only else "this is the last case")
+        self._run(go)
+
+    def previous_case(self) -> None:
+        def go():
+            if self.controller.previous_case() is None:
+                raise AnnotateError("this is the first case")
+        self._run(go)
+
+    def save(self) -> None:
+        self._run(lambda: self.controller.save("saved"))
+
+    def prefill(self) -> None:
+        name = self.prefill_combo.currentText()
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        self._run(lambda: self.controller.prefill_from_layer(layer), f"Pre-filled from {name}; edit and save.")
+
+    def tick(self) -> None:
+        """Timer: autosave when due, keep the status line current."""
+        try:
+            self.controller.autosave_if_due()
+        except AnnotateError as e:
+            self.show_status(f"Autosave failed: {e}", error=True)
+            return
+        self._refresh_save_status()
+
+    # --- dialogs -----------------------------------------------------------------------------------
+    def _choose_project(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open annotation project (folder with dataset.json)")
+        if folder:
+            self.open_project(folder)
+
+    def _choose_new_project(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Empty folder for the new project")
+        if folder:
+            self.new_project_from_layer(folder)
+
+    def _choose_images(self) -> None:
+        files, _ = QFileDialog.getOpenFileNames(
+            self, "Add images as cases", "", "Medical images (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd);;All files (*)")
+        if files:
+            self.import_images(files)
+
+    def _current_image_layer(self):
+        active = self.viewer.layers.selection.active
+        if active is not None and active.__class__.__name__ == "Image":
+            return active
+        images = [ly for ly in self.viewer.layers if ly.__class__.__name__ == "Image"]
+        return images[0] if len(images) == 1 else None
+
+    def _case_clicked(self, item: QListWidgetItem) -> None:
+        cid = item.data(Qt.UserRole)
+        if cid and cid != self.controller.case_id:
+            self.load_case(cid)
+
+    # --- refresh -----------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        c = self.controller
+        has_rater = bool(c.rater)
+        has_project = c.store is not None
+        self.lock_label.setText(
+            f"Annotating as <b>{c.rater}</b>." if has_rater else
+            "<b>Painting is locked</b> until you set your rater id.")
+        self.project_label.setText(f"{c.store.name} — {c.store.root}" if has_project else "no project open")
+        self.import_btn.setEnabled(has_project)
+        self.case_list.blockSignals(True)
+        self.case_list.clear()
+        for cid, done in c.case_rows():
+            item = QListWidgetItem(f"{DONE_MARK if done else TODO_MARK}  {cid}")
+            item.setData(Qt.UserRole, cid)
+            self.case_list.addItem(item)
+            if cid == c.case_id:
+                self.case_list.setCurrentItem(item)
+        self.case_list.blockSignals(False)
+        done, total = c.progress()
+        self.progress_label.setText(
+            f"{done} of {total} cases done by {c.rater}" if has_rater else f"{total} cases (set your rater id)")
+        self.progress_bar.setMaximum(max(total, 1))
+        self.progress_bar.setValue(done)
+        for b in (self.prev_btn, self.next_btn):
+            b.setEnabled(has_project)
+        self.next_todo_btn.setEnabled(has_project and has_rater)
+        can_edit = c.annotation_layer is not None
+        for w in (self.save_btn, self.prefill_btn, self.prefill_combo):
+            w.setEnabled(can_edit)
+        self._refresh_prefill_sources()
+        self._refresh_save_status()
+
+    def _refresh_save_status(self) -> None:
+        c = self.controller
+        if c.session is None:
+            self.save_label.setText("Open a project, set your rater id, then paint with label 1."
+                                    if c.case_id is None or not c.rater else "")
+            return
+        s = c.session
+        when = _local_time(s.last_saved)
+        saved = f"{c.last_save_reason or 'last saved'} at {when}" if when else "not saved yet"
+        state = "<b>unsaved edits</b>" if s.dirty else "all saved"
+        self.save_label.setText(f"Case <b>{c.case_id}</b>: {state}; {saved}; "
+                                f"active time {s.total_active_seconds:.0f} s.")
+
+    def _refresh_prefill_sources(self, event=None) -> None:
+        try:
+            current = self.prefill_combo.currentText()
+            names = [ly.name for ly in self.controller.prefill_sources()]
+            self.prefill_combo.blockSignals(True)
+            self.prefill_combo.clear()
+            self.prefill_combo.addItems(names)
+            if current in names:
+                self.prefill_combo.setCurrentText(current)
+            self.prefill_combo.blockSignals(False)
+        except RuntimeError:  # widget deleted while the viewer closes
+            pass

@@ -1,0 +1,380 @@
+""""Compare raters" dock: agreement, consensus and style of the rater layers in the viewer.
+
+A thin view over :class:`~napari_multirater._napari.compare_controller.CompareController`: it
+gathers options, starts the comparison in a worker and shows the tables and a pairwise-Dice
+heatmap. Every button calls a plain method (``compute``, ``cancel``, ``run_dataset_report``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSizePolicy,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .._napari.compare_controller import CompareController, CompareResult, dataset_report, threads_disabled
+from .._napari.workers import run_to_completion, start_generator_worker
+from ..analysis.report import pairwise_heatmap_figure
+
+__all__ = ["CompareDock"]
+
+PAIRWISE_METRICS = (
+    ("Dice", "dice", ".3f"),
+    ("IoU", "iou", ".3f"),
+    ("Hausdorff (mm)", "hausdorff_mm", ".2f"),
+    ("Mean surface distance (mm)", "mean_surface_mm", ".2f"),
+)
+CONSENSUS_METHODS = (("STAPLE", "staple"), ("majority vote", "majority"))
+STYLE_COLUMNS = (
+    ("Rater", "rater", None),
+    ("Volume bias", "volume_bias", "+.2f"),
+    ("Signed boundary (mm)", "signed_boundary_mm", "+.2f"),
+    ("Mean boundary (mm)", "mean_boundary_mm", ".2f"),
+    ("HD (mm)", "hausdorff_mm", ".2f"),
+    ("Sensitivity", "sensitivity", ".3f"),
+    ("Specificity", "specificity", ".3f"),
+    ("Dice vs consensus", "dice_consensus", ".3f"),
+    ("Dice vs others", "dice_others", ".3f"),
+)
+HEATMAP_HEIGHT = 290
+
+
+def _fmt(value, fmt: str | None) -> str:
+    if fmt is None:
+        return "" if value is None else str(value)
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    return "–" if not np.isfinite(v) else format(v, fmt)
+
+
+def fill_table(table: QTableWidget, header: list[str], rows: list[list[str]], row_labels: list[str] | None = None) -> None:
+    """Replace a table's content (read-only cells, numbers right-aligned)."""
+    table.clear()
+    table.setColumnCount(len(header))
+    table.setRowCount(len(rows))
+    table.setHorizontalHeaderLabels(header)
+    if row_labels is not None:
+        table.setVerticalHeaderLabels(row_labels)
+    for i, row in enumerate(rows):
+        for j, text in enumerate(row):
+            item = QTableWidgetItem(text)
+            item.setFlags(Qt.ItemIsSelectable | Qt.ItemIsEnabled)
+            if j > 0 or row_labels is not None:
+                item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
+            table.setItem(i, j, item)
+    table.resizeColumnsToContents()
+
+
+def _table() -> QTableWidget:
+    t = QTableWidget()
+    t.setEditTriggers(QAbstractItemView.NoEditTriggers)
+    t.verticalHeader().setDefaultSectionSize(22)
+    t.horizontalHeader().setSectionResizeMode(QHeaderView.Interactive)
+    return t
+
+
+class CompareDock(QWidget):
+    """Dock widget: choose Labels layers, compute agreement/consensus/style, show the results."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.controller = CompareController(napari_viewer)
+        self.result: CompareResult | None = None
+        self.report = None
+        self.worker = None
+        self.report_worker = None
+        self._checked: dict[str, bool] = {}
+        self._build()
+        self._connect_viewer()
+        self.refresh_layers()
+
+    # --- layout ----------------------------------------------------------------------------------
+    def _build(self) -> None:
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(6, 6, 6, 6)
+        lay.setSpacing(4)
+        lay.addWidget(QLabel("Labels layers to compare (rater layers preselected):"))
+        self.layer_list = QListWidget()
+        self.layer_list.setMaximumHeight(104)
+        self.layer_list.itemChanged.connect(self._item_changed)
+        lay.addWidget(self.layer_list)
+
+        opts = QHBoxLayout()
+        self.distances = QCheckBox("Surface distances")
+        self.distances.setChecked(True)
+        self.distances.setToolTip("Hausdorff and mean surface distance per pair (slower on large volumes)")
+        opts.addWidget(self.distances)
+        opts.addWidget(QLabel("Style reference:"))
+        self.consensus = QComboBox()
+        for label, key in CONSENSUS_METHODS:
+            self.consensus.addItem(label, key)
+        self.consensus.setToolTip("Leave-one-out consensus each rater is compared with in the style table")
+        opts.addWidget(self.consensus, 1)
+        lay.addLayout(opts)
+
+        buttons = QHBoxLayout()
+        self.compute_btn = QPushButton("Compute")
+        self.compute_btn.clicked.connect(lambda: self.compute())
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.report_btn = QPushButton("Dataset report…")
+        self.report_btn.setToolTip("Rater-style report (CSV, markdown, plots) of a case-folder dataset")
+        self.report_btn.clicked.connect(self._choose_dataset)
+        for b in (self.compute_btn, self.cancel_btn, self.report_btn):
+            buttons.addWidget(b)
+        lay.addLayout(buttons)
+
+        self.status = QLabel("Select at least two rater layers and press Compute.")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        lay.addWidget(self.status)
+
+        self.figure = Figure(figsize=(4, 3), dpi=100)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self._canvas_box = QVBoxLayout()
+        self._canvas_box.setContentsMargins(0, 0, 0, 0)
+        self._canvas_box.addWidget(self.canvas)
+        lay.addLayout(self._canvas_box)
+        self._set_canvas_policy(self.canvas)
+        self._placeholder_figure()
+
+        self.tabs = QTabWidget()
+        pw = QWidget()
+        pw_lay = QVBoxLayout(pw)
+        pw_lay.setContentsMargins(2, 2, 2, 2)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Metric:"))
+        self.metric = QComboBox()
+        for label, key, _ in PAIRWISE_METRICS:
+            self.metric.addItem(label, key)
+        self.metric.currentIndexChanged.connect(self._show_pairwise)
+        row.addWidget(self.metric, 1)
+        pw_lay.addLayout(row)
+        self.pairwise_table = _table()
+        pw_lay.addWidget(self.pairwise_table)
+        self.tabs.addTab(pw, "Pairwise")
+        self.staple_table = _table()
+        self.tabs.addTab(self.staple_table, "STAPLE")
+        self.style_table = _table()
+        self.tabs.addTab(self.style_table, "Rater style")
+        self.model_table = _table()
+        self.model_tab_index = self.tabs.addTab(self.model_table, "Model vs raters")
+        self.tabs.setTabEnabled(self.model_tab_index, False)
+        self.tabs.setMinimumHeight(170)
+        lay.addWidget(self.tabs, 1)
+
+    def _set_canvas_policy(self, canvas) -> None:
+        canvas.setMinimumHeight(HEATMAP_HEIGHT)
+        canvas.setMaximumHeight(HEATMAP_HEIGHT + 60)
+        canvas.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+
+    def _placeholder_figure(self) -> None:
+        self.figure.clear()
+        ax = self.figure.add_subplot(111)
+        ax.axis("off")
+        ax.text(0.5, 0.5, "Pairwise Dice heatmap\nappears here after Compute", ha="center", va="center",
+                color="gray", fontsize=10, transform=ax.transAxes)
+        self.canvas.draw_idle()
+
+    def _show_figure(self, fig: Figure) -> None:
+        """Swap in a new canvas for ``fig`` (figures come from the Agg-only analysis library)."""
+        fig.set_layout_engine("tight")
+        fig.patch.set_facecolor("white")
+        canvas = FigureCanvasQTAgg(fig)
+        self._set_canvas_policy(canvas)
+        self._canvas_box.replaceWidget(self.canvas, canvas)
+        self.canvas.setParent(None)
+        self.canvas.deleteLater()
+        self.canvas, self.figure = canvas, fig
+        canvas.draw_idle()
+
+    # --- layer list ------------------------------------------------------------------------------
+    def _connect_viewer(self) -> None:
+        ev = self.viewer.layers.events
+        for name in ("inserted", "removed", "moved"):
+            getattr(ev, name).connect(self._on_layers_changed)
+
+    def _on_layers_changed(self, event=None) -> None:
+        try:
+            self.refresh_layers()
+        except RuntimeError:  # widget already deleted while the viewer closes
+            pass
+
+    def refresh_layers(self) -> None:
+        """List the candidate Labels layers; rater layers are checked unless the user unchecked them."""
+        default = {ly.name for ly in self.controller.default_layers()}
+        self.layer_list.blockSignals(True)
+        self.layer_list.clear()
+        for ly in self.controller.candidate_layers():
+            item = QListWidgetItem(ly.name)
+            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            checked = self._checked.get(ly.name, ly.name in default)
+            item.setCheckState(Qt.Checked if checked else Qt.Unchecked)
+            self.layer_list.addItem(item)
+        self.layer_list.blockSignals(False)
+
+    def _item_changed(self, item: QListWidgetItem) -> None:
+        self._checked[item.text()] = item.checkState() == Qt.Checked
+
+    def selected_layers(self) -> list:
+        names = [self.layer_list.item(i).text() for i in range(self.layer_list.count())
+                 if self.layer_list.item(i).checkState() == Qt.Checked]
+        return [self.viewer.layers[n] for n in names if n in self.viewer.layers]
+
+    def set_selected(self, names) -> None:
+        """Check exactly the layers named in ``names`` (tests, scripts)."""
+        names = set(names)
+        for i in range(self.layer_list.count()):
+            item = self.layer_list.item(i)
+            item.setCheckState(Qt.Checked if item.text() in names else Qt.Unchecked)
+
+    # --- compute ---------------------------------------------------------------------------------
+    def compute(self, sync: bool = False) -> None:
+        """Compare the checked layers (in a worker unless ``sync``); results land in the tables."""
+        layers = self.selected_layers()
+        distances = self.distances.isChecked()
+        consensus = self.consensus.currentData()
+        try:
+            if sync:
+                self._show_result(self.controller.compute(layers, distances, consensus))
+                return
+            self._set_running(True, f"Comparing {len(layers)} layers…")
+            self.worker = self.controller.start(layers, distances, consensus, on_done=self._show_result,
+                                                on_error=self._on_error, on_finished=self._on_finished)
+        except (ValueError, RuntimeError) as e:
+            self._set_running(False, str(e))
+
+    def run_demo(self) -> None:
+        """Called by ``multirater demo`` after the phantom sample is loaded."""
+        self.refresh_layers()
+        self.compute(sync=True)
+        dock = self.parent()
+        while dock is not None and not hasattr(dock, "setFloating"):  # our QDockWidget
+            dock = dock.parent()
+        if dock is not None:
+            dock.raise_()  # bring this tab to the front so the heatmap is visible
+
+    def cancel(self) -> None:
+        self.controller.cancel()
+        if self.report_worker is not None:
+            self.report_worker.quit()
+        self.status.setText("Cancelling…")
+
+    def _set_running(self, running: bool, message: str = "") -> None:
+        self.compute_btn.setEnabled(not running)
+        self.report_btn.setEnabled(not running)
+        self.cancel_btn.setEnabled(running)
+        if message:
+            self.status.setText(message)
+
+    def _on_error(self, exc) -> None:
+        self.status.setText(f"Failed: {exc}")
+
+    def _on_finished(self) -> None:
+        text = self.status.text()
+        self._set_running(False)
+        if text == "Cancelling…":
+            self.status.setText("Cancelled.")
+        self.worker = None
+        self.report_worker = None
+
+    # --- results ---------------------------------------------------------------------------------
+    def _show_result(self, result: CompareResult) -> None:
+        self.result = result
+        self._show_pairwise()
+        names = result.names
+        fill_table(self.staple_table, ["Rater", "Sensitivity", "Specificity"],
+                   [[n, _fmt(result.staple.sensitivity[i], ".3f"), _fmt(result.staple.specificity[i], ".3f")]
+                    for i, n in enumerate(names)])
+        self._fill_style(result.style_rows)
+        if result.model_rows:
+            outputs = list(result.model_rows[0]["dice"])
+            fill_table(self.model_table, ["Rater", "Best model output", "Dice", "Runner-up", "Margin"],
+                       [[r["rater"], r["best_output"] or "–", _fmt(r["best_dice"], ".3f"),
+                         f"{r['runner_up']} ({_fmt(r['runner_up_dice'], '.3f')})" if r["runner_up"] else "–",
+                         _fmt(r["margin"], "+.3f")] for r in result.model_rows])
+            self.model_table.setToolTip("Model outputs compared: " + ", ".join(outputs))
+        else:
+            fill_table(self.model_table, ["Rater", "Best model output", "Dice"], [])
+        self.tabs.setTabEnabled(self.model_tab_index, bool(result.model_rows))
+        fig = pairwise_heatmap_figure(result.pairwise["dice"], names, "Pairwise Dice")
+        self._show_figure(fig)
+        parts = [f"Compared {len(names)} raters: {', '.join(names)}."]
+        parts += [m[0].upper() + m[1:] + "." for m in result.messages]
+        if result.model_rows:
+            parts.append(f"{len(result.model_rows[0]['dice'])} model output layer(s) matched to the raters.")
+        self.status.setText(" ".join(parts))
+
+    def _fill_style(self, rows: list[dict]) -> None:
+        fill_table(self.style_table, [c[0] for c in STYLE_COLUMNS],
+                   [[_fmt(r.get(key), fmt) if r.get("valid", True) or fmt is None else "missing"
+                     for _, key, fmt in STYLE_COLUMNS] for r in rows])
+
+    def _show_pairwise(self, *_) -> None:
+        if self.result is None:
+            return
+        key = self.metric.currentData()
+        fmt = next(f for _, k, f in PAIRWISE_METRICS if k == key)
+        m = self.result.pairwise[key]
+        names = self.result.names
+        fill_table(self.pairwise_table, names, [[_fmt(v, fmt) for v in row] for row in m], row_labels=names)
+
+    # --- dataset report --------------------------------------------------------------------------
+    def _choose_dataset(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Case-folder dataset (folder with dataset.json)")
+        if folder:
+            self.run_dataset_report(folder)
+
+    def run_dataset_report(self, dataset_dir, out_dir=None, sync: bool = False) -> None:
+        """Rater-style report of a dataset folder, written to ``out_dir`` (default
+        ``<dataset>/reports/raters``); the heatmap then shows the dataset's mean pairwise Dice."""
+        consensus = self.consensus.currentData()
+        try:
+            if sync or threads_disabled():
+                self._show_report(run_to_completion(dataset_report(dataset_dir, out_dir, consensus)))
+                return
+            self._set_running(True, f"Dataset report of {dataset_dir}…")
+            self.report_worker = start_generator_worker(
+                dataset_report, dataset_dir, out_dir, consensus, desc="Rater style report",
+                on_done=self._show_report, on_error=self._on_error, on_finished=self._on_finished)
+        except (ValueError, OSError, RuntimeError) as e:  # DatasetError is a ValueError
+            self._set_running(False, f"Dataset report failed: {e}")
+
+    def _show_report(self, outcome) -> None:
+        report, paths, problems = outcome
+        self.report = report
+        rows = []
+        for name in report.rater_names:
+            s = report.summary[name]
+            rows.append({"rater": f"{name} (n={s['n_cases']})", "valid": True,
+                         **{key: s.get(f"{key}_mean", float('nan')) for _, key, fmt in STYLE_COLUMNS if fmt}})
+        self._fill_style(rows)
+        self._show_figure(pairwise_heatmap_figure(report.pairwise_dice, report.rater_names,
+                                                  f"Mean pairwise Dice ({report.n_cases} cases)"))
+        msg = f"Dataset report of {report.n_cases} cases written to {paths['raters_md'].parent}"
+        if problems:
+            msg += f"; {len(problems)} case(s) skipped: " + "; ".join(problems[:3])
+        self.status.setText(msg + ".")
+        self.tabs.setCurrentWidget(self.style_table)

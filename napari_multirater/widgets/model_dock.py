@@ -1,0 +1,577 @@
+""""Model & sampling" dock: load a checkpoint, draw diverse samples, explore the latent space, show
+rater personas and uncertainty maps. A thin view: every action calls
+:class:`~napari_multirater._napari.model_controller.ModelController` (or the engine through it).
+"""
+
+from __future__ import annotations
+
+import html
+import time
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSlider,
+    QSpinBox,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .._napari.model_controller import ALL_EXPERTS, ModelController
+from ..inference.device import DEVICE_CHOICES
+from ..inference.intensity import IMAGE_UNITS, LIDC_MAPPINGS
+from ..inference.registry import available_models
+
+__all__ = ["ModelDock"]
+
+FILE_ITEM = "checkpoint file…"
+DIRECTION_MODES = (("prior axes", "axes"), ("principal directions", "principal"))
+SIGMA_RANGE = 3.0
+SLIDER_STEPS = 30  # per sigma range side -> 0.1 sigma resolution
+
+
+def _notify(kind: str, message: str) -> None:
+    from napari.utils import notifications
+
+    {"error": notifications.show_error, "warning": notifications.show_warning,
+     "info": notifications.show_info}[kind](message)
+
+
+def _form(box: QGroupBox | QWidget) -> QFormLayout:
+    form = QFormLayout(box)
+    form.setContentsMargins(6, 6, 6, 6)
+    form.setLabelAlignment(Qt.AlignRight)
+    form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+    return form
+
+
+def _row(*widgets) -> QWidget:
+    w = QWidget()
+    lay = QHBoxLayout(w)
+    lay.setContentsMargins(0, 0, 0, 0)
+    for x in widgets:
+        lay.addWidget(x)
+    return w
+
+
+def _hslider(lo: int, hi: int, value: int = 0, tracking: bool = True) -> QSlider:
+    s = QSlider(Qt.Horizontal)
+    s.setRange(lo, hi)
+    s.setValue(value)
+    s.setTracking(tracking)
+    return s
+
+
+class ModelDock(QWidget):
+    """Dock widget: Model, Input, then Diversity / Persona / Uncertainty tabs and a progress row."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.controller = ModelController(napari_viewer)
+        self.worker = None
+        self.latent_sliders: list[QSlider] = []
+        self.last_decode_ms: float | None = None
+        self._n_warnings = 0
+        self._build()
+        self.viewer.layers.events.inserted.connect(self.refresh_layers)
+        self.viewer.layers.events.removed.connect(self.refresh_layers)
+        self.refresh_layers()
+        self.refresh_models()
+        self._update_enabled()
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        outer.addWidget(scroll)
+        body = QWidget()
+        scroll.setWidget(body)
+        lay = QVBoxLayout(body)
+        lay.setContentsMargins(6, 6, 6, 6)
+        lay.addWidget(self._build_model())
+        lay.addWidget(self._build_input())
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self._build_diversity(), "Diversity")
+        self.tabs.addTab(self._build_persona(), "Persona")
+        self.tabs.addTab(self._build_uncertainty(), "Uncertainty")
+        lay.addWidget(self.tabs)
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setToolTip("Stop the running model job (takes effect after the current chunk)")
+        self.cancel_btn.clicked.connect(self.cancel)
+        lay.addWidget(_row(self.progress, self.cancel_btn))
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+        self.setMinimumWidth(340)
+
+    def _build_model(self) -> QGroupBox:
+        box = QGroupBox("Model")
+        form = _form(box)
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("bundled / cached models ($NAPARI_MULTIRATER_MODELS), or a checkpoint file")
+        self.model_combo.currentIndexChanged.connect(lambda *_: self._update_enabled())
+        form.addRow("Model", self.model_combo)
+        self.path_edit = QLineEdit()
+        self.path_edit.setPlaceholderText("path/to/checkpoint.pt")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self.browse)
+        form.addRow("File", _row(self.path_edit, browse))
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICE_CHOICES)
+        self.load_btn = QPushButton("Load model")
+        self.load_btn.clicked.connect(self.load_model)
+        form.addRow("Device", _row(self.device_combo, self.load_btn))
+        self.units_combo = QComboBox()
+        self.units_combo.addItems(IMAGE_UNITS)
+        self.units_combo.setToolTip("units of the image values: auto = uint8 images are raw model units, others HU")
+        self.lidc_combo = QComboBox()
+        self.lidc_combo.addItems(LIDC_MAPPINGS)
+        self.lidc_combo.setToolTip("LIDC-trained models only: HU -> 8-bit mapping (fixed: same for every slice; "
+                                   "minmax: per input tile, exact for ~128x128 nodule crops)")
+        for combo in (self.units_combo, self.lidc_combo):
+            combo.currentIndexChanged.connect(self.set_intensity)
+        form.addRow("Intensity", _row(self.units_combo, self.lidc_combo))
+        self.card_label = QLabel("no model loaded")
+        self.card_label.setWordWrap(True)
+        self.card_label.setTextFormat(Qt.RichText)
+        self.card_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        form.addRow(self.card_label)
+        return box
+
+    def _build_input(self) -> QGroupBox:
+        box = QGroupBox("Input")
+        form = _form(box)
+        self.image_combo = QComboBox()
+        self.image_combo.currentIndexChanged.connect(self._image_changed)
+        form.addRow("Image", self.image_combo)
+        self.scope_combo = QComboBox()
+        self.scope_combo.currentIndexChanged.connect(lambda *_: self._update_enabled())
+        form.addRow("Scope", self.scope_combo)
+        self.roi_combo = QComboBox()
+        self.roi_combo.setToolTip("rectangle: last (or selected) shape of a Shapes layer; point: last (or "
+                                  "selected) point of a Points layer with the size below")
+        new_roi = QPushButton("New")
+        new_roi.setToolTip("add a Shapes layer aligned with the image, ready to draw a rectangle")
+        new_roi.clicked.connect(self.new_roi_layer)
+        form.addRow("ROI layer", _row(self.roi_combo, new_roi))
+        self.size_spin = QDoubleSpinBox()
+        self.size_spin.setRange(2.0, 1000.0)
+        self.size_spin.setValue(40.0)
+        self.size_spin.setSuffix(" mm")
+        form.addRow("Point size", self.size_spin)
+        return box
+
+    def _build_diversity(self) -> QWidget:
+        w = QWidget()
+        form = _form(w)
+        self.n_spin = QSpinBox()
+        self.n_spin.setRange(1, 1000)
+        self.n_spin.setValue(16)
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2 ** 31 - 1)
+        new_seed = QPushButton("New seed")
+        new_seed.setToolTip("same seed = the same samples again; a new seed draws new ones")
+        new_seed.clicked.connect(lambda: self.seed_spin.setValue(int(np.random.default_rng().integers(2 ** 31 - 1))))
+        form.addRow("Samples", self.n_spin)
+        form.addRow("Seed", _row(self.seed_spin, new_seed))
+        self.contours_check = QCheckBox("show all samples as contours")
+        form.addRow(self.contours_check)
+        self.sample_btn = QPushButton("Sample")
+        self.sample_btn.clicked.connect(lambda: self.run("samples"))
+        form.addRow(self.sample_btn)
+
+        ex = QGroupBox("Latent explorer")
+        ex.setToolTip("works on the 2D image or the current slice of a volume")
+        exf = _form(ex)
+        self.directions_combo = QComboBox()
+        for label, _ in DIRECTION_MODES:
+            self.directions_combo.addItem(label)
+        exf.addRow("Sliders", self.directions_combo)
+        self.explore_btn = QPushButton("Explore")
+        self.explore_btn.setToolTip("encode the image once; each slider re-decodes the mask live")
+        self.explore_btn.clicked.connect(self.start_explorer)
+        reset = QPushButton("Reset")
+        reset.clicked.connect(self.reset_sliders)
+        exf.addRow(_row(self.explore_btn, reset))
+        self.slider_grid = QGridLayout()
+        exf.addRow(self.slider_grid)
+        self.interp_a = QSpinBox()
+        self.interp_b = QSpinBox()
+        self.interp_b.setValue(1)
+        for s in (self.interp_a, self.interp_b):
+            s.setRange(0, 999)
+            s.setToolTip("index of a sample drawn with the seed above")
+        self.interp_slider = _hslider(0, 100, 0)
+        self.interp_slider.setToolTip("interpolate the latent between the two samples (0 -> first, 1 -> second)")
+        self.interp_slider.valueChanged.connect(self.interpolate)
+        exf.addRow("Between", _row(self.interp_a, self.interp_b))
+        exf.addRow("t", self.interp_slider)
+        form.addRow(ex)
+        return w
+
+    def _build_persona(self) -> QWidget:
+        w = QWidget()
+        form = _form(w)
+        self.expert_combo = QComboBox()
+        form.addRow("Expert", self.expert_combo)
+        self.persona_btn = QPushButton("Show persona")
+        self.persona_btn.clicked.connect(lambda: self.run("personas"))
+        form.addRow(self.persona_btn)
+        self.blend_box = QGroupBox("Blend two personas")
+        self.blend_box.setToolTip("works on the 2D image or the current slice of a volume")
+        bl = _form(self.blend_box)
+        self.blend_i = QComboBox()
+        self.blend_j = QComboBox()
+        bl.addRow("From", self.blend_i)
+        bl.addRow("To", self.blend_j)
+        self.blend_slider = _hslider(0, 100, 50, tracking=False)
+        self.blend_slider.valueChanged.connect(self.blend)
+        self.blend_label = QLabel("t = 0.50")
+        bl.addRow(self.blend_label, self.blend_slider)
+        form.addRow(self.blend_box)
+        return w
+
+    def _build_uncertainty(self) -> QWidget:
+        w = QWidget()
+        form = _form(w)
+        self.kind_combo = QComboBox()
+        self.kind_combo.currentIndexChanged.connect(self._kind_changed)
+        form.addRow("Kind", self.kind_combo)
+        self.unc_btn = QPushButton("Compute uncertainty")
+        self.unc_btn.setToolTip("uses the number of samples and the seed of the Diversity tab")
+        self.unc_btn.clicked.connect(lambda: self.run("uncertainty"))
+        form.addRow(self.unc_btn)
+        self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setRange(0.0, 1.0)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setValue(0.5)
+        self.contour_btn = QPushButton("Contour")
+        self.contour_btn.clicked.connect(self.contour)
+        form.addRow("Threshold", _row(self.threshold_spin, self.contour_btn))
+        self.scores_label = QLabel("")
+        self.scores_label.setWordWrap(True)
+        form.addRow(self.scores_label)
+        return w
+
+    # ------------------------------------------------------------------ refresh
+    def refresh_models(self) -> None:
+        current = self.model_combo.currentText()
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        self.model_combo.addItem(FILE_ITEM)
+        for name in available_models():
+            self.model_combo.addItem(name)
+        idx = self.model_combo.findText(current)
+        self.model_combo.setCurrentIndex(idx if idx >= 0 else (1 if self.model_combo.count() > 1 else 0))
+        self.model_combo.blockSignals(False)
+
+    def refresh_layers(self, *_) -> None:
+        from napari.layers import Image, Points, Shapes
+
+        images = [ly for ly in self.viewer.layers if isinstance(ly, Image) and not ly.rgb
+                  and not ly.name.startswith("mr ") and ly.ndim in (2, 3)]
+        self._fill(self.image_combo, [ly.name for ly in images])
+        self._fill(self.roi_combo, [ly.name for ly in self.viewer.layers if isinstance(ly, (Shapes, Points))])
+        self._image_changed()
+
+    @staticmethod
+    def _fill(combo: QComboBox, names: list[str]) -> None:
+        current = combo.currentText()
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItems(names)
+        if current in names:
+            combo.setCurrentIndex(names.index(current))
+        combo.blockSignals(False)
+
+    def _layer(self, name: str):
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+    def _image_changed(self, *_) -> None:
+        layer = self._layer(self.image_combo.currentText())
+        if layer is not self.controller.image_layer:
+            self.controller.image_layer = layer
+            self.controller.explorer = None
+            self._clear_sliders()
+        self._fill(self.scope_combo, list(self.controller.scopes()))
+        self._update_enabled()
+
+    def _update_enabled(self) -> None:
+        eng = self.controller.engine
+        running = self.worker is not None
+        ready = eng is not None and self.controller.image_layer is not None and not running
+        caps = eng.capabilities if eng is not None else None
+        self.sample_btn.setEnabled(ready)
+        self.persona_btn.setEnabled(ready)
+        self.unc_btn.setEnabled(ready)
+        self.explore_btn.setEnabled(ready and caps.latent_dim > 0)
+        self.blend_box.setEnabled(ready and caps.blend)
+        self.contour_btn.setEnabled(eng is not None)
+        self.load_btn.setEnabled(not running)
+        self.cancel_btn.setEnabled(running)
+        self.path_edit.setEnabled(self.model_combo.currentText() == FILE_ITEM)
+        roi = self.scope_combo.currentText() == "region of interest"
+        self.roi_combo.setEnabled(roi)
+        self.size_spin.setEnabled(roi)
+
+    # ------------------------------------------------------------------ model
+    def browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open checkpoint", "", "PyTorch checkpoints (*.pt *.pth);;All files (*)")
+        if path:
+            self.path_edit.setText(path)
+            self.model_combo.setCurrentIndex(0)
+
+    def load_model(self) -> bool:
+        choice = self.model_combo.currentText()
+        target = self.path_edit.text().strip() if choice == FILE_ITEM else choice
+        if not target:
+            _notify("error", "choose a model or a checkpoint file first")
+            return False
+        try:
+            eng = self.controller.load_model(target, self.device_combo.currentText(),
+                                             image_units=self.units_combo.currentText(),
+                                             lidc_mapping=self.lidc_combo.currentText())
+        except (ValueError, OSError) as e:
+            _notify("error", f"Cannot load model: {e}")
+            return False
+        self._n_warnings = len(eng.warnings)
+        self._show_card()
+        names = eng.rater_names
+        self._fill(self.expert_combo, [ALL_EXPERTS, *names])
+        self._fill(self.blend_i, names)
+        self._fill(self.blend_j, names)
+        if len(names) > 1:
+            self.blend_j.setCurrentIndex(1)
+        self._fill(self.kind_combo, eng.uncertainty_kinds())
+        self._clear_sliders()
+        self._update_enabled()
+        self.status.setText(f"loaded {eng.name} on {eng.device_message}")
+        return True
+
+    def _show_card(self) -> None:
+        s = self.controller.engine.summary()
+        rows = "".join(f"<tr><td><b>{html.escape(k)}</b>&nbsp;</td><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in s.items() if k != "name")
+        self.card_label.setText(f"<b>{html.escape(s['name'])}</b><table>{rows}</table>")
+        self.lidc_combo.setEnabled(self.controller.engine.normalizer.model_units == "lidc_uint8")
+
+    def set_intensity(self, *_) -> None:
+        """Apply the Intensity combos to the loaded model (no reload needed)."""
+        if self.controller.engine is None:
+            return
+        try:
+            self.controller.set_intensity(self.units_combo.currentText(), self.lidc_combo.currentText())
+        except ValueError as e:
+            _notify("error", f"Intensity: {e}")
+            return
+        self._show_card()
+
+    # ------------------------------------------------------------------ runs
+    def _show_kwargs(self, action: str) -> dict:
+        if action == "samples":
+            return {"contours": self.contours_check.isChecked()}
+        if action == "personas":
+            return {"expert": self.expert_combo.currentText() or ALL_EXPERTS}
+        return {"kind": self.kind_combo.currentText() or "entropy"}
+
+    def run(self, action: str, sync: bool | None = None):
+        """Start ``action`` in a worker with progress; returns the worker (None if sync or failed)."""
+        try:
+            roi_layer = self._layer(self.roi_combo.currentText())
+            self.progress.setRange(0, 0)
+            self.worker = self.controller.start(
+                action, self.scope_combo.currentText(), samples=self.n_spin.value(), seed=self.seed_spin.value(),
+                roi_layer=roi_layer, size_mm=self.size_spin.value(), show=self._show_kwargs(action),
+                on_done=lambda r: self._done(action, r), on_error=self._error, on_finished=self._finished,
+                on_progress=self._progress, sync=sync)
+        except ValueError as e:
+            self.worker = None
+            self.progress.setRange(0, 1)
+            _notify("error", f"Model {action}: {e}")
+            return None
+        if self.worker is not None:
+            self.worker.aborted.connect(lambda: self.status.setText(f"{action} cancelled; layers unchanged"))
+        self._update_enabled()
+        return self.worker
+
+    def _progress(self, item) -> None:
+        if getattr(item, "total", None):
+            self.progress.setRange(0, int(item.total))
+            self.progress.setValue(int(item.done))
+            self.progress.setFormat(f"%v/%m {item.message}")
+
+    def _done(self, action: str, result) -> None:
+        what = {"samples": f"{result.info.get('samples', 0)} sample(s)", "personas": f"{len(result.personas_region)} persona(s)",
+                "uncertainty": f"{len(result.uncertainty_region)} map(s) from {result.info.get('samples', 0)} samples"}[action]
+        z = result.region[0] if len(result.region) == 3 else None
+        where = ""
+        if z is not None and z.stop - z.start < result.shape[0]:
+            where = f", slice {z.start}" if z.stop - z.start == 1 else f", slices {z.start}-{z.stop - 1}"
+        msg = f"{action}: {what}, seed {result.info.get('seed')}{where}"
+        if result.scores:
+            text = ", ".join(f"{k} {float(np.mean(v)):.3f}" for k, v in result.scores.items())
+            self.scores_label.setText(f"image scores (mean over the computed slices): {text}")
+            msg += f"; {text}"
+        self.status.setText(msg)
+        eng = self.controller.engine
+        for w in eng.warnings[self._n_warnings:]:
+            _notify("warning", w)
+        self._n_warnings = len(eng.warnings)
+
+    def _error(self, exc) -> None:
+        self.status.setText(f"failed: {exc}")
+        if self.worker is None:  # sync run; a worker reports its own errors as notifications
+            _notify("error", f"Model run failed: {exc}")
+
+    def _finished(self) -> None:
+        self.worker = None
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        self._update_enabled()
+
+    def cancel(self) -> None:
+        self.controller.cancel()
+
+    def _kind_changed(self, *_) -> None:
+        """Show another kind from the last uncertainty result without recomputing."""
+        res = self.controller.last.get("uncertainty")
+        kind = self.kind_combo.currentText()
+        if res is not None and kind in res.uncertainty_region and self.controller.image_layer is not None:
+            try:
+                self.controller.show_uncertainty(res, kind)
+            except ValueError:
+                pass
+
+    def contour(self) -> None:
+        try:
+            self.controller.uncertainty_contour(self.kind_combo.currentText(), self.threshold_spin.value())
+        except ValueError as e:
+            _notify("error", f"Uncertainty contour: {e}")
+
+    def blend(self, *_) -> None:
+        t = self.blend_slider.value() / 100.0
+        self.blend_label.setText(f"t = {t:.2f}")
+        if self.controller.engine is None or not self.controller.engine.capabilities.blend:
+            return
+        try:
+            self.controller.blend(self.blend_i.currentIndex(), self.blend_j.currentIndex(), t, self.seed_spin.value())
+        except ValueError as e:
+            _notify("error", f"Persona blend: {e}")
+
+    def new_roi_layer(self) -> None:
+        from .._napari.layers import transform_kwargs
+
+        img = self.controller.image_layer
+        keep = ("scale", "translate", "rotate", "units", "axis_labels")
+        kw = {k: v for k, v in transform_kwargs(img).items() if k in keep} if img else {}
+        layer = self.viewer.add_shapes(name="mr roi", edge_color="#00e5ff", face_color="transparent", edge_width=1.5,
+                                       ndim=img.ndim if img is not None else 2, **kw)
+        layer.mode = "add_rectangle"
+        self.roi_combo.setCurrentText(layer.name)
+        self.scope_combo.setCurrentText("region of interest")
+
+    # ------------------------------------------------------------------ latent explorer
+    def _clear_sliders(self) -> None:
+        while self.slider_grid.count():
+            item = self.slider_grid.takeAt(0)
+            if item.widget() is not None:
+                item.widget().deleteLater()
+        self.latent_sliders = []
+
+    def start_explorer(self) -> bool:
+        mode = DIRECTION_MODES[self.directions_combo.currentIndex()][1]
+        try:
+            ex = self.controller.explorer_start(mode, seed=self.seed_spin.value())
+        except ValueError as e:
+            _notify("error", f"Latent explorer: {e}")
+            return False
+        self._clear_sliders()
+        steps = SLIDER_STEPS
+        for i, strength in enumerate(ex.strengths):
+            name = f"z{i + 1}" if mode == "axes" else f"pc{i + 1}"
+            label = QLabel(f"{name}  0.0σ")
+            label.setMinimumWidth(70)
+            slider = _hslider(-steps, steps, 0)
+            slider.setToolTip(f"{name}: -{SIGMA_RANGE:g}..+{SIGMA_RANGE:g} prior σ"
+                              + (f" (effect {strength:.3g})" if mode == "principal" else ""))
+            slider.valueChanged.connect(self._slider_moved)
+            self.slider_grid.addWidget(label, i, 0)
+            self.slider_grid.addWidget(slider, i, 1)
+            self.latent_sliders.append(slider)
+        self.status.setText(f"explorer: {len(ex.mu)} latent dims ({mode}); drag a slider to re-decode")
+        return True
+
+    def slider_values(self) -> np.ndarray:
+        return np.array([s.value() * SIGMA_RANGE / SLIDER_STEPS for s in self.latent_sliders], np.float32)
+
+    def _slider_moved(self, *_) -> None:
+        vals = self.slider_values()
+        for i, v in enumerate(vals):
+            lab = self.slider_grid.itemAtPosition(i, 0)
+            if lab is not None and lab.widget() is not None:
+                name = lab.widget().text().split()[0]
+                lab.widget().setText(f"{name} {v:+.1f}σ")
+        t = time.perf_counter()
+        try:
+            self.controller.explorer_set(vals)
+        except ValueError as e:
+            self.status.setText(str(e))
+            return
+        self.last_decode_ms = (time.perf_counter() - t) * 1000
+        self.status.setText(f"re-decoded in {self.last_decode_ms:.1f} ms")
+
+    def reset_sliders(self) -> None:
+        for s in self.latent_sliders:
+            s.blockSignals(True)
+            s.setValue(0)
+            s.blockSignals(False)
+        if self.latent_sliders:
+            self._slider_moved()
+
+    def interpolate(self, *_) -> None:
+        if self.controller.explorer is None:
+            return
+        try:
+            self.controller.explorer_interpolate(self.interp_a.value(), self.interp_b.value(),
+                                                 self.interp_slider.value() / 100.0, self.n_spin.value())
+        except ValueError as e:
+            _notify("error", f"Interpolation: {e}")
+
+    # ------------------------------------------------------------------ demo
+    def run_demo(self) -> None:
+        """Load the first available model and show samples, all personas and an entropy overlay."""
+        models = available_models()
+        if not models or self.controller.image_layer is None:
+            return
+        self.model_combo.setCurrentText(next(iter(models)))
+        if not self.load_model():
+            return
+        self.n_spin.setValue(8)
+        self.run("samples", sync=True)
+        self.expert_combo.setCurrentText(ALL_EXPERTS)
+        self.run("personas", sync=True)
+        self.kind_combo.setCurrentText("entropy")
+        self.run("uncertainty", sync=True)
+        self.tabs.setCurrentIndex(1)
+

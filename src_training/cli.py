@@ -1,0 +1,74 @@
+"""``multirater train`` and ``multirater evaluate`` (flags are a fixed contract for scripts)."""
+
+from __future__ import annotations
+
+import sys
+
+METHOD_CHOICES = ("unet", "prob_unet", "dpersona", "proseg", "umanet", "pionono")
+
+
+def add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a multi-rater model (val each epoch, best.pt on val, --resume)")
+    p.add_argument("--method", required=True, choices=METHOD_CHOICES)
+    p.add_argument("--data", required=True, help="LIDC shard folder or .npz, case-folder or phantom dataset")
+    p.add_argument("--config", help="JSON config merged over src_training/configs/<method>.json")
+    p.add_argument("--out", required=True, help="run folder: last.pt, best.pt, log.csv, val.csv")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--stage1", help="D-Persona stage II: start from this stage I checkpoint")
+    p.add_argument("--val-samples", type=int, help="samples per image for validation metrics")
+    p.add_argument("--val-max-images", type=int, help="validate on at most N val images")
+    p.add_argument("--select-metric", help="val metric that picks best.pt (default from the config)")
+    p.add_argument("--save-every", type=int, help="save last.pt every N steps (and every epoch)")
+    p.add_argument("--no-augment", action="store_true", help="disable flips/rotations/intensity augmentation")
+    p.add_argument("--rank-raters", choices=["auto", "on", "off"],
+                   help="sort raters by area (LIDC convention; auto = on for LIDC shards)")
+    p.set_defaults(func=_train)
+
+
+def add_evaluate_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="all multi-rater metrics of a checkpoint on a split, as JSON + table")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="val", help="val (default), train, or all")
+    p.add_argument("--samples", type=int, default=None, help="diverse samples per image (default 10)")
+    p.add_argument("--json", help="write the metrics JSON here")
+    p.add_argument("--max-images", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_evaluate)
+
+
+def _train(args) -> int:
+    from napari_multirater.datasets.case import DatasetError
+
+    from .train import run_training
+
+    try:
+        return run_training(args)
+    except (DatasetError, ValueError, RuntimeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _evaluate(args) -> int:
+    from napari_multirater.datasets.case import DatasetError
+
+    from .checkpoint import CheckpointError
+    from .evaluate import run_evaluate
+
+    try:
+        return run_evaluate(args)
+    except (DatasetError, CheckpointError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def add_parser(sub) -> None:
+    add_train_parser(sub)
+    add_evaluate_parser(sub)

@@ -1,0 +1,223 @@
+"""Evaluation: every metric of ``metrics.py`` on a dataset split, as JSON plus a markdown table.
+
+Diverse-sample metrics (GED, Dice_soft, Dice_max, Dice_match) use ``model.sample(x, n)``;
+per-expert Dice uses ``model.personalize(x)``. 2D data are scored per image; volumes are
+predicted slice by slice and scored per volume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import metrics as M
+from .data import SliceDataset, load_split, normalize_image, pad_to_multiple, rank_by_area
+
+LOWER_IS_BETTER = {"ged", "ged_dpersona"}
+
+
+SELECTABLE = ("ged", "ged_dpersona", "dice_soft", "dice_max", "dice_max_reverse", "dice_match",
+              "dice_each_identity_mean", "dice_each_matched_mean")
+
+
+def higher_is_better(metric: str) -> bool:
+    parts = metric.split("+")
+    if any(p in LOWER_IS_BETTER for p in parts) and len(parts) > 1:
+        raise ValueError(f"cannot combine lower-is-better metrics in {metric!r}")
+    return parts[0] not in LOWER_IS_BETTER
+
+
+def check_select_metric(name: str) -> str:
+    """Validate a selection metric: one of SELECTABLE, or a sum like ``dice_max+dice_soft``."""
+    bad = [p for p in name.split("+") if p not in SELECTABLE]
+    if bad:
+        raise ValueError(f"unknown selection metric {bad[0]!r}; choose from {', '.join(SELECTABLE)} (or a+b)")
+    higher_is_better(name)
+    return name
+
+
+def metric_value(result: dict, name: str) -> float:
+    """A scalar from an aggregate result; ``a+b`` sums metrics (the baselines' Dice_max + Dice_soft)."""
+    value = sum(float(result[p]) for p in check_select_metric(name).split("+"))
+    return value if math.isfinite(value) else (-math.inf if higher_is_better(name) else math.inf)
+
+
+@torch.inference_mode()
+def predict_batch(model, images: torch.Tensor, n_samples: int, generator: torch.Generator | None):
+    """Sigmoid probabilities: samples (B, n, H, W) and personas (B, K, H, W), as numpy float32."""
+    samples = torch.sigmoid(model.sample(images, n_samples, generator=generator).float())
+    personas = torch.sigmoid(model.personalize(images, generator=generator).float())
+    return samples.cpu().numpy(), personas.cpu().numpy()
+
+
+def evaluate_items(model, items: SliceDataset, *, n_samples: int = 10, device="cpu", batch_size: int = 16,
+                   max_images: int | None = None, seed: int = 0, progress=None) -> dict:
+    """Per-slice metrics over a SliceDataset (used for validation during training)."""
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    n = len(items) if max_images is None else min(len(items), max_images)
+    results, matrices = [], []
+    for start in range(0, n, batch_size):
+        idx = range(start, min(start + batch_size, n))
+        raws = [items.raw(i) for i in idx]
+        padded = [pad_to_multiple(img, masks, 16) for img, masks, _ in raws]
+        x = torch.from_numpy(np.stack([p[0] for p in padded]))[:, None].to(device)
+        samples, personas = predict_batch(model, x, n_samples, gen)
+        for b, (img, masks, valid) in enumerate(raws):
+            h, w = img.shape
+            sl = _crop_slices(padded[b][0].shape, (h, w))
+            pers = personas[b][:, sl[0], sl[1]]
+            results.append(M.evaluate_image(masks, samples[b][:, sl[0], sl[1]], valid, pers))
+            matrices.append(persona_rater_dice(masks, valid, pers))
+        if progress:
+            progress(min(start + batch_size, n), n)
+    model.train(was_training)
+    return _with_identity_matrix(results, matrices, M.aggregate(results, buckets=range(1, len(items.rater_names) + 1)))
+
+
+def persona_rater_dice(labels, valid, personas) -> np.ndarray:
+    """(K personas, K raters) Dice at 0.5; columns of missing raters are NaN."""
+    k = len(labels)
+    out = np.full((personas.shape[0], k), np.nan)
+    d = M.dice_matrix(labels, personas, valid)  # (K_valid, K personas)
+    out[:, np.asarray(valid, bool)] = d.T
+    return out
+
+
+def _with_identity_matrix(results: list[dict], matrices: list[np.ndarray], agg: dict) -> dict:
+    """Add the persona-by-rater Dice matrix (mean over images where the rater is valid)."""
+    if matrices:
+        with np.errstate(invalid="ignore"):
+            stack = np.stack(matrices)
+            mean = np.nanmean(stack, axis=0) if np.isfinite(stack).any() else stack[0]
+        agg["persona_rater_dice"] = [[float(v) for v in row] for row in mean]
+        agg["conventions"]["persona_rater_dice"] = (
+            "row = personalized output k, column = rater j: Dice at 0.5, averaged over images where rater j "
+            "is valid; the diagonal is dice_each_identity"
+        )
+    return agg
+
+
+def _crop_slices(padded_hw, hw):
+    ph, pw = padded_hw[0] - hw[0], padded_hw[1] - hw[1]
+    return slice(ph // 2, ph // 2 + hw[0]), slice(pw // 2, pw // 2 + hw[1])
+
+
+def evaluate_volumes(model, dataset, window, *, rank_raters: bool, n_samples: int, device="cpu",
+                     batch_size: int = 16, max_images: int | None = None, seed: int = 0, progress=None) -> dict:
+    """Per-volume metrics: every slice predicted, stacked, scored as one volume."""
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    n = len(dataset) if max_images is None else min(len(dataset), max_images)
+    results, matrices = [], []
+    for i in range(n):
+        case = dataset[i]
+        vol = normalize_image(case.image, window)
+        samples, personas = [], []
+        for z0 in range(0, vol.shape[0], batch_size):
+            chunk = vol[z0 : z0 + batch_size]
+            padded = [pad_to_multiple(s, np.zeros((1, *s.shape), np.uint8), 16)[0] for s in chunk]
+            x = torch.from_numpy(np.stack(padded))[:, None].to(device)
+            s, p = predict_batch(model, x, n_samples, gen)
+            sl = _crop_slices(padded[0].shape, chunk.shape[1:])
+            samples.append(s[:, :, sl[0], sl[1]])
+            personas.append(p[:, :, sl[0], sl[1]])
+        samples = np.concatenate(samples).transpose(1, 0, 2, 3)  # (n, Z, H, W)
+        personas = np.concatenate(personas).transpose(1, 0, 2, 3)
+        masks, valid = case.masks, case.valid
+        if rank_raters:
+            masks, valid = rank_by_area(masks, valid)
+        results.append(M.evaluate_image(masks, samples, valid, personas))
+        matrices.append(persona_rater_dice(masks, valid, personas))
+        if progress:
+            progress(i + 1, n)
+    agg = M.aggregate(results, buckets=range(1, dataset[0].n_raters + 1) if n else None)
+    return _with_identity_matrix(results, matrices, agg)
+
+
+def markdown_table(result: dict, title: str = "") -> str:
+    """The evaluation as a markdown table with the metric conventions stated under it."""
+    rows = [f"### {title}" if title else "", "", "| metric | all |" + "".join(f" {b} rater(s) |" for b in result["per_bucket"]),
+            "|---|---|" + "---|" * len(result["per_bucket"])]
+    for key in ("ged", "ged_dpersona", "dice_soft", "dice_max", "dice_max_reverse", "dice_match",
+                "dice_each_identity_mean", "dice_each_matched_mean"):
+        cells = [_f(result.get(key))] + [_f(b.get(key)) for b in result["per_bucket"].values()]
+        rows.append(f"| {key} | " + " | ".join(cells) + " |")
+    rows.append("| n_images | " + " | ".join([str(result["n_images"])] + [str(b["n_images"]) for b in result["per_bucket"].values()]) + " |")
+    for key in ("dice_each_identity", "dice_each_matched"):
+        rows.append(f"\n{key} per rater: " + ", ".join(_f(v) for v in result.get(key, [])))
+    matrix = result.get("persona_rater_dice")
+    if matrix:
+        names = result.get("rater_names") or [str(i + 1) for i in range(len(matrix))]
+        rows += ["\npersona (row) x rater (column) Dice:\n", "| persona \\ rater | " + " | ".join(names) + " |",
+                 "|---|" + "---|" * len(names)]
+        rows += [f"| {name} | " + " | ".join(_f(v) for v in row) + " |" for name, row in zip(names, matrix)]
+    rows.append(f"\nsamples per image: {result['n_samples']}")
+    rows.append("\nConventions:")
+    rows += [f"- {k}: {v}" for k, v in result["conventions"].items()]
+    return "\n".join(rows)
+
+
+def _f(v) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:.4f}"
+
+
+def run_evaluate(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .runtime import pick_device
+
+    device = pick_device(args.device)
+    model, card = load_checkpoint(args.checkpoint, map_location=device)
+    model.to(device).eval()
+    dataset = load_split(args.data, None if args.split in ("all", "none") else args.split)
+    window = (card.get("intensity") or {}).get("window") or getattr(dataset, "intensity_window", None) or [0, 255]
+    rank = bool(card.get("raters_ranked_by_area", False))
+    n_samples = args.samples or int(card.get("val_samples", 0) or 10)
+    if len(dataset) and dataset[0].n_raters != model.num_raters:
+        print(f"error: the data has {dataset[0].n_raters} raters, the model {model.num_raters}", file=sys.stderr)
+        return 2
+
+    def progress(done, total):
+        if sys.stderr.isatty() or done == total or done % 200 == 0:
+            print(f"\revaluating {done}/{total}", end="" if sys.stderr.isatty() else "\n", file=sys.stderr, flush=True)
+
+    volumetric = len(dataset) and dataset[0].image.ndim == 3
+    if volumetric:
+        result = evaluate_volumes(model, dataset, window, rank_raters=rank, n_samples=n_samples, device=device,
+                                  max_images=args.max_images, seed=args.seed, progress=progress)
+    else:
+        items = SliceDataset(dataset, window, rank_raters=rank, augment=None, max_cases=args.max_images)
+        result = evaluate_items(model, items, n_samples=n_samples, device=device, seed=args.seed, progress=progress)
+    result.update({
+        "checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, "method": card.get("method"),
+        "scored_per": "volume" if volumetric else "image", "raters_ranked_by_area": rank, "seed": args.seed,
+        "rater_names": list(model.rater_names),
+    })
+    result["conventions"]["scored_per"] = "volume (all slices together)" if volumetric else "2D image"
+    if rank:
+        result["conventions"]["rater_identity"] = "raters ranked by area per image: expert k = k-th smallest annotation"
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(_jsonable(result), indent=2) + "\n", encoding="utf-8")
+    print(markdown_table(result, f"{card.get('method')} on {args.data} ({args.split}), {result['n_images']} {result['scored_per']}s"))
+    return 0
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, (np.floating, np.integer)):
+        return _jsonable(obj.item())
+    return obj

@@ -1,0 +1,208 @@
+"""The one interface every multi-rater model implements (the plugin and CLI never branch on method).
+
+Shapes: images (B, C, H, W); logits (B, N, H, W); masks (B, K, H, W) float {0,1};
+mask_valid (B, K) bool. Inference methods (``encode``, ``decode``, ``sample``, ``personalize``,
+``uncertainty``, ``blend``) run under ``torch.no_grad``; callers set ``model.eval()``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+BASE_DEFAULTS: dict[str, Any] = {
+    "method": None,
+    "in_channels": 1,
+    "num_raters": 4,
+    "rater_names": None,
+    "backbone": {"widths": [16, 32, 64, 128], "features": 16, "norm": "batch", "convs_per_block": 2},
+    "rater_sampling": "per_sample",
+}
+
+RATER_SAMPLING_MODES = ("per_sample", "per_batch")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model can do; the UI enables/disables features from this alone."""
+
+    diverse: bool
+    personalized: bool
+    uncertainty: list = field(default_factory=list)
+    latent_dim: int = 0
+    blend: bool = False
+    notes: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def deep_merge(base: dict, override: dict | None) -> dict:
+    """Recursive dict merge (override wins); returns a new dict, inputs untouched."""
+    out = copy.deepcopy(base)
+    for k, v in (override or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+# ----------------------------------------------------------------------------- random helpers
+def randn(shape, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal draws from ``generator`` (on its own device), moved to ``like``'s device/dtype."""
+    dev = generator.device if generator is not None else like.device
+    return torch.randn(shape, generator=generator, device=dev, dtype=like.dtype).to(like.device)
+
+
+def randint(high: int, shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    dev = generator.device if generator is not None else device
+    return torch.randint(high, shape, generator=generator, device=dev).to(device)
+
+
+def sample_dirichlet(alpha: torch.Tensor, shape, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Dirichlet draws (``shape + alpha.shape``); reproducible under ``generator`` via a forked RNG."""
+    dist = torch.distributions.Dirichlet(alpha)
+    if generator is None:
+        return dist.sample(torch.Size(shape))
+    seed = int(torch.randint(2 ** 62, (1,), generator=generator, device=generator.device).item())
+    devices = [alpha.device] if alpha.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return dist.sample(torch.Size(shape))
+
+
+def choose_raters(valid: torch.Tensor, mode: str = "per_sample"):
+    """Pick one VALID rater per image for training (global torch RNG).
+
+    per_sample: uniform over each image's valid raters. per_batch: one rater index for the whole
+    batch (D-Persona), drawn among raters valid somewhere; images where it is missing fall back to
+    their own random valid rater. Returns ``(idx (B,) long, has (B,) bool)``; images without any
+    valid rater get idx 0 and has False (callers weight them out).
+    """
+    if mode not in RATER_SAMPLING_MODES:
+        raise ValueError(f"rater_sampling must be one of {RATER_SAMPLING_MODES}, got {mode!r}")
+    valid = valid.bool()
+    has = valid.any(1)
+    w = valid.float() + (~has).float()[:, None]
+    idx = torch.multinomial(w, 1).squeeze(1)
+    if mode == "per_batch" and bool(has.any()):
+        r = torch.multinomial(valid.any(0).float(), 1).squeeze(0)
+        ok = valid[:, r]
+        idx = torch.where(ok, r.expand_as(idx), idx)
+    return idx, has
+
+
+def unpack_batch(batch: dict):
+    """Return ``(image, masks, valid)`` with masks float and valid bool (all True if absent)."""
+    x = batch["image"].float()
+    masks = batch["masks"].to(x.dtype)
+    valid = batch.get("mask_valid")
+    if valid is None:
+        valid = torch.ones(masks.shape[:2], dtype=torch.bool, device=masks.device)
+    valid = valid.to(masks.device).bool()
+    masks = masks * valid[:, :, None, None].to(masks.dtype)  # missing raters never carry content
+    return x, masks, valid
+
+
+def weighted_mean(values: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    w = w.to(values.dtype)
+    return (values * w).sum() / w.sum().clamp(min=1.0)
+
+
+class MultiRaterModel(nn.Module):
+    """Base class. Subclasses set ``method``, ``DEFAULTS`` and implement the abstract methods."""
+
+    method: str = ""
+    DEFAULTS: dict = {}
+
+    def __init__(self, config: dict):
+        super().__init__()
+        cfg = deep_merge(deep_merge(BASE_DEFAULTS, self.DEFAULTS), config)
+        cfg["method"] = cfg.get("method") or self.method
+        if cfg["method"] != self.method:
+            raise ValueError(f"config method {cfg['method']!r} does not match model {self.method!r}")
+        k = int(cfg["num_raters"])
+        if k < 1:
+            raise ValueError("num_raters must be >= 1")
+        if not cfg.get("rater_names"):
+            cfg["rater_names"] = [f"rater_{i + 1}" for i in range(k)]
+        if len(cfg["rater_names"]) != k:
+            raise ValueError(f"rater_names has {len(cfg['rater_names'])} entries, num_raters is {k}")
+        if cfg["rater_sampling"] not in RATER_SAMPLING_MODES:
+            raise ValueError(f"rater_sampling must be one of {RATER_SAMPLING_MODES}")
+        self.config = json.loads(json.dumps(cfg))  # JSON-able, detached copy
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_raters(self) -> int:
+        return int(self.config["num_raters"])
+
+    @property
+    def rater_names(self) -> list[str]:
+        return list(self.config["rater_names"])
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.config["in_channels"])
+
+    @property
+    def capabilities(self) -> Capabilities:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ inference API
+    def encode(self, x: torch.Tensor) -> dict:
+        """Per-image computation done once (backbone features, prior...)."""
+        raise NotImplementedError
+
+    def latent_prior(self, ctx: dict):
+        """``(mu (B, L), sigma (B, L))`` of the explorable latent, or None without a latent."""
+        return None
+
+    def decode(self, ctx: dict, z: torch.Tensor) -> torch.Tensor:
+        """Logits (B, N, H, W) for latents z (B, N, L)."""
+        raise NotImplementedError
+
+    def sample(self, x: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n diverse samples as logits (B, n, H, W) (deterministic methods repeat one prediction)."""
+        raise NotImplementedError
+
+    def sample_naive(self, x: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Reference-style per-sample loop (benchmark only); same draws as :meth:`sample`."""
+        return self.sample(x, n, generator)
+
+    def personalize(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One logit map per rater (B, K, H, W)."""
+        raise NotImplementedError
+
+    def uncertainty(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Method-specific maps (B, H, W) in [0, 1] and scores (B,); empty when none."""
+        return {}
+
+    def blend(self, x: torch.Tensor, i: int, j: int, t: float,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+        """Persona blend of raters i and j at t in [0, 1] -> logits (B, 1, H, W)."""
+        raise NotImplementedError(
+            f"method {self.method!r} does not support persona blending (capabilities.blend is False)")
+
+    def _check_rater(self, i: int) -> int:
+        i = int(i)
+        if not 0 <= i < self.num_raters:
+            raise IndexError(f"rater index {i} out of range 0..{self.num_raters - 1}")
+        return i
+
+    # ------------------------------------------------------------------ training API
+    def loss(self, batch: dict, step: int = 0) -> dict[str, torch.Tensor]:
+        """``{"loss": total, <component>: detached value, ...}``."""
+        raise NotImplementedError
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def param_groups(self, base_lr: float) -> list[dict]:
+        """Optimizer parameter groups (default: one group at base_lr)."""
+        return [{"params": self.trainable_parameters(), "lr": base_lr}]

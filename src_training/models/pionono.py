@@ -1,0 +1,154 @@
+"""Pionono (Schmidt et al., ICCV 2023): per-rater Gaussian latent q(z|r) = N(mu_r, L_r L_r^T).
+
+Latent 8, prior N(0, prior_sigma^2 I) (sigma 2), head = 1x1 convs on [F ; tile(z)] (24 -> 16 -> 16 -> 1).
+mu_r init N(0, posterior_init_sigma^2) (reference 8), L_r init 2 I (diagonal through softplus, so
+it stays positive). Loss: GDL on the mean of ``mc_samples`` (5) MC logits for the chosen rater +
+kl_weight (5e-4) KL(q(z|r) || prior) + reg_weight * L2(head). ``param_groups`` puts the z
+parameters at ``train.z_lr`` (0.02, reference).
+
+Documented choices: ``personalize`` uses z = mu_r (``personalize_mode: "mu"``, deterministic,
+fast) or the mean of ``personalize_mc`` (20) MC logits (``"mc"``, reference). ``sample`` draws from
+the raters' mixture (uniform rater, then z ~ q(z|r); ``sample_mode: "mixture"``, default: the head
+only ever sees z near the raters' posteriors) or from the prior (``"prior"``). The explorer's
+``latent_prior`` is the moment-matched diagonal Gaussian of that mixture. ``blend`` mixes mu_i, mu_j.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import losses as L
+from .backbone import build_backbone
+from .base import Capabilities, MultiRaterModel, choose_raters, randint, randn, unpack_batch, weighted_mean
+from .fcomb import Fcomb
+
+
+class PiononoModel(MultiRaterModel):
+    method = "pionono"
+    DEFAULTS = {
+        "latent_dim": 8,
+        "prior_sigma": 2.0,
+        "posterior_init_sigma": 8.0,
+        "posterior_init_scale": 2.0,
+        "head": {"num_convs": 3, "hidden": 16},
+        "personalize_mode": "mu",
+        "personalize_mc": 20,
+        "sample_mode": "mixture",
+        "loss": {"mc_samples": 5, "kl_weight": 5e-4, "reg_weight": 1e-5},
+    }
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        cfg = self.config
+        k, ld = self.num_raters, int(cfg["latent_dim"])
+        self.latent_dim = ld
+        self.backbone = build_backbone(cfg)
+        self.head = Fcomb(self.backbone.out_channels, ld, cfg["head"]["hidden"], int(cfg["head"]["num_convs"]))
+        self.z_mu = nn.Parameter(torch.randn(k, ld) * float(cfg["posterior_init_sigma"]))
+        s = float(cfg["posterior_init_scale"])
+        raw = torch.zeros(k, ld, ld)
+        raw.diagonal(dim1=-2, dim2=-1).fill_(math.log(math.expm1(s)))
+        self.z_tril_raw = nn.Parameter(raw)
+        if cfg["personalize_mode"] not in ("mu", "mc") or cfg["sample_mode"] not in ("mixture", "prior"):
+            raise ValueError("personalize_mode in {mu, mc}, sample_mode in {mixture, prior}")
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(diverse=True, personalized=True, uncertainty=[], latent_dim=self.latent_dim, blend=True,
+                            notes="Pionono: image-independent per-rater Gaussians; samples from the raters' mixture, "
+                                  "experts at their posterior means, blend interpolates the means.")
+
+    def scale_tril(self) -> torch.Tensor:
+        raw = self.z_tril_raw
+        diag = F.softplus(torch.diagonal(raw, dim1=-2, dim2=-1))
+        return torch.tril(raw, -1) + torch.diag_embed(diag)
+
+    def _rater_draws(self, r: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """z = mu_r + L_r eps for rater indices r (...,) and eps (..., L)."""
+        return self.z_mu[r] + (self.scale_tril()[r] @ eps.unsqueeze(-1)).squeeze(-1)
+
+    # ------------------------------------------------------------------ inference
+    def _encode(self, x):
+        feats = self.backbone(x)
+        return {"proj": self.head.project(feats), "size": tuple(x.shape[-2:]), "batch": x.shape[0]}
+
+    @torch.no_grad()
+    def encode(self, x):
+        return self._encode(x)
+
+    def latent_prior(self, ctx):
+        mu = self.z_mu
+        var = (self.scale_tril() ** 2).sum(-1)  # diag of L L^T
+        m = mu.mean(0)
+        v = (var + mu ** 2).mean(0) - m ** 2
+        b = ctx["batch"]
+        return m.detach().expand(b, -1).clone(), v.clamp(min=1e-12).sqrt().detach().expand(b, -1).clone()
+
+    @torch.no_grad()
+    def decode(self, ctx, z):
+        return self.head.decode(ctx["proj"], z.to(ctx["proj"].dtype), ctx["size"])
+
+    def _draw(self, b, n, generator, like):
+        eps = randn((b, n, self.latent_dim), generator, like)
+        if self.config["sample_mode"] == "prior":
+            return eps * float(self.config["prior_sigma"])
+        r = randint(self.num_raters, (b, n), generator, like.device)
+        return self._rater_draws(r, eps)
+
+    @torch.no_grad()
+    def sample(self, x, n, generator=None):
+        ctx = self._encode(x)
+        return self.decode(ctx, self._draw(x.shape[0], int(n), generator, self.z_mu))
+
+    @torch.no_grad()
+    def sample_naive(self, x, n, generator=None):
+        feats = self.backbone(x)
+        z = self._draw(x.shape[0], int(n), generator, self.z_mu)
+        return torch.cat([self.head.forward_naive(feats, z[:, i]) for i in range(int(n))], 1)
+
+    @torch.no_grad()
+    def personalize(self, x, generator=None):
+        ctx = self._encode(x)
+        b, k = x.shape[0], self.num_raters
+        if self.config["personalize_mode"] == "mu":
+            return self.decode(ctx, self.z_mu.expand(b, -1, -1))
+        mc = int(self.config["personalize_mc"])
+        r = torch.arange(k, device=x.device).repeat_interleave(mc).expand(b, -1)
+        z = self._rater_draws(r, randn((b, k * mc, self.latent_dim), generator, self.z_mu))
+        return self.decode(ctx, z).view(b, k, mc, *ctx["size"]).mean(2)
+
+    @torch.no_grad()
+    def blend(self, x, i, j, t, generator=None):
+        i, j, t = self._check_rater(i), self._check_rater(j), float(t)
+        z = ((1 - t) * self.z_mu[i] + t * self.z_mu[j]).expand(x.shape[0], 1, -1)
+        return self.decode(self._encode(x), z)
+
+    # ------------------------------------------------------------------ training
+    def param_groups(self, base_lr):
+        z_lr = float(self.config.get("train", {}).get("z_lr", 0.02))
+        z_params = [self.z_mu, self.z_tril_raw]
+        ids = {id(p) for p in z_params}
+        rest = [p for p in self.trainable_parameters() if id(p) not in ids]
+        return [{"params": rest, "lr": base_lr}, {"params": z_params, "lr": z_lr}]
+
+    def loss(self, batch, step=0):
+        x, masks, valid = unpack_batch(batch)
+        lc = self.config["loss"]
+        b, mc = x.shape[0], int(lc["mc_samples"])
+        bi = torch.arange(b, device=x.device)
+        idx, has = choose_raters(valid, self.config["rater_sampling"])
+        y = masks[bi, idx].unsqueeze(1)
+        feats = self.backbone(x)
+        eps = torch.randn(b, mc, self.latent_dim, device=x.device, dtype=x.dtype)
+        z = self._rater_draws(idx[:, None].expand(b, mc), eps)
+        logits = self.head.decode(self.head.project(feats), z, x.shape[-2:]).mean(1, keepdim=True)
+        w = has.to(x.dtype)[:, None, None, None]
+        seg = L.generalized_dice_loss(torch.sigmoid(logits), y, w)
+        kl_all = L.kl_gaussian_tril_isotropic(self.z_mu, self.scale_tril(), float(self.config["prior_sigma"]))
+        kl = weighted_mean(kl_all[idx], has)
+        reg = L.l2_regularisation(self.head.layers)
+        total = seg + float(lc["kl_weight"]) * kl + float(lc["reg_weight"]) * reg
+        return {"loss": total, "seg": seg.detach(), "kl": kl.detach(), "reg": reg.detach()}

@@ -1,0 +1,273 @@
+""""Model & sampling" dock driven as a user would (headless via pytest-xvfb).
+
+Screenshots of the viewer with the dock in use go to tests/_screenshots/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("napari")
+from qtpy.QtCore import Qt  # noqa: E402
+from qtpy.QtWidgets import QApplication  # noqa: E402
+
+from napari_multirater._napari.model_controller import (  # noqa: E402
+    ALL_EXPERTS,
+    EXPLORER,
+    MEAN_PROB,
+    SAMPLE_CONTOURS,
+    SAMPLES,
+    UNC_CONTOUR,
+)
+from napari_multirater.inference.testing import make_tiny_checkpoint  # noqa: E402
+from napari_multirater.widgets.model_dock import FILE_ITEM, ModelDock  # noqa: E402
+
+pytestmark = pytest.mark.gui
+torch.set_num_threads(2)
+SHOTS = Path(__file__).parent / "_screenshots"
+PLUGIN = "napari-multirater"
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    for m in ("dpersona", "umanet"):
+        make_tiny_checkpoint(d / f"{m}.pt", m)
+    return d
+
+
+def _setup(make_napari_viewer, qtbot, ckpt, sample="phantom_2d", show=False):
+    viewer = make_napari_viewer(show=show)
+    viewer.open_sample(PLUGIN, sample)
+    dock = ModelDock(viewer)
+    viewer.window.add_dock_widget(dock, name="Model & sampling")
+    dock.model_combo.setCurrentText(FILE_ITEM)
+    dock.path_edit.setText(str(ckpt))
+    dock.device_combo.setCurrentText("cpu")
+    qtbot.mouseClick(dock.load_btn, Qt.LeftButton)
+    assert dock.controller.engine is not None, "model did not load"
+    return viewer, dock
+
+
+def _click_and_wait(qtbot, dock, button, timeout=30_000):
+    qtbot.mouseClick(button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: dock.worker is None and dock.controller.worker is None, timeout=timeout)
+    QApplication.processEvents()
+
+
+def _shot(viewer, name):
+    SHOTS.mkdir(exist_ok=True)
+    viewer.window._qt_window.resize(1500, 950)
+    for _ in range(5):
+        QApplication.processEvents()
+    viewer.screenshot(str(SHOTS / f"{name}.png"), canvas_only=False)
+
+
+def _image(viewer):
+    return next(ly for ly in viewer.layers if ly.__class__.__name__ == "Image" and not ly.name.startswith("mr "))
+
+
+def test_load_sample_reuse_and_undo(make_napari_viewer, qtbot, ckpt_dir):
+    viewer, dock = _setup(make_napari_viewer, qtbot, ckpt_dir / "dpersona.pt", show=True)
+    assert "dpersona" in dock.card_label.text() and "tight" in dock.card_label.text()
+    assert dock.expert_combo.itemText(0) == ALL_EXPERTS and dock.expert_combo.count() == 5
+    img = _image(viewer)
+    dock.n_spin.setValue(5)
+    dock.seed_spin.setValue(1)
+    _click_and_wait(qtbot, dock, dock.sample_btn)
+    samples = viewer.layers[SAMPLES]
+    assert samples.data.shape == (5, *img.data.shape) and samples.data.dtype == np.uint8
+    np.testing.assert_allclose(samples.scale, (1.0, *img.scale))
+    np.testing.assert_allclose(samples.translate, (0.0, *img.translate))
+    assert samples.metadata["multirater_role"] == "sample" and samples.metadata["model"] == "dpersona"
+    mean = viewer.layers[MEAN_PROB]
+    assert mean.data.dtype == np.float32 and tuple(mean.contrast_limits) == (0.0, 1.0)
+    assert mean.colormap.name == "magma" and mean.blending == "additive"
+    np.testing.assert_allclose(mean.scale, img.scale)
+    first = samples.data.copy()
+    _shot(viewer, "model_dock_samples_2d")
+    # resample with the same seed: identical; a new seed: same layer reused, undo restores
+    _click_and_wait(qtbot, dock, dock.sample_btn)
+    np.testing.assert_array_equal(viewer.layers[SAMPLES].data, first)
+    dock.seed_spin.setValue(2)
+    _click_and_wait(qtbot, dock, dock.sample_btn)
+    names = [ly.name for ly in viewer.layers]
+    assert names.count(SAMPLES) == 1 and names.count(MEAN_PROB) == 1
+    assert viewer.layers[SAMPLES] is samples and not np.array_equal(samples.data, first)
+    samples.undo()
+    np.testing.assert_array_equal(samples.data, first)
+    # all samples as contours
+    dock.contours_check.setChecked(True)
+    _click_and_wait(qtbot, dock, dock.sample_btn)
+    cont = viewer.layers[SAMPLE_CONTOURS]
+    assert cont.data.shape == img.data.shape and cont.visible and not samples.visible
+    assert set(np.unique(cont.data)) <= set(range(6))
+    _shot(viewer, "model_dock_sample_contours_2d")
+
+
+def test_personas_blend_and_selection(make_napari_viewer, qtbot, ckpt_dir):
+    viewer, dock = _setup(make_napari_viewer, qtbot, ckpt_dir / "dpersona.pt", show=True)
+    dock.tabs.setCurrentIndex(1)
+    dock.expert_combo.setCurrentText("generous")
+    _click_and_wait(qtbot, dock, dock.persona_btn)
+    layer = viewer.layers["mr persona: generous"]
+    assert layer.visible and layer.contour == 0 and layer.metadata["multirater_role"] == "persona"
+    assert layer.metadata["rater"] == "generous" and "mr persona: tight" not in viewer.layers
+    dock.expert_combo.setCurrentText(ALL_EXPERTS)
+    _click_and_wait(qtbot, dock, dock.persona_btn)
+    personas = [viewer.layers[f"mr persona: {r}"] for r in ("tight", "generous", "smooth", "misses_faint")]
+    assert all(p.contour == 1 and p.visible for p in personas)
+    colours = {tuple(np.round(p.colormap.map(1), 3)) for p in personas}
+    assert len(colours) == 4  # each persona in its own colour
+    dock.blend_i.setCurrentText("tight")
+    dock.blend_j.setCurrentText("generous")
+    dock.blend_slider.setValue(30)
+    blend = viewer.layers["mr persona blend"]
+    assert blend.metadata["blend"] == ["tight", "generous", 0.3] and blend.data.shape == _image(viewer).data.shape
+    _shot(viewer, "model_dock_personas_2d")
+
+
+def test_uncertainty_kinds_and_contour(make_napari_viewer, qtbot, ckpt_dir):
+    viewer, dock = _setup(make_napari_viewer, qtbot, ckpt_dir / "umanet.pt", show=True)
+    dock.tabs.setCurrentIndex(2)
+    kinds = [dock.kind_combo.itemText(i) for i in range(dock.kind_combo.count())]
+    assert kinds == ["entropy", "variance", "mutual_information", "reliability", "quality"]
+    dock.n_spin.setValue(4)
+    dock.kind_combo.setCurrentText("reliability")
+    _click_and_wait(qtbot, dock, dock.unc_btn)
+    rel = viewer.layers["mr uncertainty: reliability"]
+    assert rel.data.dtype == np.float32 and 0 <= rel.data.min() and rel.data.max() <= 1
+    assert rel.metadata["multirater_role"] == "uncertainty" and rel.colormap.name == "inferno"
+    assert "quality" in dock.scores_label.text()
+    dock.kind_combo.setCurrentText("entropy")  # switches from the cached result, no recompute
+    ent = viewer.layers["mr uncertainty: entropy"]
+    assert ent.visible and not rel.visible
+    dock.threshold_spin.setValue(0.2)
+    qtbot.mouseClick(dock.contour_btn, Qt.LeftButton)
+    cont = viewer.layers[UNC_CONTOUR]
+    assert cont.contour == 1 and cont.data.dtype == np.uint8
+    np.testing.assert_array_equal(cont.data, (ent.data >= 0.2).astype(np.uint8))
+    _shot(viewer, "model_dock_uncertainty_2d")
+
+
+def test_latent_explorer_redecodes(make_napari_viewer, qtbot, ckpt_dir):
+    viewer, dock = _setup(make_napari_viewer, qtbot, ckpt_dir / "dpersona.pt", show=True)
+    assert dock.explore_btn.isEnabled()
+    qtbot.mouseClick(dock.explore_btn, Qt.LeftButton)
+    assert len(dock.latent_sliders) == dock.controller.engine.capabilities.latent_dim
+    layer = viewer.layers[EXPLORER]
+    before = layer.data.copy()
+    changed = False
+    for s in dock.latent_sliders:  # some direction must change the mask of a random model
+        s.setValue(30)
+        changed |= not np.array_equal(layer.data, before)
+    assert changed and dock.last_decode_ms is not None and dock.last_decode_ms < 1000
+    dock.directions_combo.setCurrentIndex(1)  # principal directions
+    qtbot.mouseClick(dock.explore_btn, Qt.LeftButton)
+    dock.latent_sliders[0].setValue(-20)
+    dock.interp_slider.setValue(50)
+    assert layer.data.shape == _image(viewer).data.shape
+    _shot(viewer, "model_dock_latent_explorer_2d")
+
+
+def test_3d_current_slice_and_roi(make_napari_viewer, qtbot, ckpt_dir):
+    viewer, dock = _setup(make_napari_viewer, qtbot, ckpt_dir / "umanet.pt", sample="phantom_3d", show=True)
+    img = _image(viewer)
+    assert [dock.scope_combo.itemText(i) for i in range(dock.scope_combo.count())] == [
+        "current slice", "all slices", "region of interest"]
+    viewer.dims.set_current_step(0, 10)
+    dock.scope_combo.setCurrentText("current slice")
+    dock.n_spin.setValue(3)
+    _click_and_wait(qtbot, dock, dock.sample_btn)
+    samples, mean = viewer.layers[SAMPLES], viewer.layers[MEAN_PROB]
+    assert samples.data.shape == (3, *img.data.shape)
+    np.testing.assert_allclose(samples.scale, (1.0, *img.scale))
+    filled = np.nonzero(mean.data.reshape(mean.data.shape[0], -1).max(1))[0]
+    assert list(filled) == [10]
+    # the viewer now has a sample axis; the current slice still maps through world coordinates
+    viewer.dims.set_current_step(1, 14)
+    assert dock.controller.current_slice_index() == 14
+    _click_and_wait(qtbot, dock, dock.sample_btn)
+    filled = np.nonzero(mean.data.reshape(mean.data.shape[0], -1).max(1))[0]
+    assert list(filled) == [10, 14]
+    # a rectangle ROI drawn in world coordinates on slice 14
+    dock.new_roi_layer()
+    shapes = viewer.layers["mr roi"]
+    z_w = img.data_to_world((14, 0, 0))[0]
+    y0, x0 = img.data_to_world((14, 20, 30))[1:]
+    y1, x1 = img.data_to_world((14, 50, 70))[1:]
+    corners_world = [[z_w, y0, x0], [z_w, y0, x1], [z_w, y1, x1], [z_w, y1, x0]]
+    shapes.add_rectangles(np.array([shapes.world_to_data(c) for c in corners_world]))
+    assert dock.scope_combo.currentText() == "region of interest"
+    dock.tabs.setCurrentIndex(2)
+    dock.kind_combo.setCurrentText("entropy")
+    _click_and_wait(qtbot, dock, dock.unc_btn)
+    ent = viewer.layers["mr uncertainty: entropy"]
+    inside = np.zeros(ent.data.shape, bool)
+    inside[14, 20:50, 30:70] = True
+    assert ent.data[~inside].max() == 0 and ent.data[inside].min() > 0
+    _shot(viewer, "model_dock_3d_roi")
+    # a point ROI: box of 14 mm around a point placed in world coordinates
+    pts = viewer.add_points(np.array([img.data_to_world((6, 48, 48))]), name="seed point", units=img.units)
+    dock.refresh_layers()
+    dock.roi_combo.setCurrentText(pts.name)
+    dock.size_spin.setValue(14.0)
+    dock.scope_combo.setCurrentText("region of interest")
+    _click_and_wait(qtbot, dock, dock.sample_btn)
+    res = dock.controller.last["samples"]
+    assert res.region == (slice(1, 11), slice(38, 58), slice(38, 58))
+
+
+def test_cancel_leaves_no_partial_layers(make_napari_viewer, qtbot, ckpt_dir):
+    viewer, dock = _setup(make_napari_viewer, qtbot, ckpt_dir / "dpersona.pt", sample="phantom_3d")
+    dock.scope_combo.setCurrentText("all slices")
+    dock.n_spin.setValue(200)
+    aborted = []
+    qtbot.mouseClick(dock.sample_btn, Qt.LeftButton)
+    worker = dock.worker
+    assert worker is not None and dock.cancel_btn.isEnabled() and not dock.sample_btn.isEnabled()
+    worker.aborted.connect(lambda: aborted.append(True))
+    qtbot.mouseClick(dock.cancel_btn, Qt.LeftButton)
+    qtbot.waitUntil(lambda: dock.worker is None, timeout=60_000)
+    QApplication.processEvents()
+    assert aborted and SAMPLES not in viewer.layers and MEAN_PROB not in viewer.layers
+    assert dock.sample_btn.isEnabled() and not dock.cancel_btn.isEnabled() and "cancelled" in dock.status.text()
+
+
+def test_errors_become_notifications(make_napari_viewer, qtbot, ckpt_dir, tmp_path, monkeypatch):
+    import napari_multirater.widgets.model_dock as md
+
+    seen = []
+    monkeypatch.setattr(md, "_notify", lambda kind, msg: seen.append((kind, msg)))
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "phantom_2d")
+    dock = ModelDock(viewer)
+    assert not dock.sample_btn.isEnabled()
+    assert dock.run("samples") is None and "load a model first" in seen[-1][1]
+    bad = tmp_path / "bad.pt"
+    bad.write_text("nope")
+    dock.model_combo.setCurrentText(FILE_ITEM)
+    dock.path_edit.setText(str(bad))
+    assert not dock.load_model() and seen[-1][0] == "error" and "Cannot load model" in seen[-1][1]
+    dock.path_edit.setText(str(ckpt_dir / "umanet.pt"))
+    assert dock.load_model()
+    assert not dock.explore_btn.isEnabled() and not dock.blend_box.isEnabled()  # UMA-Net: no latent, no blend
+    dock.units_combo.setCurrentText("raw")
+    assert dock.controller.engine.normalizer.image_units == "raw"
+    dock.scope_combo.setCurrentText("region of interest")
+    assert dock.run("samples") is None and "Shapes or Points" in seen[-1][1]
+
+
+def test_plugin_manifest_dock_and_run_demo(make_napari_viewer, ckpt_dir, monkeypatch):
+    monkeypatch.setenv("NAPARI_MULTIRATER_MODELS", str(ckpt_dir))
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "phantom_2d")
+    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "Model & sampling")
+    assert isinstance(dock, ModelDock) and dock.model_combo.count() >= 3
+    dock.run_demo()
+    assert SAMPLES in viewer.layers and "mr uncertainty: entropy" in viewer.layers
+    assert any(ly.name.startswith("mr persona: ") for ly in viewer.layers)

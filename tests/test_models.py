@@ -1,0 +1,279 @@
+"""Model interface tests: shapes, determinism, training signal, missing raters, D-Persona stage II,
+checkpoints (CPU, tiny widths, no Qt / napari)."""
+import copy
+import math
+
+import pytest
+import torch
+
+from src_training.checkpoint import CheckpointError, load_checkpoint, load_checkpoint_dict, save_checkpoint
+from src_training.models import METHODS, MultiRaterModel, build_model, default_config, dpersona_stage2_from_stage1
+
+torch.set_num_threads(1)  # tiny tensors; robust when the CPU is shared
+
+TINY = {
+    "in_channels": 1, "num_raters": 3, "rater_names": ["a", "b", "c"],
+    "backbone": {"widths": [8, 16], "features": 8, "norm": "batch", "convs_per_block": 1},
+    "prior": {"widths": [8, 16], "convs_per_block": 1},
+    "heads": {"widths": [8, 8], "n_train": 20, "n_infer": 30},
+    "stat_hidden": [8, 8], "z_channels": 8, "head": {"hidden": 8}, "fcomb": {"hidden": 8},
+    "head_hidden": 8, "auem": {"hidden": 8}, "classifier_hidden": 8,
+}
+VARIANTS = [(m, 1) for m in METHODS] + [("dpersona", 2)]
+IDS = [f"{m}{'_s2' if s == 2 else ''}" for m, s in VARIANTS]
+
+
+def tiny_config(method, stage=1, **extra):
+    cfg = copy.deepcopy(TINY)
+    cfg.update(method=method, stage=stage)
+    cfg.update(extra)
+    return cfg
+
+
+def make(method, stage=1, seed=0, **extra):
+    torch.manual_seed(seed)
+    return build_model(tiny_config(method, stage, **extra))
+
+
+def disk_batch(n=4, size=32, k=3, seed=0):
+    """Disks with a rater-specific radius offset and a random centre per image."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    imgs, masks = [], []
+    for _ in range(n):
+        cy, cx = (torch.randint(10, size - 10, (2,), generator=g)).tolist()
+        r0 = 4 + 3 * torch.rand((), generator=g).item()
+        d2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        imgs.append((d2 <= r0 ** 2).float() + 0.1 * torch.randn(size, size, generator=g))
+        masks.append(torch.stack([(d2 <= (r0 - 2 + 2 * r) ** 2).float() for r in range(k)]))
+    return {"image": torch.stack(imgs)[:, None], "masks": torch.stack(masks),
+            "mask_valid": torch.ones(n, k, dtype=torch.bool)}
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return disk_batch()
+
+
+# ----------------------------------------------------------------------------- interface / shapes
+@pytest.mark.parametrize("method,stage", VARIANTS, ids=IDS)
+def test_interface_shapes(method, stage, batch):
+    model = make(method, stage).eval()
+    assert isinstance(model, MultiRaterModel)
+    caps = model.capabilities
+    x = batch["image"][:2, :, :24, :20]  # non-square, non-power-of-two
+    b, h, w, k = 2, 24, 20, 3
+    g = torch.Generator().manual_seed(0)
+    assert model.sample(x, 5, g).shape == (b, 5, h, w)
+    assert model.sample_naive(x, 3, g).shape == (b, 3, h, w)
+    assert model.personalize(x).shape == (b, k, h, w)
+    unc = model.uncertainty(x)
+    assert sorted(unc) == sorted(caps.uncertainty)
+    for v in unc.values():
+        assert v.shape in ((b, h, w), (b,))
+        assert float(v.min()) >= 0 and float(v.max()) <= 1
+    ctx = model.encode(x)
+    lp = model.latent_prior(ctx)
+    if caps.latent_dim:
+        assert lp[0].shape == (b, caps.latent_dim) and lp[1].shape == (b, caps.latent_dim)
+        assert bool((lp[1] > 0).all())
+    else:
+        assert lp is None
+    z = torch.randn(b, 4, caps.latent_dim)
+    assert model.decode(ctx, z).shape == (b, 4, h, w)
+    if caps.blend:
+        assert model.blend(x, 0, 2, 0.3).shape == (b, 1, h, w)
+    else:
+        with pytest.raises(NotImplementedError):
+            model.blend(x, 0, 1, 0.5)
+    assert model.config["rater_names"] == ["a", "b", "c"]
+    assert build_model(model.config).config == model.config
+
+
+@pytest.mark.parametrize("method,stage", VARIANTS, ids=IDS)
+def test_seeded_determinism_and_diversity(method, stage, batch):
+    model = make(method, stage).eval()
+    x = batch["image"][:2]
+    s1 = model.sample(x, 6, torch.Generator().manual_seed(7))
+    s2 = model.sample(x, 6, torch.Generator().manual_seed(7))
+    assert torch.equal(s1, s2)
+    naive = model.sample_naive(x, 6, torch.Generator().manual_seed(7))
+    assert torch.allclose(s1, naive, atol=1e-4), "vectorized and naive sampling must agree"
+    spread = (s1 - s1[:, :1]).abs().amax().item()
+    if model.capabilities.diverse:
+        assert spread > 1e-4
+    else:
+        assert spread == 0.0
+    with torch.no_grad():
+        ctx = model.encode(x)
+        z = torch.randn(2, 3, model.capabilities.latent_dim)
+        assert torch.equal(model.decode(ctx, z), model.decode(ctx, z))
+
+
+def test_default_configs_build():
+    for name in ("unet", "prob_unet", "dpersona", "dpersona_stage2", "proseg", "umanet", "pionono"):
+        cfg = default_config(name)
+        model = build_model(cfg)
+        assert model.method == cfg["method"]
+        assert "widths" in cfg["backbone"] and "_large" in cfg and "train" in cfg
+    with pytest.raises(ValueError, match="unknown method"):
+        build_model({"method": "nope"})
+
+
+# ----------------------------------------------------------------------------- training signal
+def _eval_loss(model, batch):
+    torch.manual_seed(1234)  # same rater choice / noise for every evaluation
+    with torch.no_grad():
+        return float(model.loss(batch, 0)["loss"])
+
+
+@pytest.mark.parametrize("method,stage", VARIANTS, ids=IDS)
+def test_loss_decreases(method, stage, batch):
+    model = make(method, stage, seed=1)
+    if stage == 2:  # heads on a (briefly) trained stage-I model
+        s1 = make("dpersona", 1, seed=1)
+        model = dpersona_stage2_from_stage1(s1.state_dict(), s1.config)
+    model.train()
+    opt = torch.optim.Adam(model.param_groups(3e-3))
+    before = _eval_loss(model, batch)
+    torch.manual_seed(0)
+    for step in range(25):
+        out = model.loss(batch, step)
+        assert "loss" in out and torch.isfinite(out["loss"])
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    after = _eval_loss(model, batch)
+    assert after < before, f"{method}: loss {before:.4f} -> {after:.4f}"
+
+
+# ----------------------------------------------------------------------------- missing raters
+@pytest.mark.parametrize("method,stage", VARIANTS, ids=IDS)
+def test_missing_raters_masked(method, stage, batch):
+    model = make(method, stage).train()
+    b = dict(batch)
+    b["mask_valid"] = torch.tensor([[True, False, True], [False, False, True], [True, True, True],
+                                    [False, False, False]])
+    torch.manual_seed(5)
+    out = model.loss(b, 0)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    grads = [p.grad for p in model.trainable_parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    # changing the content of missing raters must not change the loss
+    b2 = dict(b)
+    noisy = b["masks"].clone()
+    noisy[~b["mask_valid"]] = 1.0 - noisy[~b["mask_valid"]]
+    b2["masks"] = noisy
+    torch.manual_seed(5)
+    out2 = model.loss(b2, 0)
+    assert out2["loss"].item() == pytest.approx(out["loss"].detach().item(), rel=1e-6, abs=1e-7)
+
+
+# ----------------------------------------------------------------------------- D-Persona stage II
+def test_dpersona_stage2_only_heads_train_and_bn_frozen(batch):
+    s1 = make("dpersona", 1).train()
+    opt = torch.optim.Adam(s1.trainable_parameters(), 1e-3)
+    for _ in range(2):  # move BN stats / weights away from init
+        out = s1.loss(batch, 0)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    model = dpersona_stage2_from_stage1(s1.state_dict(), s1.config)
+    assert model.stage == 2 and model.capabilities.personalized
+    head_names = {n for n, _ in model.named_parameters() if n.startswith("heads.")}
+    assert {id(p) for p in model.trainable_parameters()} == {id(p) for n, p in model.named_parameters() if n in head_names}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    assert not model.backbone.training and not model.prior.training and not model.fcomb.training
+    assert model.heads.training
+    opt = torch.optim.Adam(model.trainable_parameters(), 1e-2)
+    for step in range(3):
+        out = model.loss(batch, step)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("heads.") for k in changed)
+    assert any("running_mean" in k for k in before)  # BN present and untouched
+    with pytest.raises(ValueError):
+        dpersona_stage2_from_stage1(make("prob_unet").state_dict(), s1.config)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+@pytest.mark.parametrize("method,stage", VARIANTS, ids=IDS)
+def test_checkpoint_round_trip(method, stage, batch, tmp_path):
+    model = make(method, stage).eval()
+    card = {"name": f"tiny {method}", "raters": model.rater_names}
+    path = save_checkpoint(tmp_path / "m.pt", model, card, extra={"epoch": 3, "optimizer": {"lr": [0.1]}})
+    loaded, card2 = load_checkpoint(path)
+    assert card2 == card and loaded.config == model.config and not loaded.training
+    x = batch["image"][:2]
+    g = lambda: torch.Generator().manual_seed(11)  # noqa: E731
+    assert torch.equal(model.sample(x, 4, g()), loaded.sample(x, 4, g()))
+    assert torch.equal(model.personalize(x, g()), loaded.personalize(x, g()))
+    raw = load_checkpoint_dict(path)
+    assert raw["epoch"] == 3 and raw["format_version"] == 1
+    # fp16 storage restores float32
+    path16 = save_checkpoint(tmp_path / "m16.pt", model, card, fp16=True)
+    m16, _ = load_checkpoint(path16)
+    assert all(p.dtype == torch.float32 for p in m16.parameters())
+    assert torch.allclose(model.personalize(x, g()), m16.personalize(x, g()), atol=0.05)
+
+
+def test_checkpoint_errors(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(bad)
+    partial = tmp_path / "partial.pt"
+    torch.save({"state_dict": {}}, partial)
+    with pytest.raises(CheckpointError, match="missing"):
+        load_checkpoint(partial)
+    unknown = tmp_path / "unknown.pt"
+    torch.save({"format_version": 1, "config": {"method": "nope"}, "model_card": {}, "state_dict": {}}, unknown)
+    with pytest.raises(CheckpointError, match="unknown method"):
+        load_checkpoint(unknown)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_param_groups_pionono_proseg():
+    for method in ("pionono", "proseg"):
+        model = make(method, train={"z_lr": 0.02})
+        groups = model.param_groups(1e-4)
+        assert [g["lr"] for g in groups] == [1e-4, 0.02]
+        n = sum(len(g["params"]) for g in groups)
+        assert n == len(model.trainable_parameters())
+
+
+def test_umanet_quality_split_and_annotation_uncertainty(batch):
+    model = make("umanet").eval()
+    s = torch.tensor([0.9, 0.1, 0.5, 0.7])
+    has = torch.tensor([True, True, True, False])
+    assert model.split_high(s, has).tolist() == [True, False, True, False]
+    u = model.annotation_uncertainty(batch["image"], batch["masks"])
+    assert u.shape == batch["masks"].shape and float(u.min()) >= 0 and float(u.max()) <= 1
+    assert not math.isnan(float(model.uncertainty(batch["image"])["quality"].mean()))
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("proseg", {"sample_z": "rater_sample", "recon_branch": True, "loss": {"recon_weight": 0.1}}),
+    ("pionono", {"personalize_mode": "mc", "sample_mode": "prior"}),
+    ("umanet", {"loss": {"penalty_type": "linear"}, "quality": {"split": "threshold"}}),
+    ("umanet", {"loss": {"penalty_type": "log"}, "backbone": {"norm": "group"}}),
+    ("unet", {"target": "mean", "loss": {"type": "bce"}}),
+    ("unet", {"target": "majority"}),
+    ("prob_unet", {"loss": {"recon": "bce"}, "rater_sampling": "per_batch"}),
+    ("dpersona", {"posterior_validity_channels": False, "heads": {"query_relu": False, "scale": True}}),
+])
+def test_config_options(method, extra, batch):
+    model = make(method, **extra)
+    out = model.loss(batch, 0)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    model.eval()
+    x = batch["image"][:2]
+    assert model.sample(x, 3, torch.Generator().manual_seed(0)).shape == (2, 3, 32, 32)
+    assert model.personalize(x, torch.Generator().manual_seed(0)).shape == (2, 3, 32, 32)
