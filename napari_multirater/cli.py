@@ -12,6 +12,7 @@ SUBCOMMANDS = (
     "napari_multirater.analysis.cli_raters",
     "src_training.cli",
     "napari_multirater.inference.predict_cli",
+    "napari_multirater.inference.bench",
 )
 
 

@@ -51,7 +51,7 @@ def _train(args) -> int:
 
     try:
         return run_training(args)
-    except (DatasetError, ValueError, RuntimeError, FileNotFoundError) as e:
+    except (DatasetError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -64,7 +64,7 @@ def _evaluate(args) -> int:
 
     try:
         return run_evaluate(args)
-    except (DatasetError, CheckpointError, ValueError, RuntimeError) as e:
+    except (DatasetError, CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -27,11 +27,31 @@ def normalize_image(image: np.ndarray, window) -> np.ndarray:
     return np.clip((img - lo) / (hi - lo), 0.0, 1.0)
 
 
-def default_window(dataset) -> list[float]:
+CT_DEFAULT_WINDOW = [-1000.0, 400.0]
+
+
+def resolve_window(dataset, max_cases: int = 50) -> tuple[list[float], str]:
+    """The intensity window for training and where it came from: the dataset's manifest window,
+    the CT default [-1000, 400] HU for CT without one, else the 0.5-99.5 percentiles of up to
+    ``max_cases`` images (recorded in the model card, so inference applies the same mapping)."""
     win = getattr(dataset, "intensity_window", None)
     if win:
-        return [float(win[0]), float(win[1])]
-    return [0.0, 255.0]
+        return [float(win[0]), float(win[1])], "dataset manifest"
+    manifest = getattr(dataset, "manifest", {}) or {}
+    if str(manifest.get("modality", "")).upper() == "CT":
+        return list(CT_DEFAULT_WINDOW), "CT default (no window in dataset.json)"
+    n = min(len(dataset), max_cases)
+    if n == 0:
+        raise DatasetError("cannot choose an intensity window: the dataset is empty")
+    values = np.concatenate([np.asarray(dataset[i].image, np.float32).ravel()[::7] for i in range(n)])
+    lo, hi = (float(v) for v in np.percentile(values[np.isfinite(values)], [0.5, 99.5]))
+    if hi <= lo:
+        hi = lo + 1.0
+    return [lo, hi], f"0.5-99.5 percentiles of {n} training images"
+
+
+def default_window(dataset) -> list[float]:
+    return resolve_window(dataset)[0]
 
 
 def rank_by_area(masks: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,6 +105,8 @@ class SliceDataset(torch.utils.data.Dataset):
                 self.index.append(SliceIndex(i, None))
                 continue
             case = self.cases[i]
+            if not np.isfinite(np.asarray(case.image, np.float32)).all():
+                raise DatasetError(f"case {case.case_id}: image contains NaN or infinite values")
             if case.image.ndim == 2:
                 self.index.append(SliceIndex(i, None))
                 continue
@@ -93,7 +115,9 @@ class SliceDataset(torch.utils.data.Dataset):
                 if marked[z] or rng.random() < empty_fraction:
                     self.index.append(SliceIndex(i, z))
         if not self.index:
-            raise DatasetError("the dataset has no usable training slices")
+            where = getattr(dataset, "root", None) or getattr(dataset, "files", None) or "the dataset"
+            split = getattr(dataset, "split", None)
+            raise DatasetError(f"{where}{f' (split {split!r})' if split else ''}: no usable slices (is the split empty?)")
         self.patients = sorted({self._patient(i) for i in range(n)})
 
     def _patient(self, i: int) -> str:
@@ -177,7 +201,7 @@ def augment_pair(
 
 
 def load_split(path, split: str | None):
-    """Open ``path`` for ``split`` ('train', 'val' or None = everything).
+    """Open ``path`` for ``split`` ('train', 'val', or None / 'all' = everything).
 
     LIDC folders use their shards (train-*.npz / val.npz); case-folder datasets use the splits in
     dataset.json. A single .npz file or a dataset without splits is split by patient
@@ -188,7 +212,14 @@ def load_split(path, split: str | None):
     from napari_multirater.datasets import CaseFolderDataset, LidcNpzDataset
 
     p = Path(path)
-    if split is None:
+    if split not in (None, "all", "train", "val"):
+        raise DatasetError(f"unknown split {split!r}: use train, val or all")
+    if split in (None, "all"):
+        if p.is_dir() and not (p / "dataset.json").exists():  # LIDC shard folder: train shards + val.npz
+            parts = [LidcNpzDataset(p, "train")] if any(p.glob("train-*.npz")) else []
+            parts += [LidcNpzDataset(p, "val")] if (p / "val.npz").exists() else []
+            if parts:
+                return parts[0] if len(parts) == 1 else parts[0].concat(parts[1])
         return open_dataset(p)
     if p.is_file() and p.suffix == ".npz":
         full = LidcNpzDataset(p)

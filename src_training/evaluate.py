@@ -170,6 +170,23 @@ def _f(v) -> str:
     return f"{v:.4f}"
 
 
+def align_raters(dataset, model_raters: list[str], ranked: bool) -> None:
+    """Make the dataset's rater order the model's, so persona k is scored against rater k.
+
+    Area-ranked models (LIDC) only need the same number of raters. Otherwise the rater names must
+    be the same set; a case-folder dataset is re-ordered to the model's order."""
+    names = list(dataset.rater_names)
+    if ranked or names == model_raters:
+        if len(names) != len(model_raters):
+            raise ValueError(f"the data has {len(names)} raters, the model {len(model_raters)}")
+        return
+    if sorted(names) != sorted(model_raters):
+        raise ValueError(f"the data's raters {names} are not the model's raters {model_raters}")
+    if not hasattr(dataset, "load_case"):
+        raise ValueError(f"the data's raters {names} are in another order than the model's {model_raters}")
+    dataset.rater_names = list(model_raters)
+
+
 def run_evaluate(args) -> int:
     from .checkpoint import load_checkpoint
     from .runtime import pick_device
@@ -181,9 +198,7 @@ def run_evaluate(args) -> int:
     window = (card.get("intensity") or {}).get("window") or getattr(dataset, "intensity_window", None) or [0, 255]
     rank = bool(card.get("raters_ranked_by_area", False))
     n_samples = args.samples or int(card.get("val_samples", 0) or 10)
-    if len(dataset) and dataset[0].n_raters != model.num_raters:
-        print(f"error: the data has {dataset[0].n_raters} raters, the model {model.num_raters}", file=sys.stderr)
-        return 2
+    align_raters(dataset, list(model.rater_names), rank)
 
     def progress(done, total):
         if sys.stderr.isatty() or done == total or done % 200 == 0:

@@ -47,7 +47,7 @@ def _prep(labels, preds, valid=None):
     if valid is None:
         valid = np.ones(k, bool)
     valid = np.asarray(valid, bool).reshape(k)
-    pr = None if preds is None else np.asarray(preds, np.float64).reshape(np.shape(preds)[0], -1)
+    pr = None if preds is None else np.asarray(preds, np.float32).reshape(np.shape(preds)[0], -1)
     if pr is not None and pr.shape[1] != lab.shape[1]:
         raise ValueError(f"labels ({lab.shape[1]} voxels) and preds ({pr.shape[1]} voxels) differ in size")
     return lab, valid, pr

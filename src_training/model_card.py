@@ -6,6 +6,7 @@ import datetime as _dt
 import json
 import platform
 
+import numpy as np
 import torch
 
 from . import __version__
@@ -39,8 +40,15 @@ def build_model_card(cfg: dict, meta: dict, step: int, epoch: int, wall_seconds:
             "units": _units(train_items.dataset, is_lidc),
             "window": [float(v) for v in meta["window"]],
             "mapping": "x_norm = clip((x - window[0]) / (window[1] - window[0]), 0, 1)",
+            "window_source": meta.get("window_source", "unknown"),
         },
-        "input": {"channels": 1, "pad_multiple": 16, "slice_axis": "z (axial) for volumes"},
+        "input": {
+            "channels": 1,
+            "pad_multiple": 16,
+            "slice_axis": "z (axial) for volumes",
+            "pixel_size_mm": _pixel_size(train_items, is_lidc),
+        },
+        "val_samples": int(cfg["train"]["val_samples"]),
         "training_budget": {
             "steps": int(step),
             "epochs": int(epoch),
@@ -58,6 +66,15 @@ def build_model_card(cfg: dict, meta: dict, step: int, epoch: int, wall_seconds:
     if is_lidc:
         card["attribution"] = LIDC_ATTRIBUTION
     return json.loads(json.dumps(card, default=_plain))  # plain types only: loads with weights_only=True
+
+
+def _pixel_size(train_items, is_lidc: bool):
+    """Median in-plane pixel size (y, x) in mm of the training images; None when unknown (LIDC
+    crops do not store their spacing, so inference keeps the native grid)."""
+    if is_lidc or not getattr(train_items, "cases", None):
+        return None
+    sizes = np.array([c.geometry.scale_zyx[-2:] for c in train_items.cases], float)
+    return [float(v) for v in np.median(sizes, axis=0)]
 
 
 def _units(dataset, is_lidc: bool) -> str:

@@ -21,9 +21,9 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda requested but CUDA is not available (use auto or cpu)")
+        raise ValueError("--device cuda requested but CUDA is not available (use auto or cpu)")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError("--device mps requested but MPS is not available (use auto or cpu)")
+        raise ValueError("--device mps requested but MPS is not available (use auto or cpu)")
     return dev
 
 

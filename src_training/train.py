@@ -22,7 +22,7 @@ import torch
 
 from .checkpoint import load_checkpoint_dict, save_checkpoint
 from .config import resolve_config
-from .data import SliceDataset, default_window, load_split
+from .data import SliceDataset, load_split, resolve_window
 from .evaluate import check_select_metric, evaluate_items, higher_is_better, metric_value
 from .model_card import build_model_card
 from .models.registry import build_model
@@ -56,7 +56,7 @@ class _StopFlag:
 def _batches(n_items: int, batch_size: int, epoch: int, seed: int, rank: int, world: int):
     """Deterministic per-epoch batches (same order after a resume); each rank takes a strided share."""
     order = np.random.default_rng([seed, epoch]).permutation(n_items)
-    order = order[rank::world]
+    order = order[: world * (n_items // world)][rank::world]  # every rank gets the same number of items
     n_batches = len(order) // batch_size  # drop the last incomplete batch (BatchNorm-safe)
     return [order[i * batch_size : (i + 1) * batch_size] for i in range(n_batches)]
 
@@ -86,7 +86,22 @@ def _rng_state() -> dict:
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _gather_rng_states(dist) -> list:
+    """Every rank's random state (rank 0 stores them all so a resume restores each rank's own)."""
+    state = _rng_state()
+    if not dist.enabled:
+        return [state]
+    import torch.distributed as tdist
+
+    states = [None] * dist.world
+    tdist.all_gather_object(states, {k: [t.cpu() for t in v] if isinstance(v, list) else v.cpu() for k, v in state.items()})
+    return states
+
+
+def _set_rng_state(states: list, rank: int) -> None:
+    if rank >= len(states):
+        raise ValueError(f"last.pt holds random states for {len(states)} processes; resume with the same number")
+    state = states[rank]
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -102,13 +117,15 @@ def run_training(args) -> int:
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     seed_everything(tcfg["seed"] + dist.rank)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     out.mkdir(parents=True, exist_ok=True)
     main = dist.is_main
 
     train_ds = load_split(args.data, "train")
     val_ds = load_split(args.data, "val")
-    window = tcfg.get("intensity_window") or default_window(train_ds)
+    if tcfg.get("intensity_window"):
+        window, window_source = list(tcfg["intensity_window"]), "training config"
+    else:
+        window, window_source = resolve_window(train_ds)
     rank_raters = tcfg["rank_raters"]
     if rank_raters == "auto":
         rank_raters = bool(getattr(train_ds, "patient", None) is not None)  # LIDC: anonymous readers
@@ -118,7 +135,7 @@ def run_training(args) -> int:
     val_items = SliceDataset(val_ds, window, rank_raters=rank_raters, augment=None, seed=tcfg["seed"],
                              max_cases=tcfg.get("val_max_images"))
     if set(train_items.patients) & set(val_items.patients):
-        raise RuntimeError("train and val share patients: refusing to train on a leaky split")
+        raise ValueError("train and val share patients: refusing to train on a leaky split")
 
     rater_names = (
         [f"expert_{k + 1}" for k in range(len(train_items.rater_names))] if rank_raters else train_items.rater_names
@@ -135,7 +152,7 @@ def run_training(args) -> int:
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
-    optim = torch.optim.Adam(model.param_groups(tcfg["lr"]))
+    optim = torch.optim.Adam(model.param_groups(tcfg["lr"], tcfg.get("z_lr")), weight_decay=tcfg.get("weight_decay", 0.0))
     steps_per_epoch = max(1, len(train_items) // dist.world // tcfg["batch_size"])
     total_steps = tcfg["max_steps"] or steps_per_epoch * tcfg["epochs"]
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
@@ -153,7 +170,9 @@ def run_training(args) -> int:
         step, epoch, pos = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
         best = state.get("best_metric")
         wall_before = float(state.get("wall_seconds", 0.0))
-        _set_rng_state(state["rng"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"], dist.rank)
         if main:
             print(f"resumed from {out / 'last.pt'} at step {step} (epoch {epoch}, batch {pos})")
     elif args.resume and main:
@@ -168,16 +187,17 @@ def run_training(args) -> int:
     meta = {
         "window": window, "rank_raters": rank_raters, "train_items": train_items, "val_items": val_items,
         "device": device, "dist": dist, "total_steps": total_steps, "data": str(args.data),
-        "rater_names": rater_names,
+        "rater_names": rater_names, "window_source": window_source,
     }
 
     def save_last():
+        rng = _gather_rng_states(dist)  # a collective: every rank takes part
         if not main:
             return
         card = build_model_card(cfg, meta, step, epoch, wall_before + time.time() - t_start, None)
         save_checkpoint(out / "last.pt", model, card, extra={
             "optimizer": optim.state_dict(), "scheduler": sched.state_dict(), "step": step, "epoch": epoch,
-            "batch_in_epoch": pos, "best_metric": best, "rng": _rng_state(),
+            "batch_in_epoch": pos, "best_metric": best, "rng": rng, "scaler": scaler.state_dict(),
             "wall_seconds": wall_before + time.time() - t_start,
         })
 
@@ -206,7 +226,7 @@ def run_training(args) -> int:
                     progress.update(1, f"epoch {epoch} loss {loss.item():.4f} {rate:.1f} samples/s")
                     if step % tcfg["log_every"] == 0 or step == total_steps:
                         row = {"step": step, "epoch": epoch, "lr": sched.get_last_lr()[0], "samples_per_s": round(rate, 2)}
-                        row.update({k: round(float(v), 6) for k, v in losses.items()})
+                        row.update({k: round(float(v.detach()) if torch.is_tensor(v) else float(v), 6) for k, v in losses.items()})
                         _append_csv(out / "log.csv", row)
                         if writer:
                             for k, v in row.items():
@@ -235,12 +255,18 @@ def run_training(args) -> int:
                     card = build_model_card(cfg, meta, step, epoch, wall_before + time.time() - t_start, metrics)
                     save_checkpoint(out / "best.pt", model, card)
             save_last()
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt:  # a second Ctrl-C: the step may be half done, keep the last clean save
+        if main:
+            print(f"stopped immediately; {out / 'last.pt'} holds the last completed save. Continue with --resume.",
+                  file=sys.stderr)
+        shutdown_distributed(dist)
+        return 130
     finally:
         for s, h in old.items():
             signal.signal(s, h)
         progress.close()
+        if writer:
+            writer.close()
     if interrupted:
         save_last()
         if main:
@@ -259,12 +285,12 @@ def _stage2_from_stage1(tcfg: dict, mcfg: dict):
     from .models.dpersona import dpersona_stage2_from_stage1
 
     if not tcfg.get("stage1"):
-        raise RuntimeError("D-Persona stage II needs --stage1 CKPT (a stage I best.pt)")
+        raise ValueError("D-Persona stage II needs --stage1 CKPT (a stage I best.pt)")
     stage1 = load_checkpoint_dict(tcfg["stage1"])
     if stage1["config"].get("method") != "dpersona":
-        raise RuntimeError(f"{tcfg['stage1']} is a {stage1['config'].get('method')} checkpoint, not D-Persona stage I")
+        raise ValueError(f"{tcfg['stage1']} is a {stage1['config'].get('method')} checkpoint, not D-Persona stage I")
     if stage1["config"]["rater_names"] != mcfg["rater_names"]:
-        raise RuntimeError(f"stage I raters {stage1['config']['rater_names']} differ from the data's {mcfg['rater_names']}")
+        raise ValueError(f"stage I raters {stage1['config']['rater_names']} differ from the data's {mcfg['rater_names']}")
     overrides = {k: mcfg[k] for k in ("heads", "rater_names", "num_raters") if k in mcfg}
     return dpersona_stage2_from_stage1(stage1["state_dict"], stage1["config"], overrides)
 

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from qtpy.QtWidgets import QApplication
 
 from napari_multirater._napari.annotate_controller import OWNER_KEY, AnnotateController, AnnotateError
 from napari_multirater._napari.layers import ROLE_KEY, layer_name, same_layer
@@ -248,4 +250,185 @@ def test_controller_refuses_to_save_onto_a_changed_image(make_napari_viewer, pro
     with pytest.raises(AnnotateError, match="different image"):
         ctl.save()
     assert not project.has_mask("lung2", "erin")
+    ctl.disconnect()
+
+
+# --- review fixes: undo, closing, failed saves, broken files, lock timeouts, blinding ---------------
+def _saved(store, case, rater):
+    return AnnotationStore(store.root).load_mask(case, rater)[0]
+
+
+def _controller(viewer, project, rater="fay", case="lung0"):
+    ctl = AnnotateController(viewer)
+    ctl.open_project(project.root)
+    ctl.set_rater(rater)
+    ctl.load_case(case)
+    return ctl
+
+
+def test_undo_after_save_is_saved_by_autosave_and_case_switch(make_napari_viewer, project):
+    viewer = make_napari_viewer()
+    ctl = _controller(viewer, project)
+    _paint(ctl.annotation_layer, slice(10, 20), slice(10, 20))
+    ctl.save()
+    ctl.annotation_layer.undo()  # napari 0.9: no paint/data event
+    assert not ctl.annotation_layer.data.any()
+    assert ctl.autosave_if_due(now=ctl.clock() + ctl.autosave_interval + 1) is not None
+    assert not _saved(project, "lung0", "fay").any()
+
+    ctl.annotation_layer.redo()
+    ctl.save()
+    ctl.annotation_layer.undo()
+    ctl.load_case("lung1")  # case switch
+    assert not _saved(project, "lung0", "fay").any()
+    ctl.load_case("lung0")  # reloading shows the undone state, not the undone content
+    assert not ctl.annotation_layer.data.any()
+
+    _paint(ctl.annotation_layer, slice(1, 4), slice(1, 4))
+    ctl.save()
+    ctl.annotation_layer.undo()
+    ctl.set_rater("gil")  # rater change
+    assert not _saved(project, "lung0", "fay").any()
+    # unchanged since the last save (painted, then undone): nothing is written
+    _paint(ctl.annotation_layer, slice(1, 4), slice(1, 4))
+    ctl.annotation_layer.undo()
+    assert ctl.save_if_dirty() is None and not ctl.dirty
+    assert ctl.autosave_if_due(now=ctl.clock() + ctl.autosave_interval + 1) is None
+    assert not project.has_mask("lung0", "gil")
+    ctl.disconnect()
+
+
+def test_removing_the_dock_saves_and_stops_listening(make_napari_viewer, qtbot, project):
+    viewer = make_napari_viewer()
+    dock = _dock(viewer)
+    _set_rater(dock, "hal")
+    dock.open_project(project.root)
+    ctl = dock.controller
+    _paint(ctl.annotation_layer, slice(5, 15), slice(5, 15))
+    expected = (ctl.annotation_layer.data != 0).astype(np.uint8)
+    viewer.window.remove_dock_widget(dock)  # what napari's 'x' button on the dock does
+    np.testing.assert_array_equal(_saved(project, ctl.case_id, "hal"), expected)
+    assert not dock.timer.isActive()
+    _paint(ctl.annotation_layer, slice(30, 40), slice(30, 40))
+    viewer.layers.remove(ctl.annotation_layer)  # disconnected: no longer saved by the dock
+    np.testing.assert_array_equal(_saved(project, ctl.case_id, "hal"), expected)
+
+
+def test_closing_the_viewer_window_saves(make_napari_viewer, qtbot, project):
+    viewer = make_napari_viewer()
+    dock = _dock(viewer)
+    _set_rater(dock, "ida")
+    dock.open_project(project.root)
+    QApplication.processEvents()  # the dock looks for its main window once it is docked
+    ctl = dock.controller
+    _paint(ctl.annotation_layer, slice(5, 15), slice(5, 15))
+    expected = (ctl.annotation_layer.data != 0).astype(np.uint8)
+    case = ctl.case_id
+    viewer.window.close()  # closes the Qt window; the layers stay (no layer-removal save)
+    np.testing.assert_array_equal(_saved(project, case, "ida"), expected)
+
+
+def test_closing_the_dock_widget_saves(make_napari_viewer, project):
+    viewer = make_napari_viewer()
+    dock = _dock(viewer)
+    _set_rater(dock, "jo")
+    dock.open_project(project.root)
+    ctl = dock.controller
+    _paint(ctl.annotation_layer, slice(2, 6), slice(2, 6))
+    expected = (ctl.annotation_layer.data != 0).astype(np.uint8)
+    dock.close()
+    np.testing.assert_array_equal(_saved(project, ctl.case_id, "jo"), expected)
+
+
+def test_failed_save_on_layer_removal_leaves_an_emergency_copy(make_napari_viewer, project):
+    viewer = make_napari_viewer()
+    dock = _dock(viewer)
+    notes = []
+    dock._napari_notify = notes.append  # napari's error notification
+    _set_rater(dock, "kim")
+    dock.open_project(project.root)
+    ctl = dock.controller
+    for k, break_it in enumerate(("checksum", "lock")):
+        ctl.load_case(f"lung{k}")
+        _paint(ctl.annotation_layer, slice(3, 9 + k), slice(3, 9))
+        expected = (ctl.annotation_layer.data != 0).astype(np.uint8)
+        if break_it == "checksum":
+            ctl.session.image_sha256 = "f" * 64
+        else:
+            ctl.store.lock_timeout = 0.05
+        with project._rater_lock(ctl.case_id, "kim"):
+            viewer.layers.remove(ctl.annotation_layer)
+        pending = project.case_dir(ctl.case_id) / "raters" / ".pending"
+        copies = sorted(pending.glob("kim.unsaved-*.nii.gz"))
+        assert len(copies) == 1 and len(notes) == k + 1
+        np.testing.assert_array_equal(read_label_image(copies[0])[0], expected)
+        assert str(copies[0]) in notes[-1] and str(copies[0]) in dock.status.text()
+        assert ("different image" if break_it == "checksum" else "lock") in notes[-1]
+        assert not project.has_mask(ctl.case_id, "kim")
+
+
+def test_broken_own_mask_is_moved_aside_not_overwritten(make_napari_viewer, project):
+    viewer = make_napari_viewer()
+    ctl = _controller(viewer, project, "lee", "lung1")
+    _paint(ctl.annotation_layer, slice(3, 9), slice(3, 9))
+    ctl.save()
+    rdir = project.case_dir("lung1") / "raters"
+    side = json.loads((rdir / "lee.json").read_text())
+    side["image_sha256"] = "0" * 64  # ChecksumMismatch on load
+    (rdir / "lee.json").write_text(json.dumps(side))
+    mask_bytes = (rdir / "lee.nii.gz").read_bytes()
+    with pytest.raises(AnnotateError, match=r"moved to .*\.broken"):
+        ctl.load_case("lung1")
+    assert not ctl.annotation_layer.data.any()  # a fresh mask ...
+    _paint(ctl.annotation_layer, slice(20, 22), slice(20, 22))
+    ctl.save()  # ... whose save cannot destroy the old work
+    broken = sorted((rdir / ".broken").iterdir())
+    assert [p.name.startswith("lee-") for p in broken] == [True, True]
+    assert next(p for p in broken if p.name.endswith(".nii.gz")).read_bytes() == mask_bytes
+    assert json.loads(next(p for p in broken if p.suffix == ".json").read_text())["image_sha256"] == "0" * 64
+    ctl.disconnect()
+
+
+def test_autosave_is_postponed_while_the_lock_is_busy(make_napari_viewer, project):
+    viewer = make_napari_viewer()
+    dock = _dock(viewer)
+    _set_rater(dock, "max")
+    dock.open_project(project.root)
+    ctl = dock.controller
+    _paint(ctl.annotation_layer, slice(3, 9), slice(3, 9))
+    expected = (ctl.annotation_layer.data != 0).astype(np.uint8)
+    later = ctl.clock() + ctl.autosave_interval + 1
+    ctl.session.clock = lambda: later
+    with project._rater_lock(ctl.case_id, "max"):  # another process is saving
+        dock.tick()
+        assert dock.status.text().startswith("autosave postponed:")
+        assert ctl.dirty and not project.has_mask(ctl.case_id, "max")
+    dock.tick()  # retried on the next tick
+    np.testing.assert_array_equal(_saved(project, ctl.case_id, "max"), expected)
+    assert not ctl.dirty
+
+
+def test_blind_mode_never_reads_or_keeps_other_raters_masks(make_napari_viewer, project):
+    viewer = make_napari_viewer()
+    ctl = _controller(viewer, project, "ann", "lung0")
+    _paint(ctl.annotation_layer, slice(10, 30), slice(10, 30))
+    ann_mask = (ctl.annotation_layer.data != 0).astype(np.uint8)
+    ctl.save()
+    ctl.set_rater("ben")
+    read = []
+    real = ctl.store.load_mask
+    ctl.store.load_mask = lambda case, rater: read.append(rater) or real(case, rater)
+    ctl.load_case("lung0")
+    assert ctl._add_other_raters("lung0") == [] and set(read) == {"ben"}
+    ctl.set_blind(False)
+    assert "ann" in read and _labels_holding(viewer, ann_mask)
+    ctl.load_case("lung1")
+    ctl.load_case("lung0")
+    ctl.set_blind(True)  # unblind -> blind: nothing of ann's stays loaded, hidden or not
+    assert _labels_holding(viewer, ann_mask) == []
+    assert not [ly for ly in viewer.layers if (ly.metadata or {}).get("rater") == "ann"]
+    read.clear()
+    ctl.load_case("lung1")
+    ctl.load_case("lung0")
+    assert set(read) == {"ben"} and _labels_holding(viewer, ann_mask) == []
     ctl.disconnect()

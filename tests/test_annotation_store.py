@@ -283,6 +283,69 @@ def test_annotation_recorded_for_another_image_is_refused_on_load(tmp_path):
         store.load_mask("case0", "alice")
 
 
+def test_quarantine_moves_a_broken_mask_and_sidecar_aside(tmp_path):
+    store = make_project(tmp_path, 1)
+    store.save_mask("case0", "alice", pattern(1, "c", (40, 48)), provenance={"kind": "drawn"})
+    rdir = store.case_dir("case0") / "raters"
+    (rdir / "alice.nii.gz").write_bytes(b"broken")
+    moved = store.quarantine("case0", "alice")
+    assert sorted(p.suffix for p in moved) == [".gz", ".json"]
+    assert all(p.parent == rdir / ".broken" and p.name.startswith("alice-") for p in moved)
+    assert next(p for p in moved if p.name.endswith(".nii.gz")).read_bytes() == b"broken"
+    assert store.load_mask("case0", "alice") == (None, None) and store.annotated_raters("case0") == []
+    store.save_mask("case0", "alice", pattern(2, "c", (40, 48)), provenance={"kind": "drawn"})
+    (rdir / "alice.json").write_text("{")
+    again = store.quarantine("case0", "alice")  # same second: never overwrites the first copies
+    assert len(set(moved + again)) == 4 and all(p.exists() for p in moved + again)
+
+
+def test_emergency_copy_keeps_a_mask_that_could_not_be_saved(tmp_path):
+    store = make_project(tmp_path, 1)
+    mask = pattern(3, "e", (40, 48))
+    path = store.save_emergency_copy("case0", "alice", mask, GEO_2D, {"provenance": {"kind": "drawn"}})
+    assert path.parent == store.case_dir("case0") / "raters" / ".pending"
+    assert path.name.startswith("alice.unsaved-") and path.name.endswith(".nii.gz")
+    np.testing.assert_array_equal(read_label_image(path)[0], mask)
+    record = json.loads(path.with_name(path.name[: -len(".nii.gz")] + ".json").read_text())
+    assert record["mask_sha256"] == image_checksum(mask) and record["provenance"] == {"kind": "drawn"}
+    assert store.load_mask("case0", "alice") == (None, None)  # not mistaken for a staged save
+    second = store.save_emergency_copy("case0", "alice", mask, GEO_2D, {})
+    assert second != path and path.exists()
+
+
+# --- durability and lock timeouts -------------------------------------------------------------------
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name fsynced files")
+def test_staged_mask_is_on_disk_before_the_sidecar_commits(tmp_path, monkeypatch):
+    store = make_project(tmp_path, 1)
+    synced, real_fsync = [], os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store.save_mask("case0", "alice", pattern(1, "f", (40, 48)), provenance={"kind": "drawn"})
+    pend = str(store.case_dir("case0") / "raters" / ".pending" / "alice")
+    side = next(i for i, p in enumerate(synced) if Path(p).name.startswith(".sidecar.json."))
+    mask = [i for i, p in enumerate(synced) if Path(p).name == "mask.nii.gz"]
+    assert mask and mask[0] < side  # the mask's data
+    assert pend in synced[:side]  # and its folder entry, before the commit point
+    assert str(store.case_dir("case0") / "raters") in synced[side:]  # the renames into place
+
+
+def test_short_lock_timeout_for_autosave(tmp_path):
+    store = make_project(tmp_path, 1)
+    store.save_mask("case0", "alice", pattern(1, "t", (40, 48)), provenance={"kind": "drawn"})
+    with store._rater_lock("case0", "alice"):
+        with pytest.raises(LockTimeout, match=r"more than 0\.05 s"):
+            store.save_mask("case0", "alice", pattern(2, "t", (40, 48)), provenance={"kind": "drawn"},
+                            lock_timeout=0.05)
+    with store._project_lock():  # a known rater needs no project lock
+        store.save_mask("case0", "alice", pattern(3, "t", (40, 48)), provenance={"kind": "drawn"},
+                        lock_timeout=0.05)
+    np.testing.assert_array_equal(store.load_mask("case0", "alice")[0], pattern(3, "t", (40, 48)))
+
+
 # --- session --------------------------------------------------------------------------------------
 class FakeClock:
     def __init__(self, t=1000.0):
@@ -316,6 +379,22 @@ def test_session_active_time_idle_cap_and_autosave_policy():
     assert not s.autosave_due() and s.autosave_due(now=clock.t + 1)
     s.autosave_interval = 0  # autosave off
     assert not s.autosave_due(now=clock.t + 10_000)
+
+
+def test_session_checks_for_silent_edits_every_interval():
+    clock = FakeClock()
+    s = AnnotationSession("alice", autosave_interval=30, clock=clock)
+    s.start_case("c1")
+    clock.t += 29
+    assert not s.check_due() and not s.autosave_due()
+    clock.t += 1
+    assert s.check_due() and not s.autosave_due()  # no edit event (e.g. undo), still checked
+    s.dirty = True
+    s.mark_unchanged()
+    assert not s.dirty and not s.check_due()
+    s.autosave_interval = 0
+    clock.t += 100
+    assert not s.check_due()
 
 
 def test_session_provenance_prefilled_then_edited():

@@ -202,3 +202,61 @@ def test_dataset_report_button(make_napari_viewer, qtbot, phantom_dataset, tmp_p
     assert str(out) in dock.status.text()
     dock.run_dataset_report(tmp_path / "nothing here", out, sync=True)
     assert "failed" in dock.status.text().lower()
+
+
+def test_dataset_report_never_writes_into_the_dataset(make_napari_viewer, tmp_path, monkeypatch):
+    from napari_multirater.datasets.synth import generate_phantom_dataset
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    data = generate_phantom_dataset(tmp_path / "shared" / "ds", 3)
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    viewer, dock = _open(make_napari_viewer)
+    dock.run_dataset_report(data, sync=True)  # no folder given: the suggestion, outside the dataset
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    from napari_multirater._napari.compare_controller import default_report_dir
+
+    out = default_report_dir(data)
+    assert (out / "raters.md").is_file() and home.resolve() in out.parents
+    assert str(out) in dock.status.text()
+    # the button: dataset, then an output folder; the dialog starts outside the dataset and a
+    # folder inside it is refused
+    starts, answers = [], [str(data), str(data / "cases"), str(data), str(tmp_path / "chosen")]
+    (tmp_path / "chosen").mkdir()
+
+    def dialog(parent, caption, start=""):
+        starts.append(start)
+        return answers.pop(0)
+
+    monkeypatch.setattr("napari_multirater.widgets.compare_dock.QFileDialog.getExistingDirectory", dialog)
+    dock._choose_dataset()
+    assert "outside the dataset" in dock.status.text()
+    assert not Path(starts[1]).resolve().is_relative_to(data.resolve())
+    monkeypatch.setattr(dock, "run_dataset_report", lambda d, o=None, sync=False: answers.append((d, o)))
+    dock._choose_dataset()
+    assert answers == [(str(data), str(tmp_path / "chosen"))]
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+
+
+def test_dataset_report_skips_and_lists_broken_files(make_napari_viewer, tmp_path):
+    from napari_multirater.datasets.synth import generate_phantom_dataset
+
+    data = generate_phantom_dataset(tmp_path / "ds", 4)
+    ids = sorted(p.name for p in (data / "cases").iterdir())
+    (data / "cases" / ids[0] / "image.nii.gz").write_bytes(b"broken")
+    (data / "cases" / ids[1] / "raters" / "smooth.json").write_text("{")
+    (data / "cases" / ids[2] / "raters" / "tight.nii.gz").write_bytes(b"broken")
+    viewer, dock = _open(make_napari_viewer)
+    dock.run_dataset_report(data, tmp_path / "out", sync=True)
+    assert dock.report.n_cases == 3  # only the case without a usable image is skipped
+    text = dock.status.text()
+    assert "3 problem(s)" in text and ids[0] in text and "smooth.json" in text and "tight.nii.gz" in text
+    md = (tmp_path / "out" / "raters.md").read_text()
+    assert all(name in md for name in ("image.nii.gz", "smooth.json", "tight.nii.gz"))
+
+
+def test_threads_disabled_is_shared():
+    from napari_multirater._napari import compare_controller, workers
+
+    assert compare_controller.threads_disabled is workers.threads_disabled

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 
 import numpy as np
 import pytest
 
+from napari_multirater.analysis import cli_raters
 from napari_multirater.datasets import CaseFolderDataset, DatasetError, LidcNpzDataset, open_dataset
 from napari_multirater.datasets.case_folder import (
     create_dataset,
@@ -196,3 +198,80 @@ def test_bad_npz_inputs(tmp_path):
     with pytest.raises(DatasetError, match="not a readable npz"):
         LidcNpzDataset(q)
     shutil.rmtree(tmp_path / "ds", ignore_errors=True)
+
+
+# --- broken files do not block the other cases (non-strict loading, shared report loop) -------------
+def test_corrupt_sidecar_keeps_the_mask_and_lists_the_problem(tmp_path):
+    root, case = _small_dataset(tmp_path)
+    (root / "cases" / case.case_id / "raters" / "b.json").write_text("{not json")
+    for strict in (True, False):
+        loaded = CaseFolderDataset(root, strict=strict)[0]
+        assert loaded.valid.tolist() == [True, True, True]
+        np.testing.assert_array_equal(loaded.masks[1], case.masks[1])
+        assert "b" not in loaded.meta["sidecars"] and "a" in loaded.meta["sidecars"]
+        assert len(loaded.meta["problems"]) == 1 and "b.json" in loaded.meta["problems"][0]
+    assert any("b.json" in p for p in open_dataset(root).check())
+
+
+def test_corrupt_mask_strict_raises_non_strict_marks_the_rater_invalid(tmp_path):
+    root, case = _small_dataset(tmp_path)
+    (root / "cases" / case.case_id / "raters" / "c.nii.gz").write_bytes(b"not an image")
+    with pytest.raises(DatasetError, match=r"c\.nii\.gz"):
+        CaseFolderDataset(root).load_case(case.case_id)
+    with pytest.raises(DatasetError, match=r"c\.nii\.gz"):
+        next(iter(CaseFolderDataset(root)))
+    for loaded in (CaseFolderDataset(root).load_case(case.case_id, strict=False),
+                   CaseFolderDataset(root, strict=False)[0], next(iter(CaseFolderDataset(root, strict=False)))):
+        assert loaded.valid.tolist() == [True, True, False] and not loaded.masks[2].any()
+        np.testing.assert_array_equal(loaded.masks[:2], case.masks[:2])
+        assert len(loaded.meta["problems"]) == 1 and "c.nii.gz" in loaded.meta["problems"][0]
+    with pytest.raises(DatasetError, match="c.nii.gz"):  # strict wins per call
+        CaseFolderDataset(root, strict=False).load_case(case.case_id, strict=True)
+
+
+def test_cli_raters_reports_broken_cases_and_files_and_finishes(tmp_path, capsys):
+    from napari_multirater.datasets.synth import generate_phantom_dataset
+
+    root = generate_phantom_dataset(tmp_path / "ds", 4)
+    ids = CaseFolderDataset(root).case_ids
+    (root / "cases" / ids[0] / "image.nii.gz").write_bytes(b"broken image")  # whole case unusable
+    (root / "cases" / ids[1] / "raters" / "tight.json").write_text("{oops")  # metadata only
+    (root / "cases" / ids[2] / "raters" / "generous.nii.gz").write_bytes(b"broken mask")  # one rater
+    parser = argparse.ArgumentParser()
+    cli_raters.add_parser(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["raters", "--data", str(root), "--out", str(tmp_path / "out")])
+    assert args.func(args) == 0
+    out, err = capsys.readouterr()
+    for text in (out, err, (tmp_path / "out" / "raters.md").read_text()):
+        assert ids[0] in text and "image.nii.gz" in text
+        assert "tight.json" in text and "generous.nii.gz" in text
+    assert "| generous |" in out and not (root / "reports").exists()
+
+
+def test_stray_folders_under_cases_are_ignored_everywhere(tmp_path):
+    from napari_multirater.annotation import AnnotationStore
+    from napari_multirater.datasets.synth import generate_phantom_dataset
+
+    root = generate_phantom_dataset(tmp_path / "ds", 5)
+    ids = CaseFolderDataset(root).case_ids
+    for stray in (".ipynb_checkpoints", "copy of case", "-dash", "__pycache__x y"):
+        (root / "cases" / stray).mkdir()
+    (root / "cases" / "notes.txt").write_text("not a case")
+    for split in (None, "train", "val"):
+        ds = CaseFolderDataset(root, split=split)
+        assert set(ds.case_ids) <= set(ids) and len(list(ds)) == len(ds)
+    assert CaseFolderDataset(root).case_ids == ids == AnnotationStore(root).case_ids()
+    assert CaseFolderDataset(root).check() == []
+
+
+def test_suffix_lists_have_one_source():
+    from napari_multirater.annotation import store
+    from napari_multirater.datasets import case_folder
+    from napari_multirater.io import medical
+
+    assert case_folder.IMAGE_SUFFIXES is medical.WRITABLE_SUFFIXES
+    assert set(medical.SINGLE_FILE_SUFFIXES) <= set(medical.WRITABLE_SUFFIXES) < set(medical.SUPPORTED_SUFFIXES)
+    assert not [k for k, v in vars(store).items() if isinstance(v, tuple) and ".nii.gz" in v
+                and v not in (medical.SUPPORTED_SUFFIXES, medical.SINGLE_FILE_SUFFIXES)]
+    for suffix in medical.SUPPORTED_SUFFIXES:
+        assert store.case_id_from_path(f"/x/scan_01{suffix}") == "scan_01"

@@ -21,6 +21,7 @@ from napari_multirater.inference import (
 )
 from napari_multirater.inference.testing import make_tiny_checkpoint, tiny_card
 from napari_multirater.io import Geometry, read_image, write_image
+from napari_multirater.progress import Progress, run_to_completion
 
 torch.set_num_threads(2)
 DIVERSE = ("prob_unet", "dpersona", "proseg", "pionono")
@@ -45,6 +46,22 @@ def case3():
 @pytest.fixture(scope="module")
 def case2():
     return make_phantom_case(1, ndim=2)
+
+
+# ------------------------------------------------------------------ layering
+def test_core_does_not_import_the_napari_layer():
+    """The Qt-free engine gets Progress from the core module; the napari side re-exports it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, napari_multirater.inference.engine, napari_multirater.inference.predict_cli; "
+            "bad = [m for m in sys.modules if m.startswith(('napari_multirater._napari', 'napari_multirater.widgets', "
+            "'napari.', 'qtpy')) or m == 'napari']; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from napari_multirater._napari import workers
+
+    assert workers.Progress is Progress and workers.run_to_completion is run_to_completion
+    assert callable(workers.threads_disabled)
 
 
 # ------------------------------------------------------------------ devices
@@ -180,6 +197,11 @@ def test_latent_explorer(engines, case2):
     np.testing.assert_allclose(eng.decode(enc, z), eng.sample(case2.image, 5, seed=4), atol=1e-5)
     d, s = eng.latent_directions(enc, "principal", n=32)
     np.testing.assert_allclose(d @ d.T, np.eye(len(mu)), atol=1e-4)
+    seen = []  # the worker form reports progress per chunk of decodes and gives the same result
+    d2, s2 = run_to_completion(eng.iter_latent_directions(enc, "principal", n=32, chunk=8), seen.append)
+    assert [p.done for p in seen] == [0, 8, 16, 24, 32] and all(p.total == 32 for p in seen)
+    np.testing.assert_allclose(d2, d, atol=1e-5)
+    np.testing.assert_allclose(s2, s, rtol=1e-5)
     assert np.all(np.diff(s) <= 1e-6)
     np.testing.assert_allclose(eng.latent_from_coefficients(enc, np.zeros(len(mu))), mu)
     np.testing.assert_allclose(eng.interpolate(enc, z[0], z[1], 0.0), eng.decode(enc, z[0])[0], atol=1e-6)
@@ -228,6 +250,83 @@ def test_roi_resampled_to_target_spacing(engines, case3):
     sub = res.samples[:, 12, 16:80, 16:80]
     assert set(np.unique(sub)) <= {0, 1} and res.samples[:, 12].sum() == sub.sum()
     assert res.mean_prob[12, 16:80, 16:80].shape == (64, 64) and res.mean_prob[11].max() == 0
+
+
+def _disc_image(shape=(128, 160), centre=(50, 80), radius=14.0):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    disc = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2
+    return np.where(disc, 100.0, -1000.0).astype(np.float32), disc
+
+
+def _input_following_sampler(eng, monkeypatch, seen):
+    """Make ``model.sample`` return logits that threshold its (normalised) input, recording the
+    tile shape the model saw; the real model still runs on the tile."""
+    orig = eng.model.sample
+
+    def sample(x, n, generator=None):
+        seen.append(tuple(x.shape))
+        orig(x, n, generator)
+        return ((x[:, :1] - 0.4) * 40).expand(x.shape[0], int(n), *x.shape[-2:])
+    monkeypatch.setattr(eng.model, "sample", sample)
+
+
+def test_roi_resampled_to_card_pixel_size_and_pasted_back(tmp_path, monkeypatch):
+    """Issue 5 §1: an ROI is cropped, resampled to the model's training resolution (card
+    ``input.pixel_size_mm``) and the result put back on the image's native grid."""
+    card = tiny_card("prob_unet", input={"channels": 1, "pad_multiple": 16, "pixel_size_mm": [0.7, 0.7]})
+    eng = InferenceEngine.load(make_tiny_checkpoint(tmp_path / "px.pt", "prob_unet", card=card), device="cpu")
+    assert eng.target_spacing_mm == (0.7, 0.7) and "0.7 x 0.7 mm" in eng.summary()["resolution"]
+    image, disc = _disc_image()
+    geo = Geometry((0.35, 0.35), (5.0, -3.0), (1.0, 0.0, 0.0, 1.0))
+    seen = []
+    _input_following_sampler(eng, monkeypatch, seen)
+    roi = ROI.rect(None, 20, 30, 84, 126)  # 64 x 96 px at 0.35 mm -> 32 x 48 px at 0.7 mm
+    res = eng.predict_volume(image, geo, samples=2, roi=roi)
+    assert seen == [(1, 1, 32, 48)] and res.info["model_size"] == (32, 48)
+    assert res.region == (slice(20, 84), slice(30, 126)) and res.mean_prob.shape == image.shape
+    inside = np.zeros(image.shape, bool)
+    inside[20:84, 30:126] = True
+    assert res.mean_prob[~inside].max() == 0 and res.samples[:, ~inside].max() == 0
+    pred, truth = res.mean_prob > 0.5, disc & inside  # at the disc, on the native grid
+    assert truth.sum() > 400 and (pred & truth).sum() / (pred | truth).sum() > 0.9
+    # explicit "native", no geometry (spacing unknown) and a card with pixel_size_mm null: native size
+    seen.clear()
+    eng.predict_volume(image, geo, samples=1, roi=roi, target_spacing_mm="native")
+    eng.predict_volume(image, None, samples=1, roi=roi)
+    assert seen == [(1, 1, 64, 96)] * 2
+    null_card = tiny_card("unet", input={"channels": 1, "pad_multiple": 16, "pixel_size_mm": None})
+    lidc_like = InferenceEngine.load(make_tiny_checkpoint(tmp_path / "null.pt", "unet", card=null_card), device="cpu")
+    assert lidc_like.target_spacing_mm is None
+    assert lidc_like.predict_volume(image, geo, samples=1, roi=roi).info["model_size"] is None
+    with pytest.raises(ValueError, match="pixel_size_mm"):
+        InferenceEngine(eng.model, {**card, "input": {"pixel_size_mm": [0.7, -1]}}, device="cpu")
+
+
+def test_non_finite_input_is_refused_with_a_clear_error(engines, ckpts, case2, case3, tmp_path, capsys):
+    from napari_multirater.cli import main
+    from napari_multirater.inference.engine import NonFiniteInputError
+
+    eng = engines["prob_unet"]
+    img = case2.image.astype(np.float32)
+    img[10:15, 20:25] = np.nan
+    img[0, 0] = np.inf
+    with pytest.raises(NonFiniteInputError, match=r"26 non-finite voxel\(s\).*25 NaN, 1 inf"):
+        eng.predict_volume(img, case2.geometry, samples=2, source="scan.nrrd")
+    with pytest.raises(NonFiniteInputError, match="scan.nrrd"):
+        eng.predict_volume(img, case2.geometry, samples=2, source="scan.nrrd")
+    for call in (lambda: eng.sample(img, 2), lambda: eng.encode(img), lambda: engines["pionono"].blend(img, 0, 1, 0.5)):
+        with pytest.raises(NonFiniteInputError, match="non-finite"):
+            call()
+    # a region of interest away from the bad voxels runs (and gives finite output)
+    res = eng.predict_volume(img, case2.geometry, samples=2, roi=ROI.rect(None, 40, 40, 80, 80))
+    assert np.isfinite(res.mean_prob).all()
+    vol = case3.image.astype(np.float32)
+    vol[7, 30:35, 30:35] = np.nan
+    src = tmp_path / "nan.nrrd"
+    write_image(src, vol, case3.geometry)
+    rc = main(["predict", "--checkpoint", str(ckpts["prob_unet"]), "--image", str(src), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "25 non-finite" in err and str(src) in err and not (tmp_path / "o").exists()
 
 
 # ------------------------------------------------------------------ intensity

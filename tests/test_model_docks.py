@@ -48,8 +48,9 @@ def _setup(make_napari_viewer, qtbot, ckpt, sample="phantom_2d", show=False):
     dock.model_combo.setCurrentText(FILE_ITEM)
     dock.path_edit.setText(str(ckpt))
     dock.device_combo.setCurrentText("cpu")
-    qtbot.mouseClick(dock.load_btn, Qt.LeftButton)
-    assert dock.controller.engine is not None, "model did not load"
+    qtbot.mouseClick(dock.load_btn, Qt.LeftButton)  # loads in a worker
+    qtbot.waitUntil(lambda: dock.worker is None and dock.controller.engine is not None, timeout=60_000)
+    QApplication.processEvents()
     return viewer, dock
 
 
@@ -157,7 +158,7 @@ def test_uncertainty_kinds_and_contour(make_napari_viewer, qtbot, ckpt_dir):
 def test_latent_explorer_redecodes(make_napari_viewer, qtbot, ckpt_dir):
     viewer, dock = _setup(make_napari_viewer, qtbot, ckpt_dir / "dpersona.pt", show=True)
     assert dock.explore_btn.isEnabled()
-    qtbot.mouseClick(dock.explore_btn, Qt.LeftButton)
+    _click_and_wait(qtbot, dock, dock.explore_btn)
     assert len(dock.latent_sliders) == dock.controller.engine.capabilities.latent_dim
     layer = viewer.layers[EXPLORER]
     before = layer.data.copy()
@@ -166,8 +167,15 @@ def test_latent_explorer_redecodes(make_napari_viewer, qtbot, ckpt_dir):
         s.setValue(30)
         changed |= not np.array_equal(layer.data, before)
     assert changed and dock.last_decode_ms is not None and dock.last_decode_ms < 1000
-    dock.directions_combo.setCurrentIndex(1)  # principal directions
+    dock.directions_combo.setCurrentIndex(1)  # principal directions: n decodes, in a worker with progress
+    progress = []
     qtbot.mouseClick(dock.explore_btn, Qt.LeftButton)
+    assert dock.worker is not None and not dock.explore_btn.isEnabled()
+    dock.worker.yielded.connect(progress.append)
+    qtbot.waitUntil(lambda: dock.worker is None, timeout=60_000)
+    QApplication.processEvents()
+    assert dock.controller.explorer is not None and progress and progress[-1].done == progress[-1].total
+    assert "pc1" in dock.slider_grid.itemAtPosition(0, 0).widget().text()
     dock.latent_sliders[0].setValue(-20)
     dock.interp_slider.setValue(50)
     assert layer.data.shape == _image(viewer).data.shape
@@ -252,14 +260,135 @@ def test_errors_become_notifications(make_napari_viewer, qtbot, ckpt_dir, tmp_pa
     bad.write_text("nope")
     dock.model_combo.setCurrentText(FILE_ITEM)
     dock.path_edit.setText(str(bad))
-    assert not dock.load_model() and seen[-1][0] == "error" and "Cannot load model" in seen[-1][1]
+    assert not dock.load_model(sync=True) and seen[-1][0] == "error" and "Cannot load model" in seen[-1][1]
     dock.path_edit.setText(str(ckpt_dir / "umanet.pt"))
-    assert dock.load_model()
+    assert dock.load_model(sync=True)
     assert not dock.explore_btn.isEnabled() and not dock.blend_box.isEnabled()  # UMA-Net: no latent, no blend
     dock.units_combo.setCurrentText("raw")
     assert dock.controller.engine.normalizer.image_units == "raw"
     dock.scope_combo.setCurrentText("region of interest")
     assert dock.run("samples") is None and "Shapes or Points" in seen[-1][1]
+    # NaN / inf in the image: a clear notification naming the problem, no layers
+    bad_img = np.full((48, 48), -1000.0, np.float32)
+    bad_img[10:15, 10:15] = np.nan
+    viewer.add_image(bad_img, name="with nan")
+    dock.image_combo.setCurrentText("with nan")
+    dock.scope_combo.setCurrentText("whole image")
+    assert dock.run("samples", sync=True) is None
+    assert seen[-1][0] == "error" and "25 non-finite" in seen[-1][1] and "with nan" in seen[-1][1]
+    assert "mr samples" not in viewer.layers
+
+
+def _wrap_calls(monkeypatch, obj, name, calls):
+    orig = getattr(obj, name)
+
+    def wrapped(*args, **kwargs):
+        calls.append(args)
+        return orig(*args, **kwargs)
+    monkeypatch.setattr(obj, name, wrapped)
+
+
+def test_results_stay_with_the_image_they_were_run_on(make_napari_viewer, qtbot, ckpt_dir, monkeypatch):
+    import napari_multirater._napari.model_controller as mc
+
+    warned = []
+    monkeypatch.setattr(mc, "_warn", warned.append)
+    viewer, dock = _setup(make_napari_viewer, qtbot, ckpt_dir / "umanet.pt")
+    img = _image(viewer)
+    viewer.add_image(np.full((40, 56), -1000.0, np.float32), name="other", scale=(2.0, 2.0))
+    dock.image_combo.setCurrentText(img.name)
+    dock.n_spin.setValue(2)
+
+    def wait():
+        qtbot.waitUntil(lambda: dock.worker is None, timeout=60_000)
+        QApplication.processEvents()
+    # the Image combo changes during the run: the result goes on the grid it was computed for
+    assert dock.run("samples") is not None  # (no events processed before the switch below)
+    dock.image_combo.setCurrentText("other")
+    assert dock.controller.image_layer.name == "other"
+    wait()
+    samples = viewer.layers[SAMPLES]
+    assert samples.data.shape == (2, *img.data.shape) and samples.metadata["image_layer"] == img.name
+    np.testing.assert_allclose(samples.scale[1:], img.scale)
+    assert not warned and "samples" not in dock.controller.last  # cached only for the current image
+    # the image is deleted during the run: a notification, the result is dropped (no traceback)
+    before = samples.data.copy()
+    assert dock.run("samples") is not None
+    viewer.layers.remove("other")
+    wait()
+    assert len(warned) == 1 and "'other' was removed" in warned[-1] and "removed" in dock.status.text()
+    np.testing.assert_array_equal(samples.data, before)
+    # the image changes shape during the run
+    dock.image_combo.setCurrentText(img.name)
+    assert dock.run("samples") is not None
+    img.data = np.full((30, 30), -1000.0, np.float32)
+    wait()
+    assert len(warned) == 2 and "changed shape" in warned[-1]
+    assert samples.data.shape[1:] != img.data.shape  # not written onto the new grid
+
+
+def test_reused_layers_follow_the_image_affine_and_units(make_napari_viewer, ckpt_dir):
+    from napari_multirater._napari.layers import upsert_layer
+    from napari_multirater._napari.model_controller import ModelController
+
+    viewer = make_napari_viewer()
+    data = np.full((32, 48), -1000.0, np.float32)
+    a = viewer.add_image(data, name="a")
+    aff = np.array([[0.0, -1.0, 40.0], [1.0, 0.0, -7.0], [0.0, 0.0, 1.0]])  # rotation + translation
+    b = viewer.add_image(data, name="b", affine=aff, scale=(0.5, 0.7), units=("mm", "mm"))
+    layer = upsert_layer(viewer, "mr x", np.zeros(data.shape, np.uint8), "labels", like=a)
+    assert upsert_layer(viewer, "mr x", np.ones(data.shape, np.uint8), "labels", like=b) is layer
+    np.testing.assert_allclose(layer.affine.affine_matrix, aff)
+    assert [str(u) for u in layer.units] == ["millimeter"] * 2
+    np.testing.assert_allclose(layer.data_to_world((3, 4)), b.data_to_world((3, 4)))
+    # the model controller reuses its layers with the same helper
+    ctl = ModelController(viewer, a)
+    ctl.load_model(ckpt_dir / "umanet.pt", device="cpu")
+    ctl.start("samples", samples=1, sync=True)
+    mean = viewer.layers[MEAN_PROB]
+    ctl.set_image_layer(b)
+    ctl.start("samples", samples=1, sync=True)
+    assert viewer.layers[MEAN_PROB] is mean
+    np.testing.assert_allclose(mean.affine.affine_matrix, aff)
+    assert [str(u) for u in mean.units] == ["millimeter"] * 2
+    np.testing.assert_allclose(mean.data_to_world((3, 4)), b.data_to_world((3, 4)))
+    np.testing.assert_allclose(viewer.layers[SAMPLES].data_to_world((0, 3, 4))[1:], b.data_to_world((3, 4)))
+
+
+def test_slow_explorer_decodes_are_coalesced(make_napari_viewer, qtbot, ckpt_dir, monkeypatch):
+    import napari_multirater.widgets.model_dock as md
+
+    monkeypatch.setattr(md, "COALESCE_MS", -1.0)  # treat this image's decode as slow
+    viewer, dock = _setup(make_napari_viewer, qtbot, ckpt_dir / "dpersona.pt")
+    _click_and_wait(qtbot, dock, dock.explore_btn)
+    assert dock.coalesce and dock.controller.explorer.decode_ms >= 0
+    calls = []
+    _wrap_calls(monkeypatch, dock.controller, "explorer_set", calls)
+    for v in (5, 10, 15, 20):  # a drag: events arrive while nothing has been decoded yet
+        dock.latent_sliders[0].setValue(v)
+    assert calls == [] and "+2.0σ" in dock.slider_grid.itemAtPosition(0, 0).widget().text()
+    qtbot.waitUntil(lambda: len(calls) > 0, timeout=10_000)
+    for _ in range(3):
+        QApplication.processEvents()
+    assert len(calls) == 1 and calls[0][0][0] == pytest.approx(2.0)  # only the latest value
+    dock.coalesce = False  # fast decodes: every slider event decodes at once
+    dock.latent_sliders[0].setValue(25)
+    assert len(calls) == 2
+
+
+def test_plugin_dock_keeps_its_state_when_other_layers_change(make_napari_viewer, ckpt_dir, monkeypatch):
+    """Plugin docks get a proxied viewer: the same image arrives as different proxy objects."""
+    monkeypatch.setenv("NAPARI_MULTIRATER_MODELS", str(ckpt_dir))
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "phantom_2d")
+    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "Model & sampling")
+    dock.model_combo.setCurrentText("dpersona")
+    dock.device_combo.setCurrentText("cpu")
+    assert dock.load_model(sync=True) and dock.start_explorer(sync=True)
+    n = len(dock.latent_sliders)
+    assert n > 0 and dock.controller.explorer is not None
+    viewer.add_points(name="unrelated")  # layer list change -> refresh -> same image chosen again
+    assert dock.controller.explorer is not None and len(dock.latent_sliders) == n
 
 
 def test_plugin_manifest_dock_and_run_demo(make_napari_viewer, ckpt_dir, monkeypatch):

@@ -240,12 +240,14 @@ def test_checkpoint_errors(tmp_path):
 
 
 def test_param_groups_pionono_proseg():
-    for method in ("pionono", "proseg"):
-        model = make(method, train={"z_lr": 0.02})
-        groups = model.param_groups(1e-4)
-        assert [g["lr"] for g in groups] == [1e-4, 0.02]
+    for method, default in (("pionono", 0.02), ("proseg", 2e-3)):
+        model = make(method)
+        assert [g["lr"] for g in model.param_groups(1e-4)] == [1e-4, default]
+        groups = model.param_groups(1e-4, latent_lr=0.05)
+        assert [g["lr"] for g in groups] == [1e-4, 0.05]
         n = sum(len(g["params"]) for g in groups)
         assert n == len(model.trainable_parameters())
+    assert len(make("prob_unet").param_groups(1e-4, latent_lr=0.05)) == 1
 
 
 def test_umanet_quality_split_and_annotation_uncertainty(batch):

@@ -67,6 +67,42 @@ def test_labels_written_through_napari_restore_geometry(make_napari_viewer, tmp_
 
 
 @pytest.mark.gui
+def test_labels_with_geometry_only_in_their_affine_are_written_with_it(make_napari_viewer, tmp_path, monkeypatch):
+    """A layer from another reader keeps its geometry in ``affine`` (no multirater metadata)."""
+    from scipy.spatial.transform import Rotation
+
+    from napari_multirater.io.geometry import ShearedGeometryError, geometry_from_layer
+
+    rot_xyz = Rotation.from_euler("z", 30, degrees=True).as_matrix() @ np.diag([1.0, -1.0, 1.0])
+    geo = Geometry((0.7, 0.8, 2.5), (10.0, -20.0, 30.0), tuple(rot_xyz.ravel()))
+    mask = (np.arange(6 * 7 * 8).reshape(6, 7, 8) % 3 == 0).astype(np.uint8)
+    viewer = make_napari_viewer()
+    only_affine = viewer.add_labels(mask, name="affine only", affine=geo.affine_zyx())
+    aff = np.eye(4)  # scale on the layer, rotation + translation in its affine: composed
+    aff[:3, :3], aff[:3, 3] = geo.rotation_zyx, geo.translate_zyx
+    composed = viewer.add_labels(mask, name="composed", scale=geo.scale_zyx, affine=aff)
+    for layer in (only_affine, composed):
+        assert METADATA_KEY not in layer.metadata and geometry_from_layer(layer).matches(geo)
+        for suffix in (".nii.gz", ".nrrd"):
+            out = tmp_path / f"{layer.name.replace(' ', '_')}{suffix}"
+            layer.save(str(out), plugin=PLUGIN)
+            back, back_geo, _ = read_image(out)
+            np.testing.assert_array_equal(back, mask)
+            assert back_geo.matches(geo, rtol=1e-6, atol=1e-5), (back_geo, geo)
+    sheared = viewer.add_labels(mask, name="sheared", scale=(2.0, 1.0, 1.0), shear=[0.3, 0.0, 0.0])
+    with pytest.raises(ShearedGeometryError, match="shear"):
+        geometry_from_layer(sheared)
+    import napari_multirater._napari.writer as writer
+
+    reported = []
+    monkeypatch.setattr(writer, "_report", reported.append)
+    with pytest.warns(UserWarning):  # napari turns the writer's error into a warning...
+        assert sheared.save(str(tmp_path / "sheared.nii.gz"), plugin=PLUGIN) == []
+    assert not (tmp_path / "sheared.nii.gz").exists()
+    assert len(reported) == 1 and "shear" in reported[0] and "sheared.nii.gz" in reported[0]  # ...so say why
+
+
+@pytest.mark.gui
 def test_dicom_folder_opens_and_plain_folder_is_declined(make_napari_viewer, tmp_path):
     arr = (np.arange(5 * 16 * 12).reshape(5, 16, 12) % 300).astype(np.int16) - 1000
     geo = Geometry((0.8, 0.8, 2.5), (-100.0, -120.0, 50.0), tuple(np.eye(3).ravel()))

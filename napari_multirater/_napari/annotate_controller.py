@@ -7,10 +7,15 @@ undo never crosses cases):
 * ``mr image: <case>`` - the case image with its physical geometry;
 * ``mr annotation: <rater>`` - the current rater's binary Labels layer, same geometry; it only
   exists once a rater id is set (no rater, nothing to paint);
-* unblinded only: ``mr rater: <other>`` - other raters' saved masks as read-only contours.
+* unblinded only: ``mr rater: <other>`` - other raters' saved masks as read-only contours
+  (``metadata["unblinded_view"] = True``; removed again when blind mode is switched on).
 
 Blind mode (default) never reads other raters' masks and hides rater layers of the same case that
 came from elsewhere (e.g. the reader).
+
+Whether there is something to save is decided by comparing the mask's checksum with the saved
+one (napari's undo/redo emit no edit event). A save that fails when the work would otherwise be
+lost (layer deleted, dock or viewer closed) leaves an emergency copy and a notification.
 """
 
 from __future__ import annotations
@@ -21,15 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ..annotation.lock import AUTOSAVE_TIMEOUT, LockTimeout
 from ..annotation.session import AnnotationSession
 from ..annotation.store import AnnotationStore, RaterIdentity, case_id_from_path
 from ..datasets.case import DatasetError
-from ..datasets.case_folder import check_identifier
+from ..datasets.case_folder import check_identifier, image_checksum
 from ..io.geometry import geometry_from_layer
 from .layers import (
     ROLE_KEY,
-    _display_window,
     binary_colormap,
+    display_window,
     layer_name,
     rater_color,
     same_layer,
@@ -37,15 +43,28 @@ from .layers import (
     transform_kwargs,
 )
 
-__all__ = ["AnnotateController", "AnnotateError", "OWNER_KEY"]
+__all__ = ["AnnotateController", "AnnotateError", "AutosavePostponed", "OWNER_KEY", "UNBLINDED_KEY"]
 
 OWNER_KEY = "multirater_annotate"
+UNBLINDED_KEY = "unblinded_view"  # other raters' masks this controller loaded for unblinded viewing
 _NOT_PREFILL_ROLES = ("rater", "consensus", "agreement")
 _PROVENANCE_KEYS = ("model", "model_name", "checkpoint", "persona", "output", "sample", "seed", "kind")
 
 
 class AnnotateError(ValueError):
     """A user action cannot be done now (no rater id, no project, no case...); message for the UI."""
+
+
+class AutosavePostponed(AnnotateError):
+    """Autosave did not get the lock within a short timeout; the next timer tick retries."""
+
+
+def _notify_error(message: str) -> None:
+    try:
+        from napari.utils.notifications import show_error
+    except ImportError:  # pragma: no cover - napari is always there in the viewer
+        return
+    show_error(message)
 
 
 class AnnotateController:
@@ -65,9 +84,11 @@ class AnnotateController:
         self.image_layer = None
         self.annotation_layer = None
         self.last_save_reason = ""
+        self._saved_sha: str | None = None  # checksum of the mask as last saved (or loaded)
         self._suppress_edits = False
         self._removing_own = False
         self.on_edit: Callable[[], None] | None = None  # the view refreshes its "unsaved" marker
+        self.notify: Callable[[str], None] = _notify_error  # errors that must not go unnoticed
         viewer.layers.events.removing.connect(self._on_layer_removing)
 
     # --- identity ------------------------------------------------------------------------------
@@ -135,8 +156,7 @@ class AnnotateController:
         data = np.asarray(image_layer.data)
         if data.ndim not in (2, 3) or getattr(image_layer, "rgb", False):
             raise AnnotateError(f"layer {image_layer.name!r}: only 2D/3D grey-value images can be annotated")
-        geo = geometry_from_layer(image_layer.scale, image_layer.translate, image_layer.metadata,
-                                  getattr(image_layer, "rotate", None))
+        geo = geometry_from_layer(image_layer)
         try:
             store = AnnotationStore.create_project(path, name or Path(path).name)
             source = (image_layer.metadata or {}).get("source_path")
@@ -196,19 +216,14 @@ class AnnotateController:
         if save_first:
             self.save_if_dirty("saved on case switch")
         image, geometry, info = store.load_image(case_id)
-        own, sidecar, own_error = None, None, None
-        if self.rater:
-            try:
-                own, sidecar = store.load_mask(case_id, self.rater)
-            except DatasetError as e:  # keep working: start from an empty mask, say why
-                own_error = str(e)
+        own, sidecar, own_error = self._load_own(case_id) if self.rater else (None, None, None)
         self._close_case()
         self.case_id = case_id
         self.last_save_reason = ""
         kw = geometry.layer_kwargs(str(info.get("source_path", "")) or None)
         meta = {**kw.pop("metadata"), ROLE_KEY: "image", "case_id": case_id, OWNER_KEY: True,
                 "image_sha256": info["image_sha256"]}
-        window = store.manifest.get("intensity_window") or _display_window(image)
+        window = store.manifest.get("intensity_window") or display_window(image)
         self.image_layer = self.viewer.add_image(image, name=layer_name("image", case_id), metadata=meta,
                                                  colormap="gray", contrast_limits=tuple(window), **kw)
         if not self.blind:
@@ -222,8 +237,25 @@ class AnnotateController:
             self.session = None
         self.viewer.reset_view()
         if own_error:
-            raise AnnotateError(f"your saved annotation could not be loaded ({own_error}); "
-                                "starting from an empty mask - saving will replace the broken file")
+            raise AnnotateError(own_error)
+
+    def _load_own(self, case_id: str) -> tuple:
+        """``(mask, sidecar, message)``: an unreadable own mask is moved to ``raters/.broken``
+        first (so saving the fresh one never destroys it) and the message says where."""
+        try:
+            return (*self.store.load_mask(case_id, self.rater), None)
+        except LockTimeout as e:
+            raise AnnotateError(f"your annotation of {case_id} is being saved elsewhere; try again ({e})") from None
+        except DatasetError as e:
+            error = e
+        try:
+            moved = self.store.quarantine(case_id, self.rater)
+        except (OSError, DatasetError) as e:
+            raise AnnotateError(f"your saved annotation of {case_id} cannot be loaded ({error}) nor moved "
+                                f"aside ({e}); not opening it for editing") from None
+        where = ", ".join(str(m) for m in moved) or "nowhere (already gone)"
+        return None, None, (f"your saved annotation could not be loaded ({error}); the broken files were "
+                            f"moved to {where}; starting from an empty mask")
 
     def _rater_index(self, rater: str) -> int:
         raters = self.store.raters() if self.store is not None else []
@@ -233,6 +265,7 @@ class AnnotateController:
         kw = transform_kwargs(self.image_layer)
         kw["metadata"].update({ROLE_KEY: "rater", "rater": self.rater, "case_id": case_id, OWNER_KEY: True,
                                "annotation": True, "sidecar": sidecar or {}})
+        self._saved_sha = image_checksum((mask != 0).astype(np.uint8))
         layer = self.viewer.add_labels(mask.astype(np.uint8), name=layer_name("annotation", self.rater),
                                        colormap=binary_colormap(rater_color(self._rater_index(self.rater))),
                                        opacity=0.6, **kw)
@@ -245,8 +278,11 @@ class AnnotateController:
         layer.mode = "paint"
 
     def _add_other_raters(self, case_id: str) -> list[str]:
-        """Unblinded: other raters' masks as read-only contours; unreadable ones are skipped."""
+        """Unblinded: other raters' masks as read-only contours; unreadable ones are skipped.
+        Blind: nothing is read."""
         names = []
+        if self.blind:
+            return names
         for other in self.store.annotated_raters(case_id):
             if other == self.rater:
                 continue
@@ -258,7 +294,7 @@ class AnnotateController:
                 continue
             kw = transform_kwargs(self.image_layer)
             kw["metadata"].update({ROLE_KEY: "rater", "rater": other, "case_id": case_id, OWNER_KEY: True,
-                                   "sidecar": sidecar or {}})
+                                   UNBLINDED_KEY: True, "sidecar": sidecar or {}})
             layer = self.viewer.add_labels(mask, name=layer_name("rater", other), opacity=0.8,
                                            colormap=binary_colormap(rater_color(self._rater_index(other))), **kw)
             layer.contour = 1
@@ -280,7 +316,8 @@ class AnnotateController:
         return hidden
 
     def set_blind(self, blind: bool) -> None:
-        """Blind mode on: other raters' layers are removed; off: shown as contours."""
+        """Blind mode on: the other raters' layers this controller loaded are removed (others'
+        rater layers of the case are hidden); off: other raters' masks shown as contours."""
         blind = bool(blind)
         if blind == self.blind:
             return
@@ -289,8 +326,7 @@ class AnnotateController:
             return
         if blind:
             for ly in list(self.viewer.layers):
-                md = ly.metadata or {}
-                if md.get(OWNER_KEY) and md.get(ROLE_KEY) == "rater" and not md.get("annotation"):
+                if (ly.metadata or {}).get(UNBLINDED_KEY):
                     self.viewer.layers.remove(ly)
             self._hide_foreign_raters(self.case_id)
         else:
@@ -317,6 +353,7 @@ class AnnotateController:
         self.session = None
         self.image_layer = None
         self.annotation_layer = None
+        self._saved_sha = None
 
     # --- editing -------------------------------------------------------------------------------
     def _on_edit(self, event=None) -> None:
@@ -381,30 +418,54 @@ class AnnotateController:
         return layer
 
     # --- saving --------------------------------------------------------------------------------
-    def save(self, reason: str = "saved") -> dict:
+    def _current_mask(self) -> np.ndarray:
+        return (np.asarray(self.annotation_layer.data) != 0).astype(np.uint8)
+
+    def has_unsaved_changes(self) -> bool:
+        """Whether the mask differs from the last saved (or loaded) one, by checksum."""
+        if self.session is None or not self._own_layer_present():
+            return False
+        return image_checksum(self._current_mask()) != self._saved_sha
+
+    def save(self, reason: str = "saved", lock_timeout: float | None = None) -> dict:
         """Save the rater's mask of the current case; returns the sidecar."""
         layer = self._need_annotation_layer()
-        mask = (np.asarray(layer.data) != 0).astype(np.uint8)
-        geo = geometry_from_layer(layer.scale, layer.translate, layer.metadata, getattr(layer, "rotate", None))
+        mask = self._current_mask()
+        geo = geometry_from_layer(layer)
         try:
-            sidecar = self.store.save_mask(self.case_id, self.rater, mask, geometry=geo, **self.session.save_kwargs())
+            sidecar = self.store.save_mask(self.case_id, self.rater, mask, geometry=geo, lock_timeout=lock_timeout,
+                                           **self.session.save_kwargs())
+        except LockTimeout as e:
+            if lock_timeout is not None:
+                raise AutosavePostponed(f"autosave postponed: {e}") from None
+            raise AnnotateError(f"not saved: {e}") from None
         except DatasetError as e:
             raise AnnotateError(f"not saved: {e}") from None
         self.session.mark_saved(sidecar)
+        self._saved_sha = sidecar.get("mask_sha256") or image_checksum(mask)
         layer.metadata["sidecar"] = sidecar
         self.last_save_reason = reason
         return sidecar
 
     def save_if_dirty(self, reason: str = "saved") -> dict | None:
-        if self.session is not None and self.session.dirty and self._own_layer_present():
+        """Save when the mask differs from the saved one (edit events or not)."""
+        if self.has_unsaved_changes():
             return self.save(reason)
+        if self.session is not None and self._own_layer_present():
+            self.session.dirty = False  # e.g. painted, then undone back to the saved state
         return None
 
     def autosave_if_due(self, now: float | None = None) -> dict | None:
-        """Save when the session's autosave interval has passed with unsaved edits."""
-        if self.session is not None and self.session.autosave_due(now):
-            return self.save("autosaved")
-        return None
+        """Every autosave interval: save when the mask differs from the saved one. A lock held
+        elsewhere raises :class:`AutosavePostponed` after ``AUTOSAVE_TIMEOUT`` s instead of
+        blocking the GUI; the next call (timer tick) tries again."""
+        s = self.session
+        if s is None or not s.check_due(now):
+            return None
+        if not self.has_unsaved_changes():
+            s.mark_unchanged(now)
+            return None
+        return self.save("autosaved", lock_timeout=AUTOSAVE_TIMEOUT)
 
     def set_autosave_interval(self, seconds: float) -> None:
         self.autosave_interval = float(seconds)
@@ -420,7 +481,7 @@ class AnnotateController:
         return any(same_layer(ly, self.annotation_layer) for ly in self.viewer.layers)
 
     def _on_layer_removing(self, event) -> None:
-        """The user deletes the annotation layer: save unsaved work first."""
+        """The user deletes the annotation layer: save unsaved work first (or rescue it)."""
         if self._removing_own:
             return
         try:
@@ -428,11 +489,34 @@ class AnnotateController:
         except (IndexError, AttributeError, TypeError):
             return
         if same_layer(layer, self.annotation_layer):
-            try:
-                self.save_if_dirty("saved before the layer was removed")
-            except AnnotateError:
-                pass
+            self.save_or_rescue("saved before the layer was removed")
             self.annotation_layer = None
+
+    def save_or_rescue(self, reason: str) -> str | None:
+        """``save_if_dirty``, never raising: if saving fails, the mask goes to an emergency copy
+        (``raters/.pending/<rater>.unsaved-<time>.nii.gz``) and the error is notified. Returns
+        that message, None when saved or nothing to save."""
+        try:
+            self.save_if_dirty(reason)
+            return None
+        except AnnotateError as e:
+            error = str(e)
+        layer = self.annotation_layer
+        geo = geometry_from_layer(layer)
+        record = {**self.session.save_kwargs(), "error": error}
+        try:
+            path = self.store.save_emergency_copy(self.case_id, self.rater, self._current_mask(), geo, record)
+            msg = f"{error}. Your unsaved annotation was kept as {path}"
+        except DatasetError as e:
+            msg = f"{error}. The emergency copy failed too ({e}): the unsaved edits are lost"
+        self.notify(msg)
+        return msg
+
+    def close(self) -> str | None:
+        """Dock or viewer closing: save (or rescue) unsaved work, then stop listening."""
+        msg = self.save_or_rescue("saved on close")
+        self.disconnect()
+        return msg
 
     def disconnect(self) -> None:
         """Stop listening to the viewer (dock closed)."""

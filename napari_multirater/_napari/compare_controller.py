@@ -12,7 +12,6 @@ duplicated) when the comparison is run again.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from ..analysis.style import case_style
 from ..datasets.case import MultiRaterCase
 from ..io.geometry import geometry_from_layer
 from .layers import ROLE_KEY, binary_colormap, layer_name, rater_layers, same_layer, upsert_layer
-from .workers import Progress, run_to_completion, start_generator_worker
+from .workers import Progress, run_to_completion, start_generator_worker, threads_disabled
 
 __all__ = [
     "AGREEMENT",
@@ -37,6 +36,8 @@ __all__ = [
     "CompareResult",
     "compare_masks",
     "dataset_report",
+    "default_report_dir",
+    "threads_disabled",
 ]
 
 AGREEMENT = layer_name("agreement")
@@ -150,49 +151,47 @@ def _light_case(case: MultiRaterCase, region_margin_mm: float) -> MultiRaterCase
     return MultiRaterCase(case.case_id, image, cropped, case.valid, list(case.rater_names), case.geometry, meta)
 
 
+def default_report_dir(dataset_dir) -> Path:
+    """Suggested report folder ``~/multirater-reports/<dataset>-raters``: never inside the dataset,
+    which may be read-only shared data (falls back to the working directory, then beside it)."""
+    ds = Path(dataset_dir).expanduser().resolve()
+    for base in (Path.home(), Path.cwd(), ds.parent):
+        out = base.resolve() / "multirater-reports" / f"{ds.name}-raters"
+        if ds != out and ds not in out.parents:
+            return out
+    return ds.parent / f"{ds.name}-raters"
+
+
 def dataset_report(dataset_dir, out_dir=None, consensus: str = "staple", max_cases: int | None = None,
                    region_margin_mm: float = 5.0):
     """Generator: rater-style report of a dataset folder, one :class:`Progress` per case.
 
     Returns ``(StyleReport, {name: path}, problems)``: the report is written to ``out_dir``
-    (default ``<dataset>/reports/raters``); cases that cannot be loaded are skipped and listed in
-    ``problems`` (and in the report's notes). Cases are kept cropped to their annotations, so
-    large volumes do not accumulate in memory. Closing the generator (Cancel) stops at the next case.
+    (default :func:`default_report_dir`, outside the dataset). Cases are read by the loop shared
+    with ``multirater raters`` (:func:`~napari_multirater.analysis.cli_raters.style_report`):
+    broken cases are skipped and broken rater files left out, all listed in ``problems`` and the
+    report's notes. Cases are kept cropped to their annotations, so large volumes do not
+    accumulate in memory. Closing the generator (Cancel) stops at the next case.
     """
     import queue
     import threading
 
+    from ..analysis.cli_raters import style_report
     from ..analysis.report import write_style_report
-    from ..analysis.style import dataset_style
-    from ..datasets import DatasetError, open_dataset
+    from ..datasets import open_dataset
 
     ds = open_dataset(dataset_dir)
-    out = Path(out_dir) if out_dir else Path(dataset_dir) / "reports" / "raters"
+    out = Path(out_dir) if out_dir else default_report_dir(dataset_dir)
     total = len(ds) if max_cases is None else min(len(ds), max_cases)
     events: queue.Queue = queue.Queue()
     stop = threading.Event()
-    problems: list[str] = []
 
-    class _Stopped(Exception):
-        pass
-
-    def cases():
-        for i in range(total):
-            if stop.is_set():
-                raise _Stopped
-            try:
-                case = ds[i]
-            except DatasetError as e:
-                problems.append(str(e))
-                events.put(("progress", i + 1, f"skipped {ds.case_ids[i] if hasattr(ds, 'case_ids') else i}"))
-                continue
-            yield _light_case(case, region_margin_mm)
-
-    def work():  # dataset_style reports progress by callback: run it beside this generator
+    def work():  # style_report reports progress by callback: run it beside this generator
         try:
-            rep = dataset_style(cases(), progress=lambda d, t, cid: events.put(("progress", d + len(problems), cid)),
-                                consensus=consensus, region_margin_mm=region_margin_mm)
-            events.put(("done", rep))
+            events.put(("done", style_report(
+                ds, consensus=consensus, max_cases=max_cases, region_margin_mm=region_margin_mm,
+                progress=lambda done, _total, cid: events.put(("progress", done, cid)),
+                prepare=lambda case: _light_case(case, region_margin_mm), should_stop=stop.is_set)))
         except BaseException as e:  # handed to the generator, which re-raises it
             events.put(("error", e))
 
@@ -204,13 +203,12 @@ def dataset_report(dataset_dir, out_dir=None, consensus: str = "staple", max_cas
             if kind == "progress":
                 yield Progress(min(rest[0], total), total + 1, str(rest[1]))
             elif kind == "done":
-                report = rest[0]
+                report, problems = rest[0]
                 break
             else:
                 raise rest[0]
     finally:
         stop.set()
-    report.notes.extend(f"skipped case: {p}" for p in problems)
     yield Progress(total + 1, total + 1, "writing report")
     return report, write_style_report(report, out), problems
 
@@ -223,11 +221,6 @@ def _is_labels(layer) -> bool:
 
 def _role(layer) -> str | None:
     return (getattr(layer, "metadata", {}) or {}).get(ROLE_KEY)
-
-
-def threads_disabled() -> bool:
-    """``MULTIRATER_NOTHREADS=1`` runs the comparison synchronously (debugging, some CI)."""
-    return os.environ.get("MULTIRATER_NOTHREADS", "0") not in ("", "0", "false", "False")
 
 
 class CompareController:
@@ -290,7 +283,7 @@ class CompareController:
             names.append(str(name))
         masks = np.stack([np.asarray(ly.data) != 0 for ly in used])
         ref = self.reference_layer(used)
-        geo = geometry_from_layer(ref.scale, ref.translate, ref.metadata, getattr(ref, "rotate", None))
+        geo = geometry_from_layer(ref)
         spacing = tuple(float(abs(s)) for s in geo.scale_zyx)
         image = np.asarray(ref.data) if ref.__class__.__name__ == "Image" else np.zeros(ref_shape, np.uint8)
         case_id = str((used[0].metadata or {}).get("case_id", "viewer"))

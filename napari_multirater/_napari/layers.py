@@ -64,7 +64,7 @@ def case_layer_data(case: MultiRaterCase, contour: bool = False) -> list[tuple]:
     image_meta = dict(geo_kw["metadata"])
     image_meta.update({ROLE_KEY: "image", "case_id": case.case_id})
     img_kw = {k: v for k, v in geo_kw.items() if k != "metadata"}
-    lo, hi = _display_window(case.image)
+    lo, hi = display_window(case.image)
     layers = [(case.image, {**img_kw, "name": case.case_id, "metadata": image_meta, "contrast_limits": (lo, hi), "colormap": "gray"}, "image")]
     for k, rater in enumerate(case.rater_names):
         if not case.valid[k]:
@@ -84,7 +84,7 @@ def case_layer_data(case: MultiRaterCase, contour: bool = False) -> list[tuple]:
     return layers
 
 
-def _display_window(image: np.ndarray) -> tuple[float, float]:
+def display_window(image: np.ndarray) -> tuple[float, float]:
     """A CT-friendly display window: lung window for HU data, else the 1-99.5 percentiles."""
     lo, hi = float(np.min(image)), float(np.max(image))
     if lo < -500 and hi > 0:
@@ -116,13 +116,60 @@ def upsert_layer(viewer, name: str, data, layer_type: str, like=None, **kwargs):
             set_labels_undoable(layer, np.asarray(data))
         else:
             layer.data = data
-        for key in ("scale", "translate", "rotate", "shear"):
-            if key in kw:
-                setattr(layer, key, kw[key])
-        layer.metadata.update(kw["metadata"])
+        sync_layer(layer, kw)
         return layer
     adder = {"labels": viewer.add_labels, "image": viewer.add_image}[layer_type]
     return adder(data, name=name, **kw)
+
+
+SYNC_KEYS = ("scale", "translate", "rotate", "shear", "affine", "units", "axis_labels")
+
+
+def unit_name(unit) -> str:
+    """``"mm"``, ``"millimeter"`` and pint's Unit('millimeter') all -> ``"millimeter"``."""
+    import pint
+
+    try:
+        return str(pint.get_application_registry().Unit(str(unit)))
+    except (ValueError, TypeError, AttributeError, pint.errors.PintError):
+        return str(unit)
+
+
+def _current(layer, key):
+    value = getattr(layer, key)
+    if key == "affine":
+        return np.asarray(value.affine_matrix, float)
+    if key == "units":
+        return tuple(unit_name(v) for v in value)
+    if key == "axis_labels":
+        return tuple(str(v) for v in value)
+    return np.asarray(value, float)
+
+
+def sync_layer(layer, kw: dict) -> None:
+    """Keep a reused layer on its image's grid: set every transform in ``kw`` (scale, translate,
+    rotate, shear, affine, units, axis labels, as from :func:`transform_kwargs`) that differs from
+    the layer's, then merge ``kw["metadata"]`` into its metadata."""
+    for key in SYNC_KEYS:
+        if key not in kw or kw[key] is None:
+            continue
+        cur = _current(layer, key)
+        if key in ("units", "axis_labels"):
+            new = tuple((unit_name if key == "units" else str)(v) for v in kw[key])
+            if cur != new:
+                setattr(layer, key, tuple(str(v) for v in kw[key]))
+            continue
+        new = np.asarray(kw[key], float)
+        if key == "shear" and new.ndim == 2 and cur.ndim == 1:
+            new = new[np.triu_indices(new.shape[0], 1)]
+        if cur.shape != new.shape or not np.allclose(cur, new):
+            setattr(layer, key, kw[key])
+    layer.metadata.update(kw.get("metadata", {}))
+
+
+def layer_in_viewer(viewer, layer) -> bool:
+    """Whether ``layer`` (proxied or not) is still one of the viewer's layers."""
+    return layer is not None and any(same_layer(ly, layer) for ly in viewer.layers)
 
 
 def set_labels_undoable(layer, new: np.ndarray) -> int:

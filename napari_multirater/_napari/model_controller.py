@@ -8,7 +8,8 @@ layer's geometry; ``mr samples`` gets one extra leading (sample) axis with scale
 
 from __future__ import annotations
 
-import os
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,8 +17,19 @@ import numpy as np
 from ..inference.engine import InferenceEngine
 from ..inference.roi import ROI, PredictionResult
 from ..io.geometry import METADATA_KEY, geometry_from_layer
-from .layers import ROLE_KEY, binary_colormap, layer_name, rater_color, transform_kwargs
-from .workers import run_to_completion, start_generator_worker
+from ..progress import Progress, run_to_completion
+from .layers import (
+    ROLE_KEY,
+    binary_colormap,
+    layer_in_viewer,
+    layer_name,
+    rater_color,
+    same_layer,
+    sync_layer,
+    transform_kwargs,
+    unit_name,
+)
+from .workers import start_generator_worker, threads_disabled
 
 SCOPES_2D = ("whole image", "region of interest")
 SCOPES_3D = ("current slice", "all slices", "region of interest")
@@ -30,9 +42,13 @@ EXPLORER = layer_name("latent explorer")
 ALL_EXPERTS = "all experts"
 
 
-def threads_disabled() -> bool:
-    """``MULTIRATER_NOTHREADS=1`` runs inference synchronously (debugging, scripts)."""
-    return os.environ.get("MULTIRATER_NOTHREADS", "0") not in ("", "0", "false", "False")
+__all__ = ["ALL_EXPERTS", "Explorer", "ModelController", "threads_disabled"]
+
+
+def _warn(message: str) -> None:
+    from napari.utils.notifications import show_warning
+
+    show_warning(message)
 
 
 def persona_layer_name(rater: str) -> str:
@@ -54,12 +70,14 @@ class Explorer:
     directions: np.ndarray
     strengths: np.ndarray
     seed: int
+    decode_ms: float = 0.0  # one decode of this image (the dock coalesces slider events when slow)
+    initial: np.ndarray | None = None  # mask at the prior mean (all sliders 0)
 
 
-def _extend_transforms(image_layer) -> dict:
-    """The image layer's transforms with one extra leading axis (scale 1, no translation)."""
-    kw = transform_kwargs(image_layer)
-    n = image_layer.ndim
+def _extend_transforms(image_kw: dict) -> dict:
+    """An image layer's transform kwargs with one extra leading axis (scale 1, no translation)."""
+    kw = dict(image_kw)
+    n = len(np.asarray(kw["scale"]))
     kw["scale"] = (1.0, *np.asarray(kw["scale"], float))
     kw["translate"] = (0.0, *np.asarray(kw["translate"], float))
     rot = np.eye(n + 1)
@@ -73,8 +91,10 @@ def _extend_transforms(image_layer) -> dict:
         kw.pop("shear")  # oblique shear on the sample axis is meaningless; keep the others
     else:
         kw.pop("shear", None)
-    kw["units"] = ("pixel", *[str(u) for u in image_layer.units])
-    kw["axis_labels"] = ("sample", *image_layer.axis_labels)
+    if "units" in kw:
+        kw["units"] = ("pixel", *[str(u) for u in kw["units"]])
+    if "axis_labels" in kw:
+        kw["axis_labels"] = ("sample", *[str(a) for a in kw["axis_labels"]])
     kw["metadata"] = {k: v for k, v in kw["metadata"].items() if k != METADATA_KEY}  # geometry is n-D
     return kw
 
@@ -105,13 +125,73 @@ class ModelController:
         self.worker = None
         self.last: dict[str, PredictionResult] = {}
         self.explorer: Explorer | None = None
+        self.dropped: str | None = None  # why the last finished result was not shown (None: shown)
+        self._target: tuple | None = None  # (image layer, transform kwargs) results are written for
+
+    # ------------------------------------------------------------------ jobs
+    def _launch(self, gen, desc: str, done, on_error, on_finished, on_progress, sync):
+        """Run generator ``gen`` in a worker (returned) or synchronously (None); ``done(result)``
+        runs on the GUI thread. One job at a time (``self.worker``)."""
+        def finished():
+            self.worker = None
+            if on_finished is not None:
+                on_finished()
+
+        self.dropped = None
+        if sync if sync is not None else threads_disabled():
+            try:
+                done(run_to_completion(gen, on_progress))
+            except Exception as e:  # same contract as the worker: report, never raise into Qt
+                if on_error is None:
+                    raise
+                on_error(e)
+            finally:
+                finished()
+            return None
+
+        def run():
+            return (yield from gen)
+        self.worker = start_generator_worker(run, desc=desc, on_done=done, on_error=on_error, on_finished=finished)
+        if on_progress is not None:
+            self.worker.yielded.connect(on_progress)
+        return self.worker
+
+    def _require_idle(self) -> None:
+        if self.worker is not None:
+            raise ValueError("a model job is already in progress: wait or cancel it")
 
     # ------------------------------------------------------------------ model and image
     def load_model(self, name_or_path, device: str = "auto", **kwargs) -> InferenceEngine:
-        self.engine = InferenceEngine.load(name_or_path, device=device, **kwargs)
+        """Load synchronously (scripts, tests; the dock uses :meth:`start_load`)."""
+        self._set_engine(InferenceEngine.load(name_or_path, device=device, **kwargs))
+        return self.engine
+
+    def start_load(self, name_or_path, device: str = "auto", *, on_done=None, on_error=None, on_finished=None,
+                   on_progress=None, sync: bool | None = None, **kwargs):
+        """Load a model in a worker with progress (reading, moving to the device); the engine is
+        swapped in on the GUI thread, then ``on_done(engine)``. Returns the worker (None if sync)."""
+        self._require_idle()
+
+        def done(engine):
+            self._set_engine(engine)
+            if on_done is not None:
+                on_done(engine)
+        return self._launch(InferenceEngine.iter_load(name_or_path, device, **kwargs), "load model", done,
+                            on_error, on_finished, on_progress, sync)
+
+    def _set_engine(self, engine) -> None:
+        self.engine = engine
         self.last.clear()
         self.explorer = None
-        return self.engine
+
+    def set_image_layer(self, layer) -> bool:
+        """Choose the image; returns True when it changed (then cached results/explorer are dropped)."""
+        if same_layer(layer, self.image_layer):
+            return False
+        self.image_layer = layer
+        self.last.clear()
+        self.explorer = None
+        return True
 
     def set_intensity(self, image_units: str = "auto", lidc_mapping: str = "fixed") -> None:
         """Change how raw image values are mapped to the model input (see inference.intensity)."""
@@ -126,7 +206,7 @@ class ModelController:
     def require(self):
         if self.engine is None:
             raise ValueError("load a model first (Model section)")
-        if self.image_layer is None or self.image_layer not in self.viewer.layers:
+        if not layer_in_viewer(self.viewer, self.image_layer):
             raise ValueError("choose an image layer first")
         if getattr(self.image_layer, "rgb", False) or self.image_layer.ndim not in (2, 3):
             raise ValueError(f"{self.image_layer.name!r} is not a 2D or 3D grey-value image")
@@ -138,8 +218,14 @@ class ModelController:
         return np.asarray(data)
 
     def geometry(self):
+        return geometry_from_layer(self.image_layer)
+
+    def spacing_known(self) -> bool:
+        """False for a plain array layer (no geometry metadata, scale 1, pixel units): the model
+        then runs at native size instead of resampling a made-up 1 mm spacing."""
         layer = self.image_layer
-        return geometry_from_layer(layer.scale, layer.translate, layer.metadata, getattr(layer, "rotate", None))
+        return (METADATA_KEY in layer.metadata or any(unit_name(u) != "pixel" for u in layer.units)
+                or not np.allclose(np.asarray(layer.scale, float), 1.0))
 
     def scopes(self) -> tuple[str, ...]:
         return SCOPES_3D if self.image_layer is not None and self.image_layer.ndim == 3 else SCOPES_2D
@@ -202,41 +288,58 @@ class ModelController:
         """Run ``action`` ('samples', 'personas', 'uncertainty') on ``scope``; the result is shown
         with :meth:`apply` (``show`` = its keyword arguments) on the GUI thread. Returns the worker
         (None when run synchronously). Errors in setup raise ValueError before anything starts."""
-        engine, _ = self.require()
-        if self.worker is not None:
-            raise ValueError("a model run is already in progress: wait or cancel it")
+        engine, layer = self.require()
+        self._require_idle()
         kw = self.run_kwargs(scope, roi_layer, size_mm)
         kw.update(samples=samples if action in ("samples", "uncertainty") else 0, seed=seed,
-                  personas=action == "personas", uncertainty=action == "uncertainty", batch_slices=batch_slices)
+                  personas=action == "personas", uncertainty=action == "uncertainty", batch_slices=batch_slices,
+                  source=str(layer.metadata.get("source_path") or f"image layer {layer.name!r}"))
+        if not self.spacing_known():
+            kw["target_spacing_mm"] = "native"
         image, geometry = self.image_data(), self.geometry()
+        # results belong to the grid of the image as it is now, whatever happens to the combo
+        target = (layer, transform_kwargs(layer))
         show = dict(show or {})
 
         def done(result):
-            self.last[action] = result
-            self.apply(action, result, **show)
+            self.dropped = self._stale(target[0], result.shape)
+            if self.dropped:
+                _warn(f"model {action}: result not shown: {self.dropped}")
+                return
+            if same_layer(target[0], self.image_layer):
+                self.last[action] = result
+            with self._output_to(*target):
+                self.apply(action, result, **show)
             if on_done is not None:
                 on_done(result)
 
-        def finished():
-            self.worker = None
-            if on_finished is not None:
-                on_finished()
+        return self._launch(engine.iter_predict_volume(image, geometry, **kw), f"model {action}", done,
+                            on_error, on_finished, on_progress, sync)
 
-        if sync if sync is not None else threads_disabled():
-            try:
-                done(run_to_completion(engine.iter_predict_volume(image, geometry, **kw), on_progress))
-            except Exception as e:  # same contract as the worker: report, never raise into Qt
-                if on_error is None:
-                    raise
-                on_error(e)
-            finally:
-                finished()
-            return None
-        self.worker = start_generator_worker(engine.iter_predict_volume, image, geometry, desc=f"model {action}",
-                                             on_done=done, on_error=on_error, on_finished=finished, **kw)
-        if on_progress is not None:
-            self.worker.yielded.connect(on_progress)
-        return self.worker
+    def _stale(self, layer, shape) -> str | None:
+        """Why results computed for ``layer`` at ``shape`` can no longer be shown (None: they can)."""
+        if not layer_in_viewer(self.viewer, layer):
+            return f"the image layer {layer.name!r} was removed while the model was running"
+        now = tuple(np.shape(layer.data[0] if getattr(layer, "multiscale", False) else layer.data))
+        if now != tuple(shape):
+            return f"the image layer {layer.name!r} changed shape from {tuple(shape)} to {now} during the run"
+        return None
+
+    @contextmanager
+    def _output_to(self, layer, kw):
+        """Write result layers for ``layer`` with transforms ``kw`` (captured when a job started)."""
+        prev, self._target = self._target, (layer, kw)
+        try:
+            yield
+        finally:
+            self._target = prev
+
+    @property
+    def _out_layer(self):
+        return self._target[0] if self._target is not None else self.image_layer
+
+    def _out_kw(self) -> dict:
+        return dict(self._target[1]) if self._target is not None else transform_kwargs(self.image_layer)
 
     def cancel(self) -> None:
         if self.worker is not None:
@@ -245,49 +348,40 @@ class ModelController:
     # ------------------------------------------------------------------ layers
     def _meta(self, role: str, **extra) -> dict:
         return {ROLE_KEY: role, "model": self.engine.name if self.engine else None,
-                "image_layer": self.image_layer.name, **extra}
+                "image_layer": self._out_layer.name, **extra}
 
     def _layer_kwargs(self, like_kw, kwargs) -> dict:
-        kw = dict(like_kw if like_kw is not None else transform_kwargs(self.image_layer))
+        kw = dict(like_kw if like_kw is not None else self._out_kw())
         kw["metadata"] = {**kw.get("metadata", {}), **kwargs.pop("metadata", {})}
         kw.update(kwargs)
         return kw
 
-    @staticmethod
-    def _sync(layer, kw) -> None:
-        """Keep a reused layer on its image's grid (the image layer may have changed)."""
-        for key in ("scale", "translate", "rotate", "affine"):
-            if key in kw and not np.allclose(np.asarray(getattr(layer, key) if key != "affine" else
-                                                        layer.affine.affine_matrix, float), np.asarray(kw[key], float)):
-                setattr(layer, key, kw[key])
-        layer.metadata.update(kw["metadata"])
-
     def _labels(self, name, result_region, arr, lead=0, like_kw=None, **kwargs):
         """Create or update a Labels layer: region written through the undo history."""
-        full_shape = (arr.shape[:lead] if lead else ()) + tuple(np.shape(self.image_layer.data))
+        full_shape = (arr.shape[:lead] if lead else ()) + tuple(np.shape(self._out_layer.data))
         kw = self._layer_kwargs(like_kw, kwargs)
         layer = self.viewer.layers[name] if name in self.viewer.layers else None
         if layer is not None and layer.data.shape == full_shape:
             _write_labels_region(layer, _full_index(result_region, lead), arr)
-            self._sync(layer, kw)
+            sync_layer(layer, kw)
             return layer
         data = np.zeros(full_shape, arr.dtype if arr.dtype.kind in "iu" else np.uint8)
         data[_full_index(result_region, lead)] = arr
         if layer is not None:  # shape changed (other image, other n): replace data (not undoable)
             layer.data = data
-            self._sync(layer, kw)
+            sync_layer(layer, kw)
             return layer
         return self.viewer.add_labels(data, name=name, **kw)
 
     def _image(self, name, region, arr, **kwargs):
         """Create or update a float Image layer (region replaced, contrast fixed to 0..1)."""
-        shape = tuple(np.shape(self.image_layer.data))
+        shape = tuple(np.shape(self._out_layer.data))
         kw = self._layer_kwargs(None, kwargs)
         layer = self.viewer.layers[name] if name in self.viewer.layers else None
         if layer is not None and layer.data.shape == shape:
             layer.data[tuple(region)] = arr
             layer.refresh()
-            self._sync(layer, kw)
+            sync_layer(layer, kw)
             return layer
         data = np.zeros(shape, np.float32)
         data[tuple(region)] = arr
@@ -309,7 +403,7 @@ class ModelController:
         out = []
         if result.samples_region is not None:
             layer = self._labels(SAMPLES, result.region, result.samples_region, lead=1,
-                                 like_kw=_extend_transforms(self.image_layer), opacity=0.6,
+                                 like_kw=_extend_transforms(self._out_kw()), opacity=0.6,
                                  metadata=self._meta("sample", seed=result.info.get("seed")),
                                  colormap=binary_colormap("#ffd700"))
             out.append(layer)
@@ -399,29 +493,50 @@ class ModelController:
         return base if z is None else (slice(z, z + 1), *base)
 
     def _select_image(self):
-        if self.image_layer in self.viewer.layers:
-            self.viewer.layers.selection.active = self.image_layer
+        if layer_in_viewer(self.viewer, self._out_layer):
+            self.viewer.layers.selection.active = self._out_layer
 
     # ------------------------------------------------------------------ latent explorer
     def explorer_start(self, mode: str = "axes", seed: int = 0) -> Explorer:
-        """Encode the 2D image / current slice once; sliders then only re-decode (ms)."""
-        engine, _ = self.require()
-        image, z = self._current_2d()
-        enc = engine.encode(image)
-        prior = engine.latent_prior(enc)
-        if prior is None:
+        """Encode the 2D image / current slice once; sliders then only re-decode (ms). Synchronous;
+        the dock uses :meth:`start_explorer` (principal directions take n full-slice decodes)."""
+        out = []
+        self.start_explorer(mode, seed, on_done=out.append, sync=True)
+        return out[0]
+
+    def start_explorer(self, mode: str = "axes", seed: int = 0, *, on_done=None, on_error=None, on_finished=None,
+                       on_progress=None, sync: bool | None = None):
+        """Encode, compute the slider directions and decode the prior mean in a worker with progress;
+        the explorer is installed on the GUI thread, then ``on_done(explorer)``. Returns the worker."""
+        engine, layer = self.require()
+        self._require_idle()
+        if engine.capabilities.latent_dim <= 0:
             raise ValueError(f"{engine.model.method} has no latent space to explore")
-        directions, strengths = engine.latent_directions(enc, mode, seed=seed)
-        self.explorer = Explorer(enc, z, prior[0], prior[1], directions, strengths, int(seed))
-        if EXPLORER in self.viewer.layers:
-            self.viewer.layers[EXPLORER].data[...] = 0
-        self.explorer_set(np.zeros(len(prior[0])))
-        return self.explorer
+        image, z = self._current_2d()
+        target = (layer, transform_kwargs(layer))
+        full_shape = tuple(np.shape(self.image_data()))
+
+        def done(ex):
+            self.dropped = self._stale(target[0], full_shape) or (
+                None if same_layer(target[0], self.image_layer) else "another image was chosen meanwhile")
+            if self.dropped:
+                _warn(f"latent explorer: not started: {self.dropped}")
+                return
+            self.explorer = ex
+            with self._output_to(*target):
+                if EXPLORER in self.viewer.layers:
+                    self.viewer.layers[EXPLORER].data[...] = 0
+                self._explorer_layer(ex.initial)
+            if on_done is not None:
+                on_done(ex)
+
+        return self._launch(_iter_explorer(engine, image, z, mode, int(seed)), "latent explorer", done,
+                            on_error, on_finished, on_progress, sync)
 
     def _explorer_layer(self, mask):
         ex = self.explorer
         region = self._slice_region(ex.z_index, mask.shape)
-        shape = tuple(np.shape(self.image_layer.data))
+        shape = tuple(np.shape(self._out_layer.data))
         if EXPLORER in self.viewer.layers and self.viewer.layers[EXPLORER].data.shape == shape:
             layer = self.viewer.layers[EXPLORER]
             layer.data[region] = mask  # a live preview: not recorded in the undo history
@@ -448,6 +563,21 @@ class ModelController:
         if self.explorer is None or self.engine is None:
             raise ValueError("start the latent explorer first")
         return self.explorer
+
+
+def _iter_explorer(engine, image, z, mode: str, seed: int):
+    """Generator (worker side): encode, slider directions, first decode; returns an Explorer."""
+    yield Progress(0, None, "encoding")
+    enc = engine.encode(image)
+    prior = engine.latent_prior(enc)
+    if prior is None:
+        raise ValueError(f"{engine.model.method} has no latent space to explore")
+    directions, strengths = yield from engine.iter_latent_directions(enc, mode, seed=seed)
+    t = time.perf_counter()
+    zero = engine.latent_from_coefficients(enc, np.zeros(len(prior[0]), np.float32), directions)
+    initial = (engine.decode(enc, zero)[0] > 0.5).astype(np.uint8)
+    decode_ms = (time.perf_counter() - t) * 1000
+    return Explorer(enc, z, prior[0], prior[1], directions, strengths, seed, decode_ms, initial)
 
 
 def sample_contours(samples: np.ndarray) -> np.ndarray:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.medical import is_dicom_dir, is_supported_file, read_image
-from .layers import ROLE_KEY, _display_window
+from ..io.medical import SUPPORTED_SUFFIXES, is_dicom_dir, is_supported_file, read_image
+from .layers import ROLE_KEY, display_window
 
 MAX_LABEL_VALUES = 32
 
@@ -44,7 +44,7 @@ def read_medical(path) -> list[tuple]:
     array, geometry, info = read_image(path)
     kw = geometry.layer_kwargs(str(path))
     name = Path(path).name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"):
+    for suffix in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True):  # .nii.gz before .nii
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
@@ -57,7 +57,7 @@ def read_medical(path) -> list[tuple]:
     if _looks_like_labels(array):
         kw["metadata"][ROLE_KEY] = "labels"
         return [(array, kw, "labels")]
-    kw["contrast_limits"] = _display_window(array)
+    kw["contrast_limits"] = display_window(array)
     kw["colormap"] = "gray"
     return [(array, kw, "image")]
 

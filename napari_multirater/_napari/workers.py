@@ -2,7 +2,8 @@
 shown as notifications.
 
 Library code is written as generators that yield ``Progress`` items (one per sample, slice or
-case) and return their result. ``start_generator_worker`` runs one in a napari GeneratorWorker:
+case; defined in the Qt-free :mod:`napari_multirater.progress`, re-exported here) and return their
+result. ``start_generator_worker`` runs one in a napari GeneratorWorker:
 each yield advances a napari progress bar, ``worker.quit()`` (the Cancel button) takes effect at
 the next yield, the result is handed to ``on_done`` on the GUI thread, and an exception becomes a
 napari error notification with a clear message instead of a traceback or a frozen GUI.
@@ -10,28 +11,17 @@ napari error notification with a clear message instead of a traceback or a froze
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+
+from ..progress import Progress, run_to_completion
+
+__all__ = ["Progress", "run_to_completion", "start_generator_worker", "threads_disabled"]
 
 
-@dataclass
-class Progress:
-    """One unit of work done: ``done`` of ``total`` (total None when unknown) plus a message."""
-
-    done: int
-    total: int | None = None
-    message: str = ""
-
-
-def run_to_completion(gen: Generator, on_progress: Callable[[Progress], None] | None = None):
-    """Drive a progress generator synchronously (scripts, CLI, tests); returns its result."""
-    while True:
-        try:
-            item = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if on_progress is not None and isinstance(item, Progress):
-            on_progress(item)
+def threads_disabled() -> bool:
+    """``MULTIRATER_NOTHREADS=1`` runs inference synchronously (debugging, scripts)."""
+    return os.environ.get("MULTIRATER_NOTHREADS", "0") not in ("", "0", "false", "False")
 
 
 def start_generator_worker(

@@ -1,4 +1,9 @@
-"""``multirater raters``: rater-style report of a multi-rater dataset (CSV, markdown, PNG)."""
+"""``multirater raters``: rater-style report of a multi-rater dataset (CSV, markdown, PNG).
+
+:func:`style_report` is the one skip-and-report loop shared with the viewer's dataset report: a
+broken case is skipped, a broken rater file leaves that rater out, and every problem is listed in
+the report's notes (and printed by the command).
+"""
 
 from __future__ import annotations
 
@@ -36,22 +41,53 @@ def _progress(done: int, total: int | None, case_id: str) -> None:
     sys.stderr.flush()
 
 
+def style_report(dataset, *, consensus: str = "staple", max_cases: int | None = None,
+                 region_margin_mm: float = 5.0, progress=None, prepare=None, should_stop=None):
+    """``(StyleReport, problems)`` of ``dataset``, never stopped by one broken case or file.
+
+    ``progress(done, total, case_id)`` counts skipped cases too; ``prepare(case)`` may shrink each
+    case before the analysis; ``should_stop()`` ends early (Cancel). Problems go to the notes.
+    """
+    from ..datasets.case_folder import iter_cases_reporting
+    from .style import dataset_style
+
+    total = len(dataset) if max_cases is None else min(len(dataset), max_cases)
+    problems: list[str] = []
+    skipped = [0]
+
+    def on_skip(i: int, case_id: str) -> None:
+        skipped[0] += 1
+        if progress is not None:
+            progress(i + 1, total, f"skipped {case_id}")
+
+    cases = iter_cases_reporting(dataset, problems, max_cases, on_skip, should_stop)
+    if prepare is not None:
+        cases = map(prepare, cases)
+    report = dataset_style(cases, consensus=consensus, region_margin_mm=region_margin_mm,
+                           progress=None if progress is None else
+                           (lambda done, _total, cid: progress(done + skipped[0], total, cid)))
+    report.notes.extend(problems)
+    return report, problems
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the dataset, build the style report, write it and print the markdown table."""
     from ..datasets import open_dataset
     from .report import style_markdown, write_style_report
-    from .style import dataset_style
 
     if args.max_cases is not None and args.max_cases < 1:
         print("error: --max-cases must be at least 1", file=sys.stderr)
         return 2
     try:
         dataset = open_dataset(args.data, split=args.split)
-        report = dataset_style(dataset, progress=_progress, consensus=args.consensus, max_cases=args.max_cases)
+        report, problems = style_report(dataset, progress=_progress, consensus=args.consensus,
+                                        max_cases=args.max_cases)
     except DatasetError as exc:
         sys.stderr.write("\n")
         print(f"error: cannot read dataset {args.data}: {exc}", file=sys.stderr)
         return 2
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
     if report.n_cases == 0:
         print(f"error: no cases in {args.data}" + (f" (split {args.split})" if args.split else ""), file=sys.stderr)
         return 2

@@ -31,6 +31,8 @@ except ImportError:  # pragma: no cover - Windows
 
 
 LOCK_MODE_ENV = "NAPARI_MULTIRATER_LOCK_MODE"
+DEFAULT_TIMEOUT = 30.0  # explicit actions (Save button, case switch): worth waiting for
+AUTOSAVE_TIMEOUT = 0.5  # timer-driven saves on the GUI thread: give up fast, retry next tick
 
 
 class LockTimeout(DatasetError):
@@ -56,7 +58,7 @@ class FileLock:
     ``excl``); ``False`` forces the portable lock-file mode (the tests exercise both).
     """
 
-    def __init__(self, path, timeout: float = 30.0, poll: float = 0.02, stale_after: float = 120.0,
+    def __init__(self, path, timeout: float = DEFAULT_TIMEOUT, poll: float = 0.02, stale_after: float = 120.0,
                  use_flock: bool | None = None):
         self.path = Path(path)
         self.timeout = float(timeout)

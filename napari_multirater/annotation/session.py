@@ -101,6 +101,19 @@ class AnnotationSession:
         now = self.clock() if now is None else now
         return now - self._last_save_t >= self.autosave_interval
 
+    def check_due(self, now: float | None = None) -> bool:
+        """True when ``autosave_interval`` passed since the last save or check, edits or not:
+        some edits send no event (napari's undo/redo), so the mask itself must be compared."""
+        if self.autosave_interval <= 0 or self._last_save_t is None:
+            return False
+        now = self.clock() if now is None else now
+        return now - self._last_save_t >= self.autosave_interval
+
+    def mark_unchanged(self, now: float | None = None) -> None:
+        """The mask equals the saved one: nothing to save; the next check is an interval away."""
+        self.dirty = False
+        self._last_save_t = self.clock() if now is None else now
+
     def save_kwargs(self) -> dict:
         """Keyword arguments for :meth:`AnnotationStore.save_mask`."""
         return {

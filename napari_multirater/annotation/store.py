@@ -12,14 +12,17 @@ collected can be trained on directly (``multirater train``)::
                                                  image_sha256, mask_sha256, provenance
     <project>/cases/<case>/raters/.<rater>.lock  per-(case, rater) lock
     <project>/cases/<case>/raters/.pending/<rater>/   staging area of a save in progress
+    <project>/cases/<case>/raters/.pending/<rater>.unsaved-<time>.nii.gz   emergency copy (save failed)
+    <project>/cases/<case>/raters/.broken/<rater>-<time>.*   an unreadable mask + sidecar, moved aside
 
 Saving is crash safe and concurrency safe:
 
 * every save of (case, rater) runs under that pair's lock (:class:`~.lock.FileLock`: ``flock``,
   released by the kernel when a process dies, or an ``O_EXCL`` lock file elsewhere);
 * the mask and the sidecar are first written completely into the staging folder (each file
-  itself via a temporary name and an atomic rename); writing the staged sidecar is the commit
-  point; then both are renamed over the live files;
+  itself via a temporary name, fsync and an atomic rename; the mask is on disk before the
+  sidecar is written); writing the staged sidecar is the commit point; then both are renamed
+  over the live files;
 * before every load or save under the lock, a staged save left by a killed process is finished
   when it was committed (staged sidecar present) and discarded otherwise, so the live mask and
   sidecar always belong to one completed save, and a crash loses at most the save in progress;
@@ -33,6 +36,7 @@ image it loaded, which must equal the checksum of the image on disk and the one 
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import re
@@ -52,6 +56,7 @@ from ..datasets.case_folder import (
     create_dataset,
     find_file,
     image_checksum,
+    list_case_ids,
     new_manifest,
     now_iso,
     read_json,
@@ -59,8 +64,16 @@ from ..datasets.case_folder import (
     write_json,
 )
 from ..io.geometry import Geometry
-from ..io.medical import MedicalIOError, read_image, read_label_image, write_image
-from .lock import FileLock
+from ..io.medical import (
+    SINGLE_FILE_SUFFIXES,
+    SUPPORTED_SUFFIXES,
+    MedicalIOError,
+    fsync_dir,
+    read_image,
+    read_label_image,
+    write_image,
+)
+from .lock import DEFAULT_TIMEOUT, FileLock
 
 __all__ = [
     "AnnotationStore",
@@ -72,9 +85,8 @@ __all__ = [
 
 PROJECT_LOCK = ".dataset.lock"
 PENDING_DIR = ".pending"
+BROKEN_DIR = ".broken"
 DEFAULT_MASK_SUFFIX = ".nii.gz"
-_SINGLE_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 CONFIG_ENV = "NAPARI_MULTIRATER_CONFIG"
 
 
@@ -86,7 +98,7 @@ def case_id_from_path(path) -> str:
     """A valid case id from an image file (or DICOM folder) name: suffix removed, other
     characters than letters, digits and ``_.-`` replaced by ``_``."""
     name = Path(path).name
-    for suffix in _IMAGE_SUFFIXES:
+    for suffix in SUPPORTED_SUFFIXES:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
@@ -96,10 +108,23 @@ def case_id_from_path(path) -> str:
 
 def _mask_suffix(path: Path) -> str:
     name = path.name.lower()
-    for s in _SINGLE_FILE_SUFFIXES:
+    for s in SINGLE_FILE_SUFFIXES:
         if name.endswith(s):
             return s
     return DEFAULT_MASK_SUFFIX
+
+
+def _stamp() -> str:
+    return _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+
+
+def _free_name(folder: Path, stem: str, suffix: str) -> Path:
+    """``folder/stem+suffix``, or with ``-2``, ``-3``... when that exists."""
+    p, n = folder / f"{stem}{suffix}", 1
+    while p.exists():
+        n += 1
+        p = folder / f"{stem}-{n}{suffix}"
+    return p
 
 
 def _binary_mask(mask, where: str) -> np.ndarray:
@@ -126,7 +151,7 @@ class _ImageInfo:
 class AnnotationStore:
     """Read and write rater annotations of a case-folder project (see the module docstring)."""
 
-    def __init__(self, project_dir, lock_timeout: float = 30.0):
+    def __init__(self, project_dir, lock_timeout: float = DEFAULT_TIMEOUT):
         self.root = Path(project_dir)
         self.lock_timeout = float(lock_timeout)
         m = read_json(self.root / MANIFEST, "project manifest")
@@ -145,7 +170,7 @@ class AnnotationStore:
         labels: dict | None = None,
         intensity_window: Sequence[float] | None = None,
         description: str = "",
-        lock_timeout: float = 30.0,
+        lock_timeout: float = DEFAULT_TIMEOUT,
     ) -> AnnotationStore:
         """Create an empty project (refuses to overwrite an existing ``dataset.json``)."""
         manifest = new_manifest(name, list(raters), modality=modality, labels=labels,
@@ -167,16 +192,21 @@ class AnnotationStore:
     def raters(self) -> list[str]:
         return list(self.manifest["raters"])
 
-    def _project_lock(self) -> FileLock:
-        return FileLock(self.root / PROJECT_LOCK, timeout=self.lock_timeout)
+    def _timeout(self, timeout: float | None) -> float:
+        return self.lock_timeout if timeout is None else float(timeout)
 
-    def _rater_lock(self, case_id: str, rater: str) -> FileLock:
-        return FileLock(self.case_dir(case_id) / "raters" / f".{rater}.lock", timeout=self.lock_timeout)
+    def _project_lock(self, timeout: float | None = None) -> FileLock:
+        return FileLock(self.root / PROJECT_LOCK, timeout=self._timeout(timeout))
 
-    def add_rater(self, rater: str) -> bool:
+    def _rater_lock(self, case_id: str, rater: str, timeout: float | None = None) -> FileLock:
+        return FileLock(self.case_dir(case_id) / "raters" / f".{rater}.lock", timeout=self._timeout(timeout))
+
+    def add_rater(self, rater: str, lock_timeout: float | None = None) -> bool:
         """Add ``rater`` to the manifest (merged with concurrent additions); True if it was new."""
         check_identifier(rater, "rater id")
-        with self._project_lock():
+        if rater in self.raters():  # raters are never removed: no lock needed to see it is there
+            return False
+        with self._project_lock(lock_timeout):
             m = read_json(self.root / MANIFEST, "project manifest")
             if rater in m.get("raters", []):
                 return False
@@ -187,17 +217,7 @@ class AnnotationStore:
 
     # --- cases ---------------------------------------------------------------------------------
     def case_ids(self) -> list[str]:
-        d = self.root / "cases"
-        if not d.is_dir():
-            return []
-        out = []
-        for p in sorted(d.iterdir()):
-            if p.is_dir() and not p.name.startswith("."):
-                try:
-                    out.append(check_identifier(p.name, "case id"))
-                except DatasetError:
-                    continue
-        return out
+        return list_case_ids(self.root)
 
     def case_dir(self, case_id: str) -> Path:
         return self.root / "cases" / check_identifier(case_id, "case id")
@@ -334,6 +354,7 @@ class AnnotationStore:
                 if staged.is_file():
                     os.replace(staged, rdir / target)
                 os.replace(side, rdir / f"{rater}.json")
+                fsync_dir(rdir)
                 outcome = "finished"
             except (ValueError, OSError):
                 outcome = "discarded"
@@ -359,7 +380,7 @@ class AnnotationStore:
         for p in rdir.iterdir():
             if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".json"):
                 stem = p.name
-                for s in _IMAGE_SUFFIXES:
+                for s in SUPPORTED_SUFFIXES:
                     if stem.lower().endswith(s):
                         found.add(stem[: -len(s)])
                         break
@@ -409,6 +430,7 @@ class AnnotationStore:
         created: str | None = None,
         image_sha256: str | None = None,
         geometry: Geometry | None = None,
+        lock_timeout: float | None = None,
     ) -> dict:
         """Save ``rater``'s binary mask of ``case_id``; returns the written sidecar.
 
@@ -416,6 +438,7 @@ class AnnotationStore:
         :meth:`load_image`); ``geometry`` the mask's geometry. Refused with
         :class:`ChecksumMismatch` / :class:`DatasetError` when they, or the shape, do not match
         the case's image. ``created`` defaults to the existing sidecar's creation time.
+        ``lock_timeout`` overrides the store's (e.g. short for autosave): :class:`LockTimeout`.
         """
         check_identifier(rater, "rater id")
         if not isinstance(provenance, dict) or "kind" not in provenance:
@@ -441,9 +464,9 @@ class AnnotationStore:
             diff = img.geometry.mismatch(geometry)
             if diff is not None:
                 raise DatasetError(f"{where}: mask geometry does not match the image: {diff} (mask vs image)")
-        self.add_rater(rater)
+        self.add_rater(rater, lock_timeout)
         rdir.mkdir(parents=True, exist_ok=True)
-        with self._rater_lock(case_id, rater):
+        with self._rater_lock(case_id, rater, lock_timeout):
             self._recover(case_id, rater)
             existing = find_file(rdir, rater)
             suffix = _mask_suffix(existing) if existing is not None else DEFAULT_MASK_SUFFIX
@@ -459,14 +482,64 @@ class AnnotationStore:
             pend = self._pending(case_id, rater)
             shutil.rmtree(pend, ignore_errors=True)
             pend.mkdir(parents=True)
-            try:
-                write_image(pend / f"mask{suffix}", mask, img.geometry, label=True)
+            try:  # the mask is on disk (fsync) before the sidecar commits to it
+                write_image(pend / f"mask{suffix}", mask, img.geometry, label=True, fsync=True)
             except MedicalIOError as e:
                 shutil.rmtree(pend, ignore_errors=True)
                 raise DatasetError(str(e)) from None
             write_json(pend / "sidecar.json", sidecar)  # commit point
+            fsync_dir(pend)
             self._recover(case_id, rater)  # rename both into place
         return sidecar
+
+    def quarantine(self, case_id: str, rater: str) -> list[Path]:
+        """Move ``rater``'s (unreadable) mask and sidecar to ``raters/.broken/<rater>-<time>.*``
+        so a fresh start can never overwrite them; returns the new paths."""
+        rdir = self._existing_case_dir(case_id) / "raters"
+        with self._rater_lock(case_id, rater):
+            self._recover(case_id, rater)
+            files = {}
+            mpath = find_file(rdir, rater)
+            if mpath is not None:
+                files[mpath] = _mask_suffix(mpath)
+            if (rdir / f"{rater}.json").exists():
+                files[rdir / f"{rater}.json"] = ".json"
+            if not files:
+                return []
+            dest = rdir / BROKEN_DIR
+            dest.mkdir(exist_ok=True)
+            stem, n = f"{rater}-{_stamp()}", 1
+            while any((dest / f"{stem}{ext}").exists() for ext in files.values()):
+                n += 1
+                stem = f"{rater}-{_stamp()}-{n}"
+            moved = []
+            for f, ext in files.items():
+                os.replace(f, dest / f"{stem}{ext}")
+                moved.append(dest / f"{stem}{ext}")
+            fsync_dir(dest)
+            fsync_dir(rdir)
+        return moved
+
+    def save_emergency_copy(self, case_id: str, rater: str, mask, geometry: Geometry, record: dict) -> Path:
+        """Write a mask that could not be saved normally to
+        ``raters/.pending/<rater>.unsaved-<time>.nii.gz`` (+ ``.json`` with ``record``), without
+        locks or checks; if the project cannot be written, beside the rater config instead."""
+        check_identifier(rater, "rater id")
+        mask = (np.asarray(mask) != 0).astype(np.uint8)
+        record = {**record, "rater": rater, "case_id": case_id, "saved": now_iso(),
+                  "mask_sha256": image_checksum(mask), "note": "emergency copy: the normal save failed"}
+        errors = []
+        for folder in (self.case_dir(case_id) / "raters" / PENDING_DIR,
+                       config_path().parent / "unsaved" / case_id):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                path = _free_name(folder, f"{rater}.unsaved-{_stamp()}", DEFAULT_MASK_SUFFIX)
+                write_image(path, mask, geometry, label=True, fsync=True)
+                write_json(path.with_name(path.name[: -len(DEFAULT_MASK_SUFFIX)] + ".json"), record)
+                return path
+            except (OSError, MedicalIOError) as e:
+                errors.append(f"{folder}: {e}")
+        raise DatasetError("could not write an emergency copy: " + "; ".join(errors))
 
     # --- progress and navigation ---------------------------------------------------------------
     def progress(self, rater: str) -> tuple[int, int]:

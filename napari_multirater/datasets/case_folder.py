@@ -9,7 +9,9 @@ Layout::
     <dataset>/cases/<case_id>/raters/<rater>.json     annotation sidecar (rater, times, provenance)
 
 A rater without a mask file is *missing* for that case (validity flag False), which is different
-from an empty mask (the rater saw no lesion).
+from an empty mask (the rater saw no lesion). A broken sidecar never invalidates its mask; a
+broken mask raises (``strict``, the default: training wants a clear error naming the file) or
+marks that rater invalid; either way the problem is listed in ``case.meta["problems"]``.
 """
 
 from __future__ import annotations
@@ -20,20 +22,20 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
-from ..io.medical import MedicalIOError, read_image, read_label_image, write_image
+from ..io.medical import WRITABLE_SUFFIXES, MedicalIOError, read_image, read_label_image, write_image
 from .case import DatasetError, MultiRaterCase
 
 FORMAT_NAME = "napari-multirater/dataset"
 FORMAT_VERSION = 1
 MANIFEST = "dataset.json"
 IMAGE_STEM = "image"
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".nhdr", ".mhd")
+IMAGE_SUFFIXES = WRITABLE_SUFFIXES  # from io.medical, the single list
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -46,6 +48,15 @@ def check_identifier(value: str, what: str) -> str:
     if not isinstance(value, str) or not _ID_RE.match(value) or value in (".", ".."):
         raise DatasetError(f"invalid {what} {value!r}: use letters, digits, '_', '-', '.' (max 128)")
     return value
+
+
+def list_case_ids(root) -> list[str]:
+    """Sorted valid case ids under ``<root>/cases``; stray folders (``.ipynb_checkpoints``,
+    names with spaces...) are ignored. Shared by datasets and the annotation store."""
+    d = Path(root) / "cases"
+    if not d.is_dir():
+        return []
+    return sorted(p.name for p in d.iterdir() if p.is_dir() and _ID_RE.match(p.name))
 
 
 def image_checksum(array: np.ndarray) -> str:
@@ -179,15 +190,16 @@ def annotation_sidecar(
 
 
 class CaseFolderDataset(Sequence):
-    """Lazy reader of a case-folder dataset; ``dataset[i]`` loads and validates one case."""
+    """Lazy reader of a case-folder dataset; ``dataset[i]`` loads and validates one case
+    (``strict``: a broken rater mask raises, else it only marks that rater invalid)."""
 
-    def __init__(self, root, split: str | None = None):
+    def __init__(self, root, split: str | None = None, strict: bool = True):
         self.root = Path(root)
+        self.strict = bool(strict)
         self.manifest = read_json(self.root / MANIFEST, "dataset manifest")
         validate_manifest(self.manifest, str(self.root / MANIFEST))
         self.rater_names: list[str] = list(self.manifest["raters"])
-        cases_dir = self.root / "cases"
-        all_ids = sorted(p.name for p in cases_dir.iterdir() if p.is_dir()) if cases_dir.is_dir() else []
+        all_ids = list_case_ids(self.root)
         self.split = split
         if split is not None:
             splits = self.manifest.get("splits", {})
@@ -231,8 +243,11 @@ class CaseFolderDataset(Sequence):
     def patient_ids(self) -> list[str]:
         return [self._patient_of(c) for c in self.case_ids]
 
-    def load_case(self, case_id: str) -> MultiRaterCase:
-        """Load one case; DatasetError naming the file if anything is wrong."""
+    def load_case(self, case_id: str, strict: bool | None = None) -> MultiRaterCase:
+        """Load one case (``strict`` defaults to the dataset's). DatasetError naming the file
+        when the image is unusable or, strict, a rater mask or ``case.json``; otherwise those
+        problems and broken sidecars are listed in ``meta["problems"]``."""
+        strict = self.strict if strict is None else bool(strict)
         cdir = self.case_dir(case_id)
         img_path = find_file(cdir, IMAGE_STEM)
         if img_path is None:
@@ -241,7 +256,15 @@ class CaseFolderDataset(Sequence):
             image, geometry, _ = read_image(img_path)
         except MedicalIOError as e:
             raise DatasetError(str(e)) from None
-        info = read_json(cdir / "case.json", "case info") if (cdir / "case.json").exists() else {}
+        problems: list[str] = []
+        info = {}
+        if (cdir / "case.json").exists():
+            try:
+                info = read_json(cdir / "case.json", "case info")
+            except DatasetError as e:
+                if strict:
+                    raise
+                problems.append(str(e))
         masks = np.zeros((len(self.rater_names), *image.shape), np.uint8)
         valid = np.zeros(len(self.rater_names), bool)
         sidecars = {}
@@ -250,31 +273,73 @@ class CaseFolderDataset(Sequence):
             if mpath is None:
                 continue
             try:
-                m, _, _ = read_label_image(mpath, reference=geometry, shape=image.shape)
-            except MedicalIOError as e:
-                raise DatasetError(str(e)) from None
-            values = np.unique(m)
-            if not set(values.tolist()) <= {0, 1}:
-                raise DatasetError(f"{mpath}: mask must be binary (0/1), found values {values[:8].tolist()}")
-            masks[k] = m
+                masks[k] = _read_mask(mpath, geometry, image.shape)
+            except DatasetError as e:
+                if strict:
+                    raise
+                problems.append(f"rater {rater} left out: {e}")
+                continue
             valid[k] = True
             side = mpath.parent / f"{rater}.json"
-            if side.exists():
-                sidecars[rater] = read_json(side, "annotation sidecar")
+            if side.exists():  # metadata only: a broken sidecar never costs the mask
+                try:
+                    sidecars[rater] = read_json(side, "annotation sidecar")
+                except DatasetError as e:
+                    problems.append(f"rater {rater}: {e} (mask used, sidecar ignored)")
         meta = {"patient_id": info.get("patient_id", case_id), "case_dir": str(cdir), "image_path": str(img_path)}
         meta.update({k: v for k, v in info.items() if k not in meta})
         meta["sidecars"] = sidecars
+        meta["problems"] = problems
         return MultiRaterCase(case_id, image, masks, valid, list(self.rater_names), geometry, meta)
 
     def check(self) -> list[str]:
-        """Load every case; return one message per broken case (nothing raised)."""
-        problems = []
-        for cid in self.case_ids:
-            try:
-                self.load_case(cid)
-            except DatasetError as e:
-                problems.append(str(e))
+        """Load every case; one message per broken case or file (nothing raised)."""
+        problems: list[str] = []
+        for _ in iter_cases_reporting(self, problems):
+            pass
         return problems
+
+
+def _read_mask(path: Path, geometry, shape) -> np.ndarray:
+    try:
+        m, _, _ = read_label_image(path, reference=geometry, shape=shape)
+    except MedicalIOError as e:
+        raise DatasetError(str(e)) from None
+    values = np.unique(m)
+    if not set(values.tolist()) <= {0, 1}:
+        raise DatasetError(f"{path}: mask must be binary (0/1), found values {values[:8].tolist()}")
+    return m
+
+
+def iter_cases_reporting(
+    dataset,
+    problems: list[str],
+    max_cases: int | None = None,
+    on_skip: Callable[[int, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[MultiRaterCase]:
+    """The one skip-and-report loop (``multirater raters``, the viewer's dataset report, ``check``).
+
+    Yields every case of ``dataset`` (any dataset; case folders are read non-strictly) that can
+    be loaded; each skipped case and each broken rater file is appended to ``problems`` as a
+    message naming the file. ``on_skip(index, case_id)`` per skipped case; ``should_stop()``
+    ends the loop before the next case.
+    """
+    n = len(dataset) if max_cases is None else min(len(dataset), max_cases)
+    ids = getattr(dataset, "case_ids", None)
+    for i in range(n):
+        if should_stop is not None and should_stop():
+            return
+        cid = str(ids[i]) if isinstance(ids, list) else str(i)
+        try:
+            case = dataset.load_case(cid, strict=False) if isinstance(dataset, CaseFolderDataset) else dataset[i]
+        except DatasetError as e:
+            problems.append(f"case {cid} skipped: {e}")
+            if on_skip is not None:
+                on_skip(i, cid)
+            continue
+        problems.extend(f"case {case.case_id}: {p}" for p in case.meta.get("problems", ()))
+        yield case
 
 
 def write_case(
@@ -292,7 +357,8 @@ def write_case(
     checksum = image_checksum(case.image)
     info = {k: v for k, v in case.meta.items() if isinstance(v, (str, int, float, bool, list, dict))}
     info.update({"case_id": case.case_id, "patient_id": case.patient_id, "image_sha256": checksum})
-    info.pop("sidecars", None)
+    for key in ("sidecars", "problems"):
+        info.pop(key, None)
     write_json(cdir / "case.json", info)
     for k, rater in enumerate(case.rater_names):
         if not case.valid[k]:

@@ -101,6 +101,17 @@ class LidcNpzDataset(Sequence):
     def patient_ids(self) -> list[str]:
         return [str(p) for p in self.patient]
 
+    def concat(self, other: LidcNpzDataset) -> LidcNpzDataset:
+        """Both datasets' slices (e.g. train shards + val.npz for 'all')."""
+        if other.rater_names != self.rater_names:
+            raise DatasetError("cannot combine LIDC files with different rater counts")
+        out = object.__new__(LidcNpzDataset)
+        out.__dict__.update(self.__dict__)
+        for key in ("images", "masks", "patient", "nodule", "slice"):
+            setattr(out, key, np.concatenate([getattr(self, key), getattr(other, key)]))
+        out.files, out.split = self.files + other.files, None
+        return out
+
     def select(self, indices) -> LidcNpzDataset:
         """A view of the given slices (shares nothing mutable with this dataset)."""
         idx = np.asarray(indices, dtype=int)

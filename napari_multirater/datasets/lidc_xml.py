@@ -110,7 +110,10 @@ def import_lidc_xml(
             holes = []
             for roi in rois:
                 edges = roi.findall(f"{ns}edgeMap")
-                pts = [(float(text(e, "yCoord")), float(text(e, "xCoord"))) for e in edges]
+                try:
+                    pts = [(float(text(e, "yCoord")), float(text(e, "xCoord"))) for e in edges]
+                except (TypeError, ValueError) as e:
+                    raise DatasetError(f"{xml_path}: reader {name}: malformed edgeMap coordinate ({e})") from None
                 if not pts:
                     continue
                 k, fell_back = find_slice(roi)

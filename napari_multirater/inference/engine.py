@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._napari.workers import Progress, run_to_completion
 from ..io.geometry import Geometry
+from ..progress import Progress, run_to_completion
 from .device import resolve_device, run_with_fallback
 from .intensity import InputNormalizer
 from .registry import find_model
@@ -34,6 +34,38 @@ LN2 = math.log(2.0)
 
 class ModelLoadError(ValueError):
     """The checkpoint cannot be found or used (the message says why)."""
+
+
+class NonFiniteInputError(ValueError):
+    """The input image holds NaN or infinite values (they would poison every output pixel)."""
+
+
+def check_finite(image, what: str = "input image", source: str | None = None) -> None:
+    """Raise :class:`NonFiniteInputError` naming how many voxels of ``image`` are NaN/inf."""
+    arr = np.asarray(image)
+    if arr.dtype.kind not in "fc":  # integer / bool images are always finite
+        return
+    finite = np.isfinite(arr)
+    if finite.all():
+        return
+    bad = int(finite.size - np.count_nonzero(finite))
+    n_nan = int(np.count_nonzero(np.isnan(arr)))
+    where = f"{source}: " if source else ""
+    raise NonFiniteInputError(
+        f"{where}{what} has {bad} non-finite voxel(s) of {arr.size} ({n_nan} NaN, {bad - n_nan} inf); "
+        "the model cannot run on them (they would make every output pixel NaN): fill or mask them first")
+
+
+def spacing_pair(value, what: str = "pixel size") -> tuple[float, float] | None:
+    """In-plane (y, x) spacing in mm from a scalar, a pair, or None/0 (= native spacing)."""
+    if value is None or (np.isscalar(value) and not value):
+        return None
+    vals = np.atleast_1d(np.asarray(value, dtype=float)).ravel()
+    if vals.size == 1:
+        vals = np.repeat(vals, 2)
+    if vals.size != 2 or not np.all(np.isfinite(vals)) or np.any(vals <= 0):
+        raise ValueError(f"{what} must be a positive number or an in-plane pair [y, x] in mm, got {value!r}")
+    return float(vals[0]), float(vals[1])
 
 
 def slice_seed(seed: int, key: int, stream: int = 0) -> int:
@@ -75,7 +107,8 @@ class InferenceEngine:
     """A loaded model plus everything needed to feed it raw images (see module docstring)."""
 
     def __init__(self, model, card: dict, device="auto", name: str = "model", image_units: str = "auto",
-                 lidc_mapping: str = "fixed", target_spacing_mm: float | None = None, amp: bool = True):
+                 lidc_mapping: str = "fixed", target_spacing_mm: float | tuple | str | None = None,
+                 amp: bool = True):
         self.model = model.eval()
         self.card = dict(card or {})
         self.name = name
@@ -85,7 +118,15 @@ class InferenceEngine:
         self.normalizer = InputNormalizer.from_card(self.card, image_units, lidc_mapping)
         inp = self.card.get("input") or {}
         self.pad_multiple = int(inp.get("pad_multiple", 16))
-        self.target_spacing_mm = target_spacing_mm if target_spacing_mm is not None else inp.get("pixel_size_mm")
+        # in-plane (y, x) mm the model runs at: explicit, else the card's input.pixel_size_mm (median
+        # training spacing), else None = native spacing (e.g. LIDC crops of unknown spacing: null)
+        if isinstance(target_spacing_mm, str):
+            if target_spacing_mm != "native":
+                raise ValueError(f"target spacing must be mm or 'native', got {target_spacing_mm!r}")
+            self.target_spacing_mm = None
+        else:
+            self.target_spacing_mm = spacing_pair(target_spacing_mm if target_spacing_mm is not None
+                                                  else inp.get("pixel_size_mm"), "input.pixel_size_mm")
         self.amp = amp
         self._call(lambda dev: None)  # moves the model (falls back to CPU if the GPU refuses)
 
@@ -93,6 +134,12 @@ class InferenceEngine:
     @classmethod
     def load(cls, name_or_path, device="auto", **kwargs) -> InferenceEngine:
         """Load a checkpoint file, or a bundled/cached model by name (:func:`find_model`)."""
+        return run_to_completion(cls.iter_load(name_or_path, device, **kwargs))
+
+    @classmethod
+    def iter_load(cls, name_or_path, device="auto", **kwargs):
+        """Generator form of :meth:`load` (yields :class:`Progress`, returns the engine) for workers."""
+        yield Progress(0, 3, f"finding {name_or_path}")
         text = str(name_or_path)
         path = Path(text).expanduser()
         if not path.is_file():
@@ -104,16 +151,20 @@ class InferenceEngine:
                 raise ModelLoadError(str(e)) from None
         from src_training.checkpoint import CheckpointError, load_checkpoint
 
+        yield Progress(1, 3, f"reading {path.name}")
         try:
             model, card = load_checkpoint(path, map_location="cpu")
         except CheckpointError as e:
             raise ModelLoadError(str(e)) from None
         except Exception as e:  # noqa: BLE001 - any unreadable file is a load error for the user
             raise ModelLoadError(f"{path}: cannot load checkpoint: {e}") from None
+        yield Progress(2, 3, f"moving {path.stem} to {device}")
         try:
-            return cls(model, card, device=device, name=path.stem, **kwargs)
+            engine = cls(model, card, device=device, name=path.stem, **kwargs)
         except ValueError as e:
             raise ModelLoadError(f"{path}: {e}") from None
+        yield Progress(3, 3, f"loaded {path.stem}")
+        return engine
 
     @property
     def capabilities(self):
@@ -134,9 +185,14 @@ class InferenceEngine:
         caps = self.capabilities
         return {"name": self.name, "method": c.get("method", self.model.method), "raters": ", ".join(self.rater_names),
                 "training data": data, "val metrics": metrics or "n/a", "intensity": self.normalizer.describe(),
+                "resolution": self.describe_resolution(),
                 "can": ", ".join(k for k, v in (("samples", caps.diverse), ("personas", caps.personalized),
                                                  ("blend", caps.blend), ("latent", caps.latent_dim > 0)) if v) or "one prediction",
                 "device": self.device_message}
+
+    def describe_resolution(self) -> str:
+        t = self.target_spacing_mm
+        return "native pixel size" if t is None else f"resampled to {t[0]:g} x {t[1]:g} mm"
 
     # ------------------------------------------------------------------ device handling
     def _call(self, fn):
@@ -159,7 +215,9 @@ class InferenceEngine:
 
     # ------------------------------------------------------------------ input preparation
     def _prepare(self, images: np.ndarray, dev, size=None):
-        """Raw (B, h, w) -> normalised, optionally resized to ``size``, edge-padded (B, 1, Hp, Wp)."""
+        """Raw (B, h, w) -> normalised, optionally resized to ``size``, edge-padded (B, 1, Hp, Wp).
+        Raises :class:`NonFiniteInputError` for NaN/inf input (they would poison every output)."""
+        check_finite(images)
         x = torch.from_numpy(self.normalizer(images))[:, None]
         if size is not None and tuple(size) != tuple(x.shape[-2:]):
             x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
@@ -297,14 +355,27 @@ class InferenceEngine:
         ``axes``: the prior's own axes (it is axis-aligned). ``principal``: the latent directions that
         change the output most, from an SVD of the linear fit output ~ eps over ``n`` prior draws.
         """
+        return run_to_completion(self.iter_latent_directions(enc, mode, n, seed))
+
+    def iter_latent_directions(self, enc: Encoded, mode: str = "axes", n: int = 64, seed: int = 0,
+                               chunk: int = 8):
+        """Generator form of :meth:`latent_directions`: one :class:`Progress` per ``chunk`` decodes
+        (cancellable in a worker); the result is identical to the one-shot computation."""
         mu, sigma = self._prior_or_raise(enc)
         dim = len(mu)
         if mode == "axes":
             return np.eye(dim, dtype=np.float32), np.ones(dim, np.float32)
         if mode != "principal":
             raise ValueError("mode must be 'axes' or 'principal'")
-        eps = torch.randn((int(n), dim), generator=_generator(seed, 0, 3)).numpy()
-        y = self.decode(enc, mu[None] + sigma[None] * eps).reshape(int(n), -1)
+        n, chunk = int(n), max(int(chunk), 1)
+        eps = torch.randn((n, dim), generator=_generator(seed, 0, 3)).numpy()
+        z = mu[None] + sigma[None] * eps
+        parts = []
+        yield Progress(0, n, f"principal directions: {n} decodes")
+        for c0 in range(0, n, chunk):
+            parts.append(self.decode(enc, z[c0:c0 + chunk]).reshape(len(z[c0:c0 + chunk]), -1))
+            yield Progress(min(c0 + chunk, n), n, f"decode {min(c0 + chunk, n)}/{n}")
+        y = np.concatenate(parts)
         jac, *_ = np.linalg.lstsq(eps - eps.mean(0), y - y.mean(0), rcond=None)
         u, s, _ = np.linalg.svd(jac, full_matrices=False)
         return u.T.astype(np.float32), s.astype(np.float32)
@@ -368,22 +439,26 @@ class InferenceEngine:
     def iter_predict_volume(self, volume, geometry: Geometry | None = None, *, samples: int = 8,
                             personas: bool = False, uncertainty: bool = False, seed: int = 0,
                             batch_slices: int = 8, roi: ROI | None = None, slice_index: int | None = None,
-                            target_spacing_mm: float | None = None, uncertainty_samples: int = 16):
+                            target_spacing_mm: float | tuple | str | None = None, uncertainty_samples: int = 16,
+                            source: str | None = None):
         """Generator: yields :class:`Progress` per chunk of slices, returns a :class:`PredictionResult`.
 
         ``volume``: a 2D image (H, W) or a volume (Z, Y, X) in raw units. ``slice_index`` restricts
         the run to one axial slice, ``roi`` to a box (the two combine); results are on the full
         input grid (zero outside the region) with ``result.region`` telling what was computed.
-        In-plane, each slice crop is resampled to ``target_spacing_mm`` (default: the card's
-        ``input.pixel_size_mm`` if any, else native spacing), padded to the card's multiple, run and
-        resampled back (masks nearest, probabilities linear). Uncertainty without samples draws
-        ``uncertainty_samples``.
+        In-plane, each slice crop is resampled to ``target_spacing_mm`` (mm, scalar or (y, x); default:
+        the card's ``input.pixel_size_mm`` if any, else native spacing; ``"native"`` forces native),
+        padded to the card's multiple, run and resampled back (masks nearest, probabilities linear).
+        Without ``geometry`` the spacing is unknown and the card's resolution is not applied.
+        Uncertainty without samples draws ``uncertainty_samples``. NaN/inf voxels in the region raise
+        :class:`NonFiniteInputError` before anything runs (``source``, e.g. the file, names the input).
         """
         vol = np.asarray(volume)
         if vol.ndim not in (2, 3):
             raise ValueError(f"expected a 2D image or a 3D volume, got shape {vol.shape}")
         is2d = vol.ndim == 2
         vol3 = vol[None] if is2d else vol
+        has_geometry = geometry is not None
         geometry = geometry or Geometry.identity(vol.ndim)
         region = (roi or ROI()).resolve(vol3.shape, geometry)
         if slice_index is not None and not is2d:
@@ -392,8 +467,10 @@ class InferenceEngine:
                 raise ValueError(f"slice {z} is outside the region of interest / volume (0..{vol3.shape[0] - 1})")
             region = (slice(z, z + 1), *region[1:])
         zs = list(range(region[0].start, region[0].stop))
+        check_finite(vol3[region], "input image" if _region_is_full(region, vol3.shape) else
+                     "the region of the input image to predict", source)
         crop_h, crop_w = region[1].stop - region[1].start, region[2].stop - region[2].start
-        size = self._model_size((crop_h, crop_w), geometry, target_spacing_mm)
+        size = self._model_size((crop_h, crop_w), geometry if has_geometry else None, target_spacing_mm)
         n = int(samples) if samples else (int(uncertainty_samples) if uncertainty else 0)
         rshape = (len(zs), crop_h, crop_w)
         res = {"samples": np.zeros((n, *rshape), np.uint8) if samples else None,
@@ -425,11 +502,20 @@ class InferenceEngine:
         return run_to_completion(self.iter_predict_volume(volume, geometry, **kwargs), on_progress)
 
     def _model_size(self, crop_hw, geometry, target_spacing_mm):
-        target = target_spacing_mm if target_spacing_mm is not None else self.target_spacing_mm
-        if not target:
+        """(H, W) the crop is resampled to, or None for native size (no target, unknown spacing)."""
+        if isinstance(target_spacing_mm, str):
+            if target_spacing_mm != "native":
+                raise ValueError(f"target spacing must be mm or 'native', got {target_spacing_mm!r}")
+            return None
+        if target_spacing_mm is not None:  # explicit: the caller vouches for the spacing (1 mm without geometry)
+            target = spacing_pair(target_spacing_mm, "target spacing")
+            geometry = geometry or Geometry.identity(2)
+        else:  # the card's training resolution: only when the image's spacing is known
+            target = self.target_spacing_mm
+        if target is None or geometry is None:
             return None
         sy, sx = (abs(float(s)) for s in geometry.scale_zyx[-2:])
-        return (max(int(round(crop_hw[0] * sy / float(target))), 1), max(int(round(crop_hw[1] * sx / float(target))), 1))
+        return (max(int(round(crop_hw[0] * sy / target[0])), 1), max(int(round(crop_hw[1] * sx / target[1])), 1))
 
     def _result(self, res, shape, region, is2d, geometry, size, seed, n) -> PredictionResult:
         def sq(a, lead=0):
@@ -445,6 +531,10 @@ class InferenceEngine:
             info={"model": self.name, "method": self.model.method, "seed": int(seed), "samples": n,
                   "device": self.device_message, "warnings": list(self.warnings),
                   "intensity": self.normalizer.describe(), "model_size": size})
+
+
+def _region_is_full(region, shape) -> bool:
+    return all(s.start == 0 and s.stop == n for s, n in zip(region, shape))
 
 
 def _to_numpy(obj):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -16,6 +17,18 @@ def _ints(text: str, n: int, what: str) -> list[int]:
     if len(parts) != n:
         raise ValueError(f"{what} needs {n} comma-separated numbers, got {text!r}")
     return [int(float(p)) for p in parts]
+
+
+def _spacing(text: str):
+    if text.strip().lower() == "native":
+        return "native"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a pixel size in mm or 'native', got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"pixel size must be positive, got {text!r}")
+    return value
 
 
 def add_parser(sub) -> None:
@@ -39,8 +52,9 @@ def add_parser(sub) -> None:
                    help="auto: uint8 images are raw model units, others Hounsfield units")
     p.add_argument("--lidc-mapping", default="fixed", choices=("fixed", "minmax"),
                    help="HU -> LIDC 8-bit mapping for LIDC-trained models (see inference.intensity)")
-    p.add_argument("--target-spacing-mm", type=float, default=None,
-                   help="in-plane pixel size the model runs at (default: native spacing)")
+    p.add_argument("--target-spacing-mm", type=_spacing, default=None,
+                   help="in-plane pixel size (mm) the model runs at, or 'native' (default: the model card's "
+                        "input.pixel_size_mm, i.e. the training resolution, else native spacing)")
     p.add_argument("--batch-slices", type=int, default=8)
     p.set_defaults(func=run)
 
@@ -93,13 +107,14 @@ def run(args) -> int:
         print(f"error: {args.image}: expected a 2D or 3D scalar image, got shape {image.shape}", file=sys.stderr)
         return 2
     print(f"predict: model {engine.name} ({engine.model.method}) on {engine.device_message}; "
-          f"image {image.shape}, intensity {engine.normalizer.describe(image)}", file=sys.stderr)
+          f"image {image.shape}, intensity {engine.normalizer.describe(image)}, {engine.describe_resolution()}",
+          file=sys.stderr)
     t0 = time.perf_counter()
     try:
         result = engine.predict_volume(
             image, geometry, samples=args.samples, personas=args.personas, uncertainty=not args.no_uncertainty,
             seed=args.seed, batch_slices=args.batch_slices, roi=_roi(args, image.ndim), slice_index=args.slice,
-            on_progress=_progress_printer())
+            source=str(args.image), on_progress=_progress_printer())
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -133,13 +133,86 @@ class Geometry:
         return None
 
 
-def geometry_from_layer(scale, translate, metadata: dict | None, rotate=None) -> Geometry:
-    """Recover a Geometry from a napari layer's state; prefers the exact stored metadata."""
+class ShearedGeometryError(ValueError):
+    """A layer transform with shear (or unequal-axis skew) has no spacing/origin/direction form."""
+
+
+def _shear_matrix(shear, n: int) -> np.ndarray:
+    """napari's shear: a full (n, n) upper-triangular matrix or its n(n-1)/2 upper entries."""
+    if shear is None:
+        return np.eye(n)
+    sh = np.asarray(shear, dtype=float)
+    if sh.ndim == 2:
+        return sh.reshape(n, n)
+    m = np.eye(n)
+    m[np.triu_indices(n, 1)] = sh.ravel()
+    return m
+
+
+def _affine_matrix(affine, n: int) -> np.ndarray:
+    """A layer ``affine`` (napari Affine, (n+1)^2 or n^2 matrix, None) as an (n+1)^2 matrix."""
+    if affine is None:
+        return np.eye(n + 1)
+    a = np.asarray(getattr(affine, "affine_matrix", affine), dtype=float)
+    if a.shape == (n, n):
+        out = np.eye(n + 1)
+        out[:n, :n] = a
+        return out
+    if a.shape != (n + 1, n + 1):
+        raise ValueError(f"layer affine of shape {a.shape} does not fit a {n}D layer")
+    return a
+
+
+def data_to_world_matrix(scale, translate=None, rotate=None, shear=None, affine=None) -> np.ndarray:
+    """napari's data -> world transform as a homogeneous (n+1)^2 matrix (array order):
+    ``affine @ [rotate @ shear @ diag(scale) | translate]`` (as ``layer._data_to_world``)."""
+    scale = np.asarray(scale, dtype=float).ravel()
+    n = scale.size
+    lin = np.eye(n + 1)
+    rot = np.eye(n) if rotate is None else np.asarray(rotate, dtype=float).reshape(n, n)
+    lin[:n, :n] = rot @ _shear_matrix(shear, n) @ np.diag(scale)
+    lin[:n, n] = np.zeros(n) if translate is None else np.asarray(translate, dtype=float).ravel()
+    return _affine_matrix(affine, n) @ lin
+
+
+def geometry_from_matrix(matrix, atol: float = 1e-6) -> Geometry:
+    """Spacing/origin/direction of a homogeneous array-order index -> world matrix that is a pure
+    rotation (or reflection) times a positive scale plus a translation; shear raises
+    :class:`ShearedGeometryError` (medical image files cannot store it)."""
+    m = np.asarray(matrix, dtype=float)
+    n = m.shape[0] - 1
+    if m.shape != (n + 1, n + 1) or not np.allclose(m[n], np.eye(n + 1)[n]):
+        raise ValueError(f"not a homogeneous affine matrix: {m.tolist()}")
+    lin = m[:n, :n]
+    spacing = np.linalg.norm(lin, axis=0)
+    if np.any(spacing <= 0) or not np.all(np.isfinite(lin)):
+        raise ValueError(f"degenerate layer transform (zero or non-finite scale): {lin.tolist()}")
+    direction = lin / spacing
+    gram = direction.T @ direction
+    if not np.allclose(gram, np.eye(n), atol=max(atol, 1e-6) * 10):
+        angles = np.degrees(np.arccos(np.clip(gram[np.triu_indices(n, 1)], -1, 1)))
+        raise ShearedGeometryError(
+            "the layer transform (scale/rotate/shear/affine) has shear: its axes are at "
+            f"{', '.join(f'{a:.2f}' for a in angles)} degrees instead of 90, which a medical image "
+            "file cannot store (spacing/origin/direction); remove the shear (layer.shear / layer.affine) first")
+    return Geometry(tuple(spacing[::-1].tolist()), tuple(m[:n, n][::-1].tolist()),
+                    tuple(direction[::-1, ::-1].ravel().tolist()))
+
+
+def geometry_from_layer(scale, translate=None, metadata: dict | None = None, rotate=None, *,
+                        shear=None, affine=None) -> Geometry:
+    """Recover a Geometry from a napari layer's state; prefers the exact stored metadata.
+
+    Call it with a layer (``geometry_from_layer(layer)``), or with the parts of its state (e.g. the
+    writer's ``meta``: scale, translate, metadata, rotate, shear, affine). Without
+    ``multirater_geometry`` metadata the full data -> world transform is used, the layer's
+    ``affine`` included (layers from other readers keep their geometry there); a transform with
+    shear raises :class:`ShearedGeometryError`.
+    """
+    if hasattr(scale, "scale") and hasattr(scale, "metadata"):  # a layer
+        layer = scale
+        return geometry_from_layer(layer.scale, layer.translate, layer.metadata, getattr(layer, "rotate", None),
+                                   shear=getattr(layer, "shear", None), affine=getattr(layer, "affine", None))
     if metadata and METADATA_KEY in metadata:
         return Geometry.from_dict(metadata[METADATA_KEY])
-    scale = np.asarray(scale, dtype=float)
-    n = scale.size
-    translate = np.zeros(n) if translate is None else np.asarray(translate, dtype=float)
-    rot = np.eye(n) if rotate is None else np.asarray(rotate, dtype=float).reshape(n, n)
-    direction = rot[::-1, ::-1]
-    return Geometry(tuple(scale[::-1].tolist()), tuple(translate[::-1].tolist()), tuple(direction.ravel().tolist()))
+    return geometry_from_matrix(data_to_world_matrix(scale, translate, rotate, shear, affine))

@@ -21,8 +21,11 @@ import SimpleITK as sitk
 
 from .geometry import Geometry
 
-SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
-WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+# The one list of file suffixes (case folders, the annotation store and the reader import these).
+# Preference order: ``find_file`` picks the first suffix present.
+WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".nhdr", ".mhd")
+SUPPORTED_SUFFIXES = (*WRITABLE_SUFFIXES, ".dcm")
+SINGLE_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")  # header and voxels in one file
 
 
 class MedicalIOError(ValueError):
@@ -256,12 +259,33 @@ def read_label_image(
     return arr, geom, info
 
 
-def write_image(path, array, geometry: Geometry, *, label: bool = False) -> Path:
+def fsync_dir(folder) -> None:
+    """Make renames/creations in ``folder`` durable (no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:  # writable: Windows cannot flush a read-only handle
+        os.fsync(f.fileno())
+
+
+def write_image(path, array, geometry: Geometry, *, label: bool = False, fsync: bool = False) -> Path:
     """Write ``array`` ((z, y, x) or (y, x)) with ``geometry`` to ``path`` (suffix picks the format).
 
     Labels are checked and cast to uint8 (max <= 255) or uint16 (max <= 65535). Compression is on.
     Files are written into a temporary folder beside the target and moved in with ``os.replace``
     (data file first, header last for .mhd/.nhdr), so a failed write never leaves a partial file.
+    ``fsync``: the files are flushed to disk before they are moved in, and the folder after, so
+    the written image survives a power loss once this returns.
     """
     p = Path(path)
     suffix = _suffix(p)
@@ -291,8 +315,14 @@ def write_image(path, array, geometry: Geometry, *, label: bool = False) -> Path
         except RuntimeError as e:
             raise MedicalIOError(f"{p}: cannot write the file: {_short(e)}") from e
         header = tmpdir / p.name
-        for f in sorted(tmpdir.iterdir(), key=lambda f: f == header):  # header last
+        files = sorted(tmpdir.iterdir(), key=lambda f: f == header)  # header last
+        if fsync:
+            for f in files:
+                _fsync_file(f)
+        for f in files:
             os.replace(f, p.parent / f.name)
+        if fsync:
+            fsync_dir(p.parent)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return p

@@ -3,7 +3,8 @@
 A thin view over :class:`~napari_multirater._napari.annotate_controller.AnnotateController`.
 Painting stays locked until a rater id is set (the id is remembered across sessions); blind mode
 (default on) never shows other raters' masks; the mask is saved by the Save button, every N
-seconds while there are unsaved edits (autosave) and whenever the case or rater changes.
+seconds while there are unsaved edits (autosave) and whenever the case or rater changes, and
+when the dock is closed or removed or the viewer window closes (emergency copy if that fails).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 from pathlib import Path
 
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -23,6 +24,7 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QMainWindow,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -30,7 +32,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._napari.annotate_controller import AnnotateController, AnnotateError
+from .._napari.annotate_controller import AnnotateController, AnnotateError, AutosavePostponed
 from ..datasets.case import DatasetError
 
 __all__ = ["AnnotateDock"]
@@ -48,17 +50,38 @@ def _local_time(iso: str | None) -> str:
         return iso
 
 
+class _CloseWatcher(QObject):
+    """Event filter living on the viewer's main window: save when the window closes (the close
+    may still be cancelled, so only saving here); stop listening once the window is gone."""
+
+    def __init__(self, window, controller):
+        super().__init__(window)
+        self.controller = controller
+        window.installEventFilter(self)
+        window.destroyed.connect(lambda *_: controller.disconnect())
+
+    def eventFilter(self, obj, event) -> bool:
+        if event.type() == QEvent.Close:
+            self.controller.save_or_rescue("saved on close")
+        return False
+
+
 class AnnotateDock(QWidget):
     """Dock widget for annotation collection (see the module docstring)."""
 
     def __init__(self, napari_viewer, parent=None, identity_path=None):
         super().__init__(parent)
         self.viewer = napari_viewer
+        self._main_window = self._watcher = None
+        self._docked = False
+        self._closed = False
         self.controller = AnnotateController(napari_viewer, identity_path=identity_path)
         ident = self.controller.load_identity()
         self.controller.autosave_interval = ident.autosave_seconds
         self._build(ident.autosave_seconds)
         self.controller.on_edit = self._refresh_save_status
+        self._napari_notify = self.controller.notify
+        self.controller.notify = self._notify
         self.timer = QTimer(self)
         self.timer.setInterval(1000)
         self.timer.timeout.connect(self.tick)
@@ -241,12 +264,74 @@ class AnnotateDock(QWidget):
 
     def tick(self) -> None:
         """Timer: autosave when due, keep the status line current."""
+        if self._main_window is None:
+            self._watch_main_window()
         try:
             self.controller.autosave_if_due()
+        except AutosavePostponed as e:  # lock busy: retried on the next tick
+            self.show_status(str(e))
         except AnnotateError as e:
             self.show_status(f"Autosave failed: {e}", error=True)
             return
         self._refresh_save_status()
+
+    # --- closing ---------------------------------------------------------------------------------
+    def _notify(self, message: str) -> None:
+        try:
+            self.show_status(message, error=True)
+        except RuntimeError:  # widget already deleted
+            pass
+        self._napari_notify(message)
+
+    def teardown(self) -> None:
+        """Dock closed or removed from the viewer: save unsaved work, stop the timer and listening."""
+        if self._closed:
+            return
+        self._closed = True
+        self.timer.stop()
+        self.controller.close()
+        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            try:
+                ev.disconnect(self._refresh_prefill_sources)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        if self._watcher is not None:
+            try:
+                self._main_window.removeEventFilter(self._watcher)
+                self._watcher.deleteLater()
+            except RuntimeError:  # window already deleted
+                pass
+            self._main_window = self._watcher = None
+
+    def closeEvent(self, event) -> None:
+        self.teardown()
+        super().closeEvent(event)
+
+    def changeEvent(self, event) -> None:
+        """napari's dock 'x' button (remove_dock_widget) re-parents this widget to None."""
+        if event.type() == QEvent.ParentChange:
+            if self.parentWidget() is not None:
+                self._docked = True
+                QTimer.singleShot(0, self._watch_main_window)  # once the dock is in the window
+            elif self._docked:
+                self.teardown()
+        super().changeEvent(event)
+
+    def showEvent(self, event) -> None:
+        self._watch_main_window()
+        super().showEvent(event)
+
+    def _watch_main_window(self) -> None:
+        """Save when the viewer window closes; stop listening once it is gone."""
+        try:
+            w = self.parentWidget()
+        except RuntimeError:  # deleted meanwhile
+            return
+        while w is not None and not isinstance(w, QMainWindow):
+            w = w.parentWidget()
+        if w is None or w is self._main_window or self._closed:
+            return
+        self._main_window, self._watcher = w, _CloseWatcher(w, self.controller)
 
     # --- dialogs -----------------------------------------------------------------------------------
     def _choose_project(self) -> None:

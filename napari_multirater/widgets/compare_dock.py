@@ -7,6 +7,8 @@ heatmap. Every button calls a plain method (``compute``, ``cancel``, ``run_datas
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
@@ -30,8 +32,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._napari.compare_controller import CompareController, CompareResult, dataset_report, threads_disabled
-from .._napari.workers import run_to_completion, start_generator_worker
+from .._napari.compare_controller import CompareController, CompareResult, dataset_report, default_report_dir
+from .._napari.workers import run_to_completion, start_generator_worker, threads_disabled
 from ..analysis.report import pairwise_heatmap_figure
 
 __all__ = ["CompareDock"]
@@ -343,13 +345,32 @@ class CompareDock(QWidget):
 
     # --- dataset report --------------------------------------------------------------------------
     def _choose_dataset(self) -> None:
+        """Two folder dialogs: the dataset, then where the report goes (never into the dataset)."""
         folder = QFileDialog.getExistingDirectory(self, "Case-folder dataset (folder with dataset.json)")
-        if folder:
-            self.run_dataset_report(folder)
+        if not folder:
+            return
+        out = self.choose_report_dir(folder)
+        if out:
+            self.run_dataset_report(folder, out)
+
+    def choose_report_dir(self, dataset_dir) -> str:
+        """Ask for the report folder, starting at :func:`default_report_dir` (or its nearest
+        existing parent); a folder inside the dataset is refused. '' when cancelled."""
+        suggestion = default_report_dir(dataset_dir)
+        start = next((p for p in (suggestion, *suggestion.parents) if p.is_dir()), Path.home())
+        out = QFileDialog.getExistingDirectory(self, "Folder for the rater report (outside the dataset)", str(start))
+        if out:
+            ds = Path(dataset_dir).resolve()
+            if Path(out).resolve() == ds or ds in Path(out).resolve().parents:
+                self.status.setText(f"Choose a report folder outside the dataset {ds} "
+                                    "(it may be shared, read-only data).")
+                return ""
+        return out
 
     def run_dataset_report(self, dataset_dir, out_dir=None, sync: bool = False) -> None:
         """Rater-style report of a dataset folder, written to ``out_dir`` (default
-        ``<dataset>/reports/raters``); the heatmap then shows the dataset's mean pairwise Dice."""
+        :func:`default_report_dir`, outside the dataset); the heatmap then shows the dataset's
+        mean pairwise Dice. Broken cases/rater files are skipped and listed."""
         consensus = self.consensus.currentData()
         try:
             if sync or threads_disabled():
@@ -375,6 +396,7 @@ class CompareDock(QWidget):
                                                   f"Mean pairwise Dice ({report.n_cases} cases)"))
         msg = f"Dataset report of {report.n_cases} cases written to {paths['raters_md'].parent}"
         if problems:
-            msg += f"; {len(problems)} case(s) skipped: " + "; ".join(problems[:3])
+            more = f" (+{len(problems) - 3} more, see the report)" if len(problems) > 3 else ""
+            msg += f"; {len(problems)} problem(s): " + "; ".join(problems[:3]) + more
         self.status.setText(msg + ".")
         self.tabs.setCurrentWidget(self.style_table)

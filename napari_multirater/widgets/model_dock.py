@@ -9,7 +9,7 @@ import html
 import time
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -42,6 +42,7 @@ FILE_ITEM = "checkpoint file…"
 DIRECTION_MODES = (("prior axes", "axes"), ("principal directions", "principal"))
 SIGMA_RANGE = 3.0
 SLIDER_STEPS = 30  # per sigma range side -> 0.1 sigma resolution
+COALESCE_MS = 50.0  # slower explorer decodes: slider events are coalesced (latest value only)
 
 
 def _notify(kind: str, message: str) -> None:
@@ -86,6 +87,9 @@ class ModelDock(QWidget):
         self.worker = None
         self.latent_sliders: list[QSlider] = []
         self.last_decode_ms: float | None = None
+        self.coalesce = False  # set per explorer from one measured decode (> COALESCE_MS)
+        self._pending: dict = {}  # coalesced decodes: key -> latest callable, run from QTimer
+        self._decode_scheduled = False
         self._n_warnings = 0
         self._build()
         self.viewer.layers.events.inserted.connect(self.refresh_layers)
@@ -310,9 +314,7 @@ class ModelDock(QWidget):
 
     def _image_changed(self, *_) -> None:
         layer = self._layer(self.image_combo.currentText())
-        if layer is not self.controller.image_layer:
-            self.controller.image_layer = layer
-            self.controller.explorer = None
+        if self.controller.set_image_layer(layer):  # proxied layers compare with same_layer
             self._clear_sliders()
         self._fill(self.scope_combo, list(self.controller.scopes()))
         self._update_enabled()
@@ -342,19 +344,38 @@ class ModelDock(QWidget):
             self.path_edit.setText(path)
             self.model_combo.setCurrentIndex(0)
 
-    def load_model(self) -> bool:
+    def load_model(self, *_, sync: bool | None = None) -> bool:
+        """Load the chosen model in a worker with progress (``sync``: on this thread). Returns False
+        when it could not start (or, synchronously, failed); errors become notifications."""
         choice = self.model_combo.currentText()
         target = self.path_edit.text().strip() if choice == FILE_ITEM else choice
         if not target:
             _notify("error", "choose a model or a checkpoint file first")
             return False
+        failed = []
+
+        def error(e):
+            failed.append(e)
+            self.status.setText(f"cannot load model: {e}")
+            if self.worker is None:  # sync; a worker reports its own errors as notifications
+                _notify("error", f"Cannot load model: {e}")
         try:
-            eng = self.controller.load_model(target, self.device_combo.currentText(),
-                                             image_units=self.units_combo.currentText(),
-                                             lidc_mapping=self.lidc_combo.currentText())
+            self.progress.setRange(0, 0)
+            self.worker = self.controller.start_load(
+                target, self.device_combo.currentText(), image_units=self.units_combo.currentText(),
+                lidc_mapping=self.lidc_combo.currentText(), on_done=self._model_loaded, on_error=error,
+                on_finished=self._finished, on_progress=self._progress, sync=sync)
         except (ValueError, OSError) as e:
+            self.worker = None
+            self.progress.setRange(0, 1)
             _notify("error", f"Cannot load model: {e}")
             return False
+        if self.worker is not None:
+            self.status.setText(f"loading {target}…")
+        self._update_enabled()
+        return not failed
+
+    def _model_loaded(self, eng) -> None:
         self._n_warnings = len(eng.warnings)
         self._show_card()
         names = eng.rater_names
@@ -367,7 +388,6 @@ class ModelDock(QWidget):
         self._clear_sliders()
         self._update_enabled()
         self.status.setText(f"loaded {eng.name} on {eng.device_message}")
-        return True
 
     def _show_card(self) -> None:
         s = self.controller.engine.summary()
@@ -448,6 +468,8 @@ class ModelDock(QWidget):
         self.worker = None
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
+        if self.controller.dropped:  # the image went away / changed shape during the job
+            self.status.setText(f"result not shown: {self.controller.dropped}")
         self._update_enabled()
 
     def cancel(self) -> None:
@@ -499,13 +521,33 @@ class ModelDock(QWidget):
                 item.widget().deleteLater()
         self.latent_sliders = []
 
-    def start_explorer(self) -> bool:
+    def start_explorer(self, *_, sync: bool | None = None) -> bool:
+        """Encode the image and compute the slider directions (principal: n decodes) in a worker with
+        progress (``sync``: on this thread); the sliders appear when it is done."""
         mode = DIRECTION_MODES[self.directions_combo.currentIndex()][1]
+        failed = []
+
+        def error(e):
+            failed.append(e)
+            self.status.setText(f"latent explorer failed: {e}")
+            if self.worker is None:
+                _notify("error", f"Latent explorer: {e}")
         try:
-            ex = self.controller.explorer_start(mode, seed=self.seed_spin.value())
+            self.progress.setRange(0, 0)
+            self.worker = self.controller.start_explorer(
+                mode, seed=self.seed_spin.value(), on_done=lambda ex: self._explorer_ready(ex, mode), on_error=error,
+                on_finished=self._finished, on_progress=self._progress, sync=sync)
         except ValueError as e:
+            self.worker = None
+            self.progress.setRange(0, 1)
             _notify("error", f"Latent explorer: {e}")
             return False
+        self._update_enabled()
+        return not failed
+
+    def _explorer_ready(self, ex, mode: str) -> None:
+        self.coalesce = ex.decode_ms > COALESCE_MS
+        self._pending.clear()
         self._clear_sliders()
         steps = SLIDER_STEPS
         for i, strength in enumerate(ex.strengths):
@@ -519,11 +561,28 @@ class ModelDock(QWidget):
             self.slider_grid.addWidget(label, i, 0)
             self.slider_grid.addWidget(slider, i, 1)
             self.latent_sliders.append(slider)
-        self.status.setText(f"explorer: {len(ex.mu)} latent dims ({mode}); drag a slider to re-decode")
-        return True
+        self.status.setText(f"explorer: {len(ex.mu)} latent dims ({mode}); drag a slider to re-decode"
+                            + (f" (decode {ex.decode_ms:.0f} ms: slider updates coalesced)" if self.coalesce else ""))
 
     def slider_values(self) -> np.ndarray:
         return np.array([s.value() * SIGMA_RANGE / SLIDER_STEPS for s in self.latent_sliders], np.float32)
+
+    def _coalesced(self, key: str, fn) -> None:
+        """Run ``fn`` now, or, when decodes are slow (``self.coalesce``), once the events queued
+        meanwhile are handled: only the latest request per ``key`` is decoded."""
+        if not self.coalesce:
+            fn()
+            return
+        self._pending[key] = fn
+        if not self._decode_scheduled:
+            self._decode_scheduled = True
+            QTimer.singleShot(0, self._run_pending)
+
+    def _run_pending(self) -> None:
+        self._decode_scheduled = False
+        pending, self._pending = self._pending, {}
+        for fn in pending.values():
+            fn()
 
     def _slider_moved(self, *_) -> None:
         vals = self.slider_values()
@@ -532,6 +591,10 @@ class ModelDock(QWidget):
             if lab is not None and lab.widget() is not None:
                 name = lab.widget().text().split()[0]
                 lab.widget().setText(f"{name} {v:+.1f}σ")
+        self._coalesced("sliders", self._decode_sliders)
+
+    def _decode_sliders(self) -> None:
+        vals = self.slider_values()  # the latest values, also when coalesced
         t = time.perf_counter()
         try:
             self.controller.explorer_set(vals)
@@ -550,6 +613,10 @@ class ModelDock(QWidget):
             self._slider_moved()
 
     def interpolate(self, *_) -> None:
+        if self.controller.explorer is not None:
+            self._coalesced("interpolate", self._decode_interpolation)
+
+    def _decode_interpolation(self) -> None:
         if self.controller.explorer is None:
             return
         try:
@@ -565,7 +632,7 @@ class ModelDock(QWidget):
         if not models or self.controller.image_layer is None:
             return
         self.model_combo.setCurrentText(next(iter(models)))
-        if not self.load_model():
+        if not self.load_model(sync=True):
             return
         self.n_spin.setValue(8)
         self.run("samples", sync=True)

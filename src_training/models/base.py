@@ -203,6 +203,19 @@ class MultiRaterModel(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    def param_groups(self, base_lr: float) -> list[dict]:
-        """Optimizer parameter groups (default: one group at base_lr)."""
-        return [{"params": self.trainable_parameters(), "lr": base_lr}]
+    DEFAULT_LATENT_LR: float | None = None
+
+    def latent_parameters(self) -> list[nn.Parameter]:
+        """Per-rater latent parameters that train at their own learning rate (none by default)."""
+        return []
+
+    def param_groups(self, base_lr: float, latent_lr: float | None = None) -> list[dict]:
+        """Optimizer parameter groups: everything at ``base_lr``; latent parameters (if any) at
+        ``latent_lr`` (default: the method's DEFAULT_LATENT_LR, else base_lr)."""
+        latent = [p for p in self.latent_parameters() if p.requires_grad]
+        if not latent:
+            return [{"params": self.trainable_parameters(), "lr": base_lr}]
+        ids = {id(p) for p in latent}
+        rest = [p for p in self.trainable_parameters() if id(p) not in ids]
+        lr = latent_lr if latent_lr is not None else (self.DEFAULT_LATENT_LR or base_lr)
+        return [{"params": rest, "lr": base_lr}, {"params": latent, "lr": float(lr)}]

@@ -4,7 +4,7 @@ Latent 8, prior N(0, prior_sigma^2 I) (sigma 2), head = 1x1 convs on [F ; tile(z
 mu_r init N(0, posterior_init_sigma^2) (reference 8), L_r init 2 I (diagonal through softplus, so
 it stays positive). Loss: GDL on the mean of ``mc_samples`` (5) MC logits for the chosen rater +
 kl_weight (5e-4) KL(q(z|r) || prior) + reg_weight * L2(head). ``param_groups`` puts the z
-parameters at ``train.z_lr`` (0.02, reference).
+parameters at the train config's ``z_lr`` (default 0.02, reference).
 
 Documented choices: ``personalize`` uses z = mu_r (``personalize_mode: "mu"``, deterministic,
 fast) or the mean of ``personalize_mc`` (20) MC logits (``"mc"``, reference). ``sample`` draws from
@@ -127,12 +127,10 @@ class PiononoModel(MultiRaterModel):
         return self.decode(self._encode(x), z)
 
     # ------------------------------------------------------------------ training
-    def param_groups(self, base_lr):
-        z_lr = float(self.config.get("train", {}).get("z_lr", 0.02))
-        z_params = [self.z_mu, self.z_tril_raw]
-        ids = {id(p) for p in z_params}
-        rest = [p for p in self.trainable_parameters() if id(p) not in ids]
-        return [{"params": rest, "lr": base_lr}, {"params": z_params, "lr": z_lr}]
+    DEFAULT_LATENT_LR = 0.02  # reference: per-rater z parameters at 0.02
+
+    def latent_parameters(self):
+        return [self.z_mu, self.z_tril_raw]
 
     def loss(self, batch, step=0):
         x, masks, valid = unpack_batch(batch)

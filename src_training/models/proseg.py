@@ -183,12 +183,10 @@ class ProSeg(MultiRaterModel):
         return {"ambiguity": amb.clamp(0, 1)}
 
     # ------------------------------------------------------------------ training
-    def param_groups(self, base_lr):
-        z_lr = float(self.config.get("train", {}).get("z_lr", base_lr))
-        z_params = [self.alpha_raw] + list(self.classifier.parameters())
-        ids = {id(p) for p in z_params}
-        rest = [p for p in self.trainable_parameters() if id(p) not in ids]
-        return [{"params": rest, "lr": base_lr}, {"params": z_params, "lr": z_lr}]
+    DEFAULT_LATENT_LR = 2e-3  # reference: Dirichlet alpha and rater classifier at 2e-3
+
+    def latent_parameters(self):
+        return [self.alpha_raw] + list(self.classifier.parameters())
 
     def loss(self, batch, step=0):
         x, masks, valid = unpack_batch(batch)
