@@ -32,6 +32,12 @@ def build_demo_viewer(three_d: bool = False, show: bool = True):
 
     from .._napari.layers import rater_layers
 
+    try:  # the PyQt5 deprecation toast would cover the demo screenshot; the README says PyQt6 works too
+        import napari._qt.qt_main_window as qt_main_window
+
+        qt_main_window.SHOW_QT_WARNING = False
+    except (ImportError, AttributeError):
+        pass
     viewer = napari.Viewer(show=show, title="napari-multirater demo")
     viewer.open_sample(PLUGIN, "phantom_3d" if three_d else "phantom_2d")
     for layer in rater_layers(viewer):
