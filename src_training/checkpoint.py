@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from napari_multirater.datasets.case_folder import default_file_mode
+
 from .models.base import MultiRaterModel
 from .models.registry import build_model
 
@@ -39,6 +41,7 @@ def save_checkpoint(path, model: MultiRaterModel, model_card: dict, extra: dict 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, default_file_mode())  # readable like any other file, not mkstemp's 0600
     try:
         torch.save(payload, tmp)
         os.replace(tmp, path)

@@ -23,6 +23,8 @@ def test_wheel_carries_manifest_and_configs(tmp_path):
     assert "napari-multirater = napari_multirater:napari.yaml" in text
     assert "multirater = napari_multirater.cli:main" in text
     assert {f"src_training/configs/{m}.json" for m in ("dpersona", "proseg", "umanet")} <= names
+    shipped = {p.name for p in (ROOT / "napari_multirater" / "models").glob("*.pt")}
+    assert shipped and {f"napari_multirater/models/{n}" for n in shipped} <= names  # offline models ship
 
 
 def test_package_manifest_is_the_root_manifest():

@@ -49,6 +49,21 @@ def build_demo_viewer(three_d: bool = False, show: bool = True):
     return viewer, docks
 
 
+def show_model_outputs(viewer, docks) -> None:
+    """When a model ran, put its outputs (samples, personas, uncertainty) and its dock in front."""
+    names = [layer.name for layer in viewer.layers]
+    if not any(n.startswith(("mr samples", "mr persona", "mr uncertainty")) for n in names):
+        return
+    for layer in viewer.layers:
+        if layer.name.startswith(("mr consensus", "mr agreement", "mr samples", "mr mean probability")):
+            layer.visible = False
+    dock = docks.get("Model & sampling")
+    while dock is not None and not hasattr(dock, "setFloating"):
+        dock = dock.parent()
+    if dock is not None:
+        dock.raise_()
+
+
 def wait_for_workers(workers, timeout_s: float = 300.0) -> None:
     """Keep the GUI responsive until the demo's background work has finished."""
     import time
@@ -87,6 +102,7 @@ def run(args) -> int:
             started = run_demo()  # docks return the workers they started (or None)
             workers += [w for w in (started if isinstance(started, (list, tuple)) else [started]) if w is not None]
     wait_for_workers(workers)
+    show_model_outputs(viewer, docks)
     for _ in range(20):
         QApplication.processEvents()
     if args.screenshot:

@@ -67,11 +67,23 @@ def image_checksum(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def default_file_mode() -> int:
+    """The mode a plain ``open(..., "w")`` would give (0666 minus the umask)."""
+    try:  # Linux: read the umask without changing it (os.umask is process-wide, not thread-safe)
+        with open("/proc/self/status", encoding="ascii") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write text via a temporary file in the same folder and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, default_file_mode())  # mkstemp makes 0600: other raters sharing the folder must read it
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
