@@ -36,7 +36,7 @@ def resolve_window(dataset, max_cases: int = 50) -> tuple[list[float], str]:
     ``max_cases`` images (recorded in the model card, so inference applies the same mapping)."""
     win = getattr(dataset, "intensity_window", None)
     if win:
-        return [float(win[0]), float(win[1])], "dataset manifest"
+        return [float(win[0]), float(win[1])], "dataset (its manifest or adapter)"
     manifest = getattr(dataset, "manifest", {}) or {}
     if str(manifest.get("modality", "")).upper() == "CT":
         return list(CT_DEFAULT_WINDOW), "CT default (no window in dataset.json)"
