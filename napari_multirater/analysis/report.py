@@ -27,19 +27,30 @@ CONVENTIONS = """\
 - Empty masks: Dice 0 and distances undefined against a non-empty mask. Missing raters are
   skipped (counted in "missing"). Values are mean ± sample std over cases ({n_cases} cases)."""
 
-_MD_COLUMNS = (
+STYLE_COLUMNS = (  # (metric key, column title, number format): the one definition of the style table
     ("volume_bias", "Volume bias", "+.2f"),
     ("signed_boundary_mm", "Signed boundary (mm)", "+.2f"),
     ("mean_boundary_mm", "Mean boundary (mm)", ".2f"),
     ("hausdorff_mm", "HD (mm)", ".2f"),
     ("sensitivity", "Sensitivity", ".3f"),
     ("specificity", "Specificity", ".3f"),
+    ("dice_consensus", "Dice vs consensus", ".3f"),
     ("dice_others", "Dice vs others", ".3f"),
 )
+_MD_COLUMNS = tuple(c for c in STYLE_COLUMNS if c[0] != "dice_consensus")
 
 
-def _fmt(v: float, fmt: str) -> str:
-    return "–" if v is None or not np.isfinite(v) else format(v, fmt)
+def format_value(value, fmt: str | None) -> str:
+    """A table cell: formatted number, '–' for missing/NaN; ``fmt=None`` shows the value as text."""
+    if fmt is None:
+        return "" if value is None else str(value)
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    return "–" if not np.isfinite(v) else format(v, fmt)
+
+
 
 
 def style_markdown(report: StyleReport) -> str:
@@ -51,7 +62,7 @@ def style_markdown(report: StyleReport) -> str:
         cells = [name, str(s["n_cases"]), str(s["n_missing"]), str(s["n_empty"])]
         for key, _, fmt in _MD_COLUMNS:
             mean, std = s[f"{key}_mean"], s[f"{key}_std"]
-            cells.append(_fmt(mean, fmt) + ("" if not np.isfinite(std) else " ± " + _fmt(std, fmt.lstrip("+"))))
+            cells.append(format_value(mean, fmt) + ("" if not np.isfinite(std) else " ± " + format_value(std, fmt.lstrip("+"))))
         lines.append("| " + " | ".join(cells) + " |")
     conv = CONVENTIONS.format(consensus=report.consensus, margin=report.region_margin_mm, n_cases=report.n_cases)
     notes = "".join(f"\n- Note: {n}" for n in report.notes)
@@ -84,7 +95,7 @@ def pairwise_heatmap_figure(
         for j in range(k):
             v = m[i, j]
             color = "black" if np.isfinite(v) and v > mid else "white"
-            ax.text(j, i, _fmt(v, fmt), ha="center", va="center", fontsize=9,
+            ax.text(j, i, format_value(v, fmt), ha="center", va="center", fontsize=9,
                     color=color if np.isfinite(v) else "gray")
     if title:
         ax.set_title(title)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from qtpy.QtCore import Qt
@@ -34,7 +33,8 @@ from qtpy.QtWidgets import (
 
 from .._napari.compare_controller import CompareController, CompareResult, dataset_report, default_report_dir
 from .._napari.workers import run_to_completion, start_generator_worker, threads_disabled
-from ..analysis.report import pairwise_heatmap_figure
+from ..analysis.report import STYLE_COLUMNS as REPORT_STYLE_COLUMNS
+from ..analysis.report import format_value, pairwise_heatmap_figure
 
 __all__ = ["CompareDock"]
 
@@ -45,28 +45,8 @@ PAIRWISE_METRICS = (
     ("Mean surface distance (mm)", "mean_surface_mm", ".2f"),
 )
 CONSENSUS_METHODS = (("STAPLE", "staple"), ("majority vote", "majority"))
-STYLE_COLUMNS = (
-    ("Rater", "rater", None),
-    ("Volume bias", "volume_bias", "+.2f"),
-    ("Signed boundary (mm)", "signed_boundary_mm", "+.2f"),
-    ("Mean boundary (mm)", "mean_boundary_mm", ".2f"),
-    ("HD (mm)", "hausdorff_mm", ".2f"),
-    ("Sensitivity", "sensitivity", ".3f"),
-    ("Specificity", "specificity", ".3f"),
-    ("Dice vs consensus", "dice_consensus", ".3f"),
-    ("Dice vs others", "dice_others", ".3f"),
-)
+STYLE_COLUMNS = (("Rater", "rater", None),) + tuple((title, key, fmt) for key, title, fmt in REPORT_STYLE_COLUMNS)
 HEATMAP_HEIGHT = 290
-
-
-def _fmt(value, fmt: str | None) -> str:
-    if fmt is None:
-        return "" if value is None else str(value)
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return "–"
-    return "–" if not np.isfinite(v) else format(v, fmt)
 
 
 def fill_table(table: QTableWidget, header: list[str], rows: list[list[str]], row_labels: list[str] | None = None) -> None:
@@ -308,15 +288,15 @@ class CompareDock(QWidget):
         self._show_pairwise()
         names = result.names
         fill_table(self.staple_table, ["Rater", "Sensitivity", "Specificity"],
-                   [[n, _fmt(result.staple.sensitivity[i], ".3f"), _fmt(result.staple.specificity[i], ".3f")]
+                   [[n, format_value(result.staple.sensitivity[i], ".3f"), format_value(result.staple.specificity[i], ".3f")]
                     for i, n in enumerate(names)])
         self._fill_style(result.style_rows)
         if result.model_rows:
             outputs = list(result.model_rows[0]["dice"])
             fill_table(self.model_table, ["Rater", "Best model output", "Dice", "Runner-up", "Margin"],
-                       [[r["rater"], r["best_output"] or "–", _fmt(r["best_dice"], ".3f"),
-                         f"{r['runner_up']} ({_fmt(r['runner_up_dice'], '.3f')})" if r["runner_up"] else "–",
-                         _fmt(r["margin"], "+.3f")] for r in result.model_rows])
+                       [[r["rater"], r["best_output"] or "–", format_value(r["best_dice"], ".3f"),
+                         f"{r['runner_up']} ({format_value(r['runner_up_dice'], '.3f')})" if r["runner_up"] else "–",
+                         format_value(r["margin"], "+.3f")] for r in result.model_rows])
             self.model_table.setToolTip("Model outputs compared: " + ", ".join(outputs))
         else:
             fill_table(self.model_table, ["Rater", "Best model output", "Dice"], [])
@@ -331,7 +311,7 @@ class CompareDock(QWidget):
 
     def _fill_style(self, rows: list[dict]) -> None:
         fill_table(self.style_table, [c[0] for c in STYLE_COLUMNS],
-                   [[_fmt(r.get(key), fmt) if r.get("valid", True) or fmt is None else "missing"
+                   [[format_value(r.get(key), fmt) if r.get("valid", True) or fmt is None else "missing"
                      for _, key, fmt in STYLE_COLUMNS] for r in rows])
 
     def _show_pairwise(self, *_) -> None:
@@ -341,7 +321,7 @@ class CompareDock(QWidget):
         fmt = next(f for _, k, f in PAIRWISE_METRICS if k == key)
         m = self.result.pairwise[key]
         names = self.result.names
-        fill_table(self.pairwise_table, names, [[_fmt(v, fmt) for v in row] for row in m], row_labels=names)
+        fill_table(self.pairwise_table, names, [[format_value(v, fmt) for v in row] for row in m], row_labels=names)
 
     # --- dataset report --------------------------------------------------------------------------
     def _choose_dataset(self) -> None:
