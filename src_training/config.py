@@ -23,6 +23,7 @@ TRAIN_DEFAULTS = {
     "select_metric": "dice_match",
     "log_every": 10,
     "save_every": 200,
+    "val_every": None,  # also validate every N steps (None: only at the end of each epoch / of the budget)
     "amp": True,
     "stage1": None,
 }
@@ -70,6 +71,7 @@ def resolve_config(args) -> dict:
         "seed": args.seed, "stage1": getattr(args, "stage1", None),
         "val_samples": getattr(args, "val_samples", None), "val_max_images": getattr(args, "val_max_images", None),
         "select_metric": getattr(args, "select_metric", None), "save_every": getattr(args, "save_every", None),
+        "val_every": getattr(args, "val_every", None),
     }
     cfg["train"].update({k: v for k, v in flags.items() if v is not None})
     if getattr(args, "no_augment", False):

@@ -201,6 +201,27 @@ def run_training(args) -> int:
             "wall_seconds": wall_before + time.time() - t_start,
         })
 
+    val_every = int(tcfg.get("val_every") or 0)
+
+    def validate(best):
+        """Score the model on val (rank 0), log a val.csv row, write best.pt when it improves."""
+        if not main:
+            return best
+        metrics = evaluate_items(model, val_items, n_samples=tcfg["val_samples"], device=device,
+                                 max_images=tcfg.get("val_max_images"))
+        score = metric_value(metrics, select)
+        improved = best is None or (score > best if higher_is_better(select) else score < best)
+        row = {"step": step, "epoch": epoch, select: round(score, 6), "best": improved}
+        row.update({k: round(v, 6) for k, v in metrics.items() if isinstance(v, float)})
+        _append_csv(out / "val.csv", row)
+        print(f"\nval epoch {epoch} step {step}: {select}={score:.4f}"
+              f"{' (best)' if improved else ''} | ged={metrics['ged']:.4f} dice_match={metrics['dice_match']:.4f}")
+        if improved:
+            best = score
+            card = build_model_card(cfg, meta, step, epoch, wall_before + time.time() - t_start, metrics)
+            save_checkpoint(out / "best.pt", model, card)
+        return best
+
     progress = _progress_bar(total_steps, step, main)
     interrupted = False
     try:
@@ -231,7 +252,11 @@ def run_training(args) -> int:
                         if writer:
                             for k, v in row.items():
                                 writer.add_scalar(f"train/{k}", v, step)
-                if step % tcfg["save_every"] == 0:
+                val_now = bool(val_every) and step % val_every == 0 and pos < len(batches) and step < total_steps
+                if val_now:  # mid-epoch validation; the resume point is saved right after it
+                    best = validate(best)
+                    model.train()
+                if val_now or step % tcfg["save_every"] == 0:
                     save_last()
                 if broadcast_flag(stop.raised, dist):
                     interrupted = True
@@ -240,20 +265,7 @@ def run_training(args) -> int:
                 break
             # end of epoch (or of the step budget): validate, keep the best, save the resume point
             epoch, pos = epoch + 1, 0
-            if main:
-                metrics = evaluate_items(model, val_items, n_samples=tcfg["val_samples"], device=device,
-                                         max_images=tcfg.get("val_max_images"))
-                score = metric_value(metrics, select)
-                improved = best is None or (score > best if higher_is_better(select) else score < best)
-                row = {"step": step, "epoch": epoch, select: round(score, 6), "best": improved}
-                row.update({k: round(v, 6) for k, v in metrics.items() if isinstance(v, float)})
-                _append_csv(out / "val.csv", row)
-                print(f"\nval epoch {epoch} step {step}: {select}={score:.4f}"
-                      f"{' (best)' if improved else ''} | ged={metrics['ged']:.4f} dice_match={metrics['dice_match']:.4f}")
-                if improved:
-                    best = score
-                    card = build_model_card(cfg, meta, step, epoch, wall_before + time.time() - t_start, metrics)
-                    save_checkpoint(out / "best.pt", model, card)
+            best = validate(best)
             save_last()
     except KeyboardInterrupt:  # a second Ctrl-C: the step may be half done, keep the last clean save
         if main:
