@@ -187,7 +187,33 @@ def align_raters(dataset, model_raters: list[str], ranked: bool) -> None:
     dataset.rater_names = list(model_raters)
 
 
+def run_human_reference(args) -> int:
+    """``multirater evaluate --human-reference``: leave-one-rater-out inter-rater agreement."""
+    from .human_reference import human_reference
+
+    dataset = load_split(args.data, None if args.split in ("all", "none") else args.split)
+    if len(dataset) and dataset[0].image.ndim == 3:
+        raise ValueError("--human-reference scores 2D slices; this dataset holds volumes")
+    rank = bool(getattr(dataset, "patient", None) is not None)  # LIDC shards: raters ranked by area, as for training
+    window = getattr(dataset, "intensity_window", None) or [0, 255]
+    items = SliceDataset(dataset, window, rank_raters=rank, augment=None, max_cases=args.max_images)
+    result = human_reference(items)
+    result.update({"data": str(args.data), "split": args.split, "method": "human reference (leave-one-rater-out)",
+                   "scored_per": "image", "raters_ranked_by_area": rank,
+                   "rater_names": [f"expert_{k + 1}" for k in range(len(items.rater_names))] if rank
+                   else list(items.rater_names)})
+    if rank:
+        result["conventions"]["rater_identity"] = "raters ranked by area per image: expert k = k-th smallest annotation"
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(_jsonable(result), indent=2) + "\n", encoding="utf-8")
+    print(markdown_table(result, f"human reference on {args.data} ({args.split}), {result['n_images']} images"))
+    return 0
+
+
 def run_evaluate(args) -> int:
+    if getattr(args, "human_reference", False):
+        return run_human_reference(args)
     from .checkpoint import load_checkpoint
     from .runtime import pick_device
 

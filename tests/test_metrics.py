@@ -122,3 +122,21 @@ def test_conventions_documented():
     for key in ("ged", "ged_dpersona", "dice_soft", "dice_max", "dice_max_reverse", "dice_match",
                 "dice_each_identity", "dice_each_matched"):
         assert key in M.CONVENTIONS
+
+
+def test_human_reference_leave_one_rater_out_hand_computed():
+    """Two raters of 4 px overlapping in 2 px: each is one sample against the other (Dice 0.5, IoU 1/3)."""
+    from src_training.human_reference import human_reference_image
+
+    a = np.zeros((4, 4), np.float32)
+    b = np.zeros((4, 4), np.float32)
+    a[0, :4] = 1
+    b[0, 2:] = 1
+    b[1, 2:] = 1
+    masks = np.stack([a, b, np.zeros_like(a)])
+    r = human_reference_image(masks, np.array([True, True, False]))
+    assert r["dice_max"] == pytest.approx(0.5) and r["dice_match"] == pytest.approx(0.5)
+    assert r["ged"] == pytest.approx(2 * (1 - 1 / 3))  # one label, one sample: only the cross term
+    assert r["dice_each_identity"][:2] == pytest.approx([0.5, 0.5]) and np.isnan(r["dice_each_identity"][2])
+    assert r["n_samples"] == 1 and r["n_marked"] == 2
+    assert human_reference_image(masks, np.array([True, False, False])) is None  # nobody to compare with
