@@ -279,3 +279,20 @@ def test_config_options(method, extra, batch):
     x = batch["image"][:2]
     assert model.sample(x, 3, torch.Generator().manual_seed(0)).shape == (2, 3, 32, 32)
     assert model.personalize(x, torch.Generator().manual_seed(0)).shape == (2, 3, 32, 32)
+
+
+def test_umanet_weight_floor_keeps_foreground_in_the_loss():
+    """Regression (LIDC collapse): even where U = 1 everywhere, predicting the annotation must beat
+    predicting empty, so the head cannot settle on "background everywhere" and blame the annotators."""
+    model = make("umanet")
+    masks = torch.zeros(1, 2, 16, 16)
+    masks[:, :, 6:10, 6:10] = 1
+    vmask = torch.ones(1, 2, 1, 1)
+    u = torch.ones_like(masks)
+    right = model._weighted_seg(torch.where(masks[:, :1] > 0, 8.0, -8.0), masks, u, vmask)
+    empty = model._weighted_seg(torch.full((1, 1, 16, 16), -8.0), masks, u, vmask)
+    assert float(empty - right) > 0.3
+    model.config["loss"]["min_weight"] = 0.0  # the unfloored weight 1 - U: nothing distinguishes the two
+    right = model._weighted_seg(torch.where(masks[:, :1] > 0, 8.0, -8.0), masks, u, vmask)
+    empty = model._weighted_seg(torch.full((1, 1, 16, 16), -8.0), masks, u, vmask)
+    assert abs(float(empty - right)) < 1e-3
