@@ -25,6 +25,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--val-max-images", type=int, help="validate on at most N val images")
     p.add_argument("--select-metric", help="val metric that picks best.pt (default from the config)")
     p.add_argument("--save-every", type=int, help="save last.pt every N steps (and every epoch)")
+    p.add_argument("--val-every", type=int, help="also validate (and keep the best on val) every N steps")
     p.add_argument("--no-augment", action="store_true", help="disable flips/rotations/intensity augmentation")
     p.add_argument("--rank-raters", choices=["auto", "on", "off"],
                    help="sort raters by area (LIDC convention; auto = on for LIDC shards)")
@@ -33,7 +34,10 @@ def add_train_parser(sub) -> None:
 
 def add_evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="all multi-rater metrics of a checkpoint on a split, as JSON + table")
-    p.add_argument("--checkpoint", required=True)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", help="model checkpoint (file) to evaluate")
+    what.add_argument("--human-reference", action="store_true",
+                      help="score every rater against the other raters (leave-one-rater-out) instead of a model")
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="val", help="val (default), train, or all")
     p.add_argument("--samples", type=int, default=None, help="diverse samples per image (default 10)")
@@ -42,6 +46,51 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_evaluate)
+
+
+def add_export_parser(sub) -> None:
+    p = sub.add_parser("export", help="write a shippable copy of a checkpoint: weights + config + card, no optimizer")
+    p.add_argument("--checkpoint", required=True, help="training checkpoint (e.g. RUN/best.pt)")
+    p.add_argument("--out", required=True, help="output .pt (e.g. napari_multirater/models/NAME.pt)")
+    p.add_argument("--fp16", action="store_true", help="store float weights as fp16 (loaded back as fp32)")
+    p.add_argument("--eval-json", help="`multirater evaluate --json` output to record in the model card")
+    p.add_argument("--note", action="append", default=[], help="free-text line for the card's notes (repeatable)")
+    p.set_defaults(func=_export)
+
+
+def _export(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    try:
+        model, card = load_checkpoint(args.checkpoint)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    card = dict(card)
+    if args.eval_json:
+        try:
+            ev = json.loads(Path(args.eval_json).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            print(f"error: cannot read {args.eval_json}: {e}", file=sys.stderr)
+            return 2
+        keep = ("ged", "ged_dpersona", "dice_soft", "dice_max", "dice_max_reverse", "dice_match", "dice_each_identity",
+                "dice_each_matched", "persona_rater_dice", "per_bucket", "n_images", "n_samples", "split", "data",
+                "conventions", "seed")
+        card["evaluation"] = {k: ev[k] for k in keep if k in ev}
+        card["evaluation"]["command"] = (f"multirater evaluate --checkpoint {Path(args.out).stem} --data {ev.get('data')} "
+                                         f"--split {ev.get('split')} --samples {ev.get('n_samples')} --seed {ev.get('seed', 0)}")
+    if args.note:
+        card["notes"] = list(card.get("notes") or []) + list(args.note)
+    card["exported_from"] = Path(args.checkpoint).name
+    out = save_checkpoint(args.out, model, card, fp16=args.fp16)
+    size = out.stat().st_size / 2**20
+    print(f"wrote {out} ({size:.1f} MB{', fp16' if args.fp16 else ''})")
+    if size > 10:
+        print("warning: over the 10 MB limit for a model bundled with the plugin", file=sys.stderr)
+    return 0
 
 
 def _train(args) -> int:
@@ -72,3 +121,4 @@ def _evaluate(args) -> int:
 def add_parser(sub) -> None:
     add_train_parser(sub)
     add_evaluate_parser(sub)
+    add_export_parser(sub)

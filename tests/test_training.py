@@ -83,12 +83,14 @@ def _write_tiny_config(folder: Path, method: str) -> Path:
     return p
 
 
-def test_train_cli_contract_and_evaluate_json(train_data, tmp_path):
+def test_train_cli_contract_evaluate_json_and_export(train_data, tmp_path):
     out = tmp_path / "run"
-    r = _run(_train_args(train_data, out))
+    r = _run(_train_args(train_data, out, extra=("--val-every", "2")))
     assert r.returncode == 0, r.stderr[-3000:]
     for name in ("last.pt", "best.pt", "log.csv", "val.csv", "config.json"):
         assert (out / name).exists(), name
+    val_steps = [int(line.split(",")[0]) for line in (out / "val.csv").read_text().splitlines()[1:]]
+    assert {2, 4, 6} <= set(val_steps), val_steps  # --val-every validates mid-epoch, not only at epoch ends
     from src_training.checkpoint import load_checkpoint
 
     model, card = load_checkpoint(out / "best.pt")
@@ -103,6 +105,23 @@ def test_train_cli_contract_and_evaluate_json(train_data, tmp_path):
         assert key in ev, key
     assert len(ev["dice_each_identity"]) == 4 and ev["n_samples"] == 4
     assert "| ged |" in r.stdout and "d(empty, empty) = 0" in r.stdout
+
+    # export: a lean fp16 copy whose card carries the evaluation, and which predicts like the original
+    shipped = tmp_path / "models" / "tiny_prob_unet.pt"
+    r = _run(["export", "--checkpoint", str(out / "best.pt"), "--out", str(shipped), "--fp16",
+              "--eval-json", str(tmp_path / "ev.json"), "--note", "test export"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert shipped.stat().st_size < (out / "best.pt").stat().st_size
+    lean, lean_card = load_checkpoint(shipped)
+    assert lean_card["evaluation"]["ged"] == ev["ged"] and "conventions" in lean_card["evaluation"]
+    assert "multirater evaluate --checkpoint tiny_prob_unet" in lean_card["evaluation"]["command"]
+    assert "test export" in lean_card["notes"] and lean_card["exported_from"] == "best.pt"
+    full = model.state_dict()
+    for key, value in lean.state_dict().items():  # fp16 storage, fp32 back
+        assert value.dtype == full[key].dtype, key
+        torch.testing.assert_close(value, full[key], atol=2e-3, rtol=2e-3)
+    r = _run(["export", "--checkpoint", str(out / "best.pt"), "--out", str(shipped), "--eval-json", str(tmp_path)])
+    assert r.returncode == 2 and "cannot read" in r.stderr
 
 
 def test_bad_train_inputs_give_clear_errors(tmp_path):
