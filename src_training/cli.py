@@ -1,4 +1,4 @@
-"""``multirater train`` and ``multirater evaluate`` (flags are a fixed contract for scripts)."""
+"""``multirater train``, ``evaluate``, ``export`` and ``results`` (train/evaluate flags are a fixed contract)."""
 
 from __future__ import annotations
 
@@ -93,6 +93,24 @@ def _export(args) -> int:
     return 0
 
 
+def add_results_parser(sub) -> None:
+    p = sub.add_parser("results", help="markdown results tables from several `evaluate --json` files")
+    p.add_argument("json", nargs="+", help="evaluate JSON files, one table row each (in this order)")
+    p.add_argument("--personas", action="store_true", help="persona x rater Dice matrix per file instead")
+    p.set_defaults(func=_results)
+
+
+def _results(args) -> int:
+    from .results_table import ResultsError, render
+
+    try:
+        print(render(args.json, personas=args.personas))
+    except ResultsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _train(args) -> int:
     from napari_multirater.datasets.case import DatasetError
 
@@ -122,3 +140,4 @@ def add_parser(sub) -> None:
     add_train_parser(sub)
     add_evaluate_parser(sub)
     add_export_parser(sub)
+    add_results_parser(sub)

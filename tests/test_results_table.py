@@ -1,0 +1,41 @@
+"""`multirater results`: README tables are copied from evaluate JSONs, bad files give a clear error."""
+
+import json
+
+import pytest
+
+from src_training.results_table import ResultsError, load_results, persona_matrix_table, render
+
+
+def _ev(method, ged, checkpoint="run/best.pt"):
+    bucket = {"ged": ged, "ged_dpersona": 0.5, "dice_soft": 0.6, "dice_match": 0.7,
+              "dice_each_identity_mean": 0.4, "n_images": 3}
+    return {"method": method, "checkpoint": checkpoint, "ged": ged, "ged_dpersona": 0.25, "dice_soft": 0.6,
+            "dice_max": 0.8, "dice_max_reverse": 0.65, "dice_match": 0.7, "dice_each_identity": [0.1, 0.2],
+            "dice_each_identity_mean": 0.15, "dice_each_matched": [0.3, None], "dice_each_matched_mean": 0.3,
+            "n_images": 5, "n_samples": 10, "per_bucket": {"1": bucket, "2": dict(bucket, n_images=2)},
+            "rater_names": ["a", "b"], "persona_rater_dice": [[0.9, 0.2], [0.3, 0.8]], "data": "d", "split": "val"}
+
+
+def test_results_tables_copy_the_json_numbers(tmp_path):
+    p1, p2 = tmp_path / "x.json", tmp_path / "y.json"
+    p1.write_text(json.dumps(_ev("dpersona", 0.12345, "runs/lidc_dpersona_stage2/best.pt")))
+    p2.write_text(json.dumps(_ev("unet", 0.5)))
+    out = render([p1, p2])
+    assert "| dpersona stage II | 10 | 0.123 | 0.250 | 0.600 | 0.800 | 0.650 | 0.700 | 0.150 | 0.300 |" in out
+    assert "| unet | a identity / matched" not in out and "| unet | 0.100 / 0.300 | 0.200 / n/a |" in out
+    assert "| method | metric | 1 rater(s), n=3 | 2 rater(s), n=2 |" in out
+    assert "| unet | ged | 0.500 | 0.500 |" in out
+    mat = persona_matrix_table(_ev("proseg", 0.1))
+    assert "| a | **0.900** | 0.200 |" in mat and "| b | 0.300 | **0.800** |" in mat
+
+
+def test_results_refuses_files_that_are_not_evaluate_output(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"ged": 1.0}))
+    with pytest.raises(ResultsError, match="missing dice_match, per_bucket, n_images"):
+        load_results([bad])
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ResultsError, match="cannot read"):
+        load_results([broken])
