@@ -296,3 +296,17 @@ def test_umanet_weight_floor_keeps_foreground_in_the_loss():
     right = model._weighted_seg(torch.where(masks[:, :1] > 0, 8.0, -8.0), masks, u, vmask)
     empty = model._weighted_seg(torch.full((1, 1, 16, 16), -8.0), masks, u, vmask)
     assert abs(float(empty - right)) < 1e-3
+
+
+def test_umanet_empty_annotations_do_not_pull_the_head_to_empty():
+    """Regression (LIDC collapse): on a slice where only one of four raters drew the lesion, raising
+    the head's shared bias from a near-empty prediction must lower the loss. A per-annotation Dice on
+    the three EMPTY annotations used to win and drive every logit to about -11."""
+    model = make("umanet")
+    masks = torch.zeros(1, 4, 64, 64)
+    masks[0, 3, 20:27, 20:27] = 1
+    bias = torch.tensor(-6.0, requires_grad=True)
+    logits = torch.where(masks[:, 3:] > 0, 2.0, -2.0) + bias  # image-aware head + shared bias
+    loss = model._weighted_seg(logits, masks, torch.zeros_like(masks), torch.ones(1, 4, 1, 1)).sum()
+    (grad,) = torch.autograd.grad(loss, bias)
+    assert float(grad) < 0

@@ -7,19 +7,27 @@ Design decisions (ours, not the authors'):
   annotations run as one batch (weights shared across k). F is DETACHED (``auem.detach_features``)
   so the backbone cannot shape its features to let U explain errors away.
 * Reliability-weighted loss of a head P against annotation k:
-  mean_px[(1 - U_k) BCE(P, Y_k)] + dice_weight * softDice(P, Y_k; weight (1 - U_k).detach())
+  mean_px[(1 - U_k) BCE(P, Y_k)] + dice_weight * softDice(P, Y_k; weight (1 - U_k).detach()), the
+  Dice term averaged over the annotations that are NOT empty (an empty annotation counts through BCE
+  only; see the LIDC collapse below)
   + u_penalty * mean_px(pen(U_k)) so U cannot grow trivially. Default ``penalty_type: "quadratic"``,
   pen = U^2 / 2: the per-pixel optimum is U_k* = clamp(BCE(P, Y_k) / u_penalty, 0, 1), a graded
   "annotation k disagrees with the (reliability-weighted) consensus" map. The brief's ``"linear"``
   pen = U (and ``"log"``, -log(1 - U)) are available, but their optimum is bang-bang (U = 0 wherever
   BCE < u_penalty): from init (BCE ~ 0.69) the sigmoid saturates at U = 0 and never recovers
   (observed on toy data), so they are not the default.
+* LIDC collapse (measured twice, fixed by the two points here): on LIDC both heads predicted empty
+  on every val slice (logits about -11 everywhere; 900 CPU steps, and again at steps 150-400 of a
+  rerun). Cause: with area-ranked LIDC raters most slices have 1-3 EMPTY annotations, and a
+  per-annotation soft Dice with smoothing 1 on an empty target is 1 - 1/(sum p + 1): its push
+  towards sum p = 0 (about sum p per image in logit space) outweighs the pixel-mean BCE pull on a
+  ~1% foreground (about 0.003), so the equilibrium is a saturated, empty head whose Dice gradient
+  has vanished. Hence the Dice term skips empty annotations.
 * Weight floor (``min_weight``, default 0.3): the loss weight is ``m + (1 - m)(1 - U_k)`` rather than
-  ``1 - U_k``. Without it the model collapsed on LIDC (nodules cover ~1% of a slice): the head first
-  learns "background everywhere", foreground BCE then exceeds ``u_penalty`` so U_k -> 1 on every
-  foreground pixel, the weighted BCE and weighted Dice both vanish there and the head never
-  recovers (measured: 900 CPU steps, H-head empty on every val slice). With the floor the optimum is
-  U_k* = clamp((1 - m) BCE / u_penalty, 0, 1), still a graded map, and foreground always counts.
+  ``1 - U_k``: once the head predicts background, foreground BCE exceeds ``u_penalty`` and U_k -> 1
+  there, and an unfloored weight would then remove the foreground from the loss altogether. With
+  the floor the optimum is U_k* = clamp((1 - m) BCE / u_penalty, 0, 1), still a graded map, and
+  foreground always counts.
 * Agreement term (``agreement_weight``): variance across valid raters of the corrected labels
   (1 - U_k) Y_k + U_k P.detach(), i.e. raters are encouraged to agree on pixels deemed reliable.
 * QAM: score s = 1 - mean of U_k over valid k and the ROI (union of valid Y_k dilated by
@@ -167,7 +175,8 @@ class UMANet(MultiRaterModel):
         w = rel.detach() * vmask
         num = 2 * (w * probs * masks).flatten(2).sum(2) + 1.0
         den = (w * (probs + masks)).flatten(2).sum(2) + 1.0
-        dice = ((1 - num / den) * vmask[:, :, 0, 0]).sum(1) / nv
+        marked = vmask[:, :, 0, 0] * (masks.flatten(2).amax(2) > 0).to(masks.dtype)  # Dice only where k drew something
+        dice = ((1 - num / den) * marked).sum(1) / marked.sum(1).clamp(min=1)
         return per_img + float(lc["dice_weight"]) * dice
 
     def quality_scores(self, u, masks, valid):
