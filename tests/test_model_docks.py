@@ -398,5 +398,6 @@ def test_plugin_manifest_dock_and_run_demo(make_napari_viewer, ckpt_dir, monkeyp
     _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "Model & sampling")
     assert isinstance(dock, ModelDock) and dock.model_combo.count() >= 3
     dock.run_demo()
+    assert dock.model_combo.currentText() == "phantom_dpersona"  # the phantom model, not the first LIDC one
     assert SAMPLES in viewer.layers and "mr uncertainty: entropy" in viewer.layers
     assert any(ly.name.startswith("mr persona: ") for ly in viewer.layers)

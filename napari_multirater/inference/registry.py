@@ -8,6 +8,7 @@ from pathlib import Path
 
 ENV_VAR = "NAPARI_MULTIRATER_MODELS"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "models"
+DEMO_MODEL = "phantom_dpersona"  # trained on the synthetic phantoms the demo opens
 
 
 def user_model_dir() -> Path:
@@ -28,6 +29,12 @@ def available_models() -> dict[str, Path]:
             for p in sorted(d.glob("*.pt")):
                 found.setdefault(p.stem, p)
     return found
+
+
+def demo_model_name() -> str | None:
+    """The model the demo uses: the phantom model when installed, else the first one found."""
+    models = available_models()
+    return DEMO_MODEL if DEMO_MODEL in models else next(iter(models), None)
 
 
 def find_model(name: str) -> Path:

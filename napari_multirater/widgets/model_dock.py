@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
 from .._napari.model_controller import ALL_EXPERTS, ModelController
 from ..inference.device import DEVICE_CHOICES
 from ..inference.intensity import IMAGE_UNITS, LIDC_MAPPINGS
-from ..inference.registry import available_models
+from ..inference.registry import available_models, demo_model_name
 
 __all__ = ["ModelDock"]
 
@@ -627,11 +627,11 @@ class ModelDock(QWidget):
 
     # ------------------------------------------------------------------ demo
     def run_demo(self) -> None:
-        """Load the first available model and show samples, all personas and an entropy overlay."""
-        models = available_models()
-        if not models or self.controller.image_layer is None:
+        """Load the demo model and show samples, all personas and an entropy overlay."""
+        name = demo_model_name()
+        if name is None or self.controller.image_layer is None:
             return
-        self.model_combo.setCurrentText(next(iter(models)))
+        self.model_combo.setCurrentText(name)
         if not self.load_model(sync=True):
             return
         self.n_spin.setValue(8)
