@@ -239,7 +239,7 @@ def run_evaluate(args) -> int:
         result = evaluate_items(model, items, n_samples=n_samples, device=device, seed=args.seed, progress=progress)
     result.update({
         "checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, "method": card.get("method"),
-        "scored_per": "volume" if volumetric else "image", "raters_ranked_by_area": rank, "seed": args.seed,
+        "stage": card.get("stage"), "scored_per": "volume" if volumetric else "image", "raters_ranked_by_area": rank, "seed": args.seed,
         "rater_names": list(model.rater_names),
     })
     result["conventions"]["scored_per"] = "volume (all slices together)" if volumetric else "2D image"

@@ -37,10 +37,9 @@ def _label(ev: dict, path: Path) -> str:
     method = str(ev.get("method") or path.stem)
     if method.startswith("human"):
         return "human reference (leave-one-rater-out)"
-    if method == "dpersona" and "stage2" in str(ev.get("checkpoint", "")):
-        return "dpersona stage II"
     if method == "dpersona":
-        return "dpersona stage I"
+        stage = ev.get("stage") or (2 if "stage2" in str(ev.get("checkpoint", "")) else 1)
+        return f"dpersona stage {'II' if int(stage) == 2 else 'I'}"
     return method
 
 

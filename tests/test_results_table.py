@@ -26,6 +26,8 @@ def test_results_tables_copy_the_json_numbers(tmp_path):
     assert "| unet | a identity / matched" not in out and "| unet | 0.100 / 0.300 | 0.200 / n/a |" in out
     assert "| method | metric | 1 rater(s), n=3 | 2 rater(s), n=2 |" in out
     assert "| unet | ged | 0.500 | 0.500 |" in out
+    p1.write_text(json.dumps(dict(_ev("dpersona", 0.1, "models/phantom_dpersona.pt"), stage=2)))
+    assert "| dpersona stage II |" in render([p1])
     mat = persona_matrix_table(_ev("proseg", 0.1))
     assert "| a | **0.900** | 0.200 |" in mat and "| b | 0.300 | **0.800** |" in mat
 
