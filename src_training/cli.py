@@ -35,7 +35,7 @@ def add_train_parser(sub) -> None:
 def add_evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="all multi-rater metrics of a checkpoint on a split, as JSON + table")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--checkpoint", help="model checkpoint (file) to evaluate")
+    what.add_argument("--checkpoint", help="checkpoint file, or the name of a bundled / cached model")
     what.add_argument("--human-reference", action="store_true",
                       help="score every rater against the other raters (leave-one-rater-out) instead of a model")
     p.add_argument("--data", required=True)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
+from .checkpoint import CheckpointError
 from .data import SliceDataset, load_split, normalize_image, pad_to_multiple, rank_by_area
 
 LOWER_IS_BETTER = {"ged", "ged_dpersona"}
@@ -211,6 +212,19 @@ def run_human_reference(args) -> int:
     return 0
 
 
+def resolve_checkpoint(name_or_path) -> Path:
+    """A checkpoint file, or the name of a bundled / cached model (``lidc_dpersona``)."""
+    path = Path(str(name_or_path)).expanduser()
+    if path.is_file() or path.suffix == ".pt" or len(path.parts) > 1:
+        return path  # a path: load_checkpoint reports it if missing
+    from napari_multirater.inference.registry import find_model
+
+    try:
+        return find_model(str(name_or_path))
+    except FileNotFoundError as e:
+        raise CheckpointError(str(e)) from None
+
+
 def run_evaluate(args) -> int:
     if getattr(args, "human_reference", False):
         return run_human_reference(args)
@@ -218,7 +232,7 @@ def run_evaluate(args) -> int:
     from .runtime import pick_device
 
     device = pick_device(args.device)
-    model, card = load_checkpoint(args.checkpoint, map_location=device)
+    model, card = load_checkpoint(resolve_checkpoint(args.checkpoint), map_location=device)
     model.to(device).eval()
     dataset = load_split(args.data, None if args.split in ("all", "none") else args.split)
     window = (card.get("intensity") or {}).get("window") or getattr(dataset, "intensity_window", None) or [0, 255]
