@@ -203,22 +203,26 @@ def run_human_reference(args) -> int:
                    "scored_per": "image", "raters_ranked_by_area": rank,
                    "rater_names": [f"expert_{k + 1}" for k in range(len(items.rater_names))] if rank
                    else list(items.rater_names)})
+    return _report(result, args, rank, f"human reference on {args.data} ({args.split}), {result['n_images']} images")
+
+
+def _report(result: dict, args, rank: bool, title: str) -> int:
+    """State the rater-identity convention, write ``--json`` and print the markdown table."""
     if rank:
         result["conventions"]["rater_identity"] = "raters ranked by area per image: expert k = k-th smallest annotation"
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(_jsonable(result), indent=2) + "\n", encoding="utf-8")
-    print(markdown_table(result, f"human reference on {args.data} ({args.split}), {result['n_images']} images"))
+    print(markdown_table(result, title))
     return 0
 
 
 def resolve_checkpoint(name_or_path) -> Path:
     """A checkpoint file, or the name of a bundled / cached model (``lidc_dpersona``)."""
-    path = Path(str(name_or_path)).expanduser()
-    if path.is_file() or path.suffix == ".pt" or len(path.parts) > 1:
-        return path  # a path: load_checkpoint reports it if missing
-    from napari_multirater.inference.registry import find_model
+    from napari_multirater.inference.registry import find_model, is_model_name
 
+    if not is_model_name(name_or_path):
+        return Path(str(name_or_path)).expanduser()  # a path: load_checkpoint reports it if missing
     try:
         return find_model(str(name_or_path))
     except FileNotFoundError as e:
@@ -257,13 +261,8 @@ def run_evaluate(args) -> int:
         "rater_names": list(model.rater_names),
     })
     result["conventions"]["scored_per"] = "volume (all slices together)" if volumetric else "2D image"
-    if rank:
-        result["conventions"]["rater_identity"] = "raters ranked by area per image: expert k = k-th smallest annotation"
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(_jsonable(result), indent=2) + "\n", encoding="utf-8")
-    print(markdown_table(result, f"{card.get('method')} on {args.data} ({args.split}), {result['n_images']} {result['scored_per']}s"))
-    return 0
+    return _report(result, args, rank,
+                   f"{card.get('method')} on {args.data} ({args.split}), {result['n_images']} {result['scored_per']}s")
 
 
 def _jsonable(obj):

@@ -11,7 +11,6 @@ decoded in one batched call; the method's deterministic maps are computed per ba
 from __future__ import annotations
 
 import math
-import os
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from ..io.geometry import Geometry
 from ..progress import Progress, run_to_completion
 from .device import resolve_device, run_with_fallback
 from .intensity import InputNormalizer
-from .registry import find_model
+from .registry import find_model, is_model_name
 from .roi import ROI, PredictionResult
 
 SAMPLE_KINDS = ("entropy", "variance", "mutual_information")
@@ -143,7 +142,7 @@ class InferenceEngine:
         text = str(name_or_path)
         path = Path(text).expanduser()
         if not path.is_file():
-            if path.suffix == ".pt" or os.sep in text or path.exists():
+            if not is_model_name(text):
                 raise ModelLoadError(f"checkpoint not found or not a file: {path}")
             try:
                 path = find_model(text)

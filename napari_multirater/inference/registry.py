@@ -37,6 +37,12 @@ def demo_model_name() -> str | None:
     return DEMO_MODEL if DEMO_MODEL in models else next(iter(models), None)
 
 
+def is_model_name(text) -> bool:
+    """True when ``text`` names a bundled / cached model rather than a checkpoint path."""
+    path = Path(str(text)).expanduser()
+    return not (path.is_file() or path.exists() or path.suffix == ".pt" or len(path.parts) > 1)
+
+
 def find_model(name: str) -> Path:
     """Path of the model called ``name`` (file stem, ``.pt`` optional); FileNotFoundError otherwise."""
     key = name[:-3] if name.endswith(".pt") else name
