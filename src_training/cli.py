@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+PRECISION_CHOICES = ("auto", "fp32", "bf16")  # == precision.PRECISION_CHOICES (kept import-light)
 METHOD_CHOICES = ("unet", "prob_unet", "dpersona", "proseg", "umanet", "pionono")
 
 
@@ -27,6 +28,9 @@ def add_train_parser(sub) -> None:
     p.add_argument("--save-every", type=int, help="save last.pt every N steps (and every epoch)")
     p.add_argument("--val-every", type=int, help="also validate (and keep the best on val) every N steps")
     p.add_argument("--no-augment", action="store_true", help="disable flips/rotations/intensity augmentation")
+    p.add_argument("--precision", choices=PRECISION_CHOICES,
+                   help="auto (default: bf16 autocast + channels_last on CPUs with native bf16 and on CUDA, "
+                        "else fp32), fp32, bf16")
     p.add_argument("--rank-raters", choices=["auto", "on", "off"],
                    help="sort raters by area (LIDC convention; auto = on for LIDC shards)")
     p.set_defaults(func=_train)
@@ -45,6 +49,9 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("--max-images", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                   help="model precision: auto (bf16 where the CPU/GPU computes it natively), fp32, bf16; "
+                        "metrics are always fp32")
     p.set_defaults(func=_evaluate)
 
 

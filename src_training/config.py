@@ -24,7 +24,7 @@ TRAIN_DEFAULTS = {
     "log_every": 10,
     "save_every": 200,
     "val_every": None,  # also validate every N steps (None: only at the end of each epoch / of the budget)
-    "amp": True,
+    "precision": "auto",  # auto | fp32 | bf16 (src_training/precision.py); "amp": false in old configs = fp32
     "stage1": None,
 }
 
@@ -71,7 +71,7 @@ def resolve_config(args) -> dict:
         "seed": args.seed, "stage1": getattr(args, "stage1", None),
         "val_samples": getattr(args, "val_samples", None), "val_max_images": getattr(args, "val_max_images", None),
         "select_metric": getattr(args, "select_metric", None), "save_every": getattr(args, "save_every", None),
-        "val_every": getattr(args, "val_every", None),
+        "val_every": getattr(args, "val_every", None), "precision": getattr(args, "precision", None),
     }
     cfg["train"].update({k: v for k, v in flags.items() if v is not None})
     if getattr(args, "no_augment", False):

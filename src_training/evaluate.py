@@ -18,6 +18,7 @@ import torch
 from . import metrics as M
 from .checkpoint import CheckpointError
 from .data import SliceDataset, load_split, normalize_image, pad_to_multiple, rank_by_area
+from .precision import FP32, Precision, autocast, prepare_input, prepare_model, resolve_precision
 
 LOWER_IS_BETTER = {"ged", "ged_dpersona"}
 
@@ -49,15 +50,19 @@ def metric_value(result: dict, name: str) -> float:
 
 
 @torch.inference_mode()
-def predict_batch(model, images: torch.Tensor, n_samples: int, generator: torch.Generator | None):
-    """Sigmoid probabilities: samples (B, n, H, W) and personas (B, K, H, W), as numpy float32."""
-    samples = torch.sigmoid(model.sample(images, n_samples, generator=generator).float())
-    personas = torch.sigmoid(model.personalize(images, generator=generator).float())
-    return samples.cpu().numpy(), personas.cpu().numpy()
+def predict_batch(model, images: torch.Tensor, n_samples: int, generator: torch.Generator | None,
+                  precision: Precision = FP32):
+    """Sigmoid probabilities: samples (B, n, H, W) and personas (B, K, H, W), as numpy float32.
+    The model runs under ``precision`` (autocast); probabilities and metrics are always fp32."""
+    images = prepare_input(images, precision)
+    with autocast(precision, images.device):
+        samples = model.sample(images, n_samples, generator=generator)
+        personas = model.personalize(images, generator=generator)
+    return torch.sigmoid(samples.float()).cpu().numpy(), torch.sigmoid(personas.float()).cpu().numpy()
 
 
 def evaluate_items(model, items: SliceDataset, *, n_samples: int = 10, device="cpu", batch_size: int = 16,
-                   max_images: int | None = None, seed: int = 0, progress=None) -> dict:
+                   max_images: int | None = None, seed: int = 0, progress=None, precision: Precision = FP32) -> dict:
     """Per-slice metrics over a SliceDataset (used for validation during training)."""
     was_training = model.training
     model.eval()
@@ -69,7 +74,7 @@ def evaluate_items(model, items: SliceDataset, *, n_samples: int = 10, device="c
         raws = [items.raw(i) for i in idx]
         padded = [pad_to_multiple(img, masks, 16) for img, masks, _ in raws]
         x = torch.from_numpy(np.stack([p[0] for p in padded]))[:, None].to(device)
-        samples, personas = predict_batch(model, x, n_samples, gen)
+        samples, personas = predict_batch(model, x, n_samples, gen, precision)
         for b, (img, masks, valid) in enumerate(raws):
             h, w = img.shape
             sl = _crop_slices(padded[b][0].shape, (h, w))
@@ -111,7 +116,8 @@ def _crop_slices(padded_hw, hw):
 
 
 def evaluate_volumes(model, dataset, window, *, rank_raters: bool, n_samples: int, device="cpu",
-                     batch_size: int = 16, max_images: int | None = None, seed: int = 0, progress=None) -> dict:
+                     batch_size: int = 16, max_images: int | None = None, seed: int = 0, progress=None,
+                     precision: Precision = FP32) -> dict:
     """Per-volume metrics: every slice predicted, stacked, scored as one volume."""
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -125,7 +131,7 @@ def evaluate_volumes(model, dataset, window, *, rank_raters: bool, n_samples: in
             chunk = vol[z0 : z0 + batch_size]
             padded = [pad_to_multiple(s, np.zeros((1, *s.shape), np.uint8), 16)[0] for s in chunk]
             x = torch.from_numpy(np.stack(padded))[:, None].to(device)
-            s, p = predict_batch(model, x, n_samples, gen)
+            s, p = predict_batch(model, x, n_samples, gen, precision)
             sl = _crop_slices(padded[0].shape, chunk.shape[1:])
             samples.append(s[:, :, sl[0], sl[1]])
             personas.append(p[:, :, sl[0], sl[1]])
@@ -236,8 +242,9 @@ def run_evaluate(args) -> int:
     from .runtime import pick_device
 
     device = pick_device(args.device)
+    precision = resolve_precision(getattr(args, "precision", "auto"), device)
     model, card = load_checkpoint(resolve_checkpoint(args.checkpoint), map_location=device)
-    model.to(device).eval()
+    prepare_model(model.to(device).eval(), precision)
     dataset = load_split(args.data, None if args.split in ("all", "none") else args.split)
     window = (card.get("intensity") or {}).get("window") or getattr(dataset, "intensity_window", None) or [0, 255]
     rank = bool(card.get("raters_ranked_by_area", False))
@@ -251,14 +258,15 @@ def run_evaluate(args) -> int:
     volumetric = len(dataset) and dataset[0].image.ndim == 3
     if volumetric:
         result = evaluate_volumes(model, dataset, window, rank_raters=rank, n_samples=n_samples, device=device,
-                                  max_images=args.max_images, seed=args.seed, progress=progress)
+                                  max_images=args.max_images, seed=args.seed, progress=progress, precision=precision)
     else:
         items = SliceDataset(dataset, window, rank_raters=rank, augment=None, max_cases=args.max_images)
-        result = evaluate_items(model, items, n_samples=n_samples, device=device, seed=args.seed, progress=progress)
+        result = evaluate_items(model, items, n_samples=n_samples, device=device, seed=args.seed, progress=progress,
+                                precision=precision)
     result.update({
         "checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, "method": card.get("method"),
         "stage": card.get("stage"), "scored_per": "volume" if volumetric else "image", "raters_ranked_by_area": rank, "seed": args.seed,
-        "rater_names": list(model.rater_names),
+        "rater_names": list(model.rater_names), "precision": precision.describe(),
     })
     result["conventions"]["scored_per"] = "volume (all slices together)" if volumetric else "2D image"
     return _report(result, args, rank,

@@ -6,6 +6,7 @@ non-negative tensor broadcastable to that shape; it multiplies every pixel's con
 """
 from __future__ import annotations
 
+import functools
 from typing import Iterable
 
 import torch
@@ -25,12 +26,32 @@ __all__ = [
 ]
 
 
+def fp32_loss(fn):
+    """Run ``fn`` in fp32 whatever autocast is active: float tensor arguments are cast to float32.
+
+    Every loss and KL term below is wrapped, so bf16/fp16 autocast in training never reaches a
+    reduction, a log/lgamma or a division (see ``src_training/precision.py``).
+    """
+
+    def cast(a):
+        return a.float() if torch.is_tensor(a) and a.is_floating_point() else a
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        dev = next((a.device.type for a in list(args) + list(kwargs.values()) if torch.is_tensor(a)), "cpu")
+        with torch.autocast(dev, enabled=False):
+            return fn(*[cast(a) for a in args], **{k: cast(v) for k, v in kwargs.items()})
+
+    return wrapper
+
+
 def _weight_like(x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     if weight is None:
         return torch.ones_like(x)
     return weight.to(x.dtype).expand_as(x)
 
 
+@fp32_loss
 def generalized_dice_loss(probs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
                           per_image: bool = False, eps: float = 1e-6) -> torch.Tensor:
     """Generalized Dice loss exactly as the reference code (pytorch-3dunet ``GeneralizedDiceLoss``).
@@ -66,6 +87,7 @@ def generalized_dice_loss(probs: torch.Tensor, target: torch.Tensor, weight: tor
     return 1.0 - (dice * img_w).sum() / img_w.sum().clamp(min=1.0)
 
 
+@fp32_loss
 def bce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
              reduction: str = "mean") -> torch.Tensor:
     """Binary cross-entropy with logits.
@@ -84,6 +106,7 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
     raise ValueError(f"unknown reduction {reduction!r}")
 
 
+@fp32_loss
 def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
                    smooth: float = 1.0, per_image: bool = True) -> torch.Tensor:
     """Soft Dice loss ``1 - (2 sum(w p t) + s) / (sum(w (p + t)) + s)``.
@@ -117,6 +140,7 @@ def union_intersection(masks: torch.Tensor, valid: torch.Tensor | None = None):
     return union, inter, valid.any(1)
 
 
+@fp32_loss
 def bound_loss(sample_logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor | None = None,
                per_image: bool = False) -> torch.Tensor:
     """D-Persona bound loss: GDL(sigmoid([max_j s_j, min_j s_j]), [union, intersection]).
@@ -133,6 +157,7 @@ def bound_loss(sample_logits: torch.Tensor, masks: torch.Tensor, valid: torch.Te
     return generalized_dice_loss(pred, tgt, weight=w, per_image=per_image)
 
 
+@fp32_loss
 def kl_gaussian_diag(mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tensor,
                      sigma_p: torch.Tensor) -> torch.Tensor:
     """Analytic KL(N(mu_q, sigma_q^2) || N(mu_p, sigma_p^2)) for diagonal Gaussians, summed over the last dim."""
@@ -141,6 +166,7 @@ def kl_gaussian_diag(mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tens
     return kl.sum(-1)
 
 
+@fp32_loss
 def kl_gaussian_tril_isotropic(mu: torch.Tensor, scale_tril: torch.Tensor, prior_sigma: float) -> torch.Tensor:
     """Analytic KL(N(mu, L L^T) || N(0, prior_sigma^2 I)); mu (..., d), scale_tril (..., d, d)."""
     d = mu.shape[-1]
@@ -151,6 +177,7 @@ def kl_gaussian_tril_isotropic(mu: torch.Tensor, scale_tril: torch.Tensor, prior
     return 0.5 * (trace + maha - d + d * torch.log(torch.tensor(var_p, dtype=mu.dtype)) - logdet_q)
 
 
+@fp32_loss
 def kl_dirichlet(alpha_q: torch.Tensor, alpha_p: torch.Tensor) -> torch.Tensor:
     """Analytic KL(Dir(alpha_q) || Dir(alpha_p)) over the last dim (broadcasting)."""
     alpha_p = alpha_p.to(alpha_q.dtype).expand_as(alpha_q)

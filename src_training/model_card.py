@@ -55,6 +55,7 @@ def build_model_card(cfg: dict, meta: dict, step: int, epoch: int, wall_seconds:
             "batch_size": int(cfg["train"]["batch_size"]) * meta["dist"].world,
             "device": f"{device.type}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
             "processes": meta["dist"].world,
+            "precision": meta.get("precision", "fp32"),
             "wall_seconds": round(float(wall_seconds), 1),
             "total_steps_planned": int(meta["total_steps"]),
         },

@@ -26,6 +26,7 @@ from .data import SliceDataset, load_split, resolve_window
 from .evaluate import check_select_metric, evaluate_items, higher_is_better, metric_value
 from .model_card import build_model_card
 from .models.registry import build_model
+from .precision import autocast, prepare_input, prepare_model, resolve_precision
 from .runtime import broadcast_flag, init_distributed, pick_device, seed_everything, shutdown_distributed
 
 
@@ -147,6 +148,8 @@ def run_training(args) -> int:
     else:
         model = build_model(mcfg)
     model.to(device)
+    precision = resolve_precision("fp32" if tcfg.get("amp") is False else tcfg.get("precision", "auto"), device)
+    prepare_model(model, precision)
     net = _LossModule(model)
     if dist.enabled:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -156,9 +159,9 @@ def run_training(args) -> int:
     steps_per_epoch = max(1, len(train_items) // dist.world // tcfg["batch_size"])
     total_steps = tcfg["max_steps"] or steps_per_epoch * tcfg["epochs"]
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
-    use_amp = device.type == "cuda" and tcfg.get("amp", True)
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision.name == "fp16")
+    if main:
+        print(f"precision: {precision.describe()}")
 
     step, epoch, pos, best, wall_before = 0, 0, 0, None, 0.0
     select = tcfg["select_metric"]
@@ -172,6 +175,9 @@ def run_training(args) -> int:
         wall_before = float(state.get("wall_seconds", 0.0))
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
+        if main and state.get("precision", precision.name) != precision.name:
+            print(f"note: last.pt was trained in {state['precision']}, continuing in {precision.name} "
+                  "(an exact resume needs the same precision)", file=sys.stderr)
         _set_rng_state(state["rng"], dist.rank)
         if main:
             print(f"resumed from {out / 'last.pt'} at step {step} (epoch {epoch}, batch {pos})")
@@ -187,7 +193,7 @@ def run_training(args) -> int:
     meta = {
         "window": window, "rank_raters": rank_raters, "train_items": train_items, "val_items": val_items,
         "device": device, "dist": dist, "total_steps": total_steps, "data": str(args.data),
-        "rater_names": rater_names, "window_source": window_source,
+        "rater_names": rater_names, "window_source": window_source, "precision": precision.describe(),
     }
 
     def save_last():
@@ -197,7 +203,7 @@ def run_training(args) -> int:
         card = build_model_card(cfg, meta, step, epoch, wall_before + time.time() - t_start, None)
         save_checkpoint(out / "last.pt", model, card, extra={
             "optimizer": optim.state_dict(), "scheduler": sched.state_dict(), "step": step, "epoch": epoch,
-            "batch_in_epoch": pos, "best_metric": best, "rng": rng, "scaler": scaler.state_dict(),
+            "batch_in_epoch": pos, "best_metric": best, "rng": rng, "scaler": scaler.state_dict(), "precision": precision.name,
             "wall_seconds": wall_before + time.time() - t_start,
         })
 
@@ -208,7 +214,7 @@ def run_training(args) -> int:
         if not main:
             return best
         metrics = evaluate_items(model, val_items, n_samples=tcfg["val_samples"], device=device,
-                                 max_images=tcfg.get("val_max_images"))
+                                 max_images=tcfg.get("val_max_images"), precision=precision)
         score = metric_value(metrics, select)
         improved = best is None or (score > best if higher_is_better(select) else score < best)
         row = {"step": step, "epoch": epoch, select: round(score, 6), "best": improved}
@@ -231,7 +237,8 @@ def run_training(args) -> int:
             t0, seen = time.time(), 0
             while pos < len(batches) and step < total_steps:
                 batch = _to_device(_collate(train_items, batches[pos]), device)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                batch["image"] = prepare_input(batch["image"], precision)
+                with autocast(precision, device):
                     losses = net(batch, step)
                 loss = losses["loss"]
                 if not torch.isfinite(loss):

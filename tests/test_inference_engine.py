@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from src_training.precision import FP32
 
 from napari_multirater.datasets.phantom import make_phantom_case
 from napari_multirater.inference import (
@@ -109,7 +110,7 @@ def test_engine_cuda_fallback(engines, case2, monkeypatch):
         return orig_sample(x, n, generator)
 
     monkeypatch.setattr(eng.model, "sample", cuda_failing_sample)
-    monkeypatch.setattr(eng, "amp", False)
+    monkeypatch.setattr(eng, "precision", FP32)  # the fake "cuda" attempt runs without autocast
     monkeypatch.setattr(eng, "warnings", [])
     monkeypatch.setattr(eng, "device", torch.device("cuda"))
     out = eng.sample(case2.image, 4, seed=3)

@@ -6,6 +6,8 @@ import logging
 
 import torch
 
+from src_training.precision import PRECISION_CHOICES  # noqa: F401 - re-exported for the Model dock
+
 log = logging.getLogger(__name__)
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 

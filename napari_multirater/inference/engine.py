@@ -1,6 +1,7 @@
 """Qt-free inference on 2D images, slices, volumes and regions with any multi-rater checkpoint.
 
-All model calls run under ``torch.inference_mode`` (autocast float16 only on CUDA). Randomness is
+All model calls run under ``torch.inference_mode`` and the engine's precision (``auto``: bf16
+autocast + channels_last on CPUs with native bf16 and on CUDA, fp32 elsewhere; outputs are fp32). Randomness is
 keyed by ``(seed, slice index, stream)`` through CPU ``torch.Generator`` objects, so re-running with
 the same seed reproduces a result exactly on any device, a slice gives the same output whether it
 is run alone, in a batch or as part of a volume, and samples do not depend on other requests
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 
 from ..io.geometry import Geometry
 from ..progress import Progress, run_to_completion
+from src_training.precision import autocast, prepare_input, prepare_model, resolve_precision
+
 from .device import resolve_device, run_with_fallback
 from .intensity import InputNormalizer
 from .registry import find_model, is_model_name
@@ -107,7 +110,7 @@ class InferenceEngine:
 
     def __init__(self, model, card: dict, device="auto", name: str = "model", image_units: str = "auto",
                  lidc_mapping: str = "fixed", target_spacing_mm: float | tuple | str | None = None,
-                 amp: bool = True):
+                 precision: str = "auto"):
         self.model = model.eval()
         self.card = dict(card or {})
         self.name = name
@@ -126,7 +129,8 @@ class InferenceEngine:
         else:
             self.target_spacing_mm = spacing_pair(target_spacing_mm if target_spacing_mm is not None
                                                   else inp.get("pixel_size_mm"), "input.pixel_size_mm")
-        self.amp = amp
+        self.precision_choice = precision
+        self.precision = resolve_precision(precision, self.device)
         self._call(lambda dev: None)  # moves the model (falls back to CPU if the GPU refuses)
 
     # ------------------------------------------------------------------ loading / info
@@ -187,7 +191,14 @@ class InferenceEngine:
                 "resolution": self.describe_resolution(),
                 "can": ", ".join(k for k, v in (("samples", caps.diverse), ("personas", caps.personalized),
                                                  ("blend", caps.blend), ("latent", caps.latent_dim > 0)) if v) or "one prediction",
-                "device": self.device_message}
+                "device": self.device_message, "precision": self.precision.describe()}
+
+    def set_precision(self, choice: str) -> str:
+        """Switch precision (``auto``/``fp32``/``bf16``) for later calls; returns its description."""
+        self.precision = resolve_precision(choice, self.device)
+        self.precision_choice = choice
+        prepare_model(self.model, self.precision)
+        return self.precision.describe()
 
     def describe_resolution(self) -> str:
         t = self.target_spacing_mm
@@ -199,16 +210,18 @@ class InferenceEngine:
         def run(dev):
             if next(self.model.parameters()).device != dev:
                 self.model.to(dev)
+                prepare_model(self.model, self.precision)
             with ExitStack() as stack:
                 stack.enter_context(torch.inference_mode())
-                if dev.type == "cuda" and self.amp:
-                    stack.enter_context(torch.autocast("cuda", dtype=torch.float16))
+                stack.enter_context(autocast(self.precision, dev))
                 return fn(dev)
 
         def fallback(warning):
             self.warnings.append(warning)
             self.device = torch.device("cpu")
             self.device_message = f"cpu (fell back: {warning})"
+            self.precision = resolve_precision(self.precision_choice, self.device)
+            prepare_model(self.model, self.precision)
 
         return run_with_fallback(run, self.device, on_fallback=fallback)[0]
 
@@ -226,7 +239,7 @@ class InferenceEngine:
         pad = (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)
         if ph or pw:
             x = F.pad(x, (pad[2], pad[3], pad[0], pad[1]), mode="replicate")
-        return x.to(dev), pad
+        return prepare_input(x.to(dev), self.precision), pad
 
     @staticmethod
     def _unpad(t: torch.Tensor, pad) -> torch.Tensor:

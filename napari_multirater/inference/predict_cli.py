@@ -47,6 +47,9 @@ def add_parser(sub) -> None:
     p.add_argument("--slice", type=int, default=None, help="only this axial slice index of a volume")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="auto (default): bf16 autocast + channels_last where the CPU/GPU computes bf16 natively, "
+                        "else fp32")
     p.add_argument("--format", default="nii.gz", choices=FORMATS, help="output file format")
     p.add_argument("--image-units", default="auto", choices=("auto", "HU", "raw"),
                    help="auto: uint8 images are raw model units, others Hounsfield units")
@@ -94,7 +97,8 @@ def run(args) -> int:
 
     try:
         engine = InferenceEngine.load(args.checkpoint, device=args.device, image_units=args.image_units,
-                                      lidc_mapping=args.lidc_mapping, target_spacing_mm=args.target_spacing_mm)
+                                      lidc_mapping=args.lidc_mapping, target_spacing_mm=args.target_spacing_mm,
+                                      precision=args.precision)
     except (ModelLoadError, ValueError) as e:
         print(f"error: cannot load model: {e}", file=sys.stderr)
         return 2
@@ -106,7 +110,8 @@ def run(args) -> int:
     if image.ndim not in (2, 3):
         print(f"error: {args.image}: expected a 2D or 3D scalar image, got shape {image.shape}", file=sys.stderr)
         return 2
-    print(f"predict: model {engine.name} ({engine.model.method}) on {engine.device_message}; "
+    print(f"predict: model {engine.name} ({engine.model.method}) on {engine.device_message}, "
+          f"{engine.precision.describe()}; "
           f"image {image.shape}, intensity {engine.normalizer.describe(image)}, {engine.describe_resolution()}",
           file=sys.stderr)
     t0 = time.perf_counter()
@@ -143,7 +148,8 @@ def run(args) -> int:
         return 2
     summary = {**result.info, "image": str(args.image), "region": [[s.start, s.stop] for s in result.region],
                "scores": {k: [float(v) for v in vals] for k, vals in result.scores.items()},
-               "files": written, "seconds": round(time.perf_counter() - t0, 3)}
+               "files": written, "seconds": round(time.perf_counter() - t0, 3),
+               "precision": engine.precision.describe()}
     (out / "prediction.json").write_text(json.dumps(summary, indent=2))
     print(f"predict: wrote {len(written)} files to {out} in {summary['seconds']:.1f} s", file=sys.stderr)
     return 0

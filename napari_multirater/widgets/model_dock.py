@@ -32,7 +32,7 @@ from qtpy.QtWidgets import (
 )
 
 from .._napari.model_controller import ALL_EXPERTS, ModelController
-from ..inference.device import DEVICE_CHOICES
+from ..inference.device import DEVICE_CHOICES, PRECISION_CHOICES
 from ..inference.intensity import IMAGE_UNITS, LIDC_MAPPINGS
 from ..inference.registry import available_models, demo_model_name
 
@@ -143,9 +143,14 @@ class ModelDock(QWidget):
         form.addRow("File", _row(self.path_edit, browse))
         self.device_combo = QComboBox()
         self.device_combo.addItems(DEVICE_CHOICES)
+        self.precision_combo = QComboBox()
+        self.precision_combo.addItems(PRECISION_CHOICES)
+        self.precision_combo.setToolTip("auto: bf16 + channels_last where the CPU/GPU computes bf16 natively "
+                                        "(2-3x faster on such CPUs), else fp32; fp32: full precision")
+        self.precision_combo.currentIndexChanged.connect(lambda *_: self.set_precision())
         self.load_btn = QPushButton("Load model")
         self.load_btn.clicked.connect(self.load_model)
-        form.addRow("Device", _row(self.device_combo, self.load_btn))
+        form.addRow("Device", _row(self.device_combo, self.precision_combo, self.load_btn))
         self.units_combo = QComboBox()
         self.units_combo.addItems(IMAGE_UNITS)
         self.units_combo.setToolTip("units of the image values: auto = uint8 images are raw model units, others HU")
@@ -363,7 +368,8 @@ class ModelDock(QWidget):
             self.progress.setRange(0, 0)
             self.worker = self.controller.start_load(
                 target, self.device_combo.currentText(), image_units=self.units_combo.currentText(),
-                lidc_mapping=self.lidc_combo.currentText(), on_done=self._model_loaded, on_error=error,
+                lidc_mapping=self.lidc_combo.currentText(), precision=self.precision_combo.currentText(),
+                on_done=self._model_loaded, on_error=error,
                 on_finished=self._finished, on_progress=self._progress, sync=sync)
         except (ValueError, OSError) as e:
             self.worker = None
@@ -388,6 +394,19 @@ class ModelDock(QWidget):
         self._clear_sliders()
         self._update_enabled()
         self.status.setText(f"loaded {eng.name} on {eng.device_message}")
+
+    def set_precision(self) -> None:
+        """Apply the Precision choice to the loaded model (the next run uses it)."""
+        eng = self.controller.engine
+        if eng is None:
+            return
+        try:
+            text = eng.set_precision(self.precision_combo.currentText())
+        except ValueError as e:
+            self.status.setText(f"precision not changed: {e}")
+            return
+        self._show_card()
+        self.status.setText(f"precision: {text}")
 
     def _show_card(self) -> None:
         s = self.controller.engine.summary()

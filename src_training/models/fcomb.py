@@ -57,7 +57,9 @@ class Fcomb(nn.Module):
         b, n = z.shape[:2]
         h_, w_ = int(size[0]), int(size[1])
         wz = self.layers[0].weight[:, self.features:, 0, 0]
-        zb = z @ wz.t() if self.latent_dim > 0 else z.new_zeros(b, n, self.hidden)  # (B, N, hidden)
+        with torch.autocast(z.device.type, enabled=False):  # sampled codes stay fp32 under autocast
+            zb = z.float() @ wz.float().t() if self.latent_dim > 0 else z.new_zeros(b, n, self.hidden,
+                                                                                     dtype=torch.float32)
         if index is None and proj.shape[1] != 1:
             if proj.shape[1] != n:
                 raise ValueError("grouped proj needs an index (B, N)")
@@ -74,7 +76,7 @@ class Fcomb(nn.Module):
         h = torch.relu(a + zb.unsqueeze(2))
         for layer in self.layers[1:]:
             h = torch.relu(F.linear(h, layer.weight[:, :, 0, 0], layer.bias))
-        return F.linear(h, self.last_layer.weight[:, :, 0, 0], self.last_layer.bias).squeeze(-1)
+        return F.linear(h, self.last_layer.weight[:, :, 0, 0], self.last_layer.bias).squeeze(-1).float()
 
     def _decode_chunked(self, proj, zb, index):
         """Inference path. ReLU with a bias is rewritten as relu(x + c) = max(x, -c) + c and the "+ c"

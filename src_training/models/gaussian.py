@@ -38,11 +38,12 @@ class ConvGaussian(nn.Module):
         nn.init.normal_(self.head.bias, std=0.1)
 
     def forward(self, x: torch.Tensor):
-        """Returns ``(mu, sigma)``, each (B, L)."""
-        h = self.encoder(x).mean((2, 3))
-        mu, raw = self.head(h).chunk(2, dim=1)
-        b = self.log_sigma_bound
-        return mu, torch.exp(b * torch.tanh(raw / b))
+        """Returns ``(mu, sigma)``, each (B, L), always fp32 (the head runs outside any autocast)."""
+        h = self.encoder(x).float().mean((2, 3))
+        with torch.autocast(h.device.type, enabled=False):
+            mu, raw = self.head(h).chunk(2, dim=1)
+            b = self.log_sigma_bound
+            return mu, torch.exp(b * torch.tanh(raw / b))
 
 
 def build_gaussian(in_channels: int, latent_dim: int, cfg: dict) -> ConvGaussian:

@@ -67,8 +67,9 @@ class PiononoModel(MultiRaterModel):
         return torch.tril(raw, -1) + torch.diag_embed(diag)
 
     def _rater_draws(self, r: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """z = mu_r + L_r eps for rater indices r (...,) and eps (..., L)."""
-        return self.z_mu[r] + (self.scale_tril()[r] @ eps.unsqueeze(-1)).squeeze(-1)
+        """z = mu_r + L_r eps for rater indices r (...,) and eps (..., L); fp32 under any autocast."""
+        with torch.autocast(eps.device.type, enabled=False):
+            return self.z_mu[r] + (self.scale_tril()[r] @ eps.float().unsqueeze(-1)).squeeze(-1)
 
     # ------------------------------------------------------------------ inference
     def _encode(self, x):

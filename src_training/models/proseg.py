@@ -113,7 +113,7 @@ class ProSeg(MultiRaterModel):
     # ------------------------------------------------------------------ inference
     def _encode(self, x):
         feats = self.backbone(x)
-        mu, logvar = self.stats(feats)
+        mu, logvar = (t.float() for t in self.stats(feats))  # latent statistics stay fp32 under autocast
         proj = self.head.project(mu)  # (B, K, P, hid), affine in Z
         return {"mu": mu, "logvar": logvar, "proj": proj, "proj_mean": proj.mean(1), "size": tuple(x.shape[-2:])}
 
@@ -196,7 +196,7 @@ class ProSeg(MultiRaterModel):
         idx, has = choose_raters(valid, self.config["rater_sampling"])
         y = masks[bi, idx].unsqueeze(1)
         feats = self.backbone(x)
-        mu, logvar = self.stats(feats)
+        mu, logvar = (t.float() for t in self.stats(feats))  # latent statistics stay fp32 under autocast
         mu, logvar = mu[bi, idx], logvar[bi, idx]  # (B, zc, H, W)
         z_pix = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         alpha = self.alpha()[idx]
@@ -204,7 +204,8 @@ class ProSeg(MultiRaterModel):
         logits = self.head.decode(self.head.project(z_pix), tau[:, None], x.shape[-2:])
         w = has.to(x.dtype)[:, None, None, None]
         seg = L.generalized_dice_loss(torch.sigmoid(logits), y, w)
-        cls = weighted_mean(F.cross_entropy(self.classifier(tau), idx, reduction="none"), has)
+        with torch.autocast(x.device.type, enabled=False):
+            cls = weighted_mean(F.cross_entropy(self.classifier(tau.float()), idx, reduction="none"), has)
         kl_tau = weighted_mean(L.kl_dirichlet(alpha, self._prior_alpha(alpha)), has)
         pl = float(self.config["z_prior_logvar"])
         kl_z_el = 0.5 * (pl - logvar + (logvar.exp() + mu ** 2) / math.exp(pl) - 1.0)
@@ -215,7 +216,7 @@ class ProSeg(MultiRaterModel):
         out = {"seg": seg.detach(), "cls": cls.detach(), "kl_tau": kl_tau.detach(), "kl_z": kl_z.detach(),
                "reg": reg.detach()}
         if self.recon is not None:
-            rec = weighted_mean(((self.recon(z_pix) - x) ** 2).flatten(1).mean(1), has)
+            rec = weighted_mean(((self.recon(z_pix).float() - x) ** 2).flatten(1).mean(1), has)
             total = total + float(lc["recon_weight"]) * rec
             out["recon"] = rec.detach()
         out["loss"] = total

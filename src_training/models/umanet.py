@@ -111,10 +111,10 @@ class UMANet(MultiRaterModel):
         f = feats.unsqueeze(1).expand(-1, k, -1, -1, -1)
         p = p_h.detach().unsqueeze(1).expand(-1, k, -1, -1, -1)
         inp = torch.cat([f, masks.unsqueeze(2), p], 2).flatten(0, 1)
-        return torch.sigmoid(self.auem(inp)).view(b, k, *masks.shape[-2:])
+        return torch.sigmoid(self.auem(inp).float()).view(b, k, *masks.shape[-2:])
 
     def _rel(self, feats):
-        return torch.sigmoid(self.rel_head(feats.detach()))
+        return torch.sigmoid(self.rel_head(feats.detach()).float())
 
     def _roi_radius(self) -> int:
         return int(self.config["quality"]["roi_dilation"])
@@ -205,7 +205,7 @@ class UMANet(MultiRaterModel):
         has = valid.any(1)
         vmask = valid.to(x.dtype)[:, :, None, None]
         feats = self.backbone(x)
-        logit_h, logit_l = self.h_head(feats), self.l_head(feats)
+        logit_h, logit_l = self.h_head(feats).float(), self.l_head(feats).float()  # losses in fp32
         u = self._auem(feats, masks, torch.sigmoid(logit_h))
         with torch.no_grad():
             s = self.quality_scores(u, masks, valid)

@@ -28,7 +28,7 @@ class UNetModel(MultiRaterModel):
                                   "personalize() returns the same (mean) prediction for every rater.")
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return self.head(self.backbone(x)).float()  # fp32 logits under any autocast
 
     @torch.no_grad()
     def encode(self, x):
