@@ -80,3 +80,21 @@ def test_bf16_training_step_and_inference_track_fp32(method, stage):
     assert l16 == pytest.approx(l32, rel=0.05, abs=0.02)
     agree = ((p32 > 0.5) == (p16 > 0.5)).float().mean().item()
     assert agree > 0.97, f"bf16 and fp32 masks agree on only {agree:.3f} of pixels"
+
+
+@pytest.mark.parametrize("size,n,grouped", [(40, 3, False), (8, 7, False), (40, 5, True), (8, 6, True)])
+def test_fused_bf16_head_matches_fp32(size, n, grouped):
+    """The fused bf16 inference head (one sample per matmul, or several small images per chunk, with
+    ProSeg-style grouped projections) gives the fp32 logits up to bf16 rounding."""
+    torch.manual_seed(0)
+    head = Fcomb(8, 3, hidden=8).eval()
+    feats = torch.randn(2, 4 if grouped else 1, 8, size, size)
+    z = torch.randn(2, n, 3)
+    index = torch.randint(0, 4, (2, n)) if grouped else None
+    with torch.no_grad():
+        proj = head.project(feats)
+        ref = head.decode(proj if grouped else proj[:, 0], z, (size, size), index=index)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fused = head.decode(proj if grouped else proj[:, 0], z, (size, size), index=index)
+    assert fused.dtype == torch.float32 and fused.shape == ref.shape
+    assert torch.allclose(fused, ref, atol=0.05, rtol=0.02), float((fused - ref).abs().max())
