@@ -94,3 +94,41 @@ def test_real_lidc_reading_opens_with_its_readers(make_napari_viewer, shared_dat
     assert len(points.data) == 16 and set(points.features["reader"]) == {f"reader{k}" for k in range(1, 5)}
     viewer.open(str(folder / "078.xml"), plugin=PLUGIN)  # the XML itself: the same reading again
     assert sum(layer.name.startswith("LIDC-IDRI-0006") for layer in viewer.layers) == 2
+
+
+def test_import_lidc_cli_writes_cases_with_reader_provenance(patient, tmp_path, capsys):
+    from napari_multirater.cli import main
+    from napari_multirater.datasets.case_folder import CaseFolderDataset
+
+    out = tmp_path / "ds"
+    assert main(["import", "lidc", "--dicom", str(patient / "series"), "--xml", str(patient / "069.xml"),
+                 "--out", str(out)]) == 0
+    assert "1 case (the whole series); 2 readers (reader1=111, reader2=222)" in capsys.readouterr().out
+    ds = CaseFolderDataset(out)
+    case = ds[0]
+    assert ds.rater_names == ["reader1", "reader2"] and case.masks.shape == (2, 4, 12, 12)
+    assert case.masks[:, 1].sum() == 98 and ds.manifest["modality"] == "CT"
+    prov = case.meta["sidecars"]["reader2"]["provenance"]
+    assert prov["kind"] == "imported" and prov["reader_id"] == "222" and prov["reading_session"] == 2
+    # the patient folder alone finds the XML; a 4 mm box around the one nodule
+    assert main(["import", "lidc", "--dicom", str(patient), "--crop-mm", "4", "--out", str(tmp_path / "crops")]) == 0
+    crops = CaseFolderDataset(tmp_path / "crops")
+    assert len(crops) == 1 and crops[0].image.shape == (2, 6, 6)
+    assert crops[0].geometry.origin[2] == pytest.approx(-10.0) and crops[0].masks.any()
+    assert main(["import", "lidc", "--dicom", str(patient / "series"), "--xml", str(patient / "notes.xml"),
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "notes.xml: not an LIDC reader XML" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_import_real_lidc_reading_as_nodule_crops(shared_data, tmp_path, capsys):
+    from napari_multirater.cli import main
+    from napari_multirater.datasets.case_folder import CaseFolderDataset
+
+    folder = shared_data / "lidc-ct" / "LIDC-IDRI-0006"
+    assert main(["import", "lidc", "--dicom", str(folder / "series"), "--xml", str(folder / "078.xml"),
+                 "--crop-mm", "40", "--out", str(tmp_path / "ds")]) == 0
+    assert "3 nodule crops of 40 mm; 4 readers" in capsys.readouterr().out
+    ds = CaseFolderDataset(tmp_path / "ds")
+    assert ds.check() == [] and ds.case_ids == [f"LIDC-IDRI-0006_nodule0{j}" for j in (1, 2, 3)]
+    assert all(c.image.shape == (16, 64, 64) and c.valid.all() and c.masks.any() for c in ds)
+    assert {c.meta["sidecars"]["reader1"]["provenance"]["reader_id"] for c in ds} == {"-599886082"}
