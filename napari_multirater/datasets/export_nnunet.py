@@ -13,7 +13,6 @@ out (nnU-Net needs a label per image) and listed. Built beside ``out`` and renam
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
