@@ -90,6 +90,11 @@ def test_real_lidc_reading_opens_with_its_readers(make_napari_viewer, shared_dat
         np.testing.assert_allclose(layer.scale, image.scale)
         np.testing.assert_allclose(layer.translate, image.translate)
         np.testing.assert_array_equal(layer.data, masks[k])
+    from napari_multirater._napari.compare_controller import CompareController
+
+    inp = CompareController(viewer).gather()  # what the Compare dock preselects: the four readers
+    assert inp.names == [f"reader{k}" for k in range(1, 5)] and inp.reference is image
+    np.testing.assert_allclose(inp.spacing, geom.scale_zyx)
     points = viewer.layers[POINTS_NAME]
     assert len(points.data) == 16 and set(points.features["reader"]) == {f"reader{k}" for k in range(1, 5)}
     viewer.open(str(folder / "078.xml"), plugin=PLUGIN)  # the XML itself: the same reading again

@@ -20,12 +20,16 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..datasets.case import DatasetError
     from ..datasets.export_nnunet import export_nnunet
+    from ..io.medical import MedicalIOError
 
     try:
         summary = export_nnunet(Path(args.dataset).expanduser(), Path(args.out).expanduser(), args.labels,
                                 split=args.split)
-    except DatasetError as e:
+    except (DatasetError, MedicalIOError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write {args.out}: {e}", file=sys.stderr)
         return 2
     for problem in summary["problems"]:
         print(f"  skipped: {problem}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -43,8 +44,10 @@ def run_lidc(args) -> int:
     from ..datasets.case_folder import create_dataset, new_manifest
     from ..datasets.lidc_folder import crop_nodules, find_lidc_all, is_lidc_xml, load_lidc_case
     from ..datasets.staging import staged_folder, write_imported_case
-    from ..io.medical import is_dicom_dir
+    from ..io.medical import MedicalIOError, is_dicom_dir
 
+    if args.crop_mm is not None and not (math.isfinite(args.crop_mm) and args.crop_mm > 0):
+        return _fail(f"--crop-mm must be a positive size in mm, got {args.crop_mm}")
     dicom = Path(args.dicom).expanduser()
     if not dicom.exists():
         return _fail(f"{dicom} does not exist")
@@ -77,8 +80,10 @@ def run_lidc(args) -> int:
                             "reading_session": k + 1, "reader_id": case.meta["reader_ids"][r],
                             "series_uid": info.get("series_uid")} for k, r in enumerate(readers)}
                 write_imported_case(tmp, c, prov)
-    except DatasetError as e:
+    except (DatasetError, MedicalIOError) as e:
         return _fail(str(e))
+    except OSError as e:
+        return _fail(f"cannot write {args.out}: {e}")
     if info.get("warning"):
         print(f"warning: {info['warning']}", file=sys.stderr)
     for note in notes:
@@ -95,6 +100,7 @@ def run_lidc(args) -> int:
 def run_folder(args) -> int:
     from ..datasets.case import DatasetError
     from ..datasets.import_layouts import ImportProblems, import_scan, scan_folder
+    from ..io.medical import MedicalIOError
 
     try:
         scan = scan_folder(Path(args.path).expanduser(), args.layout, args.task)
@@ -106,8 +112,10 @@ def run_folder(args) -> int:
             print(f"  {problem}", file=sys.stderr)
         return _fail(f"{len(e.problems)} problem(s) listed above; nothing imported "
                      "(fix them, or --skip-bad to import the rest)")
-    except DatasetError as e:
+    except (DatasetError, MedicalIOError) as e:
         return _fail(str(e))
+    except OSError as e:
+        return _fail(f"cannot write {args.out}: {e}")
     for problem in summary["skipped"]:
         print(f"  skipped: {problem}", file=sys.stderr)
     print(f"imported {summary['cases']} cases with raters {', '.join(summary['raters'])} into {summary['out']} "

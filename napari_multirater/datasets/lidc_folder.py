@@ -159,8 +159,8 @@ def crop_nodules(case: MultiRaterCase, size_mm: float) -> tuple[list[MultiRaterC
     connected region of the readers' union. Returns the crops and notes (nodules larger than the box)."""
     from scipy import ndimage
 
-    if not size_mm > 0:
-        raise DatasetError(f"--crop-mm must be positive, got {size_mm}")
+    if not (np.isfinite(size_mm) and size_mm > 0):
+        raise DatasetError(f"--crop-mm must be a positive size in mm, got {size_mm}")
     union = case.masks.any(axis=0)
     labels, n = ndimage.label(union, structure=np.ones((3,) * union.ndim))
     spacing = np.asarray(case.geometry.scale_zyx)
