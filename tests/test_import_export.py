@@ -143,3 +143,22 @@ def test_layout_detection_and_bad_input(tmp_path, capsys):
     assert CaseFolderDataset(tmp_path / "o").case_ids == ["c1"]
     assert main(["import", "folder", str(q), "--task", "1", "--out", str(tmp_path / "o")]) == 2
     assert "already exists and is not empty" in capsys.readouterr().err
+
+
+def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
+    from napari_multirater.datasets import import_layouts
+
+    src = _write(tmp_path / "src", "per-rater", _cases())
+    calls = []
+
+    def interrupted(root, case, prov):  # the second case is never written (Ctrl-C, disk full ...)
+        calls.append(case.case_id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(root, case, prov)
+
+    real = import_layouts.write_imported_case
+    monkeypatch.setattr(import_layouts, "write_imported_case", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        import_layouts.import_scan(import_layouts.scan_folder(src), tmp_path / "ds")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # neither the dataset nor a partial folder
