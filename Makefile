@@ -1,13 +1,18 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   - create .venv, install, open napari with the sample case, docks and model
 #   make test   - create .venv, install with test extras, run the whole suite headless
+# Both first run tools/system_check.sh: Qt system libraries and Xvfb, installed as root (apt) or named.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DEPS := pyproject.toml
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test install clean-venv system-check
+
+# Qt system libraries and (without a display) Xvfb: installed as root/with sudo, else one line saying how
+system-check:
+	@bash tools/system_check.sh
 
 $(VENV)/.installed: $(DEPS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +27,7 @@ $(VENV)/.installed-testing: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
-demo: $(VENV)/.installed
+demo: system-check $(VENV)/.installed
 	@if [ -n "$$DISPLAY" ] || [ -n "$$WAYLAND_DISPLAY" ]; then \
 		$(VENV)/bin/multirater demo --screenshot demo.png; \
 	else \
@@ -30,7 +35,7 @@ demo: $(VENV)/.installed
 		xvfb-run -a -s "-screen 0 1600x1000x24" $(VENV)/bin/multirater demo --screenshot demo.png --exit; \
 	fi
 
-test: $(VENV)/.installed-testing
+test: system-check $(VENV)/.installed-testing
 	$(PY) -m pytest -q
 
 clean-venv:

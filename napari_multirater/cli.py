@@ -9,6 +9,8 @@ import sys
 SUBCOMMANDS = (
     "napari_multirater.commands.synth",
     "napari_multirater.commands.demo",
+    "napari_multirater.commands.import_data",
+    "napari_multirater.commands.export_dataset",
     "napari_multirater.analysis.cli_raters",
     "src_training.cli",
     "napari_multirater.inference.predict_cli",

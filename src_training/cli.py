@@ -43,7 +43,8 @@ def add_evaluate_parser(sub) -> None:
     what.add_argument("--human-reference", action="store_true",
                       help="score every rater against the other raters (leave-one-rater-out) instead of a model")
     p.add_argument("--data", required=True)
-    p.add_argument("--split", default="val", help="val (default), train, or all")
+    p.add_argument("--split", default=None, help="val, train or all (default: the data's declared val split, "
+                                                  "else all of it; the summary says which and how many)")
     p.add_argument("--samples", type=int, default=None, help="diverse samples per image (default 10)")
     p.add_argument("--json", help="write the metrics JSON here")
     p.add_argument("--max-images", type=int)

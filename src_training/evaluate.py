@@ -19,6 +19,7 @@ from . import metrics as M
 from .checkpoint import CheckpointError
 from .data import SliceDataset, load_split, normalize_image, pad_to_multiple, rank_by_area
 from .precision import FP32, Precision, autocast, prepare_input, prepare_model, resolve_precision
+from .split_choice import choose_split, count_all, split_summary
 
 LOWER_IS_BETTER = {"ged", "ged_dpersona"}
 
@@ -198,18 +199,21 @@ def run_human_reference(args) -> int:
     """``multirater evaluate --human-reference``: leave-one-rater-out inter-rater agreement."""
     from .human_reference import human_reference
 
-    dataset = load_split(args.data, None if args.split in ("all", "none") else args.split)
+    split, how = choose_split(args.data, args.split)
+    dataset = load_split(args.data, None if split == "all" else split)
     if len(dataset) and dataset[0].image.ndim == 3:
         raise ValueError("--human-reference scores 2D slices; this dataset holds volumes")
     rank = bool(getattr(dataset, "patient", None) is not None)  # LIDC shards: raters ranked by area, as for training
     window = getattr(dataset, "intensity_window", None) or [0, 255]
     items = SliceDataset(dataset, window, rank_raters=rank, augment=None, max_cases=args.max_images)
     result = human_reference(items)
-    result.update({"data": str(args.data), "split": args.split, "method": "human reference (leave-one-rater-out)",
+    where = split_summary(split, how, result["n_images"], count_all(args.data), "image")
+    result.update({"data": str(args.data), "split": split, "split_note": where,
+                   "method": "human reference (leave-one-rater-out)",
                    "scored_per": "image", "raters_ranked_by_area": rank,
                    "rater_names": [f"expert_{k + 1}" for k in range(len(items.rater_names))] if rank
                    else list(items.rater_names)})
-    return _report(result, args, rank, f"human reference on {args.data} ({args.split}), {result['n_images']} images")
+    return _report(result, args, rank, f"human reference on {args.data}, {where}")
 
 
 def _report(result: dict, args, rank: bool, title: str) -> int:
@@ -245,7 +249,8 @@ def run_evaluate(args) -> int:
     precision = resolve_precision(getattr(args, "precision", "auto"), device)
     model, card = load_checkpoint(resolve_checkpoint(args.checkpoint), map_location=device)
     prepare_model(model.to(device).eval(), precision)
-    dataset = load_split(args.data, None if args.split in ("all", "none") else args.split)
+    split, how = choose_split(args.data, args.split)
+    dataset = load_split(args.data, None if split == "all" else split)
     window = (card.get("intensity") or {}).get("window") or getattr(dataset, "intensity_window", None) or [0, 255]
     rank = bool(card.get("raters_ranked_by_area", False))
     n_samples = args.samples or int(card.get("val_samples", 0) or 10)
@@ -264,13 +269,13 @@ def run_evaluate(args) -> int:
         result = evaluate_items(model, items, n_samples=n_samples, device=device, seed=args.seed, progress=progress,
                                 precision=precision)
     result.update({
-        "checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, "method": card.get("method"),
+        "checkpoint": str(args.checkpoint), "data": str(args.data), "split": split, "method": card.get("method"),
         "stage": card.get("stage"), "scored_per": "volume" if volumetric else "image", "raters_ranked_by_area": rank, "seed": args.seed,
         "rater_names": list(model.rater_names), "precision": precision.describe(),
     })
     result["conventions"]["scored_per"] = "volume (all slices together)" if volumetric else "2D image"
-    return _report(result, args, rank,
-                   f"{card.get('method')} on {args.data} ({args.split}), {result['n_images']} {result['scored_per']}s")
+    result["split_note"] = split_summary(split, how, result["n_images"], count_all(args.data), result["scored_per"])
+    return _report(result, args, rank, f"{card.get('method')} on {args.data}, {result['split_note']}")
 
 
 def _jsonable(obj):

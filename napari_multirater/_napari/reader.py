@@ -1,4 +1,5 @@
-"""napari reader contribution: medical images, DICOM series folders and case folders."""
+"""napari reader contribution: medical images, DICOM series folders, case folders and LIDC readings
+(a DICOM series with its reader XML, the XML itself, or the patient folder)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..datasets.lidc_folder import find_lidc
 from ..io.medical import SUPPORTED_SUFFIXES, is_dicom_dir, is_supported_file, read_image
 from .layers import ROLE_KEY, display_window
+from .lidc_reader import read_lidc
 
 MAX_LABEL_VALUES = 32
 
@@ -23,7 +26,11 @@ def get_reader(path):
         if p.is_dir():
             if (p / "case.json").is_file() or (p / "raters").is_dir():
                 return read_case_folder
+            if find_lidc(p) is not None:
+                return read_lidc
             return read_medical if is_dicom_dir(p) else None
+        if p.suffix.lower() == ".xml":
+            return read_lidc if find_lidc(p) is not None else None
         return read_medical if is_supported_file(p) else None
     except Exception:  # get_reader must not raise: napari then offers other readers
         return None

@@ -8,7 +8,8 @@ trace the outer boundary of the nodule, so boundary pixels are included (polygon
 ``inclusion`` FALSE rois are holes: their ``skimage.draw.polygon`` fill (no outline) is cleared
 from that nodule on that slice (other nodules are untouched).
 Nodules under 3 mm are a single point per roi: skipped by default (``mark_points=True`` marks the
-pixel) and counted in ``info["small_nodules"]``. ``nonNodule`` entries are ignored (counted).
+pixel) and counted in ``info["small_nodules"]``; their positions on this series are listed in
+``info["small_nodule_points"]`` (``[reader, slice, row, col]``, for a points layer). ``nonNodule`` entries are ignored (counted).
 ROIs on slices that are not in the folder are skipped and counted in ``info["skipped_rois"]``.
 """
 
@@ -96,6 +97,7 @@ def import_lidc_xml(
     masks = np.zeros((len(sessions), *image.shape), dtype=np.uint8)
     names = [f"reader{i + 1}" for i in range(len(sessions))]
     per_reader: dict[str, dict] = {}
+    points: list[list] = []  # [reader, slice, row, col] of each small nodule (point) on this series
     skipped = fallback = 0
     for i, (name, sess) in enumerate(zip(names, sessions, strict=True)):
         st = {"radiologist_id": text(sess, "servicingRadiologistID"), "nodules": 0, "nodules_in_series": 0,
@@ -104,6 +106,15 @@ def import_lidc_xml(
             rois = nod.findall(f"{ns}roi")
             small = all(len(r.findall(f"{ns}edgeMap")) <= 1 for r in rois)
             st["small_nodules" if small else "nodules"] += 1
+            if small:  # where the point is: (slice, row, col) per roi on a slice of this series
+                for roi in rois:
+                    edge = roi.find(f"{ns}edgeMap")
+                    k = find_slice(roi)[0] if edge is not None else None
+                    if k is not None:
+                        try:
+                            points.append([name, k, float(text(edge, "yCoord")), float(text(edge, "xCoord"))])
+                        except ValueError:
+                            pass
             if small and not mark_points:
                 continue
             nodule = {}  # slice index -> 2D mask of this nodule
@@ -146,6 +157,7 @@ def import_lidc_xml(
         "skipped_rois": skipped,
         "z_fallback_rois": fallback,
         "small_nodule_policy": "marked as single pixels" if mark_points else "skipped",
+        "small_nodule_points": points,
     }
     warnings = [dinfo["warning"]] if dinfo.get("warning") else []
     xml_series = next((t.text.strip() for t in root.iter(f"{ns}SeriesInstanceUid") if t.text), None)
