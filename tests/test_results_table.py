@@ -41,3 +41,18 @@ def test_results_refuses_files_that_are_not_evaluate_output(tmp_path):
     broken.write_text("{not json")
     with pytest.raises(ResultsError, match="cannot read"):
         load_results([broken])
+
+
+def test_plot_curves_reads_logs_and_writes_png(tmp_path):
+    from src_training.plot_curves import main, read_column
+
+    for name, losses in (("a", [0.9, 0.7, 0.5]), ("b", [0.8, 0.6, 0.55])):
+        run = tmp_path / name
+        run.mkdir()
+        rows = ["step,epoch,loss"] + [f"{10 * (i + 1)},0,{v}" for i, v in enumerate(losses)]
+        (run / "log.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    assert read_column(tmp_path / "a", "loss") == ([10, 20, 30], [0.9, 0.7, 0.5])
+    out = tmp_path / "curves.png"
+    assert main(["--panel", f"m:fp32={tmp_path / 'a'},bf16={tmp_path / 'b'}", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["--panel", "no-runs", "--out", str(out)]) == 2
