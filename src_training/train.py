@@ -71,12 +71,19 @@ def _to_device(batch: dict, device) -> dict:
 
 
 def _append_csv(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    """Append one row; the whole file is rewritten through the verified atomic writer, so a full
+    disk never leaves a half-written log."""
+    import io
+
+    from napari_multirater.io.atomic import atomic_write_text
+
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, fieldnames=list(row))
+    if not old:
+        w.writeheader()
+    w.writerow(row)
+    atomic_write_text(path, old + f.getvalue())
 
 
 def _rng_state() -> dict:
@@ -178,7 +185,9 @@ def run_training(args) -> int:
     elif args.resume and main:
         print(f"--resume: no {out / 'last.pt'} yet, starting from scratch")
     if main:
-        (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+        from napari_multirater.io.atomic import atomic_write_text
+
+        atomic_write_text(out / "config.json", json.dumps(cfg, indent=2) + "\n")
     writer = _tensorboard(out) if main else None
 
     stop = _StopFlag()

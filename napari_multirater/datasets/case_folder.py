@@ -19,15 +19,15 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
+from ..io.atomic import atomic_write_text as _atomic_write_text
+from ..io.atomic import default_file_mode  # noqa: F401 (re-exported)
 from ..io.medical import WRITABLE_SUFFIXES, MedicalIOError, read_image, read_label_image, write_image
 from .case import DatasetError, MultiRaterCase
 
@@ -67,33 +67,11 @@ def image_checksum(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def default_file_mode() -> int:
-    """The mode a plain ``open(..., "w")`` would give (0666 minus the umask)."""
-    try:  # Linux: read the umask without changing it (os.umask is process-wide, not thread-safe)
-        with open("/proc/self/status", encoding="ascii") as f:
-            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError):
-        mask = os.umask(0o022)
-        os.umask(mask)
-    return 0o666 & ~mask
-
-
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write text via a temporary file in the same folder and an atomic rename."""
+    """Write text through the project's verified atomic writer (parent folders are created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, default_file_mode())  # mkstemp makes 0600: other raters sharing the folder must read it
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _atomic_write_text(path, text)
 
 
 def write_json(path: Path, obj) -> None:

@@ -717,8 +717,10 @@ def run(args) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        (out / "bench.md").write_text(md, encoding="utf-8")
+        from ..io.atomic import atomic_write_text
+
+        atomic_write_text(out / "bench.json", json.dumps(result, indent=2) + "\n")
+        atomic_write_text(out / "bench.md", md)
         _log(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
     print(md)
     return 0

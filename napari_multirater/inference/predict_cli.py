@@ -90,6 +90,7 @@ def _roi(args, ndim: int):
 
 def run(args) -> int:
     from ..io import MedicalIOError, read_image, write_image
+    from ..io.atomic import atomic_write_text
     from .engine import InferenceEngine, ModelLoadError
 
     try:
@@ -144,6 +145,10 @@ def run(args) -> int:
     summary = {**result.info, "image": str(args.image), "region": [[s.start, s.stop] for s in result.region],
                "scores": {k: [float(v) for v in vals] for k, vals in result.scores.items()},
                "files": written, "seconds": round(time.perf_counter() - t0, 3)}
-    (out / "prediction.json").write_text(json.dumps(summary, indent=2))
+    try:
+        atomic_write_text(out / "prediction.json", json.dumps(summary, indent=2) + "\n")
+    except OSError as e:
+        print(f"error: cannot write outputs: {e}", file=sys.stderr)
+        return 2
     print(f"predict: wrote {len(written)} files to {out} in {summary['seconds']:.1f} s", file=sys.stderr)
     return 0

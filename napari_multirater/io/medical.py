@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
-import shutil
 import struct
-import tempfile
 import uuid
 import zlib
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import WriteError, atomic_write, fsync_dir, fsync_file  # noqa: F401 (re-exported)
 from .geometry import Geometry
 
 # The one list of file suffixes (case folders, the annotation store and the reader import these).
@@ -30,6 +29,10 @@ SINGLE_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")  # header and voxels
 
 class MedicalIOError(ValueError):
     """A medical image cannot be read or written; the message names the file and the problem."""
+
+
+class ImageWriteError(WriteError, MedicalIOError):
+    """Writing an image failed (see :class:`~napari_multirater.io.atomic.WriteError`)."""
 
 
 def _suffix(path) -> str:
@@ -97,6 +100,29 @@ def _nifti_expected_bytes(header: bytes) -> int | None:
     return offset + n * bitpix // 8
 
 
+def _gunzip_size(path: Path) -> int:
+    """How many bytes a (possibly truncated or multi-member) gzip file decompresses to, counting
+    every byte before the damage (``gzip.open().read`` loses the last partial chunk)."""
+    n, d = 0, zlib.decompressobj(16 + zlib.MAX_WBITS)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            buf = chunk
+            while buf:
+                try:
+                    n += len(d.decompress(buf, 1 << 24))
+                except zlib.error:
+                    return n
+                buf = d.unconsumed_tail
+                if d.eof:
+                    buf = d.unused_data
+                    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        n += len(d.flush())
+    except zlib.error:
+        pass
+    return n
+
+
 def _check_nifti_complete(path: Path) -> None:
     """SimpleITK silently zero-fills truncated NIfTI files (.nii and .nii.gz): check the size."""
     gz = _suffix(path) == ".nii.gz"
@@ -115,13 +141,7 @@ def _check_nifti_complete(path: Path) -> None:
             f.seek(-4, os.SEEK_END)
             if struct.unpack("<I", f.read(4))[0] == expected % 2**32:
                 return
-        size = 0
-        try:  # slow path: stream through the whole file (multi-member or damaged gzip)
-            with gzip.open(path, "rb") as f:
-                while chunk := f.read(1 << 24):
-                    size += len(chunk)
-        except (OSError, EOFError, zlib.error):
-            pass
+        size = _gunzip_size(path)  # slow path: every byte that decompresses (multi-member or damaged)
     if size < expected:
         raise MedicalIOError(
             f"{path}: truncated NIfTI file: {size} of {expected} bytes (header + voxel data) present"
@@ -259,33 +279,47 @@ def read_label_image(
     return arr, geom, info
 
 
-def fsync_dir(folder) -> None:
-    """Make renames/creations in ``folder`` durable (no-op where folders cannot be opened)."""
+# Images up to this size are read back completely after writing and compared voxel by voxel;
+# larger ones get the header + byte-count check only (reading them back costs seconds).
+FULL_VERIFY_BYTES = 64 * 2**20
+
+
+def _verify_written(tmp: Path, arr: np.ndarray) -> None:
+    """Raise unless ``tmp`` reads back as ``arr``: header (size, dimension), complete NIfTI byte
+    count and, up to :data:`FULL_VERIFY_BYTES`, every voxel."""
+    if _suffix(tmp) in (".nii", ".nii.gz"):
+        try:
+            _check_nifti_complete(tmp)
+        except MedicalIOError as e:  # the temporary name means nothing to the user
+            raise MedicalIOError(str(e).replace(f"{tmp}: ", "")) from None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(tmp))
     try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise MedicalIOError(f"header cannot be read back: {_short(e)}") from None
+    size = tuple(reader.GetSize())[::-1]
+    if size != tuple(arr.shape):
+        raise MedicalIOError(f"header says size {size}, expected {tuple(arr.shape)}")
+    if arr.nbytes <= FULL_VERIFY_BYTES:
+        try:
+            back = sitk.GetArrayFromImage(reader.Execute())
+        except RuntimeError as e:
+            raise MedicalIOError(f"voxels cannot be read back: {_short(e)}") from None
+        if back.shape != arr.shape or not np.array_equal(back, arr, equal_nan=arr.dtype.kind == "f"):
+            raise MedicalIOError("voxels read back differ from the voxels written")
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:  # writable: Windows cannot flush a read-only handle
-        os.fsync(f.fileno())
-
-
-def write_image(path, array, geometry: Geometry, *, label: bool = False, fsync: bool = False) -> Path:
+def write_image(path, array, geometry: Geometry, *, label: bool = False, fsync: bool = True) -> Path:
     """Write ``array`` ((z, y, x) or (y, x)) with ``geometry`` to ``path`` (suffix picks the format).
 
     Labels are checked and cast to uint8 (max <= 255) or uint16 (max <= 65535). Compression is on.
-    Files are written into a temporary folder beside the target and moved in with ``os.replace``
-    (data file first, header last for .mhd/.nhdr), so a failed write never leaves a partial file.
-    ``fsync``: the files are flushed to disk before they are moved in, and the folder after, so
-    the written image survives a power loss once this returns.
+    Written through :func:`~napari_multirater.io.atomic.atomic_write`: into a temporary folder
+    beside the target, fsynced, read back and compared (see :func:`_verify_written`), then moved
+    in with ``os.replace`` (data file first, header last for .mhd/.nhdr). A failure raises
+    :class:`~napari_multirater.io.atomic.WriteError` (a :class:`MedicalIOError` too) naming the
+    file and the reason, and leaves the previous file untouched. ``fsync`` is kept for callers;
+    files are always flushed to disk.
     """
     p = Path(path)
     suffix = _suffix(p)
@@ -304,28 +338,18 @@ def write_image(path, array, geometry: Geometry, *, label: bool = False, fsync: 
         arr = arr.astype(np.uint8)
     elif arr.dtype == np.float16:
         arr = arr.astype(np.float32)
-    img = sitk.GetImageFromArray(np.ascontiguousarray(arr))
+    arr = np.ascontiguousarray(arr)
+    img = sitk.GetImageFromArray(arr)
     geometry.apply_to(img)
-    if not p.parent.is_dir():
-        raise MedicalIOError(f"{p}: folder {p.parent} does not exist")
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{p.name}.", dir=p.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         try:
-            sitk.WriteImage(img, str(tmpdir / p.name), True)
+            sitk.WriteImage(img, str(tmp), True)
         except RuntimeError as e:
-            raise MedicalIOError(f"{p}: cannot write the file: {_short(e)}") from e
-        header = tmpdir / p.name
-        files = sorted(tmpdir.iterdir(), key=lambda f: f == header)  # header last
-        if fsync:
-            for f in files:
-                _fsync_file(f)
-        for f in files:
-            os.replace(f, p.parent / f.name)
-        if fsync:
-            fsync_dir(p.parent)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    return p
+            raise OSError(_short(e)) from None
+
+    return atomic_write(p, write, verify=lambda tmp: _verify_written(tmp, arr), extra_files=True,
+                        error=ImageWriteError)
 
 
 def _uid() -> str:
