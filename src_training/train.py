@@ -160,6 +160,9 @@ def run_training(args) -> int:
             net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
     optim = torch.optim.Adam(model.param_groups(tcfg["lr"], tcfg.get("z_lr")), weight_decay=tcfg.get("weight_decay", 0.0))
+    if len(train_items) // dist.world < tcfg["batch_size"]:  # no full batch: the loop would never step
+        raise ValueError(f"--batch-size {tcfg['batch_size']} is larger than the {len(train_items)} training slices "
+                         f"of {args.data}" + (f" per process ({dist.world} processes)" if dist.world > 1 else ""))
     steps_per_epoch = max(1, len(train_items) // dist.world // tcfg["batch_size"])
     total_steps = tcfg["max_steps"] or steps_per_epoch * tcfg["epochs"]
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))

@@ -662,22 +662,24 @@ def benchmark(checkpoint: str | None = None, devices=None, settings: Settings | 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..argtypes import POSITIVE_INT, int_at_least
+
     p.add_argument("--checkpoint", default=None, metavar="CKPT_OR_NAME",
                    help="trained model to time (file or bundled/cached name); default: a freshly built compact "
                         "D-Persona stage I with random weights")
     p.add_argument("--out", default=None, help="folder for bench.json and bench.md (created); default: print only")
     p.add_argument("--device", default=None, choices=("cpu", "cuda", "all"),
                    help="default: cpu, and cuda too when available")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 20; --quick 3)")
+    p.add_argument("--repeats", type=POSITIVE_INT, default=None, help="timed runs per measurement (default 20; --quick 3)")
     p.add_argument("--quick", action="store_true",
                    help="small settings for smoke tests (64x64 image, N<=100, tiny volume, batch 2)")
     p.add_argument("--skip-train", action="store_true", help="skip the training-step section")
     p.add_argument("--skip-3d", action="store_true", help="skip the 3D volume runs")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch.set_num_threads (default: torch's default)")
     p.add_argument("--method", default="dpersona", help="method of the fresh model when no --checkpoint "
                    "(a config name in src_training/configs; dpersona = stage I)")
-    p.add_argument("--image-size", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--volume-samples", type=int, default=None, help="samples per slice in the volume runs (default 8)")
+    p.add_argument("--image-size", type=int_at_least(16), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--volume-samples", type=POSITIVE_INT, default=None, help="samples per slice in the volume runs (default 8)")
     p.add_argument("--train-configs", default=None,
                    help=f"comma-separated configs to time (default: {','.join(TRAIN_CONFIGS)})")
 

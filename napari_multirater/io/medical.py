@@ -123,6 +123,52 @@ def _gunzip_size(path: Path) -> int:
     return n
 
 
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype code -> numpy float type
+
+
+def _nifti_nonfinite(path: Path) -> tuple[int, int] | None:
+    """``(NaN count, inf count)`` of a float NIfTI file's stored voxels, None when not float.
+    ITK's NIfTI reader turns NaN into 0 silently, so they must be counted in the file itself."""
+    gz = _suffix(path) == ".nii.gz"
+    with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+        header = f.read(540)
+        for end in "<>":
+            if struct.unpack(end + "i", header[:4])[0] == 348:
+                code, offset = struct.unpack(end + "h", header[70:72])[0], int(struct.unpack(end + "f", header[108:112])[0])
+                break
+            if struct.unpack(end + "i", header[:4])[0] == 540:
+                code, offset = struct.unpack(end + "h", header[12:14])[0], struct.unpack(end + "q", header[168:176])[0]
+                break
+        else:
+            return None
+        if code not in _NIFTI_FLOATS:
+            return None
+        dt = np.dtype(end + _NIFTI_FLOATS[code])
+        f.seek(offset)
+        n_nan = n_inf = 0
+        while chunk := f.read((1 << 24) // dt.itemsize * dt.itemsize):
+            v = np.frombuffer(chunk[: len(chunk) // dt.itemsize * dt.itemsize], dtype=dt)
+            n_nan += int(np.count_nonzero(np.isnan(v)))
+            n_inf += int(np.count_nonzero(np.isinf(v)))
+    return n_nan, n_inf
+
+
+def nonfinite_message(n_nan: int, n_inf: int, size: int) -> str:
+    return (f"{n_nan + n_inf} non-finite voxel(s) of {size} ({n_nan} NaN, {n_inf} inf); images with "
+            "NaN/inf are refused (they would silently become 0 or poison every result): fill or mask them first")
+
+
+def _check_finite(arr: np.ndarray, path: Path) -> None:
+    """Refuse NaN/inf voxels, whatever the format (NIfTI: counted in the file, see above)."""
+    counts = None
+    if _suffix(path) in (".nii", ".nii.gz"):
+        counts = _nifti_nonfinite(path)
+    if counts is None and arr.dtype.kind == "f":
+        counts = int(np.count_nonzero(np.isnan(arr))), int(np.count_nonzero(np.isinf(arr)))
+    if counts and sum(counts):
+        raise MedicalIOError(f"{path}: {nonfinite_message(*counts, arr.size)}")
+
+
 def _check_nifti_complete(path: Path) -> None:
     """SimpleITK silently zero-fills truncated NIfTI files (.nii and .nii.gz): check the size."""
     gz = _suffix(path) == ".nii.gz"
@@ -214,8 +260,11 @@ def _read_dicom_dir(path: Path) -> tuple[sitk.Image, dict]:
     return img, info
 
 
-def read_image(path) -> tuple[np.ndarray, Geometry, dict]:
+def read_image(path, *, allow_nonfinite: bool = False) -> tuple[np.ndarray, Geometry, dict]:
     """Read a 2D/3D image file or a DICOM series directory.
+
+    NaN/inf voxels are refused (:class:`MedicalIOError` with their count) for every format
+    unless ``allow_nonfinite`` (then NIfTI NaNs come back as ITK reads them: 0).
 
     Returns ``(array in (z, y, x) order, Geometry, info)``; info holds ``source_path``, ``format``,
     ``pixel_type``, for DICOM ``series_uid``/``series_description``/``sop_uids`` (per z index), and a
@@ -227,6 +276,8 @@ def read_image(path) -> tuple[np.ndarray, Geometry, dict]:
     img, info = _read_dicom_dir(p) if p.is_dir() else _read_file(p)
     img = _check_image(img, p)
     arr = sitk.GetArrayFromImage(img)
+    if not allow_nonfinite:
+        _check_finite(arr, p)
     if info["format"] == "dicom" and arr.dtype.kind in "iu" and arr.itemsize > 2 and arr.size:
         if arr.min() >= np.iinfo(np.int16).min and arr.max() <= np.iinfo(np.int16).max:
             arr = arr.astype(np.int16)  # rescaled CT comes back as int32; HU fits int16
@@ -306,7 +357,15 @@ def _verify_written(tmp: Path, arr: np.ndarray) -> None:
             back = sitk.GetArrayFromImage(reader.Execute())
         except RuntimeError as e:
             raise MedicalIOError(f"voxels cannot be read back: {_short(e)}") from None
-        if back.shape != arr.shape or not np.array_equal(back, arr, equal_nan=arr.dtype.kind == "f"):
+        finite = np.isfinite(arr) if arr.dtype.kind == "f" else None
+        if finite is not None and not finite.all():  # ITK reads NIfTI NaN as 0: compare the rest,
+            counts = (int(np.isnan(arr).sum()), int(np.isinf(arr).sum()))  # count them in the file
+            if _suffix(tmp) in (".nii", ".nii.gz") and _nifti_nonfinite(tmp) != counts:
+                raise MedicalIOError("non-finite voxels read back differ from the ones written")
+            same = back.shape == arr.shape and np.array_equal(back[finite], arr[finite])
+        else:
+            same = back.shape == arr.shape and np.array_equal(back, arr)
+        if not same:
             raise MedicalIOError("voxels read back differ from the voxels written")
 
 
