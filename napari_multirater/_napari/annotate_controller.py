@@ -326,7 +326,8 @@ class AnnotateController:
                 continue
             try:
                 mask, sidecar = self.store.load_mask(case_id, other)
-            except DatasetError:
+            except DatasetError as e:  # skipped, but never silently
+                self.notify(f"rater {other}'s annotation of {case_id} is not shown: {e}")
                 continue
             if mask is None:
                 continue

@@ -86,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
+    if problems:
+        from ..datasets.case_folder import problems_summary
+
+        print("warning: " + problems_summary(problems, report.n_cases, args.data), file=sys.stderr)
     if report.n_cases == 0:
         print(f"error: no cases in {args.data}" + (f" (split {args.split})" if args.split else ""), file=sys.stderr)
         return 2

@@ -58,6 +58,9 @@ def add_parser(sub) -> None:
                    help="in-plane pixel size (mm) the model runs at, or 'native' (default: the model card's "
                         "input.pixel_size_mm, i.e. the training resolution, else native spacing)")
     p.add_argument("--batch-slices", type=POSITIVE_INT, default=8)
+    p.add_argument("--allow-nonuniform", action="store_true",
+                   help="run on a DICOM series with gaps / non-uniform slice spacing (outputs are then placed "
+                        "on a uniform grid and may be off by up to the gap); refused by default")
     p.set_defaults(func=run)
 
 
@@ -102,10 +105,17 @@ def run(args) -> int:
         print(f"error: cannot load model: {e}", file=sys.stderr)
         return 2
     try:
-        image, geometry, _ = read_image(args.image)
+        image, geometry, read_info = read_image(args.image)
     except (MedicalIOError, OSError, RuntimeError) as e:
         print(f"error: cannot read image: {e}", file=sys.stderr)
         return 2
+    read_warnings = [read_info["warning"]] if read_info.get("warning") else []
+    if (read_info.get("nonuniform_spacing") or read_info.get("unreadable_files")) and not args.allow_nonuniform:
+        print(f"error: {args.image}: {read_info.get('warning')}; the outputs could be misplaced by up to the gap: "
+              "refusing (repair the series, or pass --allow-nonuniform)", file=sys.stderr)
+        return 2
+    for w in read_warnings:
+        print(f"warning: {w}", file=sys.stderr)
     if image.ndim not in (2, 3):
         print(f"error: {args.image}: expected a 2D or 3D scalar image, got shape {image.shape}", file=sys.stderr)
         return 2
@@ -156,7 +166,8 @@ def run(args) -> int:
     except MedicalIOError as e:
         print(f"error: cannot write outputs: {e}", file=sys.stderr)
         return 2
-    summary = {**result.info, "image": str(args.image), "region": [[s.start, s.stop] for s in result.region],
+    summary = {**result.info, "warnings": read_warnings + list(result.info.get("warnings", [])),
+               "image": str(args.image), "region": [[s.start, s.stop] for s in result.region],
                "scores": {k: [float(v) for v in vals] for k, vals in result.scores.items()},
                "files": written, "seconds": round(time.perf_counter() - t0, 3)}
     try:

@@ -206,6 +206,18 @@ def _read_file(path: Path) -> tuple[sitk.Image, dict]:
     return img, {"format": _suffix(path)}
 
 
+def _looks_like_dicom(p: Path) -> bool:
+    """A .dcm/.ima file, or one with the DICOM preamble ("DICM" at byte 128)."""
+    if p.suffix.lower() in (".dcm", ".ima"):
+        return True
+    try:
+        with open(p, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def _read_dicom_dir(path: Path) -> tuple[sitk.Image, dict]:
     ids = _series_ids(path)
     if not ids:
@@ -217,10 +229,14 @@ def _read_dicom_dir(path: Path) -> tuple[sitk.Image, dict]:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files[uid])
     reader.MetaDataDictionaryArrayUpdateOn()
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's gap warning goes to info["warning"]
     try:
         img = reader.Execute()
     except RuntimeError as e:
         raise MedicalIOError(f"{path}: cannot read DICOM series {uid}: {_short(e)}") from e
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
     def tag(i: int, key: str) -> str:
         return reader.GetMetaData(i, key).strip() if reader.HasMetaDataKey(i, key) else ""
@@ -236,6 +252,15 @@ def _read_dicom_dir(path: Path) -> tuple[sitk.Image, dict]:
         "sop_uids": [tag(i, "0008|0018") for i in range(n)],
     }
     warnings = []
+    in_series = {Path(f).name for fs in files.values() for f in fs}
+    unread = sorted(p.name for p in path.iterdir() if p.is_file() and p.name not in in_series
+                    and not p.name.startswith(".") and _looks_like_dicom(p))
+    if unread:
+        warnings.append(f"{len(unread)} file(s) in the folder could not be read as DICOM slices "
+                        f"(damaged or not DICOM): {', '.join(unread[:5])}{' ...' if len(unread) > 5 else ''}")
+        info_unreadable = unread
+    else:
+        info_unreadable = []
     if len(ids) > 1:
         others = ", ".join(f"{u} ({len(files[u])} slices)" for u in ids if u != uid)
         warnings.append(
@@ -251,10 +276,14 @@ def _read_dicom_dir(path: Path) -> tuple[sitk.Image, dict]:
             except ValueError:  # malformed ImagePositionPatient: skip the check
                 gaps = np.zeros(1)
             if np.ptp(gaps) > 0.01 * abs(img.GetSpacing()[2]) + 1e-3:
+                info["nonuniform_spacing"] = True
+                info["slice_gaps_mm"] = [round(float(g), 4) for g in (gaps.min(), gaps.max())]
                 warnings.append(
                     f"non-uniform slice spacing ({gaps.min():.3g} to {gaps.max():.3g} mm, missing slices?); "
                     f"loaded with spacing {img.GetSpacing()[2]:.4g} mm"
                 )
+    if info_unreadable:
+        info["unreadable_files"] = info_unreadable
     if warnings:
         info["warning"] = "; ".join(warnings)
     return img, info
