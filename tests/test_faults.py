@@ -183,3 +183,42 @@ def test_emergency_copy_goes_to_the_config_folder_then_the_project(store, monkey
     monkeypatch.setenv("NAPARI_MULTIRATER_CONFIG", "/proc/no-such-folder/rater.json")  # not writable
     path = store.save_emergency_copy("case0", "ann", _mask(1), GEO, {})
     assert path.parent == store.case_dir("case0") / "raters" / ".pending"
+
+
+def test_size_limit_in_the_labels_writer_keeps_the_previous_file(tmp_path):
+    from napari_multirater._napari.writer import write_labels
+
+    path = tmp_path / "labels.nii"
+    meta = {"scale": (2.5, 0.8, 0.7), "translate": (0.0, 0.0, 0.0), "metadata": {}}
+    write_labels(str(path), _mask(0), meta)
+    out = in_limited_child(lambda: write_labels(str(path), _mask(1), meta))
+    assert out[0] == "error" and "size limit" in out[2] and str(path) in out[2], out
+    np.testing.assert_array_equal(read_label_image(path)[0], _mask(0))
+    assert [p.name for p in tmp_path.iterdir()] == ["labels.nii"]
+
+
+def test_size_limit_during_predict_exits_2_with_complete_files_only(tmp_path):
+    """A real ``multirater predict`` under RLIMIT_FSIZE: one line, exit 2, no truncated output."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    img = tmp_path / "ct.nii.gz"
+    write_image(img, np.random.default_rng(0).normal(-500, 200, (3, 64, 64)).astype(np.float32), GEO)
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, resource.RLIM_INFINITY))
+
+    r = subprocess.run([sys.executable, "-m", "napari_multirater.cli", "predict", "--checkpoint", "phantom_pionono",
+                        "--image", str(img), "--out", str(out), "--samples", "2"],
+                       env=env, capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "cannot write" in errors[0] and "size limit" in errors[0]
+    assert not (out / "prediction.json").exists()
+    for f in out.iterdir():  # whatever was written before the limit hit is complete
+        assert not f.name.startswith(".") and read_image(f)[0].shape == (3, 64, 64)
