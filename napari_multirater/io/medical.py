@@ -440,6 +440,15 @@ def write_image(path, array, geometry: Geometry, *, label: bool = False, fsync: 
                         error=ImageWriteError)
 
 
+def _verify_dicom_slice(tmp: Path) -> None:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(tmp))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise MedicalIOError(f"header cannot be read back: {_short(e)}") from None
+
+
 def _uid() -> str:
     return f"2.25.{uuid.uuid4().int}"
 
@@ -497,7 +506,14 @@ def write_dicom_series(
         sl.SetMetaData("0020|0013", str(k + 1))
         sl.SetMetaData("0008|0018", _uid())
         f = d / f"{prefix}{k:04d}.dcm"
-        writer.SetFileName(str(f))
-        writer.Execute(sl)
+
+        def write(tmp: Path, sl=sl) -> None:
+            writer.SetFileName(str(tmp))
+            try:
+                writer.Execute(sl)
+            except RuntimeError as e:
+                raise OSError(_short(e)) from None
+
+        atomic_write(f, write, verify=_verify_dicom_slice, suffix=".dcm", error=ImageWriteError)
         out.append(f)
     return out
