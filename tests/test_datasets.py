@@ -242,7 +242,7 @@ def test_cli_raters_reports_broken_cases_and_files_and_finishes(tmp_path, capsys
     args = parser.parse_args(["raters", "--data", str(root), "--out", str(tmp_path / "out")])
     assert args.func(args) == 0
     out, err = capsys.readouterr()
-    for text in (out, err, (tmp_path / "out" / "raters.md").read_text()):
+    for text in (out, err, (tmp_path / "out" / "raters.md").read_text(encoding="utf-8")):
         assert ids[0] in text and "image.nii.gz" in text
         assert "tight.json" in text and "generous.nii.gz" in text
     assert "| generous |" in out and not (root / "reports").exists()

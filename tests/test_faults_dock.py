@@ -208,6 +208,7 @@ def test_same_rater_in_two_windows_conflict_is_kept_and_told(make_napari_viewer,
     np.testing.assert_array_equal(project.load_mask("lung0", "kim")[0], (a.annotation_layer.data != 0))
     assert b.has_unsaved_changes()  # still open in window 2; autosave keeps refusing, never overwrites
     assert b.autosave_tick(now=b.clock() + 3600).startswith("Autosave failed")
+    assert len(list(copy.parent.glob("kim-*.nii.gz"))) == 1  # the same mask is kept once
     np.testing.assert_array_equal(project.load_mask("lung0", "kim")[0], (a.annotation_layer.data != 0))
     b.overwrite()  # the user said so
     np.testing.assert_array_equal(project.load_mask("lung0", "kim")[0], mine)

@@ -554,14 +554,24 @@ class AnnotationStore:
 
     def _conflict_copy(self, rdir: Path, rater: str, mask, geometry: Geometry, provenance: dict,
                        revision: int) -> Path:
-        """Keep a refused (conflicting) save as ``raters/.conflicts/<rater>-<time>.nii.gz`` + ``.json``."""
+        """Keep a refused (conflicting) save as ``raters/.conflicts/<rater>-<time>.nii.gz`` + ``.json``
+        (once per mask: a retry of the same mask, e.g. by autosave, returns the existing copy)."""
         dest = rdir / CONFLICT_DIR
         dest.mkdir(exist_ok=True)
+        sha = image_checksum(mask)
+        for side in sorted(dest.glob(f"{rater}-*.json")):
+            try:
+                same = json.loads(side.read_text(encoding="utf-8")).get("mask_sha256") == sha
+            except (OSError, ValueError):
+                continue
+            copy = side.with_name(side.name[: -len(".json")] + DEFAULT_MASK_SUFFIX)
+            if same and copy.is_file():
+                return copy
         path = _free_name(dest, f"{rater}-{_stamp()}", DEFAULT_MASK_SUFFIX)
         write_image(path, mask, geometry, label=True)
         write_json(path.with_name(path.name[: -len(DEFAULT_MASK_SUFFIX)] + ".json"),
                    {"rater": rater, "saved": now_iso(), "provenance": dict(provenance),
-                    "mask_sha256": image_checksum(mask), "newer_revision_on_disk": revision,
+                    "mask_sha256": sha, "newer_revision_on_disk": revision,
                     "note": "conflict copy: another session saved a newer version of this annotation first"})
         return path
 
