@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from .argtypes import OneLineParser
+
 SUBCOMMANDS = (
     "napari_multirater.commands.synth",
     "napari_multirater.commands.demo",
@@ -19,7 +21,7 @@ SUBCOMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="multirater",
         description="Multi-rater medical image segmentation: data, training, evaluation, inference, analysis.",
     )
@@ -34,12 +36,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
+        print(f"{parser.prog}: error: choose a COMMAND (see {parser.prog} --help)", file=sys.stderr)
         return 2
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # unwritable --out, disk full, missing folder...: one line, no traceback
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

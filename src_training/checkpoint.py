@@ -1,17 +1,18 @@
 """Checkpoint files: ``{"format_version": 1, "config", "model_card", "state_dict", **extra}``.
 
 Everything stored is ``torch.load(weights_only=True)``-safe (tensors, dicts, lists, numbers, strings,
-None). Writes are atomic (temp file in the same folder + ``os.replace``).
+None). Writes go through the project's verified atomic writer (:mod:`napari_multirater.io.atomic`).
 """
 from __future__ import annotations
 
-import os
-import tempfile
+import io
+import pickle
+import re
 from pathlib import Path
 
 import torch
 
-from napari_multirater.datasets.case_folder import default_file_mode
+from napari_multirater.io.atomic import atomic_write_bytes
 
 from .models.base import MultiRaterModel
 from .models.registry import build_model
@@ -39,17 +40,29 @@ def save_checkpoint(path, model: MultiRaterModel, model_card: dict, extra: dict 
                "state_dict": state, **extra}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, default_file_mode())  # readable like any other file, not mkstemp's 0600
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())  # verified (size + sha256 read back), then renamed in
     return path
+
+
+def _load_error(path: Path, exc: Exception) -> str:
+    """One line for a failed ``torch.load``: never torch's advice to retry with
+    ``weights_only=False`` (that would run code from the file)."""
+    text = str(exc)
+    if "weights_only" in text or "Weights only" in text or isinstance(exc, pickle.UnpicklingError):
+        m = re.search(r"Unsupported (?:global: GLOBAL [\w.]+|operand \d+|class [\w.]+)", text)
+        what = m.group(0) if m else "objects other than tensors and plain data"
+        return (f"refused: it holds Python objects ({what}); a checkpoint may only hold tensors and plain "
+                "data, anything else could run code when loaded")
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = None
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    if "central directory" in text or "zip archive" in text or isinstance(exc, EOFError):
+        return f"not a PyTorch checkpoint, or truncated ({size} bytes on disk): {first}"
+    return first
 
 
 def load_checkpoint_dict(path, map_location="cpu") -> dict:
@@ -60,7 +73,7 @@ def load_checkpoint_dict(path, map_location="cpu") -> dict:
     try:
         data = torch.load(path, weights_only=True, map_location=map_location)
     except Exception as exc:  # pickle / zip errors, unsafe globals ...
-        raise CheckpointError(f"{path} is not a readable napari-multirater checkpoint: {exc}") from exc
+        raise CheckpointError(f"{path} is not a readable napari-multirater checkpoint: {_load_error(path, exc)}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not a napari-multirater checkpoint (got {type(data).__name__})")
     missing = [k for k in REQUIRED_KEYS if k not in data]

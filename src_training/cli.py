@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from napari_multirater.argtypes import POSITIVE_FLOAT, POSITIVE_INT, SEED
+
 PRECISION_CHOICES = ("auto", "fp32", "bf16")  # == precision.PRECISION_CHOICES (kept import-light)
 METHOD_CHOICES = ("unet", "prob_unet", "dpersona", "proseg", "umanet", "pionono")
 
@@ -14,19 +16,19 @@ def add_train_parser(sub) -> None:
     p.add_argument("--data", required=True, help="LIDC shard folder or .npz, case-folder or phantom dataset")
     p.add_argument("--config", help="JSON config merged over src_training/configs/<method>.json")
     p.add_argument("--out", required=True, help="run folder: last.pt, best.pt, log.csv, val.csv")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--epochs", type=POSITIVE_INT)
+    p.add_argument("--max-steps", type=POSITIVE_INT, help="stop after this many optimizer steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=POSITIVE_INT)
+    p.add_argument("--lr", type=POSITIVE_FLOAT)
+    p.add_argument("--seed", type=SEED)
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--stage1", help="D-Persona stage II: start from this stage I checkpoint")
-    p.add_argument("--val-samples", type=int, help="samples per image for validation metrics")
-    p.add_argument("--val-max-images", type=int, help="validate on at most N val images")
+    p.add_argument("--val-samples", type=POSITIVE_INT, help="samples per image for validation metrics")
+    p.add_argument("--val-max-images", type=POSITIVE_INT, help="validate on at most N val images")
     p.add_argument("--select-metric", help="val metric that picks best.pt (default from the config)")
-    p.add_argument("--save-every", type=int, help="save last.pt every N steps (and every epoch)")
-    p.add_argument("--val-every", type=int, help="also validate (and keep the best on val) every N steps")
+    p.add_argument("--save-every", type=POSITIVE_INT, help="save last.pt every N steps (and every epoch)")
+    p.add_argument("--val-every", type=POSITIVE_INT, help="also validate (and keep the best on val) every N steps")
     p.add_argument("--no-augment", action="store_true", help="disable flips/rotations/intensity augmentation")
     p.add_argument("--precision", choices=PRECISION_CHOICES,
                    help="auto (default: bf16 autocast + channels_last on CPUs with native bf16 and on CUDA, "
@@ -45,10 +47,10 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--split", default=None, help="val, train or all (default: the data's declared val split, "
                                                   "else all of it; the summary says which and how many)")
-    p.add_argument("--samples", type=int, default=None, help="diverse samples per image (default 10)")
+    p.add_argument("--samples", type=POSITIVE_INT, default=None, help="diverse samples per image (default 10)")
     p.add_argument("--json", help="write the metrics JSON here")
-    p.add_argument("--max-images", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-images", type=POSITIVE_INT)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
                    help="model precision: auto (bf16 where the CPU/GPU computes it natively), fp32, bf16; "

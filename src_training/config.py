@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from .models.base import deep_merge
@@ -80,4 +81,32 @@ def resolve_config(args) -> dict:
         cfg["train"]["rank_raters"] = {"auto": "auto", "on": True, "off": False}[args.rank_raters]
     if cfg["train"]["stage1"]:
         cfg["model"]["stage"] = 2
+    check_train_values(cfg["train"])
     return cfg
+
+
+_AT_LEAST_ONE = ("epochs", "batch_size", "val_samples", "log_every", "save_every")
+_NONE_OR_AT_LEAST_ONE = ("max_steps", "val_max_images", "val_every")
+
+
+def check_train_values(train: dict) -> None:
+    """Range-check the merged training values (flags are checked by the parser already; this
+    catches a --config file): ValueError naming the key."""
+    def bad(key, want):
+        flag = "--" + key.replace("_", "-")
+        return ValueError(f"train.{key} (config file or {flag}) must be {want}, got {train[key]!r}")
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for key in _AT_LEAST_ONE:
+        if key in train and not (is_int(train[key]) and train[key] >= 1):
+            raise bad(key, "an integer >= 1")
+    for key in _NONE_OR_AT_LEAST_ONE:
+        if train.get(key) is not None and not (is_int(train[key]) and train[key] >= 1):
+            raise bad(key, "null or an integer >= 1")
+    if "seed" in train and not (is_int(train["seed"]) and train["seed"] >= 0):
+        raise bad("seed", "an integer >= 0")
+    lr = train.get("lr")
+    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0):
+        raise bad("lr", "a finite number > 0")

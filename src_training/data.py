@@ -6,6 +6,7 @@ to [0, 1] (the model card records the window so inference applies the same mappi
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ from scipy import ndimage as ndi
 
 from napari_multirater.datasets import open_dataset
 from napari_multirater.datasets.case import DatasetError, MultiRaterCase
+from napari_multirater.datasets.case_folder import iter_cases_reporting, problems_summary
 
 PAD_MULTIPLE = 16
 
@@ -43,7 +45,15 @@ def resolve_window(dataset, max_cases: int = 50) -> tuple[list[float], str]:
     n = min(len(dataset), max_cases)
     if n == 0:
         raise DatasetError("cannot choose an intensity window: the dataset is empty")
-    values = np.concatenate([np.asarray(dataset[i].image, np.float32).ravel()[::7] for i in range(n)])
+    images = []
+    for i in range(n):
+        try:
+            images.append(np.asarray(dataset[i].image, np.float32).ravel()[::7])
+        except DatasetError:  # a broken case: skipped (and reported) when the items are built
+            continue
+    if not images:
+        raise DatasetError("cannot choose an intensity window: no readable image among the first cases")
+    values = np.concatenate(images)
     lo, hi = (float(v) for v in np.percentile(values[np.isfinite(values)], [0.5, 99.5]))
     if hi <= lo:
         hi = lo + 1.0
@@ -96,7 +106,19 @@ class SliceDataset(torch.utils.data.Dataset):
         self.rater_names = list(dataset.rater_names)
         n = len(dataset) if max_cases is None else min(len(dataset), max_cases)
         self._fast = hasattr(dataset, "images") and hasattr(dataset, "masks")
-        self.cases: list[MultiRaterCase] = [] if self._fast else [dataset[i] for i in range(n)]
+        self.problems: list[str] = []
+        if self._fast:
+            self.cases: list[MultiRaterCase] = []
+        else:  # the one skip-with-warning policy: broken cases skipped, broken rater files left out
+            self.cases = list(iter_cases_reporting(dataset, self.problems, max_cases=n))
+            n = len(self.cases)
+            if self.problems:
+                where = getattr(dataset, "root", None) or "dataset"
+                split = getattr(dataset, "split", None)
+                for p in self.problems:
+                    print(f"warning: {p}", file=sys.stderr)
+                print("warning: " + problems_summary(self.problems, n, f"{where}" + (f" ({split})" if split else "")),
+                      file=sys.stderr)
         self.n_cases = n
         rng = np.random.default_rng(seed)
         self.index: list[SliceIndex] = []
@@ -220,15 +242,19 @@ def load_split(path, split: str | None):
             parts += [LidcNpzDataset(p, "val")] if (p / "val.npz").exists() else []
             if parts:
                 return parts[0] if len(parts) == 1 else parts[0].concat(parts[1])
-        return open_dataset(p)
+        ds = open_dataset(p)
+        if isinstance(ds, CaseFolderDataset):
+            ds.strict = False
+        return ds
     if p.is_file() and p.suffix == ".npz":
         full = LidcNpzDataset(p)
         train, val = patient_split(full.patient_ids())
         return full.select(train if split == "train" else val)
     ds = open_dataset(p)
     if isinstance(ds, CaseFolderDataset):
+        ds.strict = False  # broken rater files are left out with a warning, never stop training
         if split in ds.manifest.get("splits", {}):
-            return CaseFolderDataset(p, split=split)
+            return CaseFolderDataset(p, split=split, strict=False)
         if ds.manifest.get("splits"):
             raise DatasetError(f"{p}/dataset.json has no split {split!r} (has {sorted(ds.manifest['splits'])})")
         train, val = patient_split(ds.patient_ids())

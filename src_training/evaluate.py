@@ -222,7 +222,9 @@ def _report(result: dict, args, rank: bool, title: str) -> int:
         result["conventions"]["rater_identity"] = "raters ranked by area per image: expert k = k-th smallest annotation"
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(_jsonable(result), indent=2) + "\n", encoding="utf-8")
+        from napari_multirater.io.atomic import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(_jsonable(result), indent=2) + "\n")
     print(markdown_table(result, title))
     return 0
 

@@ -72,12 +72,19 @@ def _to_device(batch: dict, device) -> dict:
 
 
 def _append_csv(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    """Append one row; the whole file is rewritten through the verified atomic writer, so a full
+    disk never leaves a half-written log."""
+    import io
+
+    from napari_multirater.io.atomic import atomic_write_text
+
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, fieldnames=list(row))
+    if not old:
+        w.writeheader()
+    w.writerow(row)
+    atomic_write_text(path, old + f.getvalue())
 
 
 def _rng_state() -> dict:
@@ -156,6 +163,9 @@ def run_training(args) -> int:
             net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
     optim = torch.optim.Adam(model.param_groups(tcfg["lr"], tcfg.get("z_lr")), weight_decay=tcfg.get("weight_decay", 0.0))
+    if len(train_items) // dist.world < tcfg["batch_size"]:  # no full batch: the loop would never step
+        raise ValueError(f"--batch-size {tcfg['batch_size']} is larger than the {len(train_items)} training slices "
+                         f"of {args.data}" + (f" per process ({dist.world} processes)" if dist.world > 1 else ""))
     steps_per_epoch = max(1, len(train_items) // dist.world // tcfg["batch_size"])
     total_steps = tcfg["max_steps"] or steps_per_epoch * tcfg["epochs"]
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
@@ -184,7 +194,9 @@ def run_training(args) -> int:
     elif args.resume and main:
         print(f"--resume: no {out / 'last.pt'} yet, starting from scratch")
     if main:
-        (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+        from napari_multirater.io.atomic import atomic_write_text
+
+        atomic_write_text(out / "config.json", json.dumps(cfg, indent=2) + "\n")
     writer = _tensorboard(out) if main else None
 
     stop = _StopFlag()

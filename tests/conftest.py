@@ -9,6 +9,13 @@ import pytest
 os.environ.setdefault("MULTIRATER_NOTHREADS", "0")
 
 
+@pytest.fixture(autouse=True)
+def _private_config(tmp_path_factory, monkeypatch):
+    """Rater identity and emergency copies never go to the user's real config folder."""
+    if "NAPARI_MULTIRATER_CONFIG" not in os.environ:
+        monkeypatch.setenv("NAPARI_MULTIRATER_CONFIG", str(tmp_path_factory.mktemp("config")))
+
+
 @pytest.fixture(scope="session")
 def shared_data():
     """../shared/data (real LIDC-IDRI); tests using it skip with a clear reason when absent."""

@@ -358,8 +358,8 @@ def test_failed_save_on_layer_removal_leaves_an_emergency_copy(make_napari_viewe
             ctl.store.lock_timeout = 0.05
         with project._rater_lock(ctl.case_id, "kim"):
             viewer.layers.remove(ctl.annotation_layer)
-        pending = project.case_dir(ctl.case_id) / "raters" / ".pending"
-        copies = sorted(pending.glob("kim.unsaved-*.nii.gz"))
+        rescue = project.emergency_folders(ctl.case_id)[0]  # the user config folder
+        copies = sorted(rescue.glob("kim.unsaved-*.nii.gz"))
         assert len(copies) == 1 and len(notes) == k + 1
         np.testing.assert_array_equal(read_label_image(copies[0])[0], expected)
         assert str(copies[0]) in notes[-1] and str(copies[0]) in dock.status.text()

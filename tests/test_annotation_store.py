@@ -303,7 +303,7 @@ def test_emergency_copy_keeps_a_mask_that_could_not_be_saved(tmp_path):
     store = make_project(tmp_path, 1)
     mask = pattern(3, "e", (40, 48))
     path = store.save_emergency_copy("case0", "alice", mask, GEO_2D, {"provenance": {"kind": "drawn"}})
-    assert path.parent == store.case_dir("case0") / "raters" / ".pending"
+    assert path.parent == config_path().parent / "unsaved" / "proj" / "case0"  # outside the project
     assert path.name.startswith("alice.unsaved-") and path.name.endswith(".nii.gz")
     np.testing.assert_array_equal(read_label_image(path)[0], mask)
     record = json.loads(path.with_name(path.name[: -len(".nii.gz")] + ".json").read_text())

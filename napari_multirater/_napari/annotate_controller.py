@@ -14,8 +14,14 @@ Blind mode (default) never reads other raters' masks and hides rater layers of t
 came from elsewhere (e.g. the reader).
 
 Whether there is something to save is decided by comparing the mask's checksum with the saved
-one (napari's undo/redo emit no edit event). A save that fails when the work would otherwise be
-lost (layer deleted, dock or viewer closed) leaves an emergency copy and a notification.
+one (napari's undo/redo emit no edit event).
+
+Nothing is lost: any failed save (Save button, autosave, case/rater/project switch, layer removal,
+close) keeps the layer as it is, writes an emergency copy (mask + sidecar, user config folder
+first, see :meth:`AnnotationStore.save_emergency_copy`) and shows a notification naming it. A
+save over a revision another session saved meanwhile (same rater id, second window or machine) is
+refused and kept as a conflict copy. If the emergency copy fails too, closing asks the user
+(:func:`decide_close`: Save as..., Discard, Cancel).
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ import numpy as np
 
 from ..annotation.lock import AUTOSAVE_TIMEOUT, LockTimeout
 from ..annotation.session import AnnotationSession
-from ..annotation.store import AnnotationStore, RaterIdentity, case_id_from_path
+from ..annotation.store import AnnotationStore, RaterIdentity, SaveConflict, case_id_from_path, loaded_revision
 from ..datasets.case import DatasetError
-from ..datasets.case_folder import check_identifier, image_checksum
+from ..datasets.case_folder import check_identifier, image_checksum, now_iso, write_json
 from ..io.geometry import geometry_from_layer
+from ..io.medical import MedicalIOError, write_image
 from .layers import (
     ROLE_KEY,
     binary_colormap,
@@ -43,7 +50,8 @@ from .layers import (
     transform_kwargs,
 )
 
-__all__ = ["AnnotateController", "AnnotateError", "AutosavePostponed", "OWNER_KEY", "UNBLINDED_KEY"]
+__all__ = ["AnnotateController", "AnnotateError", "AutosavePostponed", "ConflictError", "CLOSE_CHOICES",
+           "OWNER_KEY", "UNBLINDED_KEY", "decide_close"]
 
 OWNER_KEY = "multirater_annotate"
 UNBLINDED_KEY = "unblinded_view"  # other raters' masks this controller loaded for unblinded viewing
@@ -57,6 +65,32 @@ class AnnotateError(ValueError):
 
 class AutosavePostponed(AnnotateError):
     """Autosave did not get the lock within a short timeout; the next timer tick retries."""
+
+
+class ConflictError(AnnotateError):
+    """Another session saved a newer revision of this annotation; ours went to a conflict copy."""
+
+
+CLOSE_CHOICES = ("save_as", "discard", "cancel")
+
+
+def decide_close(work_state: str, choice: str | None = None) -> str:
+    """What closing does (pure; the dock asks the user only when this returns ``"ask"``).
+
+    ``work_state``: ``"safe"`` (saved, nothing to save, or an emergency copy holds the work) or
+    ``"at_risk"`` (the save and the emergency copy both failed). ``choice``: the user's answer,
+    one of :data:`CLOSE_CHOICES`. Returns ``"close"``, ``"ask"``, ``"save_as"`` (ask for a path,
+    write there, then close) or ``"stay"`` (cancel the close, keep everything open).
+    """
+    if work_state == "safe":
+        return "close"
+    if work_state != "at_risk":
+        raise ValueError(f"unknown work state {work_state!r}")
+    if choice is None:
+        return "ask"
+    if choice not in CLOSE_CHOICES:
+        raise ValueError(f"unknown close choice {choice!r}; expected one of {CLOSE_CHOICES}")
+    return {"save_as": "save_as", "discard": "close", "cancel": "stay"}[choice]
 
 
 def _notify_error(message: str) -> None:
@@ -87,6 +121,9 @@ class AnnotateController:
         self._saved_sha: str | None = None  # checksum of the mask as last saved (or loaded)
         self._suppress_edits = False
         self._removing_own = False
+        self._rescued_sha: str | None = None  # checksum of the mask last kept in an emergency copy
+        self.at_risk = False  # the last save and its emergency copy both failed
+        self.last_rescue: str | None = None  # path of the last emergency / conflict copy
         self.on_edit: Callable[[], None] | None = None  # the view refreshes its "unsaved" marker
         self.notify: Callable[[str], None] = _notify_error  # errors that must not go unnoticed
         viewer.layers.events.removing.connect(self._on_layer_removing)
@@ -231,7 +268,8 @@ class AnnotateController:
         self._hide_foreign_raters(case_id)
         if self.rater:
             self.session = AnnotationSession(self.rater, autosave_interval=self.autosave_interval, clock=self.clock)
-            self.session.start_case(case_id, image_sha256=info["image_sha256"], sidecar=sidecar)
+            self.session.start_case(case_id, image_sha256=info["image_sha256"], sidecar=sidecar,
+                                    revision=loaded_revision(own, sidecar))
             self._add_own_layer(case_id, own if own is not None else np.zeros(image.shape, np.uint8), sidecar)
         else:
             self.session = None
@@ -288,7 +326,8 @@ class AnnotateController:
                 continue
             try:
                 mask, sidecar = self.store.load_mask(case_id, other)
-            except DatasetError:
+            except DatasetError as e:  # skipped, but never silently
+                self.notify(f"rater {other}'s annotation of {case_id} is not shown: {e}")
                 continue
             if mask is None:
                 continue
@@ -354,6 +393,8 @@ class AnnotateController:
         self.image_layer = None
         self.annotation_layer = None
         self._saved_sha = None
+        self._rescued_sha = None
+        self.at_risk = False
 
     # --- editing -------------------------------------------------------------------------------
     def _on_edit(self, event=None) -> None:
@@ -428,7 +469,13 @@ class AnnotateController:
         return image_checksum(self._current_mask()) != self._saved_sha
 
     def save(self, reason: str = "saved", lock_timeout: float | None = None) -> dict:
-        """Save the rater's mask of the current case; returns the sidecar."""
+        """Save the rater's mask of the current case; returns the sidecar.
+
+        Any failure keeps the layer and raises :class:`AnnotateError` after rescuing the mask
+        (:meth:`rescue`: emergency copy + notification); a newer revision saved by another
+        session raises :class:`ConflictError` (mask kept as a conflict copy); a lock held elsewhere
+        with ``lock_timeout`` (autosave) raises :class:`AutosavePostponed` (retried next tick).
+        """
         layer = self._need_annotation_layer()
         mask = self._current_mask()
         geo = geometry_from_layer(layer)
@@ -438,14 +485,54 @@ class AnnotateController:
         except LockTimeout as e:
             if lock_timeout is not None:
                 raise AutosavePostponed(f"autosave postponed: {e}") from None
-            raise AnnotateError(f"not saved: {e}") from None
-        except DatasetError as e:
-            raise AnnotateError(f"not saved: {e}") from None
+            raise AnnotateError(self.rescue(f"not saved: {e}", mask)) from None
+        except SaveConflict as e:
+            self.session.postpone()
+            self._rescued_sha = image_checksum(mask)
+            self.last_rescue = str(e.copy_path) if e.copy_path else None
+            msg = (f"{e}. Nothing was overwritten: reload the case to continue from the newer version, "
+                   "or use 'overwrite' to replace it with yours")
+            self.notify(msg)
+            raise ConflictError(msg) from None
+        except (DatasetError, OSError) as e:
+            self.session.postpone()
+            raise AnnotateError(self.rescue(str(e) if str(e).startswith("case ") else f"not saved: {e}",
+                                            mask)) from None
         self.session.mark_saved(sidecar)
         self._saved_sha = sidecar.get("mask_sha256") or image_checksum(mask)
+        self.at_risk = False
         layer.metadata["sidecar"] = sidecar
         self.last_save_reason = reason
         return sidecar
+
+    def overwrite(self) -> dict:
+        """After a :class:`ConflictError`: save this session's mask over the newer revision (the
+        user said so; the other version stays in its sidecar history only as that revision)."""
+        self._need_annotation_layer()
+        mask, sidecar = self.store.load_mask(self.case_id, self.rater)
+        self.session.revision = loaded_revision(mask, sidecar)
+        return self.save("saved (overwrote the other session's version)")
+
+    def rescue(self, error: str, mask: np.ndarray | None = None) -> str:
+        """Keep the mask after a failed save: emergency copy (unless this very mask is already in
+        one) and a notification; returns the message. Never raises."""
+        mask = self._current_mask() if mask is None else mask
+        sha = image_checksum(mask)
+        if sha == self._rescued_sha and self.last_rescue:
+            return f"{error}. Your annotation is kept in {self.last_rescue} (and still open here)"
+        geo = geometry_from_layer(self.annotation_layer)
+        record = {**self.session.save_kwargs(), "error": error}
+        try:
+            path = self.store.save_emergency_copy(self.case_id, self.rater, mask, geo, record)
+        except (DatasetError, OSError) as e:
+            self.at_risk = True
+            msg = (f"{error}. The emergency copy failed too ({e}); your annotation is still open here: "
+                   "free some disk space and save again, or save the layer elsewhere")
+        else:
+            self._rescued_sha, self.last_rescue, self.at_risk = sha, str(path), False
+            msg = f"{error}. Your unsaved annotation was kept as {path} (and is still open here)"
+        self.notify(msg)
+        return msg
 
     def save_if_dirty(self, reason: str = "saved") -> dict | None:
         """Save when the mask differs from the saved one (edit events or not)."""
@@ -466,6 +553,22 @@ class AnnotateController:
             s.mark_unchanged(now)
             return None
         return self.save("autosaved", lock_timeout=AUTOSAVE_TIMEOUT)
+
+    def autosave_tick(self, now: float | None = None) -> str | None:
+        """The autosave timer's body: never raises. Returns a status message (postponed or
+        failed, with where the emergency copy is), None when nothing happened or all is saved."""
+        try:
+            self.autosave_if_due(now)
+        except AutosavePostponed as e:
+            return str(e)
+        except AnnotateError as e:
+            return f"Autosave failed: {e}"
+        except Exception as e:  # noqa: BLE001 - a timer must never raise into the Qt event loop
+            try:
+                return f"Autosave failed: {self.rescue(f'not saved: {type(e).__name__}: {e}')}"
+            except Exception:  # noqa: BLE001
+                return f"Autosave failed: {type(e).__name__}: {e}"
+        return None
 
     def set_autosave_interval(self, seconds: float) -> None:
         self.autosave_interval = float(seconds)
@@ -493,27 +596,64 @@ class AnnotateController:
             self.annotation_layer = None
 
     def save_or_rescue(self, reason: str) -> str | None:
-        """``save_if_dirty``, never raising: if saving fails, the mask goes to an emergency copy
-        (``raters/.pending/<rater>.unsaved-<time>.nii.gz``) and the error is notified. Returns
-        that message, None when saved or nothing to save."""
+        """``save_if_dirty``, never raising: a failed save leaves an emergency copy (see
+        :meth:`rescue`) and a notification. Returns that message, None when saved or nothing to
+        save. ``at_risk`` tells whether the emergency copy failed too."""
         try:
             self.save_if_dirty(reason)
             return None
-        except AnnotateError as e:
-            error = str(e)
-        layer = self.annotation_layer
-        geo = geometry_from_layer(layer)
-        record = {**self.session.save_kwargs(), "error": error}
+        except AnnotateError as e:  # save() already rescued and notified
+            return str(e)
+        except Exception as e:  # noqa: BLE001 - closing must go on; the work is rescued below
+            if self.session is None or not self._own_layer_present():
+                return f"not saved: {e}"
+            return self.rescue(f"not saved: {type(e).__name__}: {e}")
+
+    def prepare_close(self) -> str | None:
+        """Before closing: save (or rescue) unsaved work. None: safe to close; else the message
+        to ask the user with (:func:`decide_close` returns ``"ask"``)."""
+        msg = self.save_or_rescue("saved on close")
+        state = "at_risk" if self.at_risk and self.has_unsaved_changes() else "safe"
+        return msg if decide_close(state) == "ask" else None
+
+    def resolve_close(self, choice: str, path=None) -> bool:
+        """The user's answer to :meth:`prepare_close`'s question; True when closing may go on.
+        ``save_as`` writes the mask (and a sidecar) to ``path``; if that fails too, False."""
+        action = decide_close("at_risk" if self.at_risk else "safe", choice)
+        if action == "close":
+            return True
+        if action == "stay":
+            return False
+        if not path:
+            return False
         try:
-            path = self.store.save_emergency_copy(self.case_id, self.rater, self._current_mask(), geo, record)
-            msg = f"{error}. Your unsaved annotation was kept as {path}"
-        except DatasetError as e:
-            msg = f"{error}. The emergency copy failed too ({e}): the unsaved edits are lost"
-        self.notify(msg)
-        return msg
+            self.save_as(path)
+        except AnnotateError as e:
+            self.notify(str(e))
+            return False
+        return True
+
+    def save_as(self, path) -> Path:
+        """Write the current mask (image geometry) to ``path`` plus ``<path stem>.json`` with the
+        session's record; outside the project, for when the project cannot be written."""
+        layer = self._need_annotation_layer()
+        p = Path(path)
+        try:
+            write_image(p, self._current_mask(), geometry_from_layer(layer), label=True)
+            stem = p.name[: -len(".nii.gz")] if p.name.lower().endswith(".nii.gz") else p.stem
+            write_json(p.with_name(stem + ".json"), {**self.session.save_kwargs(), "rater": self.rater,
+                                                     "case_id": self.case_id, "saved": now_iso(),
+                                                     "project": str(self.store.root)})
+        except (MedicalIOError, OSError) as e:
+            raise AnnotateError(f"could not save your annotation as {p}: {e}") from None
+        self.at_risk = False
+        self.last_rescue = str(p)
+        self._rescued_sha = image_checksum(self._current_mask())
+        return p
 
     def close(self) -> str | None:
-        """Dock or viewer closing: save (or rescue) unsaved work, then stop listening."""
+        """Dock closing: save (or rescue) unsaved work, then stop listening. The annotation layer
+        stays in the viewer, so nothing is lost even when both the save and the copy failed."""
         msg = self.save_or_rescue("saved on close")
         self.disconnect()
         return msg

@@ -77,5 +77,10 @@ def read_case_folder(path) -> list[tuple]:
     if isinstance(path, list):
         path = path[0]
     case_dir = Path(path)
-    dataset = CaseFolderDataset(case_dir.parent.parent)
-    return case_layer_data(dataset.load_case(case_dir.name))
+    dataset = CaseFolderDataset(case_dir.parent.parent, strict=False)
+    case = dataset.load_case(case_dir.name)  # broken rater files are left out, with a warning
+    if case.meta.get("problems"):
+        from napari.utils.notifications import show_warning
+
+        show_warning(f"case {case.case_id}: " + "; ".join(case.meta["problems"]))
+    return case_layer_data(case)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..argtypes import POSITIVE_INT
 from ..datasets.case import DatasetError
 
 
@@ -24,7 +25,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset: case folder, LIDC npz file or folder")
     p.add_argument("--out", required=True, help="output directory for the report")
     p.add_argument("--split", default=None, help="dataset split (e.g. train/val/test)")
-    p.add_argument("--max-cases", type=int, default=None, help="analyse at most N cases")
+    p.add_argument("--max-cases", type=POSITIVE_INT, default=None, help="analyse at most N cases")
     p.add_argument("--consensus", choices=("staple", "majority"), default="staple",
                    help="leave-one-out reference (default: staple)")
     p.set_defaults(func=run)
@@ -75,9 +76,6 @@ def run(args: argparse.Namespace) -> int:
     from ..datasets import open_dataset
     from .report import style_markdown, write_style_report
 
-    if args.max_cases is not None and args.max_cases < 1:
-        print("error: --max-cases must be at least 1", file=sys.stderr)
-        return 2
     try:
         dataset = open_dataset(args.data, split=args.split)
         report, problems = style_report(dataset, progress=_progress, consensus=args.consensus,
@@ -88,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
+    if problems:
+        from ..datasets.case_folder import problems_summary
+
+        print("warning: " + problems_summary(problems, report.n_cases, args.data), file=sys.stderr)
     if report.n_cases == 0:
         print(f"error: no cases in {args.data}" + (f" (split {args.split})" if args.split else ""), file=sys.stderr)
         return 2

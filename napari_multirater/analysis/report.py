@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..io.atomic import atomic_write_bytes, atomic_write_text
 from .style import METRICS, StyleReport
 
 __all__ = ["write_style_report", "style_markdown", "pairwise_heatmap_figure", "CONVENTIONS"]
@@ -145,25 +147,28 @@ def write_style_report(report: StyleReport, out_dir: str | Path) -> dict[str, Pa
         "boundary_distance_png": out / "boundary_distance.png",
     }
     stat_cols = [f"{m}_{s}" for m in METRICS for s in ("mean", "median", "std", "n")]
-    with open(paths["raters_csv"], "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["rater", "n_cases", "n_missing", "n_empty", *stat_cols])
-        for n in report.rater_names:
-            s = report.summary[n]
-            w.writerow([n, s["n_cases"], s["n_missing"], s["n_empty"], *[s[c] for c in stat_cols]])
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(["rater", "n_cases", "n_missing", "n_empty", *stat_cols])
+    for n in report.rater_names:
+        s = report.summary[n]
+        w.writerow([n, s["n_cases"], s["n_missing"], s["n_empty"], *[s[c] for c in stat_cols]])
+    atomic_write_text(paths["raters_csv"], f.getvalue())
     cols: list[str] = []
     for row in report.rows:
         cols += [c for c in row if c not in cols]
-    with open(paths["raters_per_case_csv"], "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=cols, restval="")
-        w.writeheader()
-        w.writerows(report.rows)
-    with open(paths["pairwise_dice_csv"], "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["rater", *report.rater_names])
-        for n, vals in zip(report.rater_names, report.pairwise_dice):
-            w.writerow([n, *vals.tolist()])
-    paths["raters_md"].write_text(f"# Rater style report ({report.n_cases} cases)\n\n" + style_markdown(report), encoding="utf-8")
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, fieldnames=cols, restval="")
+    w.writeheader()
+    w.writerows(report.rows)
+    atomic_write_text(paths["raters_per_case_csv"], f.getvalue())
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(["rater", *report.rater_names])
+    for n, vals in zip(report.rater_names, report.pairwise_dice):
+        w.writerow([n, *vals.tolist()])
+    atomic_write_text(paths["pairwise_dice_csv"], f.getvalue())
+    atomic_write_text(paths["raters_md"], f"# Rater style report ({report.n_cases} cases)\n\n" + style_markdown(report))
     figs = {
         "pairwise_dice_png": pairwise_heatmap_figure(report.pairwise_dice, report.rater_names,
                                                      "Mean pairwise Dice", ".2f"),
@@ -172,5 +177,7 @@ def write_style_report(report: StyleReport, out_dir: str | Path) -> dict[str, Pa
                                                         ("mean_boundary_mm", "mean boundary distance (mm)")]),
     }
     for key, fig in figs.items():
-        fig.savefig(paths[key])
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        atomic_write_bytes(paths[key], buf.getvalue())
     return paths

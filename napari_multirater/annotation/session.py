@@ -43,13 +43,15 @@ class AnnotationSession:
         self.active_seconds = 0.0  # seconds accumulated in this session, not yet saved
         self.dirty = False
         self.n_edits = 0
+        self.revision: int | None = None  # revision of the saved annotation this work started from
         self._last_event: float | None = None
         self._last_save_t: float | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start_case(self, case_id: str, *, image_sha256: str | None = None, sidecar: dict | None = None,
-                   now: float | None = None) -> None:
-        """Begin (or resume) annotating ``case_id``; ``sidecar`` is the rater's saved one, if any."""
+                   now: float | None = None, revision: int | None = None) -> None:
+        """Begin (or resume) annotating ``case_id``; ``sidecar`` is the rater's saved one, if any;
+        ``revision`` the saved revision loaded (saves over a newer one are refused)."""
         now = self.clock() if now is None else now
         sidecar = sidecar or {}
         self.case_id = case_id
@@ -65,6 +67,7 @@ class AnnotationSession:
         self.active_seconds = 0.0
         self.dirty = False
         self.n_edits = 0
+        self.revision = revision
         self._last_event = now
         self._last_save_t = now
 
@@ -109,6 +112,10 @@ class AnnotationSession:
         now = self.clock() if now is None else now
         return now - self._last_save_t >= self.autosave_interval
 
+    def postpone(self, now: float | None = None) -> None:
+        """A save failed: keep the edits (still dirty), try again one interval later."""
+        self._last_save_t = self.clock() if now is None else now
+
     def mark_unchanged(self, now: float | None = None) -> None:
         """The mask equals the saved one: nothing to save; the next check is an interval away."""
         self.dirty = False
@@ -121,6 +128,7 @@ class AnnotationSession:
             "active_seconds": self.total_active_seconds,
             "created": self.created,
             "image_sha256": self.image_sha256,
+            "expected_revision": self.revision,
         }
 
     def mark_saved(self, sidecar: dict, now: float | None = None) -> None:
@@ -132,3 +140,5 @@ class AnnotationSession:
         self.last_saved = sidecar.get("saved", now_iso())
         self.previous_active = float(sidecar.get("active_seconds", self.total_active_seconds))
         self.active_seconds = 0.0
+        if isinstance(sidecar.get("revision"), int):
+            self.revision = sidecar["revision"]

@@ -12,8 +12,10 @@ collected can be trained on directly (``multirater train``)::
                                                  image_sha256, mask_sha256, provenance
     <project>/cases/<case>/raters/.<rater>.lock  per-(case, rater) lock
     <project>/cases/<case>/raters/.pending/<rater>/   staging area of a save in progress
-    <project>/cases/<case>/raters/.pending/<rater>.unsaved-<time>.nii.gz   emergency copy (save failed)
     <project>/cases/<case>/raters/.broken/<rater>-<time>.*   an unreadable mask + sidecar, moved aside
+    <project>/cases/<case>/raters/.conflicts/<rater>-<time>.*   a save refused because another
+                                                 session saved a newer revision meanwhile
+    <config folder>/unsaved/<project>/<case>/<rater>.unsaved-<time>.*   emergency copy (save failed)
 
 Saving is crash safe and concurrency safe:
 
@@ -27,7 +29,13 @@ Saving is crash safe and concurrency safe:
   when it was committed (staged sidecar present) and discarded otherwise, so the live mask and
   sidecar always belong to one completed save, and a crash loses at most the save in progress;
 * a rater id is added to ``dataset.json`` under the project lock after re-reading the manifest,
-  so raters added concurrently by other processes are merged, never lost.
+  so raters added concurrently by other processes are merged, never lost;
+* every sidecar carries a ``revision`` (1, 2, ...); a save that names the revision it started from
+  (``expected_revision``) is refused with :class:`SaveConflict` when another session (second
+  window, second machine on a shared folder, same rater id) saved a newer one meanwhile: the
+  offered mask goes to ``raters/.conflicts/`` and nothing is overwritten;
+* any OS-level failure (disk full, read-only, permission, file size limit) raises
+  :class:`SaveError` naming the file and the reason; the previous mask and sidecar are intact.
 
 A mask is only accepted for the image it was drawn on: the caller passes the checksum of the
 image it loaded, which must equal the checksum of the image on disk and the one recorded in
@@ -78,6 +86,9 @@ from .lock import DEFAULT_TIMEOUT, FileLock
 __all__ = [
     "AnnotationStore",
     "ChecksumMismatch",
+    "SaveConflict",
+    "SaveError",
+    "loaded_revision",
     "RaterIdentity",
     "case_id_from_path",
     "config_path",
@@ -86,12 +97,35 @@ __all__ = [
 PROJECT_LOCK = ".dataset.lock"
 PENDING_DIR = ".pending"
 BROKEN_DIR = ".broken"
+CONFLICT_DIR = ".conflicts"
 DEFAULT_MASK_SUFFIX = ".nii.gz"
 CONFIG_ENV = "NAPARI_MULTIRATER_CONFIG"
 
 
 class ChecksumMismatch(DatasetError):
     """A mask was offered for an image other than the one on disk (or the image changed)."""
+
+
+class SaveError(DatasetError):
+    """Writing an annotation failed (disk full, read-only, permission...); nothing was replaced."""
+
+
+class SaveConflict(DatasetError):
+    """Another session saved this rater's mask of the case after this session loaded it; the
+    mask offered was kept in ``copy_path`` (a conflict copy), the newer one is untouched."""
+
+    def __init__(self, message: str, copy_path: Path | None = None, revision: int | None = None):
+        super().__init__(message)
+        self.copy_path = copy_path
+        self.revision = revision
+
+
+def loaded_revision(mask, sidecar: dict | None) -> int:
+    """The revision of a rater's annotation as loaded: 0 = nothing saved yet; sidecars without a
+    ``revision`` (older versions, imported masks) count as 1."""
+    if isinstance(sidecar, dict) and isinstance(sidecar.get("revision"), int):
+        return int(sidecar["revision"])
+    return 0 if mask is None and sidecar is None else 1
 
 
 def case_id_from_path(path) -> str:
@@ -431,6 +465,7 @@ class AnnotationStore:
         image_sha256: str | None = None,
         geometry: Geometry | None = None,
         lock_timeout: float | None = None,
+        expected_revision: int | None = None,
     ) -> dict:
         """Save ``rater``'s binary mask of ``case_id``; returns the written sidecar.
 
@@ -439,7 +474,21 @@ class AnnotationStore:
         :class:`ChecksumMismatch` / :class:`DatasetError` when they, or the shape, do not match
         the case's image. ``created`` defaults to the existing sidecar's creation time.
         ``lock_timeout`` overrides the store's (e.g. short for autosave): :class:`LockTimeout`.
+        ``expected_revision``: the revision this mask was started from (:func:`loaded_revision`);
+        a newer one on disk raises :class:`SaveConflict` (mask kept in ``raters/.conflicts``).
+        Disk full, read-only folder, permissions...: :class:`SaveError`, previous files intact.
         """
+        try:
+            return self._save_mask(case_id, rater, mask, provenance=provenance, active_seconds=active_seconds,
+                                   created=created, image_sha256=image_sha256, geometry=geometry,
+                                   lock_timeout=lock_timeout, expected_revision=expected_revision)
+        except (OSError, MedicalIOError) as e:
+            if isinstance(e, DatasetError):
+                raise
+            raise SaveError(f"case {case_id}, rater {rater}: not saved: {e}") from None
+
+    def _save_mask(self, case_id, rater, mask, *, provenance, active_seconds, created, image_sha256, geometry,
+                   lock_timeout, expected_revision) -> dict:
         check_identifier(rater, "rater id")
         if not isinstance(provenance, dict) or "kind" not in provenance:
             raise DatasetError("provenance must be a dict with a 'kind' (e.g. {'kind': 'drawn'})")
@@ -470,27 +519,61 @@ class AnnotationStore:
             self._recover(case_id, rater)
             existing = find_file(rdir, rater)
             suffix = _mask_suffix(existing) if existing is not None else DEFAULT_MASK_SUFFIX
-            if created is None and (rdir / f"{rater}.json").exists():
+            current = None
+            if (rdir / f"{rater}.json").exists():
                 try:
-                    created = read_json(rdir / f"{rater}.json", "annotation sidecar").get("created")
+                    current = read_json(rdir / f"{rater}.json", "annotation sidecar")
                 except DatasetError:
-                    created = None
+                    current = {}
+            revision = loaded_revision(existing, current)
+            if expected_revision is not None and int(expected_revision) != revision:
+                copy = self._conflict_copy(rdir, rater, mask, img.geometry, provenance, revision)
+                raise SaveConflict(
+                    f"{where}: not saved: another session saved this annotation meanwhile (revision "
+                    f"{revision}, {(current or {}).get('saved', 'time unknown')}; you started from revision "
+                    f"{expected_revision}); your version was kept as {copy}", copy, revision)
+            if created is None and current:
+                created = current.get("created")
             sidecar = annotation_sidecar(rater, case_id, img.sha256, dict(provenance),
                                          created=created, active_seconds=active_seconds)
             sidecar["mask_sha256"] = image_checksum(mask)
             sidecar["mask_file"] = f"{rater}{suffix}"
+            sidecar["revision"] = revision + 1
             pend = self._pending(case_id, rater)
             shutil.rmtree(pend, ignore_errors=True)
             pend.mkdir(parents=True)
             try:  # the mask is on disk (fsync) before the sidecar commits to it
                 write_image(pend / f"mask{suffix}", mask, img.geometry, label=True, fsync=True)
-            except MedicalIOError as e:
+                write_json(pend / "sidecar.json", sidecar)  # commit point
+            except (OSError, MedicalIOError) as e:
                 shutil.rmtree(pend, ignore_errors=True)
-                raise DatasetError(str(e)) from None
-            write_json(pend / "sidecar.json", sidecar)  # commit point
+                raise SaveError(f"{where}: not saved: {e}") from None
             fsync_dir(pend)
             self._recover(case_id, rater)  # rename both into place
         return sidecar
+
+    def _conflict_copy(self, rdir: Path, rater: str, mask, geometry: Geometry, provenance: dict,
+                       revision: int) -> Path:
+        """Keep a refused (conflicting) save as ``raters/.conflicts/<rater>-<time>.nii.gz`` + ``.json``
+        (once per mask: a retry of the same mask, e.g. by autosave, returns the existing copy)."""
+        dest = rdir / CONFLICT_DIR
+        dest.mkdir(exist_ok=True)
+        sha = image_checksum(mask)
+        for side in sorted(dest.glob(f"{rater}-*.json")):
+            try:
+                same = json.loads(side.read_text(encoding="utf-8")).get("mask_sha256") == sha
+            except (OSError, ValueError):
+                continue
+            copy = side.with_name(side.name[: -len(".json")] + DEFAULT_MASK_SUFFIX)
+            if same and copy.is_file():
+                return copy
+        path = _free_name(dest, f"{rater}-{_stamp()}", DEFAULT_MASK_SUFFIX)
+        write_image(path, mask, geometry, label=True)
+        write_json(path.with_name(path.name[: -len(DEFAULT_MASK_SUFFIX)] + ".json"),
+                   {"rater": rater, "saved": now_iso(), "provenance": dict(provenance),
+                    "mask_sha256": sha, "newer_revision_on_disk": revision,
+                    "note": "conflict copy: another session saved a newer version of this annotation first"})
+        return path
 
     def quarantine(self, case_id: str, rater: str) -> list[Path]:
         """Move ``rater``'s (unreadable) mask and sidecar to ``raters/.broken/<rater>-<time>.*``
@@ -520,17 +603,25 @@ class AnnotationStore:
             fsync_dir(rdir)
         return moved
 
+    def emergency_folders(self, case_id: str) -> list[Path]:
+        """Where emergency copies go, in order: the user config folder
+        (``<config>/unsaved/<project>/<case>``, independent of a full or read-only project),
+        then ``raters/.pending`` in the project."""
+        project = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.root.resolve().name) or "project"
+        return [config_path().parent / "unsaved" / project / case_id,
+                self.case_dir(case_id) / "raters" / PENDING_DIR]
+
     def save_emergency_copy(self, case_id: str, rater: str, mask, geometry: Geometry, record: dict) -> Path:
-        """Write a mask that could not be saved normally to
-        ``raters/.pending/<rater>.unsaved-<time>.nii.gz`` (+ ``.json`` with ``record``), without
-        locks or checks; if the project cannot be written, beside the rater config instead."""
+        """Write a mask that could not be saved normally as ``<rater>.unsaved-<time>.nii.gz``
+        (+ ``.json`` with ``record``) into the first writable of :meth:`emergency_folders`,
+        without locks or checks. Raises :class:`DatasetError` when no copy could be written."""
         check_identifier(rater, "rater id")
         mask = (np.asarray(mask) != 0).astype(np.uint8)
         record = {**record, "rater": rater, "case_id": case_id, "saved": now_iso(),
-                  "mask_sha256": image_checksum(mask), "note": "emergency copy: the normal save failed"}
+                  "mask_sha256": image_checksum(mask), "project": str(self.root.resolve()),
+                  "geometry": geometry.to_dict(), "note": "emergency copy: the normal save failed"}
         errors = []
-        for folder in (self.case_dir(case_id) / "raters" / PENDING_DIR,
-                       config_path().parent / "unsaved" / case_id):
+        for folder in self.emergency_folders(case_id):
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 path = _free_name(folder, f"{rater}.unsaved-{_stamp()}", DEFAULT_MASK_SUFFIX)

@@ -19,15 +19,15 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
+from ..io.atomic import atomic_write_text as _atomic_write_text
+from ..io.atomic import default_file_mode  # noqa: F401 (re-exported)
 from ..io.medical import WRITABLE_SUFFIXES, MedicalIOError, read_image, read_label_image, write_image
 from .case import DatasetError, MultiRaterCase
 
@@ -67,33 +67,11 @@ def image_checksum(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def default_file_mode() -> int:
-    """The mode a plain ``open(..., "w")`` would give (0666 minus the umask)."""
-    try:  # Linux: read the umask without changing it (os.umask is process-wide, not thread-safe)
-        with open("/proc/self/status", encoding="ascii") as f:
-            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError):
-        mask = os.umask(0o022)
-        os.umask(mask)
-    return 0o666 & ~mask
-
-
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write text via a temporary file in the same folder and an atomic rename."""
+    """Write text through the project's verified atomic writer (parent folders are created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, default_file_mode())  # mkstemp makes 0600: other raters sharing the folder must read it
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _atomic_write_text(path, text)
 
 
 def write_json(path: Path, obj) -> None:
@@ -211,6 +189,7 @@ class CaseFolderDataset(Sequence):
         self.manifest = read_json(self.root / MANIFEST, "dataset manifest")
         validate_manifest(self.manifest, str(self.root / MANIFEST))
         self.rater_names: list[str] = list(self.manifest["raters"])
+        self.problems: list[str] = []  # cases left out before loading (e.g. unreadable case.json)
         all_ids = list_case_ids(self.root)
         self.split = split
         if split is not None:
@@ -220,7 +199,19 @@ class CaseFolderDataset(Sequence):
                     f"{self.root / MANIFEST}: no split {split!r} (available: {sorted(splits) or 'none'})"
                 )
             wanted = set(splits[split])
-            all_ids = [c for c in all_ids if self._patient_of(c) in wanted or c in wanted]
+            keep = []
+            for c in all_ids:
+                try:
+                    patient = self._patient_of(c, strict=True)
+                except DatasetError as e:  # its split is unknown: left out, but never silently
+                    if c in wanted:
+                        keep.append(c)
+                    else:
+                        self.problems.append(f"case {c} skipped: {e} (cannot tell its patient, so its split)")
+                    continue
+                if patient in wanted or c in wanted:
+                    keep.append(c)
+            all_ids = keep
         self.case_ids = all_ids
 
     # --- Sequence API ----------------------------------------------------------------------
@@ -243,12 +234,14 @@ class CaseFolderDataset(Sequence):
     def case_dir(self, case_id: str) -> Path:
         return self.root / "cases" / check_identifier(case_id, "case id")
 
-    def _patient_of(self, case_id: str) -> str:
+    def _patient_of(self, case_id: str, strict: bool = False) -> str:
         p = self.case_dir(case_id) / "case.json"
         if p.exists():
             try:
                 return str(read_json(p, "case info").get("patient_id", case_id))
             except DatasetError:
+                if strict:
+                    raise
                 return case_id
         return case_id
 
@@ -280,6 +273,7 @@ class CaseFolderDataset(Sequence):
         masks = np.zeros((len(self.rater_names), *image.shape), np.uint8)
         valid = np.zeros(len(self.rater_names), bool)
         sidecars = {}
+        image_sha = None
         for k, rater in enumerate(self.rater_names):
             mpath = find_file(cdir / "raters", rater)
             if mpath is None:
@@ -291,13 +285,20 @@ class CaseFolderDataset(Sequence):
                     raise
                 problems.append(f"rater {rater} left out: {e}")
                 continue
-            valid[k] = True
             side = mpath.parent / f"{rater}.json"
             if side.exists():  # metadata only: a broken sidecar never costs the mask
                 try:
                     sidecars[rater] = read_json(side, "annotation sidecar")
                 except DatasetError as e:
                     problems.append(f"rater {rater}: {e} (mask used, sidecar ignored)")
+            drawn_on = sidecars.get(rater, {}).get("image_sha256")
+            if drawn_on:
+                image_sha = image_sha or image_checksum(image)
+                if drawn_on != image_sha:  # the image changed after this annotation was made
+                    problems.append(f"rater {rater} left out: {side} says the mask was drawn on another image "
+                                    f"(image checksum {str(drawn_on)[:12]}... vs {image_sha[:12]}... now)")
+                    continue
+            valid[k] = True
         meta = {"patient_id": info.get("patient_id", case_id), "case_dir": str(cdir), "image_path": str(img_path)}
         meta.update({k: v for k, v in info.items() if k not in meta})
         meta["sidecars"] = sidecars
@@ -337,6 +338,7 @@ def iter_cases_reporting(
     message naming the file. ``on_skip(index, case_id)`` per skipped case; ``should_stop()``
     ends the loop before the next case.
     """
+    problems.extend(getattr(dataset, "problems", None) or [])  # cases left out before loading
     n = len(dataset) if max_cases is None else min(len(dataset), max_cases)
     ids = getattr(dataset, "case_ids", None)
     for i in range(n):
@@ -352,6 +354,15 @@ def iter_cases_reporting(
             continue
         problems.extend(f"case {case.case_id}: {p}" for p in case.meta.get("problems", ()))
         yield case
+
+
+def problems_summary(problems: Sequence[str], n_cases: int, where) -> str:
+    """The one summary line after the per-file warnings of :func:`iter_cases_reporting`."""
+    skipped = sum(" skipped: " in p for p in problems)
+    left_out = sum(" left out: " in p for p in problems)
+    other = len(problems) - skipped - left_out
+    return (f"{where}: {skipped} case(s) skipped, {left_out} rater annotation(s) left out, {other} other "
+            f"problem(s); {n_cases} case(s) used (see the warnings above)")
 
 
 def write_case(

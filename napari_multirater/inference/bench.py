@@ -745,25 +745,32 @@ def benchmark(checkpoint: str | None = None, devices=None, settings: Settings | 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..argtypes import POSITIVE_INT, int_at_least
+
     p.add_argument("--checkpoint", default=None, metavar="CKPT_OR_NAME",
                    help="trained model to time (file or bundled/cached name); default: a freshly built compact "
                         "D-Persona stage I with random weights")
     p.add_argument("--out", default=None, help="folder for bench.json and bench.md (created); default: print only")
     p.add_argument("--device", default=None, choices=("cpu", "cuda", "all"),
                    help="default: cpu, and cuda too when available")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 20; --quick 3)")
+    p.add_argument("--repeats", type=POSITIVE_INT, default=None, help="timed runs per measurement (default 20; --quick 3)")
     p.add_argument("--quick", action="store_true",
                    help="small settings for smoke tests (64x64 image, N<=100, tiny volume, batch 2)")
     p.add_argument("--skip-train", action="store_true", help="skip the training-step section")
     p.add_argument("--skip-3d", action="store_true", help="skip the 3D volume runs")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch.set_num_threads (default: torch's default)")
     p.add_argument("--method", default="dpersona", help="method of the fresh model when no --checkpoint "
                    "(a config name in src_training/configs; dpersona = stage I)")
+<<<<<<< HEAD
     p.add_argument("--image-size", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--volume-samples", type=int, default=None, help="samples per slice in the volume runs (default 8)")
     p.add_argument("--precision", default="fp32,auto",
                    help="comma-separated precisions timed side by side: auto, fp32, bf16 (default fp32,auto; "
                         "auto = bf16 + channels_last where the CPU/GPU computes bf16 natively)")
+=======
+    p.add_argument("--image-size", type=int_at_least(16), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--volume-samples", type=POSITIVE_INT, default=None, help="samples per slice in the volume runs (default 8)")
+>>>>>>> issue-12
     p.add_argument("--train-configs", default=None,
                    help=f"comma-separated configs to time (default: {','.join(TRAIN_CONFIGS)})")
 
@@ -808,8 +815,10 @@ def run(args) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        (out / "bench.md").write_text(md, encoding="utf-8")
+        from ..io.atomic import atomic_write_text
+
+        atomic_write_text(out / "bench.json", json.dumps(result, indent=2) + "\n")
+        atomic_write_text(out / "bench.md", md)
         _log(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
     print(md)
     return 0

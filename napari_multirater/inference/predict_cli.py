@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
+from ..argtypes import NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, SEED, float_list, int_list
+
 FORMATS = ("nii.gz", "nrrd", "mha")
 
 
-def _ints(text: str, n: int, what: str) -> list[int]:
-    parts = [p for p in text.replace(" ", "").split(",") if p]
-    if len(parts) != n:
-        raise ValueError(f"{what} needs {n} comma-separated numbers, got {text!r}")
-    return [int(float(p)) for p in parts]
+def _ints(values: list[int], n: int, what: str) -> list[int]:
+    if len(values) != n:
+        raise ValueError(f"{what} needs {n} comma-separated integers, got {','.join(map(str, values))}")
+    return list(values)
 
 
 def _spacing(text: str):
@@ -26,7 +28,7 @@ def _spacing(text: str):
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a pixel size in mm or 'native', got {text!r}") from None
-    if not value > 0:
+    if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"pixel size must be positive, got {text!r}")
     return value
 
@@ -37,15 +39,15 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint file or the name of a bundled/cached model")
     p.add_argument("--image", required=True, help="image file (.nii.gz, .nrrd, .mha, ...) or DICOM series folder")
     p.add_argument("--out", required=True, help="output folder (created)")
-    p.add_argument("--samples", type=int, default=8, help="number of diverse samples (default 8; 0 = none)")
+    p.add_argument("--samples", type=NONNEG_INT, default=8, help="number of diverse samples (default 8; 0 = none)")
     p.add_argument("--personas", action="store_true", help="also write one mask per rater persona")
     p.add_argument("--no-uncertainty", action="store_true", help="do not write uncertainty maps")
     roi = p.add_mutually_exclusive_group()
-    roi.add_argument("--roi", help="box in voxel indices z0,y0,x0,z1,y1,x1 (end exclusive; 2D: y0,x0,y1,x1)")
-    roi.add_argument("--roi-point", help="box centre in physical mm z,y,x (2D: y,x), with --roi-size-mm")
-    p.add_argument("--roi-size-mm", type=float, default=64.0, help="edge length of the --roi-point box (mm)")
-    p.add_argument("--slice", type=int, default=None, help="only this axial slice index of a volume")
-    p.add_argument("--seed", type=int, default=0)
+    roi.add_argument("--roi", type=int_list(4, 6), help="box in voxel indices z0,y0,x0,z1,y1,x1 (end exclusive; 2D: y0,x0,y1,x1)")
+    roi.add_argument("--roi-point", type=float_list(2, 3), help="box centre in physical mm z,y,x (2D: y,x), with --roi-size-mm")
+    p.add_argument("--roi-size-mm", type=POSITIVE_FLOAT, default=64.0, help="edge length of the --roi-point box (mm)")
+    p.add_argument("--slice", type=NONNEG_INT, default=None, help="only this axial slice index of a volume")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="auto (default): bf16 autocast + channels_last where the CPU/GPU computes bf16 natively, "
@@ -58,7 +60,10 @@ def add_parser(sub) -> None:
     p.add_argument("--target-spacing-mm", type=_spacing, default=None,
                    help="in-plane pixel size (mm) the model runs at, or 'native' (default: the model card's "
                         "input.pixel_size_mm, i.e. the training resolution, else native spacing)")
-    p.add_argument("--batch-slices", type=int, default=8)
+    p.add_argument("--batch-slices", type=POSITIVE_INT, default=8)
+    p.add_argument("--allow-nonuniform", action="store_true",
+                   help="run on a DICOM series with gaps / non-uniform slice spacing (outputs are then placed "
+                        "on a uniform grid and may be off by up to the gap); refused by default")
     p.set_defaults(func=run)
 
 
@@ -84,15 +89,16 @@ def _roi(args, ndim: int):
             return ROI.rect(None, y0, x0, y1, x1)
         return ROI.box(*_ints(args.roi, 6, "--roi"))
     if args.roi_point:
-        c = [float(v) for v in args.roi_point.split(",") if v.strip()]
-        if len(c) not in (2, 3):
-            raise ValueError(f"--roi-point needs z,y,x (or y,x) in mm, got {args.roi_point!r}")
-        return ROI.point(c, args.roi_size_mm)
+        if len(args.roi_point) not in (ndim, 3):
+            raise ValueError(f"--roi-point needs {'z,y,x' if ndim == 3 else 'y,x'} in mm for a {ndim}D image, "
+                             f"got {len(args.roi_point)} numbers")
+        return ROI.point(list(args.roi_point), args.roi_size_mm)
     return None
 
 
 def run(args) -> int:
     from ..io import MedicalIOError, read_image, write_image
+    from ..io.atomic import atomic_write_text
     from .engine import InferenceEngine, ModelLoadError
 
     try:
@@ -103,10 +109,17 @@ def run(args) -> int:
         print(f"error: cannot load model: {e}", file=sys.stderr)
         return 2
     try:
-        image, geometry, _ = read_image(args.image)
+        image, geometry, read_info = read_image(args.image)
     except (MedicalIOError, OSError, RuntimeError) as e:
         print(f"error: cannot read image: {e}", file=sys.stderr)
         return 2
+    read_warnings = [read_info["warning"]] if read_info.get("warning") else []
+    if (read_info.get("nonuniform_spacing") or read_info.get("unreadable_files")) and not args.allow_nonuniform:
+        print(f"error: {args.image}: {read_info.get('warning')}; the outputs could be misplaced by up to the gap: "
+              "refusing (repair the series, or pass --allow-nonuniform)", file=sys.stderr)
+        return 2
+    for w in read_warnings:
+        print(f"warning: {w}", file=sys.stderr)
     if image.ndim not in (2, 3):
         print(f"error: {args.image}: expected a 2D or 3D scalar image, got shape {image.shape}", file=sys.stderr)
         return 2
@@ -115,10 +128,22 @@ def run(args) -> int:
           f"image {image.shape}, intensity {engine.normalizer.describe(image)}, {engine.describe_resolution()}",
           file=sys.stderr)
     t0 = time.perf_counter()
+    flag = "--roi" if args.roi else "--roi-point" if args.roi_point else None
+    try:
+        roi = _roi(args, image.ndim)
+        if roi is not None:  # checked against the image before any work
+            roi.resolve(image.shape if image.ndim == 3 else (1, *image.shape), geometry)
+    except ValueError as e:
+        text = str(e)
+        print(f"error: {text if text.startswith(flag) else f'{flag}: {text}'}", file=sys.stderr)
+        return 2
+    if args.slice is not None and image.ndim == 3 and args.slice >= image.shape[0]:
+        print(f"error: --slice {args.slice} is outside the image (slices 0 to {image.shape[0] - 1})", file=sys.stderr)
+        return 2
     try:
         result = engine.predict_volume(
             image, geometry, samples=args.samples, personas=args.personas, uncertainty=not args.no_uncertainty,
-            seed=args.seed, batch_slices=args.batch_slices, roi=_roi(args, image.ndim), slice_index=args.slice,
+            seed=args.seed, batch_slices=args.batch_slices, roi=roi, slice_index=args.slice,
             source=str(args.image), on_progress=_progress_printer())
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -146,10 +171,15 @@ def run(args) -> int:
     except MedicalIOError as e:
         print(f"error: cannot write outputs: {e}", file=sys.stderr)
         return 2
-    summary = {**result.info, "image": str(args.image), "region": [[s.start, s.stop] for s in result.region],
+    summary = {**result.info, "warnings": read_warnings + list(result.info.get("warnings", [])),
+               "image": str(args.image), "region": [[s.start, s.stop] for s in result.region],
                "scores": {k: [float(v) for v in vals] for k, vals in result.scores.items()},
                "files": written, "seconds": round(time.perf_counter() - t0, 3),
                "precision": engine.precision.describe()}
-    (out / "prediction.json").write_text(json.dumps(summary, indent=2))
+    try:
+        atomic_write_text(out / "prediction.json", json.dumps(summary, indent=2) + "\n")
+    except OSError as e:
+        print(f"error: cannot write outputs: {e}", file=sys.stderr)
+        return 2
     print(f"predict: wrote {len(written)} files to {out} in {summary['seconds']:.1f} s", file=sys.stderr)
     return 0

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
-import shutil
 import struct
-import tempfile
 import uuid
 import zlib
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import WriteError, atomic_write, fsync_dir, fsync_file  # noqa: F401 (re-exported)
 from .geometry import Geometry
 
 # The one list of file suffixes (case folders, the annotation store and the reader import these).
@@ -30,6 +29,10 @@ SINGLE_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")  # header and voxels
 
 class MedicalIOError(ValueError):
     """A medical image cannot be read or written; the message names the file and the problem."""
+
+
+class ImageWriteError(WriteError, MedicalIOError):
+    """Writing an image failed (see :class:`~napari_multirater.io.atomic.WriteError`)."""
 
 
 def _suffix(path) -> str:
@@ -97,6 +100,75 @@ def _nifti_expected_bytes(header: bytes) -> int | None:
     return offset + n * bitpix // 8
 
 
+def _gunzip_size(path: Path) -> int:
+    """How many bytes a (possibly truncated or multi-member) gzip file decompresses to, counting
+    every byte before the damage (``gzip.open().read`` loses the last partial chunk)."""
+    n, d = 0, zlib.decompressobj(16 + zlib.MAX_WBITS)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            buf = chunk
+            while buf:
+                try:
+                    n += len(d.decompress(buf, 1 << 24))
+                except zlib.error:
+                    return n
+                buf = d.unconsumed_tail
+                if d.eof:
+                    buf = d.unused_data
+                    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        n += len(d.flush())
+    except zlib.error:
+        pass
+    return n
+
+
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype code -> numpy float type
+
+
+def _nifti_nonfinite(path: Path) -> tuple[int, int] | None:
+    """``(NaN count, inf count)`` of a float NIfTI file's stored voxels, None when not float.
+    ITK's NIfTI reader turns NaN into 0 silently, so they must be counted in the file itself."""
+    gz = _suffix(path) == ".nii.gz"
+    with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+        header = f.read(540)
+        for end in "<>":
+            if struct.unpack(end + "i", header[:4])[0] == 348:
+                code, offset = struct.unpack(end + "h", header[70:72])[0], int(struct.unpack(end + "f", header[108:112])[0])
+                break
+            if struct.unpack(end + "i", header[:4])[0] == 540:
+                code, offset = struct.unpack(end + "h", header[12:14])[0], struct.unpack(end + "q", header[168:176])[0]
+                break
+        else:
+            return None
+        if code not in _NIFTI_FLOATS:
+            return None
+        dt = np.dtype(end + _NIFTI_FLOATS[code])
+        f.seek(offset)
+        n_nan = n_inf = 0
+        while chunk := f.read((1 << 24) // dt.itemsize * dt.itemsize):
+            v = np.frombuffer(chunk[: len(chunk) // dt.itemsize * dt.itemsize], dtype=dt)
+            n_nan += int(np.count_nonzero(np.isnan(v)))
+            n_inf += int(np.count_nonzero(np.isinf(v)))
+    return n_nan, n_inf
+
+
+def nonfinite_message(n_nan: int, n_inf: int, size: int) -> str:
+    return (f"{n_nan + n_inf} non-finite voxel(s) of {size} ({n_nan} NaN, {n_inf} inf); images with "
+            "NaN/inf are refused (they would silently become 0 or poison every result): fill or mask them first")
+
+
+def _check_finite(arr: np.ndarray, path: Path) -> None:
+    """Refuse NaN/inf voxels, whatever the format (NIfTI: counted in the file, see above)."""
+    counts = None
+    if _suffix(path) in (".nii", ".nii.gz"):
+        counts = _nifti_nonfinite(path)
+    if counts is None and arr.dtype.kind == "f":
+        counts = int(np.count_nonzero(np.isnan(arr))), int(np.count_nonzero(np.isinf(arr)))
+    if counts and sum(counts):
+        raise MedicalIOError(f"{path}: {nonfinite_message(*counts, arr.size)}")
+
+
 def _check_nifti_complete(path: Path) -> None:
     """SimpleITK silently zero-fills truncated NIfTI files (.nii and .nii.gz): check the size."""
     gz = _suffix(path) == ".nii.gz"
@@ -115,13 +187,7 @@ def _check_nifti_complete(path: Path) -> None:
             f.seek(-4, os.SEEK_END)
             if struct.unpack("<I", f.read(4))[0] == expected % 2**32:
                 return
-        size = 0
-        try:  # slow path: stream through the whole file (multi-member or damaged gzip)
-            with gzip.open(path, "rb") as f:
-                while chunk := f.read(1 << 24):
-                    size += len(chunk)
-        except (OSError, EOFError, zlib.error):
-            pass
+        size = _gunzip_size(path)  # slow path: every byte that decompresses (multi-member or damaged)
     if size < expected:
         raise MedicalIOError(
             f"{path}: truncated NIfTI file: {size} of {expected} bytes (header + voxel data) present"
@@ -140,6 +206,18 @@ def _read_file(path: Path) -> tuple[sitk.Image, dict]:
     return img, {"format": _suffix(path)}
 
 
+def _looks_like_dicom(p: Path) -> bool:
+    """A .dcm/.ima file, or one with the DICOM preamble ("DICM" at byte 128)."""
+    if p.suffix.lower() in (".dcm", ".ima"):
+        return True
+    try:
+        with open(p, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def _read_dicom_dir(path: Path) -> tuple[sitk.Image, dict]:
     ids = _series_ids(path)
     if not ids:
@@ -151,10 +229,14 @@ def _read_dicom_dir(path: Path) -> tuple[sitk.Image, dict]:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files[uid])
     reader.MetaDataDictionaryArrayUpdateOn()
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's gap warning goes to info["warning"]
     try:
         img = reader.Execute()
     except RuntimeError as e:
         raise MedicalIOError(f"{path}: cannot read DICOM series {uid}: {_short(e)}") from e
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
     def tag(i: int, key: str) -> str:
         return reader.GetMetaData(i, key).strip() if reader.HasMetaDataKey(i, key) else ""
@@ -170,6 +252,15 @@ def _read_dicom_dir(path: Path) -> tuple[sitk.Image, dict]:
         "sop_uids": [tag(i, "0008|0018") for i in range(n)],
     }
     warnings = []
+    in_series = {Path(f).name for fs in files.values() for f in fs}
+    unread = sorted(p.name for p in path.iterdir() if p.is_file() and p.name not in in_series
+                    and not p.name.startswith(".") and _looks_like_dicom(p))
+    if unread:
+        warnings.append(f"{len(unread)} file(s) in the folder could not be read as DICOM slices "
+                        f"(damaged or not DICOM): {', '.join(unread[:5])}{' ...' if len(unread) > 5 else ''}")
+        info_unreadable = unread
+    else:
+        info_unreadable = []
     if len(ids) > 1:
         others = ", ".join(f"{u} ({len(files[u])} slices)" for u in ids if u != uid)
         warnings.append(
@@ -185,17 +276,24 @@ def _read_dicom_dir(path: Path) -> tuple[sitk.Image, dict]:
             except ValueError:  # malformed ImagePositionPatient: skip the check
                 gaps = np.zeros(1)
             if np.ptp(gaps) > 0.01 * abs(img.GetSpacing()[2]) + 1e-3:
+                info["nonuniform_spacing"] = True
+                info["slice_gaps_mm"] = [round(float(g), 4) for g in (gaps.min(), gaps.max())]
                 warnings.append(
                     f"non-uniform slice spacing ({gaps.min():.3g} to {gaps.max():.3g} mm, missing slices?); "
                     f"loaded with spacing {img.GetSpacing()[2]:.4g} mm"
                 )
+    if info_unreadable:
+        info["unreadable_files"] = info_unreadable
     if warnings:
         info["warning"] = "; ".join(warnings)
     return img, info
 
 
-def read_image(path) -> tuple[np.ndarray, Geometry, dict]:
+def read_image(path, *, allow_nonfinite: bool = False) -> tuple[np.ndarray, Geometry, dict]:
     """Read a 2D/3D image file or a DICOM series directory.
+
+    NaN/inf voxels are refused (:class:`MedicalIOError` with their count) for every format
+    unless ``allow_nonfinite`` (then NIfTI NaNs come back as ITK reads them: 0).
 
     Returns ``(array in (z, y, x) order, Geometry, info)``; info holds ``source_path``, ``format``,
     ``pixel_type``, for DICOM ``series_uid``/``series_description``/``sop_uids`` (per z index), and a
@@ -207,6 +305,8 @@ def read_image(path) -> tuple[np.ndarray, Geometry, dict]:
     img, info = _read_dicom_dir(p) if p.is_dir() else _read_file(p)
     img = _check_image(img, p)
     arr = sitk.GetArrayFromImage(img)
+    if not allow_nonfinite:
+        _check_finite(arr, p)
     if info["format"] == "dicom" and arr.dtype.kind in "iu" and arr.itemsize > 2 and arr.size:
         if arr.min() >= np.iinfo(np.int16).min and arr.max() <= np.iinfo(np.int16).max:
             arr = arr.astype(np.int16)  # rescaled CT comes back as int32; HU fits int16
@@ -259,33 +359,55 @@ def read_label_image(
     return arr, geom, info
 
 
-def fsync_dir(folder) -> None:
-    """Make renames/creations in ``folder`` durable (no-op where folders cannot be opened)."""
+# Images up to this size are read back completely after writing and compared voxel by voxel;
+# larger ones get the header + byte-count check only (reading them back costs seconds).
+FULL_VERIFY_BYTES = 64 * 2**20
+
+
+def _verify_written(tmp: Path, arr: np.ndarray) -> None:
+    """Raise unless ``tmp`` reads back as ``arr``: header (size, dimension), complete NIfTI byte
+    count and, up to :data:`FULL_VERIFY_BYTES`, every voxel."""
+    if _suffix(tmp) in (".nii", ".nii.gz"):
+        try:
+            _check_nifti_complete(tmp)
+        except MedicalIOError as e:  # the temporary name means nothing to the user
+            raise MedicalIOError(str(e).replace(f"{tmp}: ", "")) from None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(tmp))
     try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise MedicalIOError(f"header cannot be read back: {_short(e)}") from None
+    size = tuple(reader.GetSize())[::-1]
+    if size != tuple(arr.shape):
+        raise MedicalIOError(f"header says size {size}, expected {tuple(arr.shape)}")
+    if arr.nbytes <= FULL_VERIFY_BYTES:
+        try:
+            back = sitk.GetArrayFromImage(reader.Execute())
+        except RuntimeError as e:
+            raise MedicalIOError(f"voxels cannot be read back: {_short(e)}") from None
+        finite = np.isfinite(arr) if arr.dtype.kind == "f" else None
+        if finite is not None and not finite.all():  # ITK reads NIfTI NaN as 0: compare the rest,
+            counts = (int(np.isnan(arr).sum()), int(np.isinf(arr).sum()))  # count them in the file
+            if _suffix(tmp) in (".nii", ".nii.gz") and _nifti_nonfinite(tmp) != counts:
+                raise MedicalIOError("non-finite voxels read back differ from the ones written")
+            same = back.shape == arr.shape and np.array_equal(back[finite], arr[finite])
+        else:
+            same = back.shape == arr.shape and np.array_equal(back, arr)
+        if not same:
+            raise MedicalIOError("voxels read back differ from the voxels written")
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:  # writable: Windows cannot flush a read-only handle
-        os.fsync(f.fileno())
-
-
-def write_image(path, array, geometry: Geometry, *, label: bool = False, fsync: bool = False) -> Path:
+def write_image(path, array, geometry: Geometry, *, label: bool = False, fsync: bool = True) -> Path:
     """Write ``array`` ((z, y, x) or (y, x)) with ``geometry`` to ``path`` (suffix picks the format).
 
     Labels are checked and cast to uint8 (max <= 255) or uint16 (max <= 65535). Compression is on.
-    Files are written into a temporary folder beside the target and moved in with ``os.replace``
-    (data file first, header last for .mhd/.nhdr), so a failed write never leaves a partial file.
-    ``fsync``: the files are flushed to disk before they are moved in, and the folder after, so
-    the written image survives a power loss once this returns.
+    Written through :func:`~napari_multirater.io.atomic.atomic_write`: into a temporary folder
+    beside the target, fsynced, read back and compared (see :func:`_verify_written`), then moved
+    in with ``os.replace`` (data file first, header last for .mhd/.nhdr). A failure raises
+    :class:`~napari_multirater.io.atomic.WriteError` (a :class:`MedicalIOError` too) naming the
+    file and the reason, and leaves the previous file untouched. ``fsync`` is kept for callers;
+    files are always flushed to disk.
     """
     p = Path(path)
     suffix = _suffix(p)
@@ -304,28 +426,27 @@ def write_image(path, array, geometry: Geometry, *, label: bool = False, fsync: 
         arr = arr.astype(np.uint8)
     elif arr.dtype == np.float16:
         arr = arr.astype(np.float32)
-    img = sitk.GetImageFromArray(np.ascontiguousarray(arr))
+    arr = np.ascontiguousarray(arr)
+    img = sitk.GetImageFromArray(arr)
     geometry.apply_to(img)
-    if not p.parent.is_dir():
-        raise MedicalIOError(f"{p}: folder {p.parent} does not exist")
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{p.name}.", dir=p.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         try:
-            sitk.WriteImage(img, str(tmpdir / p.name), True)
+            sitk.WriteImage(img, str(tmp), True)
         except RuntimeError as e:
-            raise MedicalIOError(f"{p}: cannot write the file: {_short(e)}") from e
-        header = tmpdir / p.name
-        files = sorted(tmpdir.iterdir(), key=lambda f: f == header)  # header last
-        if fsync:
-            for f in files:
-                _fsync_file(f)
-        for f in files:
-            os.replace(f, p.parent / f.name)
-        if fsync:
-            fsync_dir(p.parent)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    return p
+            raise OSError(_short(e)) from None
+
+    return atomic_write(p, write, verify=lambda tmp: _verify_written(tmp, arr), extra_files=True,
+                        error=ImageWriteError)
+
+
+def _verify_dicom_slice(tmp: Path) -> None:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(tmp))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise MedicalIOError(f"header cannot be read back: {_short(e)}") from None
 
 
 def _uid() -> str:
@@ -385,7 +506,14 @@ def write_dicom_series(
         sl.SetMetaData("0020|0013", str(k + 1))
         sl.SetMetaData("0008|0018", _uid())
         f = d / f"{prefix}{k:04d}.dcm"
-        writer.SetFileName(str(f))
-        writer.Execute(sl)
+
+        def write(tmp: Path, sl=sl) -> None:
+            writer.SetFileName(str(tmp))
+            try:
+                writer.Execute(sl)
+            except RuntimeError as e:
+                raise OSError(_short(e)) from None
+
+        atomic_write(f, write, verify=_verify_dicom_slice, suffix=".dcm", error=ImageWriteError)
         out.append(f)
     return out

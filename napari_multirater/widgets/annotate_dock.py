@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QMainWindow,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -32,7 +33,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._napari.annotate_controller import AnnotateController, AnnotateError, AutosavePostponed
+from .._napari.annotate_controller import AnnotateController, AnnotateError, ConflictError
 from ..datasets.case import DatasetError
 
 __all__ = ["AnnotateDock"]
@@ -51,18 +52,21 @@ def _local_time(iso: str | None) -> str:
 
 
 class _CloseWatcher(QObject):
-    """Event filter living on the viewer's main window: save when the window closes (the close
-    may still be cancelled, so only saving here); stop listening once the window is gone."""
+    """Event filter living on the viewer's main window: save when the window closes; when the
+    save and the emergency copy both failed, ask (Save as... / Discard / Cancel) and cancel the
+    close unless the work was saved elsewhere or discarded; stop listening once the window is gone."""
 
-    def __init__(self, window, controller):
+    def __init__(self, window, dock):
         super().__init__(window)
-        self.controller = controller
+        self.dock = dock
+        controller = dock.controller
         window.installEventFilter(self)
         window.destroyed.connect(lambda *_: controller.disconnect())
 
     def eventFilter(self, obj, event) -> bool:
-        if event.type() == QEvent.Close:
-            self.controller.save_or_rescue("saved on close")
+        if event.type() == QEvent.Close and not self.dock.confirm_close():
+            event.ignore()
+            return True
         return False
 
 
@@ -255,7 +259,54 @@ class AnnotateDock(QWidget):
         self._run(go)
 
     def save(self) -> None:
-        self._run(lambda: self.controller.save("saved"))
+        try:
+            self.controller.save("saved")
+        except ConflictError as e:
+            self.show_status(str(e), error=True)
+            if self.ask_overwrite(str(e)):
+                self._run(self.controller.overwrite, "Saved over the other session's version.")
+            return
+        except (AnnotateError, DatasetError, OSError) as e:
+            self.show_status(str(e), error=True)
+        else:
+            self.show_status("")
+        self.refresh()
+
+    def ask_overwrite(self, message: str) -> bool:
+        """Conflict: replace the other session's newer version with this one? (default No)."""
+        answer = QMessageBox.question(self, "Annotation changed elsewhere",
+                                      message + "\n\nOverwrite the other version with yours?",
+                                      QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        return answer == QMessageBox.Yes
+
+    def ask_close(self, message: str) -> tuple[str, str | None]:
+        """The save and the emergency copy failed: ``(choice, path)``, choice one of
+        ``CLOSE_CHOICES`` (path only for ``save_as``). Tests replace this method."""
+        box = QMessageBox(QMessageBox.Warning, "Unsaved annotation", message, parent=self)
+        save_as = box.addButton("Save as…", QMessageBox.AcceptRole)
+        discard = box.addButton("Discard", QMessageBox.DestructiveRole)
+        box.addButton("Cancel", QMessageBox.RejectRole)
+        box.exec_()
+        if box.clickedButton() is save_as:
+            path, _ = QFileDialog.getSaveFileName(self, "Save your annotation as", "",
+                                                  "NIfTI (*.nii.gz);;NRRD (*.nrrd);;MetaImage (*.mha)")
+            return ("save_as", path) if path else ("cancel", None)
+        return ("discard", None) if box.clickedButton() is discard else ("cancel", None)
+
+    def confirm_close(self) -> bool:
+        """The viewer window closes: save or rescue; True when it may close (see
+        :func:`~napari_multirater._napari.annotate_controller.decide_close`)."""
+        if self._closed:
+            return True
+        question = self.controller.prepare_close()
+        while question is not None:
+            choice, path = self.ask_close(question)
+            if self.controller.resolve_close(choice, path):
+                return True
+            if choice == "cancel":
+                return False
+            question = self.controller.prepare_close()
+        return True
 
     def prefill(self) -> None:
         name = self.prefill_combo.currentText()
@@ -264,16 +315,15 @@ class AnnotateDock(QWidget):
 
     def tick(self) -> None:
         """Timer: autosave when due, keep the status line current."""
-        if self._main_window is None:
-            self._watch_main_window()
         try:
-            self.controller.autosave_if_due()
-        except AutosavePostponed as e:  # lock busy: retried on the next tick
-            self.show_status(str(e))
-        except AnnotateError as e:
-            self.show_status(f"Autosave failed: {e}", error=True)
-            return
-        self._refresh_save_status()
+            if self._main_window is None:
+                self._watch_main_window()
+            message = self.controller.autosave_tick()  # never raises
+            if message:
+                self.show_status(message, error=message.startswith("Autosave failed"))
+            self._refresh_save_status()
+        except RuntimeError:  # widget deleted while the viewer closes
+            pass
 
     # --- closing ---------------------------------------------------------------------------------
     def _notify(self, message: str) -> None:
@@ -331,7 +381,7 @@ class AnnotateDock(QWidget):
             w = w.parentWidget()
         if w is None or w is self._main_window or self._closed:
             return
-        self._main_window, self._watcher = w, _CloseWatcher(w, self.controller)
+        self._main_window, self._watcher = w, _CloseWatcher(w, self)
 
     # --- dialogs -----------------------------------------------------------------------------------
     def _choose_project(self) -> None:
