@@ -761,16 +761,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch.set_num_threads (default: torch's default)")
     p.add_argument("--method", default="dpersona", help="method of the fresh model when no --checkpoint "
                    "(a config name in src_training/configs; dpersona = stage I)")
-<<<<<<< HEAD
-    p.add_argument("--image-size", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--volume-samples", type=int, default=None, help="samples per slice in the volume runs (default 8)")
+    p.add_argument("--image-size", type=int_at_least(16), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--volume-samples", type=POSITIVE_INT, default=None, help="samples per slice in the volume runs (default 8)")
     p.add_argument("--precision", default="fp32,auto",
                    help="comma-separated precisions timed side by side: auto, fp32, bf16 (default fp32,auto; "
                         "auto = bf16 + channels_last where the CPU/GPU computes bf16 natively)")
-=======
-    p.add_argument("--image-size", type=int_at_least(16), default=None, help=argparse.SUPPRESS)
-    p.add_argument("--volume-samples", type=POSITIVE_INT, default=None, help="samples per slice in the volume runs (default 8)")
->>>>>>> issue-12
     p.add_argument("--train-configs", default=None,
                    help=f"comma-separated configs to time (default: {','.join(TRAIN_CONFIGS)})")
 
