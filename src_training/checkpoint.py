@@ -51,8 +51,9 @@ def _load_error(path: Path, exc: Exception) -> str:
     ``weights_only=False`` (that would run code from the file)."""
     text = str(exc)
     if "weights_only" in text or "Weights only" in text or isinstance(exc, pickle.UnpicklingError):
-        m = re.search(r"Unsupported (?:global: GLOBAL [\w.]+|operand \d+|class [\w.]+)", text)
-        what = m.group(0) if m else "objects other than tensors and plain data"
+        m = re.search(r"(?:unsupported|Unsupported)(?: global:)? GLOBAL ([\w.]+)|Unsupported (operand \d+|class [\w.]+)",
+                      text)
+        what = f"a reference to {m.group(1) or m.group(2)}" if m else "objects other than tensors and plain data"
         return (f"refused: it holds Python objects ({what}); a checkpoint may only hold tensors and plain "
                 "data, anything else could run code when loaded")
     try:

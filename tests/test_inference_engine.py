@@ -405,5 +405,7 @@ def test_predict_cli_errors(tmp_path, ckpts):
     assert main(["predict", "--checkpoint", str(tmp_path / "nope.pt"), "--image", str(src), "--out", str(tmp_path / "o")]) == 2
     assert main(["predict", "--checkpoint", str(ckpts["unet"]), "--image", str(tmp_path / "nope.nrrd"),
                  "--out", str(tmp_path / "o")]) == 2
-    assert main(["predict", "--checkpoint", str(ckpts["unet"]), "--image", str(src), "--out", str(tmp_path / "o"),
-                 "--roi", "1,2,3"]) == 2
+    with pytest.raises(SystemExit) as info:  # refused by the parser (exit code 2), before any work
+        main(["predict", "--checkpoint", str(ckpts["unet"]), "--image", str(src), "--out", str(tmp_path / "o"),
+              "--roi", "1,2,3"])
+    assert info.value.code == 2
