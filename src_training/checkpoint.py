@@ -59,8 +59,10 @@ def load_checkpoint_dict(path, map_location="cpu") -> dict:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         data = torch.load(path, weights_only=True, map_location=map_location)
-    except Exception as exc:  # pickle / zip errors, unsafe globals ...
-        raise CheckpointError(f"{path} is not a readable napari-multirater checkpoint: {exc}") from exc
+    except Exception as exc:  # pickle / zip errors, unsafe globals ...: the raw code means nothing to a user
+        why = ("it holds Python objects that a safe (weights-only) load refuses"
+               if "Unsupported global" in str(exc) else "not a PyTorch checkpoint file, or a damaged / truncated one")
+        raise CheckpointError(f"{path} is not a readable napari-multirater checkpoint ({why})") from exc
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not a napari-multirater checkpoint (got {type(data).__name__})")
     missing = [k for k in REQUIRED_KEYS if k not in data]

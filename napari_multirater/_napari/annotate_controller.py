@@ -28,10 +28,11 @@ import numpy as np
 
 from ..annotation.lock import AUTOSAVE_TIMEOUT, LockTimeout
 from ..annotation.session import AnnotationSession
-from ..annotation.store import AnnotationStore, RaterIdentity, case_id_from_path
+from ..annotation.store import AnnotationStore, RaterIdentity
 from ..datasets.case import DatasetError
 from ..datasets.case_folder import check_identifier, image_checksum
 from ..io.geometry import geometry_from_layer
+from .guidance import case_identity
 from .layers import (
     ROLE_KEY,
     binary_colormap,
@@ -48,6 +49,7 @@ __all__ = ["AnnotateController", "AnnotateError", "AutosavePostponed", "OWNER_KE
 OWNER_KEY = "multirater_annotate"
 UNBLINDED_KEY = "unblinded_view"  # other raters' masks this controller loaded for unblinded viewing
 _NOT_PREFILL_ROLES = ("rater", "consensus", "agreement")
+_DERIVED_FROM_RATERS = ("consensus", "agreement")  # Compare raters' outputs: blind mode hides them too
 _PROVENANCE_KEYS = ("model", "model_name", "checkpoint", "persona", "output", "sample", "seed", "kind")
 
 
@@ -160,7 +162,8 @@ class AnnotateController:
         try:
             store = AnnotationStore.create_project(path, name or Path(path).name)
             source = (image_layer.metadata or {}).get("source_path")
-            cid = store.add_case(data, geo, case_id_from_path(image_layer.name), source=source)
+            case_id, patient_id = case_identity(image_layer.name, image_layer.metadata)  # DICOM ids, not "series"
+            cid = store.add_case(data, geo, case_id, source=source, patient_id=patient_id)
         except DatasetError as e:
             raise AnnotateError(str(e)) from None
         self.open_project(path)
@@ -303,13 +306,17 @@ class AnnotateController:
         return names
 
     def _hide_foreign_raters(self, case_id: str) -> list[str]:
-        """Blind mode: hide rater layers of this case that this controller did not create."""
+        """Blind mode: hide rater layers of this case that this controller did not create, and every
+        layer computed from raters (``mr agreement``, ``mr consensus: ...``)."""
         hidden = []
         if not self.blind:
             return hidden
         for ly in self.viewer.layers:
             md = ly.metadata or {}
-            if (md.get(ROLE_KEY) == "rater" and md.get("case_id") == case_id and not md.get(OWNER_KEY)
+            if md.get(ROLE_KEY) in _DERIVED_FROM_RATERS and ly.visible:
+                ly.visible = False
+                hidden.append(ly.name)
+            elif (md.get(ROLE_KEY) == "rater" and md.get("case_id") == case_id and not md.get(OWNER_KEY)
                     and md.get("rater") != self.rater and ly.visible):
                 ly.visible = False
                 hidden.append(ly.name)

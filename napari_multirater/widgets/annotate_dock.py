@@ -100,6 +100,11 @@ class AnnotateDock(QWidget):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(6, 6, 6, 6)
         lay.setSpacing(6)
+        self.hint = QLabel("")
+        self.hint.setWordWrap(True)
+        self.hint.setStyleSheet("color: #ffb454")
+        self.hint.setVisible(False)
+        lay.addWidget(self.hint)
 
         who = QGroupBox("Rater")
         form = QHBoxLayout(who)
@@ -392,7 +397,7 @@ class AnnotateDock(QWidget):
         can_edit = c.annotation_layer is not None
         for w in (self.save_btn, self.prefill_btn, self.prefill_combo):
             w.setEnabled(can_edit)
-        self._refresh_prefill_sources()
+        self._refresh_prefill_sources()  # Pre-fill stays disabled while there is nothing to start from
         self._refresh_save_status()
 
     def _refresh_save_status(self) -> None:
@@ -404,7 +409,7 @@ class AnnotateDock(QWidget):
         s = c.session
         when = _local_time(s.last_saved)
         saved = f"{c.last_save_reason or 'last saved'} at {when}" if when else "not saved yet"
-        state = "<b>unsaved edits</b>" if s.dirty else "all saved"
+        state = "<b>unsaved edits</b>" if s.dirty else ("all saved" if when else "nothing painted yet")
         self.save_label.setText(f"Case <b>{c.case_id}</b>: {state}; {saved}; "
                                 f"active time {s.total_active_seconds:.0f} s.")
 
@@ -418,5 +423,22 @@ class AnnotateDock(QWidget):
             if current in names:
                 self.prefill_combo.setCurrentText(current)
             self.prefill_combo.blockSignals(False)
+            can = self.controller.annotation_layer is not None
+            self.prefill_btn.setEnabled(can and bool(names))
+            self.prefill_btn.setToolTip("copy the chosen layer into your mask (undoable)" if names else
+                                        "nothing to start from yet: run a model on the case image "
+                                        "(Model & sampling dock, image 'mr image: ...') first")
+            if self.controller.blind and self.controller.case_id is not None:
+                self.controller._hide_foreign_raters(self.controller.case_id)  # also layers added later
+            self._advise()
         except RuntimeError:  # widget deleted while the viewer closes
             pass
+
+    def _advise(self) -> None:
+        """Top hint: the case / selected image has no physical spacing (a plain reader opened it)."""
+        from .._napari import guidance
+
+        layer = self.controller.image_layer if self.controller.image_layer is not None else self._current_image_layer()
+        text = guidance.spacing_warning(layer) if layer is not None and guidance.is_grey_image(layer) else None
+        self.hint.setText(text or "")
+        self.hint.setVisible(bool(text))

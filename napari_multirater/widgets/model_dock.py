@@ -31,7 +31,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .._napari import guidance
 from .._napari.model_controller import ALL_EXPERTS, ModelController
+from ..inference import model_info
 from ..inference.device import DEVICE_CHOICES, PRECISION_CHOICES
 from ..inference.intensity import IMAGE_UNITS, LIDC_MAPPINGS
 from ..inference.registry import available_models, demo_model_name
@@ -91,6 +93,7 @@ class ModelDock(QWidget):
         self._pending: dict = {}  # coalesced decodes: key -> latest callable, run from QTimer
         self._decode_scheduled = False
         self._n_warnings = 0
+        self._user_chose_model = False  # once the user picks a model, stop pre-selecting one
         self._build()
         self.viewer.layers.events.inserted.connect(self.refresh_layers)
         self.viewer.layers.events.removed.connect(self.refresh_layers)
@@ -110,6 +113,11 @@ class ModelDock(QWidget):
         scroll.setWidget(body)
         lay = QVBoxLayout(body)
         lay.setContentsMargins(6, 6, 6, 6)
+        self.hint = QLabel("")
+        self.hint.setWordWrap(True)
+        self.hint.setStyleSheet("color: #ffb454")
+        self.hint.setVisible(False)
+        lay.addWidget(self.hint)
         lay.addWidget(self._build_model())
         lay.addWidget(self._build_input())
         self.tabs = QTabWidget()
@@ -134,8 +142,12 @@ class ModelDock(QWidget):
         form = _form(box)
         self.model_combo = QComboBox()
         self.model_combo.setToolTip("bundled / cached models ($NAPARI_MULTIRATER_MODELS), or a checkpoint file")
-        self.model_combo.currentIndexChanged.connect(lambda *_: self._update_enabled())
+        self.model_combo.currentIndexChanged.connect(self._model_choice_changed)
+        self.model_combo.activated.connect(self._model_chosen_by_user)
         form.addRow("Model", self.model_combo)
+        self.purpose_label = QLabel("")
+        self.purpose_label.setWordWrap(True)
+        form.addRow("For", self.purpose_label)
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText("path/to/checkpoint.pt")
         browse = QPushButton("Browse…")
@@ -188,7 +200,11 @@ class ModelDock(QWidget):
         self.size_spin.setRange(2.0, 1000.0)
         self.size_spin.setValue(40.0)
         self.size_spin.setSuffix(" mm")
-        form.addRow("Point size", self.size_spin)
+        self.size_spin.setToolTip("edge length (mm) of the cube around the clicked point that the model runs on; "
+                                  "set it to the model's training field of view (see 'trained on' above)")
+        self.size_spin.valueChanged.connect(lambda *_: self._update_size_note())
+        self.size_note = QLabel("")
+        form.addRow("Point box edge", _row(self.size_spin, self.size_note))
         return box
 
     def _build_diversity(self) -> QWidget:
@@ -289,17 +305,43 @@ class ModelDock(QWidget):
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
         self.model_combo.addItem(FILE_ITEM)
+        self.model_combo.setItemData(0, "a .pt checkpoint file of your own (see File)", Qt.ToolTipRole)
         for name in available_models():
             self.model_combo.addItem(name)
+            self.model_combo.setItemData(self.model_combo.count() - 1, model_info.name_purpose(name), Qt.ToolTipRole)
         idx = self.model_combo.findText(current)
         self.model_combo.setCurrentIndex(idx if idx >= 0 else (1 if self.model_combo.count() > 1 else 0))
         self.model_combo.blockSignals(False)
+        self._preselect_model()
+        self._model_choice_changed()
+
+    def _model_chosen_by_user(self, *_) -> None:
+        self._user_chose_model = True
+
+    def _model_choice_changed(self, *_) -> None:
+        name = self.model_combo.currentText()
+        self.purpose_label.setText(model_info.name_purpose(name) if name != FILE_ITEM else "your own checkpoint file")
+        self._update_enabled()
+
+    def _preselect_model(self) -> None:
+        """Pre-select the model that fits the chosen image (phantom -> phantom_*, CT -> lidc_*)
+        until the user picks one themselves."""
+        layer = self.controller.image_layer
+        if self._user_chose_model or layer is None or self.controller.engine is not None:
+            return
+        names = [self.model_combo.itemText(i) for i in range(1, self.model_combo.count())]
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        pick = model_info.pick_model(names, model_info.image_kind(layer.metadata, layer.name, data))
+        if pick and pick != self.model_combo.currentText():
+            self.model_combo.blockSignals(True)
+            self.model_combo.setCurrentText(pick)
+            self.model_combo.blockSignals(False)
+            self._model_choice_changed()
 
     def refresh_layers(self, *_) -> None:
         from napari.layers import Image, Points, Shapes
 
-        images = [ly for ly in self.viewer.layers if isinstance(ly, Image) and not ly.rgb
-                  and not ly.name.startswith("mr ") and ly.ndim in (2, 3)]
+        images = [ly for ly in self.viewer.layers if isinstance(ly, Image) and guidance.is_source_image(ly)]
         self._fill(self.image_combo, [ly.name for ly in images])
         self._fill(self.roi_combo, [ly.name for ly in self.viewer.layers if isinstance(ly, (Shapes, Points))])
         self._image_changed()
@@ -321,8 +363,61 @@ class ModelDock(QWidget):
         layer = self._layer(self.image_combo.currentText())
         if self.controller.set_image_layer(layer):  # proxied layers compare with same_layer
             self._clear_sliders()
+            if self.worker is None:
+                self.status.setText("")  # a status about another input is stale now
+            self._preselect_model()
         self._fill(self.scope_combo, list(self.controller.scopes()))
+        self._advise()
         self._update_enabled()
+
+    def _spacing_yx(self):
+        layer = self.controller.image_layer
+        if layer is None or not guidance.spacing_known(layer):
+            return None
+        return tuple(abs(float(v)) for v in self.controller.geometry().scale_zyx[-2:])
+
+    def input_advice(self) -> str | None:
+        """Why the whole image is the wrong input for the loaded model (much larger than its
+        training field of view), or None."""
+        eng, layer = self.controller.engine, self.controller.image_layer
+        if eng is None or layer is None:
+            return None
+        return model_info.input_advice(eng.field_of_view(), layer.data.shape[-2:], self._spacing_yx())
+
+    def _advise(self) -> None:
+        """Top hint: no usable image / no physical spacing / input much larger than the model's field of view."""
+        layer = self.controller.image_layer
+        parts = []
+        if layer is None:
+            parts.append(guidance.missing_image_hint(self.viewer))
+        else:
+            parts += [t for t in (guidance.spacing_warning(layer), self.input_advice()) if t]
+        self.hint.setText("\n\n".join(parts))
+        self.hint.setVisible(bool(parts))
+        self._update_size_note()
+
+    def _update_size_note(self) -> None:
+        """'spans N slices' for the point box on the chosen image."""
+        layer = self.controller.image_layer
+        if layer is None or layer.ndim != 3 or not guidance.spacing_known(layer):
+            self.size_note.setText("box edge" if layer is None or layer.ndim != 3 else "box edge (no spacing: px)")
+            return
+        dz = abs(float(self.controller.geometry().scale_zyx[0])) or 1.0
+        n = max(1, min(int(round(self.size_spin.value() / dz)), layer.data.shape[0]))
+        self.size_note.setText(f"box edge; spans {n} slice(s) of {dz:g} mm")
+
+    def use_roi_default(self) -> bool:
+        """When the input is much larger than the model's field of view, make the ROI the default:
+        scope 'region of interest', a ready Points layer to click the lesion in, and a box edge
+        matching the training field of view. Returns True when it did."""
+        if not self.input_advice():
+            return False
+        fov = self.controller.engine.field_of_view()
+        self.size_spin.setValue(model_info.roi_size_mm(fov, self._spacing_yx(), self.size_spin.value()))
+        if not self.roi_combo.count():
+            self.new_point_layer()
+        self.scope_combo.setCurrentText("region of interest")
+        return True
 
     def _update_enabled(self) -> None:
         eng = self.controller.engine
@@ -394,6 +489,9 @@ class ModelDock(QWidget):
         self._clear_sliders()
         self._update_enabled()
         self.status.setText(f"loaded {eng.name} on {eng.device_message}")
+        if self.use_roi_default():
+            self.status.setText(f"loaded {eng.name}: click the lesion in 'mr roi point', then run")
+        self._advise()
 
     def set_precision(self) -> None:
         """Apply the Precision choice to the loaded model (the next run uses it)."""
@@ -409,7 +507,7 @@ class ModelDock(QWidget):
         self.status.setText(f"precision: {text}")
 
     def _show_card(self) -> None:
-        s = self.controller.engine.summary()
+        s = self.controller.engine.summary(self._spacing_yx())
         rows = "".join(f"<tr><td><b>{html.escape(k)}</b>&nbsp;</td><td>{html.escape(str(v))}</td></tr>"
                        for k, v in s.items() if k != "name")
         self.card_label.setText(f"<b>{html.escape(s['name'])}</b><table>{rows}</table>")
@@ -531,6 +629,19 @@ class ModelDock(QWidget):
         layer.mode = "add_rectangle"
         self.roi_combo.setCurrentText(layer.name)
         self.scope_combo.setCurrentText("region of interest")
+
+    def new_point_layer(self):
+        """``mr roi point``: a Points layer on the image's grid in add mode: click the lesion."""
+        from .._napari.layers import transform_kwargs
+
+        img = self.controller.image_layer
+        keep = ("scale", "translate", "rotate", "units", "axis_labels")
+        kw = {k: v for k, v in transform_kwargs(img).items() if k in keep} if img else {}
+        layer = self.viewer.add_points(name="mr roi point", ndim=img.ndim if img is not None else 2, size=6,
+                                       face_color="#00e5ff", **kw)
+        layer.mode = "add"
+        self.roi_combo.setCurrentText(layer.name)
+        return layer
 
     # ------------------------------------------------------------------ latent explorer
     def _clear_sliders(self) -> None:
