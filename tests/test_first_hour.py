@@ -68,6 +68,47 @@ def test_dicom_reader_records_patient_id():
     assert info["patient_id"] == "LIDC-IDRI-0006" and info["series_uid"]
 
 
+def test_shared_encoding_gives_the_same_outputs(tmp_path):
+    """Samples + personas in one run reuse one encoding per slice; outputs equal separate runs."""
+    from napari_multirater.datasets.phantom import make_phantom_case
+    from napari_multirater.inference.testing import make_tiny_checkpoint
+
+    eng = InferenceEngine.load(make_tiny_checkpoint(tmp_path / "dp.pt", "dpersona"), device="cpu", precision="fp32")
+    case = make_phantom_case(0, ndim=3)
+    kw = {"seed": 4, "slice_index": 10}
+    both = eng.predict_volume(case.image, case.geometry, samples=3, personas=True, uncertainty=True, **kw)
+    alone = eng.predict_volume(case.image, case.geometry, samples=3, **kw)
+    personas = eng.predict_volume(case.image, case.geometry, samples=0, personas=True, **kw)
+    np.testing.assert_array_equal(both.samples_region, alone.samples_region)
+    for rater, m in personas.personas_region.items():
+        np.testing.assert_array_equal(both.personas_region[rater], m)
+
+
+def test_predict_cli_progress_per_slice_and_compact_maps(tmp_path, capsys):
+    from napari_multirater.cli import main
+    from napari_multirater.datasets.phantom import make_phantom_case
+    from napari_multirater.inference.testing import make_tiny_checkpoint
+    from napari_multirater.io import read_image, write_image
+
+    ckpt = make_tiny_checkpoint(tmp_path / "dp.pt", "dpersona")
+    case = make_phantom_case(0, ndim=3)
+    src = tmp_path / "ct.nii.gz"
+    write_image(src, case.image, case.geometry)
+    base = ["predict", "--checkpoint", str(ckpt), "--image", str(src), "--samples", "2", "--seed", "1"]
+    assert main([*base, "--out", str(tmp_path / "one"), "--slice", "12"]) == 0
+    err = capsys.readouterr().err
+    assert "slice 12 of 0-23" in err and "13/24" not in err  # numbered as the user gave it
+    assert main([*base, "--out", str(tmp_path / "roi"), "--roi", "4,10,10,8,60,70"]) == 0
+    err = capsys.readouterr().err
+    assert [f"predict: {k}/4 " in err for k in range(1, 5)] == [True] * 4  # a line after every slice
+    assert "left" in err
+    assert main([*base, "--out", str(tmp_path / "float"), "--roi", "4,10,10,8,60,70", "--float-maps"]) == 0
+    small, _, _ = read_image(tmp_path / "roi" / "mean_prob.nii.gz")
+    full, _, _ = read_image(tmp_path / "float" / "mean_prob.nii.gz")
+    assert small.dtype == np.uint8 and full.dtype == np.float32
+    assert np.abs(small.astype(np.float32) / 255.0 - full).max() <= 0.5 / 255 + 1e-6
+
+
 # ------------------------------------------------------------------ docks (napari)
 napari = pytest.importorskip("napari")
 
@@ -97,11 +138,12 @@ def test_model_dock_guides_to_the_right_input(make_napari_viewer):
     assert "wider than what the model was trained on" in dock.hint.text()
     assert dock.scope_combo.currentText() == "region of interest" and "mr roi point" in viewer.layers
     assert dock.size_spin.value() == 80.0 and "spans 6 slice(s) of 2.5 mm" in dock.size_note.text()
-    viewer.layers["mr roi point"].add([3 * 2.5, 256 * 0.625, 256 * 0.625])  # click the lesion
+    viewer.layers["mr roi point"].add([3, 256, 256])  # click the lesion (the layer shares the image grid)
     dock.expert_combo.setCurrentText("expert_1")
     dock.run("personas", sync=True)
     res = dock.controller.last["personas"]
-    assert all(s.stop - s.start <= 129 for s in res.region[1:]) and "failed" not in dock.status.text()
+    assert all(s.stop - s.start <= 129 and s.start <= 256 < s.stop for s in res.region[1:])  # around the click
+    assert "failed" not in dock.status.text()
 
     dock.status.setText("failed: something about the old input")
     viewer.add_image(np.zeros((64, 64), np.float32), name="plain")  # as napari's own reader opens a PNG
@@ -215,3 +257,88 @@ def test_prefill_from_a_model_in_an_open_project(make_napari_viewer, project):
     agree.visible = True
     adock.blind_box.setChecked(True)
     assert not agree.visible
+
+
+@pytest.mark.gui
+def test_no_lesion_is_an_explicit_choice(make_napari_viewer, project):
+    from napari_multirater.annotation import AnnotationStore
+
+    viewer = make_napari_viewer()
+    _, adock = viewer.window.add_plugin_dock_widget("napari-multirater", "Collect annotations")
+    adock.rater_edit.setText("eve")
+    adock.rater_btn.click()
+    adock.open_project(project.root)
+    ctl = adock.controller
+    adock.save()  # untouched case: refused, not silently marked done
+    assert "Nothing is painted" in adock.status.text()
+    assert dict(ctl.case_rows())["lung0"] is False
+    adock.no_lesion_box.setChecked(True)
+    adock.save()
+    assert dict(ctl.case_rows())["lung0"] is True
+    mask, side = AnnotationStore(project.root).load_mask("lung0", "eve")
+    assert not mask.any() and side["provenance"]["no_lesion"] is True
+
+
+@pytest.mark.gui
+def test_results_and_progress_visible_on_a_small_screen(make_napari_viewer):
+    from qtpy.QtCore import QPoint
+    from qtpy.QtWidgets import QApplication, QDockWidget
+
+    from napari_multirater._napari.layers import MODEL_CONTOUR, rater_layers
+    from napari_multirater._napari.model_controller import SAMPLES
+
+    viewer = make_napari_viewer(show=True)
+    win = viewer.window._qt_window
+    win.resize(1366, 768)
+    viewer.open_sample("napari-multirater", "phantom_2d")
+    assert all(ly.contour == 1 for ly in rater_layers(viewer))  # raters: thin outlines by default
+    docks = {}
+    for name in ("Collect annotations", "Compare raters", "Model & sampling"):
+        _, docks[name] = viewer.window.add_plugin_dock_widget("napari-multirater", name)
+        QApplication.processEvents()
+    assert win.height() <= 768  # docks tabify / scroll instead of growing the window
+    titles = {d.windowTitle() for d in win.findChildren(QDockWidget)}
+    assert {"Model && sampling", "Compare raters", "Collect annotations"} <= titles  # '&' shown, not a mnemonic
+    dock = docks["Model & sampling"]
+    dock.model_combo.setCurrentText("phantom_dpersona")
+    dock.device_combo.setCurrentText("cpu")
+    assert dock.load_model(sync=True)
+    for w in (dock.progress, dock.cancel_btn, dock.status):  # below the scrolling part, inside the window
+        bottom = w.mapTo(win, QPoint(0, w.height())).y()
+        assert w.isVisible() and bottom <= win.height()
+
+    dock.n_spin.setValue(2)
+    dock.run("samples", sync=True)
+    dock.expert_combo.setCurrentText("tight")
+    dock.run("personas", sync=True)
+    assert "persona tight (1 of 4)" in dock.status.text() and "tight" in dock.legend.text()
+    assert not viewer.layers[SAMPLES].visible and viewer.layers["mr persona: tight"].visible  # newest family
+    assert dock.earlier_btn.isEnabled()
+    dock.earlier_btn.click()
+    assert viewer.layers[SAMPLES].visible  # one click brings the older outputs back
+    dock.expert_combo.setCurrentText("all experts")
+    dock.run("personas", sync=True)
+    personas = [ly for ly in viewer.layers if ly.name.startswith("mr persona: ")]
+    assert all(p.contour == MODEL_CONTOUR for p in personas)  # model outlines thicker than the raters'
+    rater_colors = {tuple(np.round(ly.colormap.map(1), 3)) for ly in rater_layers(viewer)}
+    assert not rater_colors & {tuple(np.round(p.colormap.map(1), 3)) for p in personas}
+    dock.kind_combo.setCurrentText("entropy")
+    dock.run("uncertainty", sync=True)
+    assert viewer.layers["mr uncertainty: entropy"].colorbar.visible
+
+
+def test_patient_folder_with_the_series_inside(tmp_path):
+    """A patient folder without the LIDC XML: the one series inside is read; several are named."""
+    from napari_multirater._napari.reader import get_reader
+    from napari_multirater.datasets.phantom import make_phantom_case
+    from napari_multirater.io.medical import write_dicom_series
+
+    case = make_phantom_case(0, ndim=3)
+    write_dicom_series(tmp_path / "patient" / "study" / "ct", case.image.astype(np.int16), case.geometry)
+    reader = get_reader(str(tmp_path / "patient"))
+    (data, kw, kind), = reader(str(tmp_path / "patient"))
+    assert kind == "image" and data.shape == case.image.shape and kw["metadata"]["series_uid"]
+    write_dicom_series(tmp_path / "patient" / "study" / "ct2", case.image.astype(np.int16), case.geometry)
+    with pytest.raises(ValueError, match="holds 2 DICOM series .*open one of these folders"):
+        get_reader(str(tmp_path / "patient"))(str(tmp_path / "patient"))
+    assert get_reader(str(tmp_path / "patient" / "study" / "ct")) is not None

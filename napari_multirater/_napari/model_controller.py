@@ -19,11 +19,12 @@ from ..inference.roi import ROI, PredictionResult
 from ..io.geometry import METADATA_KEY, geometry_from_layer
 from ..progress import Progress, run_to_completion
 from .layers import (
+    MODEL_CONTOUR,
     ROLE_KEY,
     binary_colormap,
     layer_in_viewer,
     layer_name,
-    rater_color,
+    persona_color,
     same_layer,
     sync_layer,
     transform_kwargs,
@@ -40,6 +41,11 @@ BLEND = layer_name("persona blend")
 UNC_CONTOUR = layer_name("uncertainty contour")
 EXPLORER = layer_name("latent explorer")
 ALL_EXPERTS = "all experts"
+# output families by layer role: a run shows its own family and hides the others (one click brings them back)
+FAMILIES = {"samples": ("sample", "mean_probability", "sample_contours"),
+            "personas": ("persona",),
+            "uncertainty": ("uncertainty", "uncertainty_contour"),
+            "explorer": ("latent_explorer",)}
 
 
 __all__ = ["ALL_EXPERTS", "Explorer", "ModelController", "threads_disabled"]
@@ -126,6 +132,7 @@ class ModelController:
         self.last: dict[str, PredictionResult] = {}
         self.explorer: Explorer | None = None
         self.dropped: str | None = None  # why the last finished result was not shown (None: shown)
+        self.hidden_earlier: list[str] = []  # older output layers hidden by the newest run
         self._target: tuple | None = None  # (image layer, transform kwargs) results are written for
 
     # ------------------------------------------------------------------ jobs
@@ -389,8 +396,33 @@ class ModelController:
             self.viewer.layers.remove(name)
         return self.viewer.add_image(data, name=name, contrast_limits=(0.0, 1.0), **kw)
 
+    def hide_other_families(self, family: str) -> list[str]:
+        """Hide the visible output layers of the other families (older runs); remembered in
+        :attr:`hidden_earlier` so :meth:`show_earlier` brings them back."""
+        keep = FAMILIES.get(family, ())
+        roles = {r for f, rs in FAMILIES.items() if f != family for r in rs} - set(keep)
+        hidden = []
+        for ly in self.viewer.layers:
+            md = ly.metadata or {}
+            if md.get(ROLE_KEY) in roles and md.get("model") is not None and ly.visible:
+                ly.visible = False
+                hidden.append(ly.name)
+        if hidden:
+            self.hidden_earlier = [n for n in self.hidden_earlier if n not in hidden] + hidden
+        return hidden
+
+    def show_earlier(self) -> list[str]:
+        """Show the output layers hidden by newer runs again."""
+        shown = [n for n in self.hidden_earlier if n in self.viewer.layers]
+        for n in shown:
+            self.viewer.layers[n].visible = True
+        self.hidden_earlier = []
+        return shown
+
     def apply(self, action: str, result: PredictionResult, **show):
-        """Put a result into its layers (GUI thread). Returns the layers touched."""
+        """Put a result into its layers (GUI thread), hiding older output families. Returns the
+        layers touched."""
+        self.hide_other_families(action)
         if action == "samples":
             return self.show_samples(result, contours=show.get("contours", False))
         if action == "personas":
@@ -430,9 +462,9 @@ class ModelController:
                     self.viewer.layers[lname].visible = False
                 continue
             layer = self._labels(lname, result.region, result.personas_region[rater],
-                                 colormap=binary_colormap(rater_color(k)), opacity=0.8,
-                                 metadata=self._meta("persona", rater=rater))
-            layer.contour = 1 if expert == ALL_EXPERTS else 0
+                                 colormap=binary_colormap(persona_color(k)), opacity=0.9,
+                                 metadata=self._meta("persona", rater=rater, color=persona_color(k)))
+            layer.contour = MODEL_CONTOUR if expert == ALL_EXPERTS else 0  # model: thick (raters: thin)
             layer.visible = True
             out.append(layer)
         self._select_image()
@@ -448,8 +480,10 @@ class ModelController:
                 out.append(self._image(name, result.region, result.uncertainty_region[k], colormap="inferno",
                                        blending="additive", opacity=0.8, metadata=self._meta("uncertainty", kind=k)))
                 out[-1].visible = True
+                _show_colorbar(out[-1], True)
             elif name in self.viewer.layers:
                 self.viewer.layers[name].visible = False
+                _show_colorbar(self.viewer.layers[name], False)
         self._select_image()
         return out
 
@@ -523,6 +557,7 @@ class ModelController:
                 _warn(f"latent explorer: not started: {self.dropped}")
                 return
             self.explorer = ex
+            self.hide_other_families("explorer")
             with self._output_to(*target):
                 if EXPLORER in self.viewer.layers:
                     self.viewer.layers[EXPLORER].data[...] = 0
@@ -563,6 +598,13 @@ class ModelController:
         if self.explorer is None or self.engine is None:
             raise ValueError("start the latent explorer first")
         return self.explorer
+
+
+def _show_colorbar(layer, on: bool) -> None:
+    """The layer's colour bar (napari >= 0.5: an overlay on the canvas), if this napari has one."""
+    bar = getattr(layer, "colorbar", None)
+    if bar is not None:
+        bar.visible = bool(on)
 
 
 def _iter_explorer(engine, image, z, mode: str, seed: int):

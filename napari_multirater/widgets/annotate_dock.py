@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime as _dt
 from pathlib import Path
 
+import numpy as np
+
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -97,7 +99,9 @@ class AnnotateDock(QWidget):
 
     # --- layout ----------------------------------------------------------------------------------
     def _build(self, autosave_seconds: float) -> None:
-        lay = QVBoxLayout(self)
+        from ._docking import scrolling_body
+
+        lay = QVBoxLayout(scrolling_body(self))  # scrolls instead of growing the window on small screens
         lay.setContentsMargins(6, 6, 6, 6)
         lay.setSpacing(6)
         self.hint = QLabel("")
@@ -136,7 +140,10 @@ class AnnotateDock(QWidget):
         self.import_btn = QPushButton("Add images…")
         self.import_btn.setToolTip("Add image files (NIfTI, NRRD, MHA...) as new cases")
         self.import_btn.clicked.connect(self._choose_images)
-        for b in (self.open_btn, self.new_btn, self.import_btn):
+        from ._help import help_button
+
+        self.help_btn = help_button(self, "Collect annotations")
+        for b in (self.open_btn, self.new_btn, self.import_btn, self.help_btn):
             row.addWidget(b)
         pl.addLayout(row)
         self.blind_box = QCheckBox("Blind mode (hide other raters' annotations)")
@@ -181,6 +188,10 @@ class AnnotateDock(QWidget):
         pre.addWidget(self.prefill_combo, 1)
         pre.addWidget(self.prefill_btn)
         wl.addRow("Start from:", pre)
+        self.no_lesion_box = QCheckBox("No lesion in this case")
+        self.no_lesion_box.setToolTip("Save an empty mask on purpose; without this, Save refuses an empty mask "
+                                      "(an untouched case is not marked done by accident)")
+        wl.addRow(self.no_lesion_box)
         save_row = QHBoxLayout()
         self.save_btn = QPushButton("Save")
         self.save_btn.clicked.connect(self.save)
@@ -260,6 +271,22 @@ class AnnotateDock(QWidget):
         self._run(go)
 
     def save(self) -> None:
+        """Save; an empty mask only with "No lesion in this case" ticked (recorded in the provenance)."""
+        c = self.controller
+        if c.session is not None and c.annotation_layer is not None:
+            empty = not np.any(np.asarray(c.annotation_layer.data))
+            if empty and not self.no_lesion_box.isChecked():
+                self.show_status("Nothing is painted: paint the lesion, or tick 'No lesion in this case' to "
+                                 "save an empty mask on purpose.", error=True)
+                return
+            if not empty and self.no_lesion_box.isChecked():
+                self.show_status("'No lesion in this case' is ticked but the mask is not empty: untick it or "
+                                 "clear the mask.", error=True)
+                return
+            if empty:
+                c.session.provenance["no_lesion"] = True
+            else:
+                c.session.provenance.pop("no_lesion", None)
         self._run(lambda: self.controller.save("saved"))
 
     def prefill(self) -> None:
@@ -323,7 +350,10 @@ class AnnotateDock(QWidget):
         super().changeEvent(event)
 
     def showEvent(self, event) -> None:
+        from ._docking import settle_dock
+
         self._watch_main_window()
+        settle_dock(self, "Collect annotations")
         super().showEvent(event)
 
     def _watch_main_window(self) -> None:
@@ -395,8 +425,9 @@ class AnnotateDock(QWidget):
             b.setEnabled(has_project)
         self.next_todo_btn.setEnabled(has_project and has_rater)
         can_edit = c.annotation_layer is not None
-        for w in (self.save_btn, self.prefill_btn, self.prefill_combo):
+        for w in (self.save_btn, self.prefill_btn, self.prefill_combo, self.no_lesion_box):
             w.setEnabled(can_edit)
+        self.no_lesion_box.setChecked(bool(c.session is not None and c.session.provenance.get("no_lesion")))
         self._refresh_prefill_sources()  # Pre-fill stays disabled while there is nothing to start from
         self._refresh_save_status()
 

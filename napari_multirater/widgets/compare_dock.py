@@ -96,7 +96,9 @@ class CompareDock(QWidget):
 
     # --- layout ----------------------------------------------------------------------------------
     def _build(self) -> None:
-        lay = QVBoxLayout(self)
+        from ._docking import scrolling_body
+
+        lay = QVBoxLayout(scrolling_body(self))
         lay.setContentsMargins(6, 6, 6, 6)
         lay.setSpacing(4)
         self.hint = QLabel("")
@@ -141,7 +143,10 @@ class CompareDock(QWidget):
         self.report_btn = QPushButton("Dataset report…")
         self.report_btn.setToolTip("Rater-style report (CSV, markdown, plots) of a case-folder dataset")
         self.report_btn.clicked.connect(self._choose_dataset)
-        for b in (self.compute_btn, self.cancel_btn, self.report_btn):
+        from ._help import help_button
+
+        self.help_btn = help_button(self, "Compare raters")
+        for b in (self.compute_btn, self.cancel_btn, self.report_btn, self.help_btn):
             buttons.addWidget(b)
         lay.addLayout(buttons)
 
@@ -210,6 +215,12 @@ class CompareDock(QWidget):
         canvas.draw_idle()
 
     # --- layer list ------------------------------------------------------------------------------
+    def showEvent(self, event) -> None:
+        from ._docking import settle_dock
+
+        settle_dock(self, "Compare raters")
+        super().showEvent(event)
+
     def _connect_viewer(self) -> None:
         ev = self.viewer.layers.events
         for name in ("inserted", "removed", "moved"):

@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 )
 
 from .._napari import guidance
+from ._help import help_button
 from .._napari.model_controller import ALL_EXPERTS, ModelController
 from ..inference import model_info
 from ..inference.device import DEVICE_CHOICES, PRECISION_CHOICES
@@ -107,9 +108,10 @@ class ModelDock(QWidget):
         outer.setContentsMargins(0, 0, 0, 0)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAsNeeded)  # never clip: scroll if narrower than the body
         outer.addWidget(scroll)
         body = QWidget()
+        self._scroll, self._body = scroll, body
         scroll.setWidget(body)
         lay = QVBoxLayout(body)
         lay.setContentsMargins(6, 6, 6, 6)
@@ -130,12 +132,23 @@ class ModelDock(QWidget):
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.setToolTip("Stop the running model job (takes effect after the current chunk)")
         self.cancel_btn.clicked.connect(self.cancel)
-        lay.addWidget(_row(self.progress, self.cancel_btn))
+        self.earlier_btn = QPushButton("Show earlier outputs")
+        self.earlier_btn.setToolTip("each run shows its own outputs and hides the older ones; this shows them again")
+        self.earlier_btn.clicked.connect(self.show_earlier)
+        self.earlier_btn.setEnabled(False)
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        lay.addWidget(self.status)
         lay.addStretch(1)
         self.setMinimumWidth(340)
+        # progress, Cancel and the last status stay visible below the scrolling part (small screens)
+        foot = QWidget()
+        fl = QVBoxLayout(foot)
+        fl.setContentsMargins(6, 2, 6, 4)
+        fl.addWidget(_row(self.progress, self.cancel_btn, self.earlier_btn))
+        fl.addWidget(self.status)
+        self.help_btn = help_button(self, "Model & sampling")
+        fl.addWidget(self.help_btn)
+        outer.addWidget(foot)
 
     def _build_model(self) -> QGroupBox:
         box = QGroupBox("Model")
@@ -263,6 +276,13 @@ class ModelDock(QWidget):
         self.persona_btn = QPushButton("Show persona")
         self.persona_btn.clicked.connect(lambda: self.run("personas"))
         form.addRow(self.persona_btn)
+        self.rater_note = QLabel("")
+        self.rater_note.setWordWrap(True)
+        form.addRow(self.rater_note)
+        self.legend = QLabel("")
+        self.legend.setWordWrap(True)
+        self.legend.setTextFormat(Qt.RichText)
+        form.addRow(self.legend)
         self.blend_box = QGroupBox("Blend two personas")
         self.blend_box.setToolTip("works on the 2D image or the current slice of a volume")
         bl = _form(self.blend_box)
@@ -298,6 +318,12 @@ class ModelDock(QWidget):
         self.scores_label.setWordWrap(True)
         form.addRow(self.scores_label)
         return w
+
+    def showEvent(self, event) -> None:
+        from ._docking import settle_dock
+
+        settle_dock(self, "Model & sampling")
+        super().showEvent(event)
 
     # ------------------------------------------------------------------ refresh
     def refresh_models(self) -> None:
@@ -414,8 +440,10 @@ class ModelDock(QWidget):
             return False
         fov = self.controller.engine.field_of_view()
         self.size_spin.setValue(model_info.roi_size_mm(fov, self._spacing_yx(), self.size_spin.value()))
-        if not self.roi_combo.count():
-            self.new_point_layer()
+        if "mr roi point" in self.viewer.layers:
+            self.roi_combo.setCurrentText("mr roi point")
+        elif self._layer(self.roi_combo.currentText()) is None or self.roi_combo.currentText().startswith("mr "):
+            self.new_point_layer()  # never an unrelated Points layer (e.g. an import's small nodules)
         self.scope_combo.setCurrentText("region of interest")
         return True
 
@@ -486,6 +514,7 @@ class ModelDock(QWidget):
         if len(names) > 1:
             self.blend_j.setCurrentIndex(1)
         self._fill(self.kind_combo, eng.uncertainty_kinds())
+        self.rater_note.setText(model_info.rater_note(eng.card))
         self._clear_sliders()
         self._update_enabled()
         self.status.setText(f"loaded {eng.name} on {eng.device_message}")
@@ -506,11 +535,18 @@ class ModelDock(QWidget):
         self._show_card()
         self.status.setText(f"precision: {text}")
 
+    def _fit_width(self) -> None:
+        """Widen the dock to its content (a rich-text card can be wider than the dock's first width)."""
+        need = self._body.minimumSizeHint().width() + self._scroll.verticalScrollBar().sizeHint().width() + 4
+        if need > self.minimumWidth():
+            self.setMinimumWidth(min(need, 640))
+
     def _show_card(self) -> None:
         s = self.controller.engine.summary(self._spacing_yx())
         rows = "".join(f"<tr><td><b>{html.escape(k)}</b>&nbsp;</td><td>{html.escape(str(v))}</td></tr>"
                        for k, v in s.items() if k != "name")
         self.card_label.setText(f"<b>{html.escape(s['name'])}</b><table>{rows}</table>")
+        self._fit_width()
         self.lidc_combo.setEnabled(self.controller.engine.normalizer.model_units == "lidc_uint8")
 
     def set_intensity(self, *_) -> None:
@@ -558,14 +594,39 @@ class ModelDock(QWidget):
             self.progress.setValue(int(item.done))
             self.progress.setFormat(f"%v/%m {item.message}")
 
+    def show_earlier(self) -> None:
+        shown = self.controller.show_earlier()
+        self.earlier_btn.setEnabled(False)
+        self.status.setText(f"showing {len(shown)} earlier output layer(s) again")
+
+    def _legend(self, result) -> None:
+        """Colour legend of the personas just shown (model: thick outlines; raters: thin)."""
+        from .._napari.layers import persona_color
+
+        names = list(result.personas_region)
+        expert = self.expert_combo.currentText() or ALL_EXPERTS
+        shown = names if expert == ALL_EXPERTS else [expert]
+        items = " ".join(f'<span style="color:{persona_color(names.index(n))}">■</span>&nbsp;{html.escape(n)}'
+                         for n in shown if n in names)
+        style = "thick outlines" if expert == ALL_EXPERTS else "filled"
+        self.legend.setText(f"Model personas ({style}): {items}<br>Human raters: thin outlines")
+
     def _done(self, action: str, result) -> None:
-        what = {"samples": f"{result.info.get('samples', 0)} sample(s)", "personas": f"{len(result.personas_region)} persona(s)",
+        expert = self.expert_combo.currentText() or ALL_EXPERTS
+        n_p = len(result.personas_region)
+        persona_text = (f"all {n_p} personas" if expert == ALL_EXPERTS else f"persona {expert} (1 of {n_p})")
+        what = {"samples": f"{result.info.get('samples', 0)} sample(s)", "personas": persona_text,
                 "uncertainty": f"{len(result.uncertainty_region)} map(s) from {result.info.get('samples', 0)} samples"}[action]
         z = result.region[0] if len(result.region) == 3 else None
         where = ""
         if z is not None and z.stop - z.start < result.shape[0]:
             where = f", slice {z.start}" if z.stop - z.start == 1 else f", slices {z.start}-{z.stop - 1}"
         msg = f"{action}: {what}, seed {result.info.get('seed')}{where}"
+        if action == "personas":
+            self._legend(result)
+        if self.controller.hidden_earlier:
+            msg += f"; {len(self.controller.hidden_earlier)} earlier output layer(s) hidden"
+        self.earlier_btn.setEnabled(bool(self.controller.hidden_earlier))
         if result.scores:
             text = ", ".join(f"{k} {float(np.mean(v)):.3f}" for k, v in result.scores.items())
             self.scores_label.setText(f"image scores (mean over the computed slices): {text}")
@@ -585,6 +646,7 @@ class ModelDock(QWidget):
         self.worker = None
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
+        self.progress.setFormat("done")
         if self.controller.dropped:  # the image went away / changed shape during the job
             self.status.setText(f"result not shown: {self.controller.dropped}")
         self._update_enabled()
@@ -766,9 +828,9 @@ class ModelDock(QWidget):
             return
         self.n_spin.setValue(8)
         self.run("samples", sync=True)
-        self.expert_combo.setCurrentText(ALL_EXPERTS)
-        self.run("personas", sync=True)
         self.kind_combo.setCurrentText("entropy")
         self.run("uncertainty", sync=True)
+        self.expert_combo.setCurrentText(ALL_EXPERTS)
+        self.run("personas", sync=True)  # last: the newest outputs are shown, older ones hidden
         self.tabs.setCurrentIndex(1)
 
