@@ -68,7 +68,7 @@ def test_dicom_reader_records_patient_id():
     assert info["patient_id"] == "LIDC-IDRI-0006" and info["series_uid"]
 
 
-def test_shared_encoding_gives_the_same_outputs(tmp_path):
+def test_shared_encoding_gives_the_same_outputs(tmp_path, monkeypatch):
     """Samples + personas in one run reuse one encoding per slice; outputs equal separate runs."""
     from napari_multirater.datasets.phantom import make_phantom_case
     from napari_multirater.inference.testing import make_tiny_checkpoint
@@ -82,6 +82,11 @@ def test_shared_encoding_gives_the_same_outputs(tmp_path):
     np.testing.assert_array_equal(both.samples_region, alone.samples_region)
     for rater, m in personas.personas_region.items():
         np.testing.assert_array_equal(both.personas_region[rater], m)
+    calls = []
+    encode = type(eng.model)._encode
+    monkeypatch.setattr(type(eng.model), "_encode", lambda self, x: calls.append(1) or encode(self, x))
+    eng.predict_volume(case.image, case.geometry, samples=3, personas=True, seed=4, slice_index=10)
+    assert len(calls) == 1  # one backbone + prior pass for the slice, not one per output
 
 
 def test_predict_cli_progress_per_slice_and_compact_maps(tmp_path, capsys):
@@ -342,3 +347,12 @@ def test_patient_folder_with_the_series_inside(tmp_path):
     with pytest.raises(ValueError, match="holds 2 DICOM series .*open one of these folders"):
         get_reader(str(tmp_path / "patient"))(str(tmp_path / "patient"))
     assert get_reader(str(tmp_path / "patient" / "study" / "ct")) is not None
+
+
+def test_each_dock_has_its_readme_section():
+    from napari_multirater.help_text import dock_help
+
+    for title, words in (("Model & sampling", "field of view"), ("Compare raters", "STAPLE"),
+                         ("Collect annotations", "blind mode")):
+        text = dock_help(title)
+        assert text.startswith(f"**{title}**") and words in text

@@ -28,7 +28,6 @@ from .layers import (
     same_layer,
     sync_layer,
     transform_kwargs,
-    unit_name,
 )
 from .workers import start_generator_worker, threads_disabled
 
@@ -230,9 +229,9 @@ class ModelController:
     def spacing_known(self) -> bool:
         """False for a plain array layer (no geometry metadata, scale 1, pixel units): the model
         then runs at native size instead of resampling a made-up 1 mm spacing."""
-        layer = self.image_layer
-        return (METADATA_KEY in layer.metadata or any(unit_name(u) != "pixel" for u in layer.units)
-                or not np.allclose(np.asarray(layer.scale, float), 1.0))
+        from .guidance import spacing_known
+
+        return spacing_known(self.image_layer)
 
     def scopes(self) -> tuple[str, ...]:
         return SCOPES_3D if self.image_layer is not None and self.image_layer.ndim == 3 else SCOPES_2D
