@@ -32,7 +32,18 @@ def scrolling_body(widget: QWidget) -> QWidget:
     widget.setMinimumWidth(360)
     body = QWidget()
     scroll.setWidget(body)
+    widget._scroll, widget._body = scroll, body
     return body
+
+
+def fit_width(widget, cap: int = 620) -> None:
+    """Widen a scrolling dock to its content's minimum width (up to ``cap`` px; beyond, it scrolls)."""
+    scroll, body = getattr(widget, "_scroll", None), getattr(widget, "_body", None)
+    if scroll is None or body is None:
+        return
+    need = body.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 4
+    if need > widget.minimumWidth():
+        widget.setMinimumWidth(min(need, cap))
 
 
 def fit_to_screen(win) -> None:
@@ -68,6 +79,7 @@ def settle_dock(widget, title: str) -> bool:
     if dock is None or dock in _OURS:
         return False
     _OURS.add(dock)
+    fit_width(widget)
     dock.setWindowTitle(tab_title(title))
     win = dock.parentWidget()
     if isinstance(win, QMainWindow) and not dock.isFloating():
