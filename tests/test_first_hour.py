@@ -262,6 +262,11 @@ def test_prefill_from_a_model_in_an_open_project(make_napari_viewer, project):
     agree.visible = True
     adock.blind_box.setChecked(True)
     assert not agree.visible
+    # ... and outputs of a model trained on this project's raters (its card names the project folder)
+    leak = viewer.add_labels(np.zeros(mask.shape, np.uint8), name="mr persona: trained here",
+                             metadata={ROLE_KEY: "persona", "model": "m", "training_data": str(project.root)})
+    assert not leak.visible and "mr persona: trained here" not in [
+        adock.prefill_combo.itemText(i) for i in range(adock.prefill_combo.count())]
 
 
 @pytest.mark.gui
@@ -282,6 +287,22 @@ def test_no_lesion_is_an_explicit_choice(make_napari_viewer, project):
     assert dict(ctl.case_rows())["lung0"] is True
     mask, side = AnnotationStore(project.root).load_mask("lung0", "eve")
     assert not mask.any() and side["provenance"]["no_lesion"] is True
+    assert list(project.root.rglob(".*.lock"))  # flock files stay while the dock is open ...
+    adock.teardown()
+    assert not list(project.root.rglob(".*.lock"))  # ... and are gone once it closes
+
+
+def test_idle_lock_files_are_removed_held_ones_kept(tmp_path):
+    from napari_multirater.annotation.lock import HAVE_FCNTL, FileLock, remove_idle_lock_file
+
+    if not HAVE_FCNTL:
+        pytest.skip("flock lock files exist only on POSIX")
+    path = tmp_path / ".dataset.lock"
+    with FileLock(path, use_flock=True):
+        assert not remove_idle_lock_file(path) and path.exists()  # held: kept
+    assert remove_idle_lock_file(path) and not path.exists()
+    with FileLock(path, use_flock=True) as lock:  # a later lock simply creates it again
+        assert lock.locked and path.exists()
 
 
 @pytest.mark.gui

@@ -313,7 +313,7 @@ class AnnotateController:
             return hidden
         for ly in self.viewer.layers:
             md = ly.metadata or {}
-            if md.get(ROLE_KEY) in _DERIVED_FROM_RATERS and ly.visible:
+            if (md.get(ROLE_KEY) in _DERIVED_FROM_RATERS or self._trained_here(md)) and ly.visible:
                 ly.visible = False
                 hidden.append(ly.name)
             elif (md.get(ROLE_KEY) == "rater" and md.get("case_id") == case_id and not md.get(OWNER_KEY)
@@ -321,6 +321,16 @@ class AnnotateController:
                 ly.visible = False
                 hidden.append(ly.name)
         return hidden
+
+    def _trained_here(self, md: dict) -> bool:
+        """A model output (layer metadata ``md``) of a model trained on this project's raters."""
+        path = md.get("training_data")
+        if not path or self.store is None:
+            return False
+        try:
+            return Path(str(path)).expanduser().resolve() == Path(self.store.root).resolve()
+        except OSError:
+            return False
 
     def set_blind(self, blind: bool) -> None:
         """Blind mode on: the other raters' layers this controller loaded are removed (others'
@@ -378,6 +388,8 @@ class AnnotateController:
                 continue
             if (ly.metadata or {}).get(ROLE_KEY) in _NOT_PREFILL_ROLES:
                 continue
+            if self.blind and self._trained_here(ly.metadata or {}):
+                continue  # trained on the other raters of this project: would break blinding
             out.append(ly)
         return sorted(out, key=lambda ly: (ly.metadata or {}).get(ROLE_KEY) not in ("persona", "sample"))
 

@@ -353,8 +353,12 @@ class ModelController:
 
     # ------------------------------------------------------------------ layers
     def _meta(self, role: str, **extra) -> dict:
-        return {ROLE_KEY: role, "model": self.engine.name if self.engine else None,
+        td = ((self.engine.card if self.engine else {}) or {}).get("training_data") or {}
+        meta = {ROLE_KEY: role, "model": self.engine.name if self.engine else None,
                 "image_layer": self._out_layer.name, **extra}
+        if td.get("path"):  # blind mode hides outputs of a model trained on the open project's raters
+            meta["training_data"] = str(td["path"])
+        return meta
 
     def _layer_kwargs(self, like_kw, kwargs) -> dict:
         kw = dict(like_kw if like_kw is not None else self._out_kw())

@@ -321,7 +321,12 @@ class AnnotateDock(QWidget):
             return
         self._closed = True
         self.timer.stop()
+        root = self.controller.store.root if self.controller.store is not None else None
         self.controller.close()
+        if root is not None:  # no hidden lock files left behind in the project folder
+            from ..annotation.lock import remove_idle_lock_files
+
+            remove_idle_lock_files(root)
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             try:
                 ev.disconnect(self._refresh_prefill_sources)
