@@ -47,23 +47,19 @@ def save_checkpoint(path, model: MultiRaterModel, model_card: dict, extra: dict 
 
 
 def _load_error(path: Path, exc: Exception) -> str:
-    """One line for a failed ``torch.load``: never torch's advice to retry with
-    ``weights_only=False`` (that would run code from the file)."""
+    """One plain line for a failed ``torch.load``: which global a safe load refused, or that the file
+    is not a (complete) checkpoint. Never torch's advice to retry with ``weights_only=False`` (that
+    would run code from the file) and never its raw unpickler codes."""
     text = str(exc)
-    if "weights_only" in text or "Weights only" in text or isinstance(exc, pickle.UnpicklingError):
-        m = re.search(r"(?:unsupported|Unsupported)(?: global:)? GLOBAL ([\w.]+)|Unsupported (operand \d+|class [\w.]+)",
-                      text)
-        what = f"a reference to {m.group(1) or m.group(2)}" if m else "objects other than tensors and plain data"
-        return (f"refused: it holds Python objects ({what}); a checkpoint may only hold tensors and plain "
-                "data, anything else could run code when loaded")
+    m = re.search(r"(?:unsupported|Unsupported)(?: global:)? GLOBAL ([\w.]+)|Unsupported class ([\w.]+)", text)
+    if m:
+        return (f"refused: it holds Python objects (a reference to {m.group(1) or m.group(2)}); a checkpoint may "
+                "only hold tensors and plain data, anything else could run code when loaded")
     try:
-        size = path.stat().st_size
+        size = f"{path.stat().st_size} bytes on disk"
     except OSError:
-        size = None
-    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
-    if "central directory" in text or "zip archive" in text or isinstance(exc, EOFError):
-        return f"not a PyTorch checkpoint, or truncated ({size} bytes on disk): {first}"
-    return first
+        size = "size unknown"
+    return f"not a PyTorch checkpoint file, or a damaged / truncated one ({size})"
 
 
 def load_checkpoint_dict(path, map_location="cpu") -> dict:
@@ -73,7 +69,7 @@ def load_checkpoint_dict(path, map_location="cpu") -> dict:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         data = torch.load(path, weights_only=True, map_location=map_location)
-    except Exception as exc:  # pickle / zip errors, unsafe globals ...
+    except Exception as exc:  # pickle / zip errors, unsafe globals ...: the raw code means nothing to a user
         raise CheckpointError(f"{path} is not a readable napari-multirater checkpoint: {_load_error(path, exc)}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not a napari-multirater checkpoint (got {type(data).__name__})")

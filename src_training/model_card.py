@@ -47,6 +47,7 @@ def build_model_card(cfg: dict, meta: dict, step: int, epoch: int, wall_seconds:
             "pad_multiple": 16,
             "slice_axis": "z (axial) for volumes",
             "pixel_size_mm": _pixel_size(train_items, is_lidc),
+            "field_of_view": _field_of_view(train_items, is_lidc),
         },
         "val_samples": int(cfg["train"]["val_samples"]),
         "training_budget": {
@@ -82,6 +83,21 @@ def _pixel_size(train_items, is_lidc: bool):
         return None
     sizes = np.array([c.geometry.scale_zyx[-2:] for c in train_items.cases], float)
     return [float(v) for v in np.median(sizes, axis=0)]
+
+
+def _field_of_view(train_items, is_lidc: bool):
+    """What one training image showed: median in-plane size in px, pixel size (None: native) and what
+    is centred. Inference uses it to tell users when an input is much larger than that."""
+    if getattr(train_items, "_fast", False):
+        shapes = [tuple(np.shape(train_items.dataset.images)[-2:])]
+    else:
+        shapes = [tuple(np.shape(c.image)[-2:]) for c in getattr(train_items, "cases", [])]
+    if not shapes:
+        return None
+    size = [int(v) for v in np.median(np.array(shapes, float), axis=0)]
+    centred = ("one lung nodule (nodule-centred crops of axial CT slices)" if is_lidc
+               else "whole images of the training dataset, as stored")
+    return {"size_px": size, "pixel_size_mm": _pixel_size(train_items, is_lidc), "centred": centred}
 
 
 def _units(dataset, is_lidc: bool) -> str:

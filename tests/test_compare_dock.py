@@ -252,7 +252,7 @@ def test_dataset_report_skips_and_lists_broken_files(make_napari_viewer, tmp_pat
     assert dock.report.n_cases == 3  # only the case without a usable image is skipped
     text = dock.status.text()
     assert "3 problem(s)" in text and ids[0] in text and "smooth.json" in text and "tight.nii.gz" in text
-    md = (tmp_path / "out" / "raters.md").read_text()
+    md = (tmp_path / "out" / "raters.md").read_text(encoding="utf-8")  # UTF-8 report, whatever the locale
     assert all(name in md for name in ("image.nii.gz", "smooth.json", "tight.nii.gz"))
 
 

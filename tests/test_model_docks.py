@@ -121,7 +121,7 @@ def test_personas_blend_and_selection(make_napari_viewer, qtbot, ckpt_dir):
     dock.expert_combo.setCurrentText(ALL_EXPERTS)
     _click_and_wait(qtbot, dock, dock.persona_btn)
     personas = [viewer.layers[f"mr persona: {r}"] for r in ("tight", "generous", "smooth", "misses_faint")]
-    assert all(p.contour == 1 and p.visible for p in personas)
+    assert all(p.contour == 2 and p.visible for p in personas)  # model outlines: thicker than the raters'
     colours = {tuple(np.round(p.colormap.map(1), 3)) for p in personas}
     assert len(colours) == 4  # each persona in its own colour
     dock.blend_i.setCurrentText("tight")

@@ -96,6 +96,8 @@ def test_train_cli_contract_evaluate_json_and_export(train_data, tmp_path):
     model, card = load_checkpoint(out / "best.pt")
     assert card["training_budget"]["steps"] >= 1 and card["method"] == "prob_unet"
     assert card["intensity"]["window"] and card["training_data"]["split"].startswith("by patient")
+    fov = card["input"]["field_of_view"]  # what one training image showed (the docks compare inputs to it)
+    assert len(fov["size_px"]) == 2 and min(fov["size_px"]) > 0 and fov["centred"]
     r = _run(["evaluate", "--checkpoint", str(out / "best.pt"), "--data", str(train_data), "--split", "val",
               "--samples", "4", "--json", str(tmp_path / "ev.json"), "--max-images", "6"])
     assert r.returncode == 0, r.stderr[-3000:]

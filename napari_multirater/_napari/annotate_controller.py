@@ -39,6 +39,7 @@ from ..datasets.case import DatasetError
 from ..datasets.case_folder import check_identifier, image_checksum, now_iso, write_json
 from ..io.geometry import geometry_from_layer
 from ..io.medical import MedicalIOError, write_image
+from .guidance import case_identity
 from .layers import (
     ROLE_KEY,
     binary_colormap,
@@ -56,6 +57,7 @@ __all__ = ["AnnotateController", "AnnotateError", "AutosavePostponed", "Conflict
 OWNER_KEY = "multirater_annotate"
 UNBLINDED_KEY = "unblinded_view"  # other raters' masks this controller loaded for unblinded viewing
 _NOT_PREFILL_ROLES = ("rater", "consensus", "agreement")
+_DERIVED_FROM_RATERS = ("consensus", "agreement")  # Compare raters' outputs: blind mode hides them too
 _PROVENANCE_KEYS = ("model", "model_name", "checkpoint", "persona", "output", "sample", "seed", "kind")
 
 
@@ -197,7 +199,8 @@ class AnnotateController:
         try:
             store = AnnotationStore.create_project(path, name or Path(path).name)
             source = (image_layer.metadata or {}).get("source_path")
-            cid = store.add_case(data, geo, case_id_from_path(image_layer.name), source=source)
+            case_id, patient_id = case_identity(image_layer.name, image_layer.metadata)  # DICOM ids, not "series"
+            cid = store.add_case(data, geo, case_id, source=source, patient_id=patient_id)
         except DatasetError as e:
             raise AnnotateError(str(e)) from None
         self.open_project(path)
@@ -342,17 +345,31 @@ class AnnotateController:
         return names
 
     def _hide_foreign_raters(self, case_id: str) -> list[str]:
-        """Blind mode: hide rater layers of this case that this controller did not create."""
+        """Blind mode: hide rater layers of this case that this controller did not create, and every
+        layer computed from raters (``mr agreement``, ``mr consensus: ...``)."""
         hidden = []
         if not self.blind:
             return hidden
         for ly in self.viewer.layers:
             md = ly.metadata or {}
-            if (md.get(ROLE_KEY) == "rater" and md.get("case_id") == case_id and not md.get(OWNER_KEY)
+            if (md.get(ROLE_KEY) in _DERIVED_FROM_RATERS or self._trained_here(md)) and ly.visible:
+                ly.visible = False
+                hidden.append(ly.name)
+            elif (md.get(ROLE_KEY) == "rater" and md.get("case_id") == case_id and not md.get(OWNER_KEY)
                     and md.get("rater") != self.rater and ly.visible):
                 ly.visible = False
                 hidden.append(ly.name)
         return hidden
+
+    def _trained_here(self, md: dict) -> bool:
+        """A model output (layer metadata ``md``) of a model trained on this project's raters."""
+        path = md.get("training_data")
+        if not path or self.store is None:
+            return False
+        try:
+            return Path(str(path)).expanduser().resolve() == Path(self.store.root).resolve()
+        except OSError:
+            return False
 
     def set_blind(self, blind: bool) -> None:
         """Blind mode on: the other raters' layers this controller loaded are removed (others'
@@ -412,6 +429,8 @@ class AnnotateController:
                 continue
             if (ly.metadata or {}).get(ROLE_KEY) in _NOT_PREFILL_ROLES:
                 continue
+            if self.blind and self._trained_here(ly.metadata or {}):
+                continue  # trained on the other raters of this project: would break blinding
             out.append(ly)
         return sorted(out, key=lambda ly: (ly.metadata or {}).get(ROLE_KEY) not in ("persona", "sample"))
 

@@ -45,6 +45,7 @@ CONSENSUS_MAJORITY = layer_name("consensus", "majority")
 CONSENSUS_STAPLE = layer_name("consensus", "staple")
 MODEL_ROLES = ("persona", "sample")
 RESULT_ROLES = ("agreement", "consensus")
+_NOT_RATER_ROLES = ("sample_contours", "uncertainty_contour", "latent_explorer")
 CONSENSUS_COLORS = {"majority": "#ffffff", "staple": "#ffd700"}
 
 
@@ -238,8 +239,16 @@ class CompareController:
         return [ly for ly in self.viewer.layers if _is_labels(ly) and _role(ly) not in RESULT_ROLES]
 
     def default_layers(self) -> list:
-        """Rater layers (preselected in the dock)."""
-        return [ly for ly in rater_layers(self.viewer) if _is_labels(ly)]
+        """Layers preselected in the dock: the rater layers, plus any other Labels layer on the grid
+        (shape) of an open grey image that is not a model output, a comparison result or an ROI /
+        annotation helper: rater masks opened from files, ``mr rater: ...`` layers of an import."""
+        raters = [ly for ly in rater_layers(self.viewer) if _is_labels(ly)]
+        grids = {tuple(ly.data.shape) for ly in self.viewer.layers if ly.__class__.__name__ == "Image"
+                 and not getattr(ly, "rgb", False) and _role(ly) not in ("mean_probability", "uncertainty")}
+        others = [ly for ly in self.candidate_layers() if not any(same_layer(ly, r) for r in raters)
+                  and _role(ly) not in MODEL_ROLES + _NOT_RATER_ROLES and tuple(ly.data.shape) in grids
+                  and (_role(ly) == "rater" or not ly.name.startswith("mr ") or ly.name.startswith("mr rater: "))]
+        return raters + others
 
     def model_layers(self, shape=None) -> list:
         """Labels layers holding model outputs (metadata role persona/sample)."""

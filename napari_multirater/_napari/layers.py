@@ -31,6 +31,16 @@ def rater_color(k: int) -> str:
     return RATER_COLORS[k % len(RATER_COLORS)]
 
 
+# model personas: other hues than the raters' first four, drawn as thicker outlines (people: thin)
+PERSONA_COLORS = ("#f032e6", "#42d4f4", "#ffffff", "#f58231", "#bfef45", "#fabed4")
+RATER_CONTOUR = 1
+MODEL_CONTOUR = 2
+
+
+def persona_color(k: int) -> str:
+    return PERSONA_COLORS[k % len(PERSONA_COLORS)]
+
+
 def binary_colormap(color: str) -> dict:
     """A direct colormap for a binary Labels layer: 1 -> color, background transparent."""
     return {None: "transparent", 0: "transparent", 1: color}
@@ -70,7 +80,7 @@ def case_layer_data(case: MultiRaterCase, contour: bool = False) -> list[tuple]:
         if not case.valid[k]:
             continue
         meta = dict(geo_kw["metadata"])
-        meta.update({ROLE_KEY: "rater", "rater": rater, "case_id": case.case_id})
+        meta.update({ROLE_KEY: "rater", "rater": rater, "case_id": case.case_id, "multirater_contour": RATER_CONTOUR})
         if rater in case.meta.get("sidecars", {}):
             meta["sidecar"] = case.meta["sidecars"][rater]
         kw = {

@@ -19,15 +19,15 @@ from ..inference.roi import ROI, PredictionResult
 from ..io.geometry import METADATA_KEY, geometry_from_layer
 from ..progress import Progress, run_to_completion
 from .layers import (
+    MODEL_CONTOUR,
     ROLE_KEY,
     binary_colormap,
     layer_in_viewer,
     layer_name,
-    rater_color,
+    persona_color,
     same_layer,
     sync_layer,
     transform_kwargs,
-    unit_name,
 )
 from .workers import start_generator_worker, threads_disabled
 
@@ -40,6 +40,11 @@ BLEND = layer_name("persona blend")
 UNC_CONTOUR = layer_name("uncertainty contour")
 EXPLORER = layer_name("latent explorer")
 ALL_EXPERTS = "all experts"
+# output families by layer role: a run shows its own family and hides the others (one click brings them back)
+FAMILIES = {"samples": ("sample", "mean_probability", "sample_contours"),
+            "personas": ("persona",),
+            "uncertainty": ("uncertainty", "uncertainty_contour"),
+            "explorer": ("latent_explorer",)}
 
 
 __all__ = ["ALL_EXPERTS", "Explorer", "ModelController", "threads_disabled"]
@@ -126,6 +131,7 @@ class ModelController:
         self.last: dict[str, PredictionResult] = {}
         self.explorer: Explorer | None = None
         self.dropped: str | None = None  # why the last finished result was not shown (None: shown)
+        self.hidden_earlier: list[str] = []  # older output layers hidden by the newest run
         self._target: tuple | None = None  # (image layer, transform kwargs) results are written for
 
     # ------------------------------------------------------------------ jobs
@@ -223,9 +229,9 @@ class ModelController:
     def spacing_known(self) -> bool:
         """False for a plain array layer (no geometry metadata, scale 1, pixel units): the model
         then runs at native size instead of resampling a made-up 1 mm spacing."""
-        layer = self.image_layer
-        return (METADATA_KEY in layer.metadata or any(unit_name(u) != "pixel" for u in layer.units)
-                or not np.allclose(np.asarray(layer.scale, float), 1.0))
+        from .guidance import spacing_known
+
+        return spacing_known(self.image_layer)
 
     def scopes(self) -> tuple[str, ...]:
         return SCOPES_3D if self.image_layer is not None and self.image_layer.ndim == 3 else SCOPES_2D
@@ -347,8 +353,12 @@ class ModelController:
 
     # ------------------------------------------------------------------ layers
     def _meta(self, role: str, **extra) -> dict:
-        return {ROLE_KEY: role, "model": self.engine.name if self.engine else None,
+        td = ((self.engine.card if self.engine else {}) or {}).get("training_data") or {}
+        meta = {ROLE_KEY: role, "model": self.engine.name if self.engine else None,
                 "image_layer": self._out_layer.name, **extra}
+        if td.get("path"):  # blind mode hides outputs of a model trained on the open project's raters
+            meta["training_data"] = str(td["path"])
+        return meta
 
     def _layer_kwargs(self, like_kw, kwargs) -> dict:
         kw = dict(like_kw if like_kw is not None else self._out_kw())
@@ -389,8 +399,33 @@ class ModelController:
             self.viewer.layers.remove(name)
         return self.viewer.add_image(data, name=name, contrast_limits=(0.0, 1.0), **kw)
 
+    def hide_other_families(self, family: str) -> list[str]:
+        """Hide the visible output layers of the other families (older runs); remembered in
+        :attr:`hidden_earlier` so :meth:`show_earlier` brings them back."""
+        keep = FAMILIES.get(family, ())
+        roles = {r for f, rs in FAMILIES.items() if f != family for r in rs} - set(keep)
+        hidden = []
+        for ly in self.viewer.layers:
+            md = ly.metadata or {}
+            if md.get(ROLE_KEY) in roles and md.get("model") is not None and ly.visible:
+                ly.visible = False
+                hidden.append(ly.name)
+        if hidden:
+            self.hidden_earlier = [n for n in self.hidden_earlier if n not in hidden] + hidden
+        return hidden
+
+    def show_earlier(self) -> list[str]:
+        """Show the output layers hidden by newer runs again."""
+        shown = [n for n in self.hidden_earlier if n in self.viewer.layers]
+        for n in shown:
+            self.viewer.layers[n].visible = True
+        self.hidden_earlier = []
+        return shown
+
     def apply(self, action: str, result: PredictionResult, **show):
-        """Put a result into its layers (GUI thread). Returns the layers touched."""
+        """Put a result into its layers (GUI thread), hiding older output families. Returns the
+        layers touched."""
+        self.hide_other_families(action)
         if action == "samples":
             return self.show_samples(result, contours=show.get("contours", False))
         if action == "personas":
@@ -430,9 +465,9 @@ class ModelController:
                     self.viewer.layers[lname].visible = False
                 continue
             layer = self._labels(lname, result.region, result.personas_region[rater],
-                                 colormap=binary_colormap(rater_color(k)), opacity=0.8,
-                                 metadata=self._meta("persona", rater=rater))
-            layer.contour = 1 if expert == ALL_EXPERTS else 0
+                                 colormap=binary_colormap(persona_color(k)), opacity=0.9,
+                                 metadata=self._meta("persona", rater=rater, color=persona_color(k)))
+            layer.contour = MODEL_CONTOUR if expert == ALL_EXPERTS else 0  # model: thick (raters: thin)
             layer.visible = True
             out.append(layer)
         self._select_image()
@@ -448,8 +483,10 @@ class ModelController:
                 out.append(self._image(name, result.region, result.uncertainty_region[k], colormap="inferno",
                                        blending="additive", opacity=0.8, metadata=self._meta("uncertainty", kind=k)))
                 out[-1].visible = True
+                _show_colorbar(out[-1], True)
             elif name in self.viewer.layers:
                 self.viewer.layers[name].visible = False
+                _show_colorbar(self.viewer.layers[name], False)
         self._select_image()
         return out
 
@@ -523,6 +560,7 @@ class ModelController:
                 _warn(f"latent explorer: not started: {self.dropped}")
                 return
             self.explorer = ex
+            self.hide_other_families("explorer")
             with self._output_to(*target):
                 if EXPLORER in self.viewer.layers:
                     self.viewer.layers[EXPLORER].data[...] = 0
@@ -563,6 +601,13 @@ class ModelController:
         if self.explorer is None or self.engine is None:
             raise ValueError("start the latent explorer first")
         return self.explorer
+
+
+def _show_colorbar(layer, on: bool) -> None:
+    """The layer's colour bar (napari >= 0.5: an overlay on the canvas), if this napari has one."""
+    bar = getattr(layer, "colorbar", None)
+    if bar is not None:
+        bar.visible = bool(on)
 
 
 def _iter_explorer(engine, image, z, mode: str, seed: int):

@@ -28,12 +28,47 @@ def get_reader(path):
                 return read_case_folder
             if find_lidc(p) is not None:
                 return read_lidc
-            return read_medical if is_dicom_dir(p) else None
+            if is_dicom_dir(p):
+                return read_medical
+            return _series_inside(p)
         if p.suffix.lower() == ".xml":
             return read_lidc if find_lidc(p) is not None else None
         return read_medical if is_supported_file(p) else None
     except Exception:  # get_reader must not raise: napari then offers other readers
         return None
+
+
+MAX_SCANNED_DIRS = 200
+
+
+def _dicom_subdirs(folder: Path, depth: int = 2) -> list[Path]:
+    """DICOM series folders below ``folder`` (up to ``depth`` levels, at most MAX_SCANNED_DIRS looked at)."""
+    found, todo, seen = [], [(folder, 0)], 0
+    while todo and seen < MAX_SCANNED_DIRS:
+        d, level = todo.pop(0)
+        for sub in sorted(x for x in d.iterdir() if x.is_dir() and not x.name.startswith(".")):
+            seen += 1
+            if is_dicom_dir(sub):
+                found.append(sub)
+            elif level + 1 < depth:
+                todo.append((sub, level + 1))
+    return found
+
+
+def _series_inside(folder: Path):
+    """A patient / study folder with the series one or two levels down: read the one series, or
+    say which folders to open when there are several (instead of a bare refusal)."""
+    subs = _dicom_subdirs(folder)
+    if not subs:
+        return None
+    if len(subs) == 1:
+        return lambda path: read_medical(subs[0])
+
+    def refuse(path):
+        names = ", ".join(str(s.relative_to(folder)) for s in subs[:8])
+        raise ValueError(f"{folder} holds {len(subs)} DICOM series ({names}{', ...' if len(subs) > 8 else ''}): "
+                         "open one of these folders (File > Open Folder)")
+    return refuse
 
 
 def _looks_like_labels(array: np.ndarray) -> bool:
@@ -77,6 +112,9 @@ def read_case_folder(path) -> list[tuple]:
     if isinstance(path, list):
         path = path[0]
     case_dir = Path(path)
+    from .sample_data import _outline_raters
+
+    _outline_raters()  # rater masks as outlines
     dataset = CaseFolderDataset(case_dir.parent.parent, strict=False)
     case = dataset.load_case(case_dir.name)  # broken rater files are left out, with a warning
     if case.meta.get("problems"):

@@ -128,6 +128,14 @@ class FileLock:
         except OSError:
             os.close(fd)
             raise
+        try:  # the file may have been removed (remove_idle_lock_files) after we opened it: retry then
+            same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+        except FileNotFoundError:
+            same = False
+        if not same:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            return False
         self._fd = fd
         return True
 
@@ -160,3 +168,37 @@ class FileLock:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+
+
+def remove_idle_lock_file(path) -> bool:
+    """Delete the flock file ``path`` when no process holds it (a dock closing tidies up the project
+    folder); a held lock is left alone. Safe: :meth:`FileLock._try_flock` retries when the file it
+    locked was removed meanwhile. Returns True when the file was removed."""
+    path = Path(path)
+    if not HAVE_FCNTL:
+        return False  # portable mode: lock files are removed on release already
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # held by someone: keep it
+        try:
+            if not os.path.samestat(os.fstat(fd), os.stat(path)):
+                return False
+            os.unlink(path)
+            return True
+        except OSError:
+            return False
+    finally:
+        os.close(fd)  # also releases the flock
+
+
+def remove_idle_lock_files(project_root) -> list[Path]:
+    """Remove the project's ``.dataset.lock`` and per-rater ``.<rater>.lock`` files that nobody holds."""
+    root = Path(project_root)
+    candidates = [root / ".dataset.lock", *root.glob("cases/*/raters/.*.lock")]
+    return [p for p in candidates if p.is_file() and remove_idle_lock_file(p)]

@@ -92,7 +92,7 @@ def run(args) -> int:
         print("error: no display; run under Xvfb (make demo does this) or set DISPLAY", file=sys.stderr)
         return 2
     viewer, docks = build_demo_viewer(args.three_d)
-    viewer.window._qt_window.resize(1500, 950)
+    viewer.window._qt_window.resize(1366, 768)  # a small laptop screen: everything must fit
     for _ in range(20):
         QApplication.processEvents()
     workers = []

@@ -12,7 +12,8 @@ decoded in one batched call; the method's deterministic maps are computed per ba
 from __future__ import annotations
 
 import math
-from contextlib import ExitStack
+import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,44 @@ def sample_uncertainty(probs: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"entropy": h_mean,
             "variance": (probs.var(0, unbiased=False) * 4).clamp(0, 1),
             "mutual_information": (h_mean - binary_entropy(probs).mean(0)).clamp(0, 1)}
+
+
+@contextmanager
+def shared_encoding(model):
+    """Within the block, the model's ``_encode`` (backbone + prior: most of the cost of a call) runs
+    once per input tensor: ``sample``, ``personalize`` and ``uncertainty`` of the same slice reuse it.
+    The encoding is deterministic in eval mode, so outputs are identical to separate calls."""
+    if not callable(getattr(model, "_encode", None)) or "_encode" in vars(model):
+        yield
+        return
+    original = model._encode
+    cache: dict = {}
+
+    def cached(x):
+        key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype, str(x.device))  # x is not modified here
+        if key not in cache:
+            cache[key] = (x, original(x))  # keeps x alive so its memory (the key) is not reused
+        return cache[key][1]
+
+    model._encode = cached
+    try:
+        yield
+    finally:
+        del model._encode
+        cache.clear()
+
+
+def eta_text(seconds: float) -> str:
+    """``about 40 s left`` / ``about 3 min left``."""
+    return f"about {seconds:.0f} s left" if seconds < 90 else f"about {seconds / 60:.0f} min left"
+
+
+def slices_text(keys, depth: int) -> str:
+    """Slice indices as the user gives them (``--slice 12`` -> ``slice 12 of 0-23``)."""
+    if depth <= 1:
+        return "image"
+    what = f"slice {keys[0]}" if len(keys) == 1 else f"slices {keys[0]}-{keys[-1]}"
+    return f"{what} of 0-{depth - 1}"
 
 
 @dataclass
@@ -177,21 +216,36 @@ class InferenceEngine:
     def rater_names(self) -> list[str]:
         return list(self.model.rater_names)
 
-    def summary(self) -> dict:
-        """Short, display-ready description of the model card."""
+    def summary(self, spacing_yx=None) -> dict:
+        """Short, display-ready, plain-language description of the model card (``spacing_yx``: the
+        image's in-plane pixel size in mm, to state the field of view in mm for native-size models)."""
+        from . import model_info as mi
+
         c, td = self.card, self.card.get("training_data") or {}
         data = Path(str(td.get("path", "?"))).name or "?"
         if "train_slices" in td:
             data += f" ({td['train_slices']} slices, {td.get('train_patients', '?')} patients)"
-        vm = c.get("val_metrics") or {}
-        metrics = ", ".join(f"{k} {v:.3f}" for k, v in list(vm.items())[:4] if isinstance(v, (int, float)))
         caps = self.capabilities
-        return {"name": self.name, "method": c.get("method", self.model.method), "raters": ", ".join(self.rater_names),
-                "training data": data, "val metrics": metrics or "n/a", "intensity": self.normalizer.describe(),
-                "resolution": self.describe_resolution(),
-                "can": ", ".join(k for k, v in (("samples", caps.diverse), ("personas", caps.personalized),
-                                                 ("blend", caps.blend), ("latent", caps.latent_dim > 0)) if v) or "one prediction",
-                "device": self.device_message, "precision": self.precision.describe()}
+        can = [w for w, v in (("varied samples", caps.diverse), ("one outline per rater", caps.personalized),
+                              ("blends between raters", caps.blend),
+                              ("a latent space to explore", caps.latent_dim > 0)) if v]
+        out = {"name": self.name, "for": mi.purpose(c, self.name), "method": c.get("method", self.model.method),
+               "raters": ", ".join(self.rater_names),
+               "trained on": mi.describe_fov(mi.field_of_view(c), spacing_yx),
+               "training data": data, "validation": mi.plain_metrics(c),
+               "intensity": self.normalizer.describe(), "resolution": self.describe_resolution(),
+               "can show": ", ".join(can) or "one prediction",
+               "device": self.device_message, "precision": self.precision.describe()}
+        note = mi.rater_note(c)
+        if note:
+            out["raters"] += f" ({note})"
+        return out
+
+    def field_of_view(self) -> dict | None:
+        """The training field of view (see :mod:`.model_info`)."""
+        from .model_info import field_of_view
+
+        return field_of_view(self.card)
 
     def set_precision(self, choice: str) -> str:
         """Switch precision (``auto``/``fp32``/``bf16``) for later calls; returns its description."""
@@ -424,6 +478,10 @@ class InferenceEngine:
             return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
 
         def fn(dev):
+            with shared_encoding(self.model):
+                return run(dev)
+
+        def run(dev):
             x, pad = self._prepare(images, dev, size)
             out = {"samples": None, "mean_prob": None, "personas": None, "uncertainty": {}, "scores": {}}
             if n_eff:
@@ -491,6 +549,7 @@ class InferenceEngine:
                "uncertainty": {}, "scores": {}}
         batch_slices = max(int(batch_slices), 1)
         yield Progress(0, len(zs), f"{len(zs)} slice(s), {n} sample(s) on {self.device.type}")
+        t_start = time.perf_counter()
         for c0 in range(0, len(zs), batch_slices):
             keys = zs[c0:c0 + batch_slices]
             imgs = vol3[keys[0]:keys[-1] + 1, region[1], region[2]]
@@ -506,7 +565,10 @@ class InferenceEngine:
                 res["uncertainty"].setdefault(k, np.zeros(rshape, np.float32))[sl] = v
             for k, v in out["scores"].items():
                 res["scores"].setdefault(k, np.zeros(len(zs), np.float32))[sl] = v
-            yield Progress(c0 + len(keys), len(zs), f"slice {keys[-1] + 1}/{vol3.shape[0]}")
+            done = c0 + len(keys)
+            left = (time.perf_counter() - t_start) / done * (len(zs) - done)
+            yield Progress(done, len(zs), slices_text(keys, vol3.shape[0] if not is2d else 1)
+                           + (f", {eta_text(left)}" if done < len(zs) else ""))
         return self._result(res, vol.shape, region, is2d, geometry, size, seed, n)
 
     def predict_volume(self, volume, geometry=None, on_progress=None, **kwargs) -> PredictionResult:

@@ -247,6 +247,7 @@ def _read_dicom_dir(path: Path) -> tuple[sitk.Image, dict]:
         "series_uid": uid,
         "series_description": tag(0, "0008|103e"),
         "modality": tag(0, "0008|0060"),
+        "patient_id": tag(0, "0010|0020"),
         "n_slices": n,
         "file_names": list(files[uid]),
         "sop_uids": [tag(i, "0008|0018") for i in range(n)],

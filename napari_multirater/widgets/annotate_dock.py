@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime as _dt
 from pathlib import Path
 
+import numpy as np
+
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -101,9 +103,16 @@ class AnnotateDock(QWidget):
 
     # --- layout ----------------------------------------------------------------------------------
     def _build(self, autosave_seconds: float) -> None:
-        lay = QVBoxLayout(self)
+        from ._docking import scrolling_body
+
+        lay = QVBoxLayout(scrolling_body(self))  # scrolls instead of growing the window on small screens
         lay.setContentsMargins(6, 6, 6, 6)
         lay.setSpacing(6)
+        self.hint = QLabel("")
+        self.hint.setWordWrap(True)
+        self.hint.setStyleSheet("color: #ffb454")
+        self.hint.setVisible(False)
+        lay.addWidget(self.hint)
 
         who = QGroupBox("Rater")
         form = QHBoxLayout(who)
@@ -135,7 +144,10 @@ class AnnotateDock(QWidget):
         self.import_btn = QPushButton("Add images…")
         self.import_btn.setToolTip("Add image files (NIfTI, NRRD, MHA...) as new cases")
         self.import_btn.clicked.connect(self._choose_images)
-        for b in (self.open_btn, self.new_btn, self.import_btn):
+        from ._help import help_button
+
+        self.help_btn = help_button(self, "Collect annotations")
+        for b in (self.open_btn, self.new_btn, self.import_btn, self.help_btn):
             row.addWidget(b)
         pl.addLayout(row)
         self.blind_box = QCheckBox("Blind mode (hide other raters' annotations)")
@@ -180,6 +192,10 @@ class AnnotateDock(QWidget):
         pre.addWidget(self.prefill_combo, 1)
         pre.addWidget(self.prefill_btn)
         wl.addRow("Start from:", pre)
+        self.no_lesion_box = QCheckBox("No lesion in this case")
+        self.no_lesion_box.setToolTip("Save an empty mask on purpose; without this, Save refuses an empty mask "
+                                      "(an untouched case is not marked done by accident)")
+        wl.addRow(self.no_lesion_box)
         save_row = QHBoxLayout()
         self.save_btn = QPushButton("Save")
         self.save_btn.clicked.connect(self.save)
@@ -259,6 +275,22 @@ class AnnotateDock(QWidget):
         self._run(go)
 
     def save(self) -> None:
+        """Save; an empty mask only with "No lesion in this case" ticked (recorded in the provenance)."""
+        c = self.controller
+        if c.session is not None and c.annotation_layer is not None:
+            empty = not np.any(np.asarray(c.annotation_layer.data))
+            if empty and not self.no_lesion_box.isChecked():
+                self.show_status("Nothing is painted: paint the lesion, or tick 'No lesion in this case' to "
+                                 "save an empty mask on purpose.", error=True)
+                return
+            if not empty and self.no_lesion_box.isChecked():
+                self.show_status("'No lesion in this case' is ticked but the mask is not empty: untick it or "
+                                 "clear the mask.", error=True)
+                return
+            if empty:
+                c.session.provenance["no_lesion"] = True
+            else:
+                c.session.provenance.pop("no_lesion", None)
         try:
             self.controller.save("saved")
         except ConflictError as e:
@@ -339,7 +371,12 @@ class AnnotateDock(QWidget):
             return
         self._closed = True
         self.timer.stop()
+        root = self.controller.store.root if self.controller.store is not None else None
         self.controller.close()
+        if root is not None:  # no hidden lock files left behind in the project folder
+            from ..annotation.lock import remove_idle_lock_files
+
+            remove_idle_lock_files(root)
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             try:
                 ev.disconnect(self._refresh_prefill_sources)
@@ -368,7 +405,10 @@ class AnnotateDock(QWidget):
         super().changeEvent(event)
 
     def showEvent(self, event) -> None:
+        from ._docking import settle_dock
+
         self._watch_main_window()
+        settle_dock(self, "Collect annotations")
         super().showEvent(event)
 
     def _watch_main_window(self) -> None:
@@ -440,9 +480,10 @@ class AnnotateDock(QWidget):
             b.setEnabled(has_project)
         self.next_todo_btn.setEnabled(has_project and has_rater)
         can_edit = c.annotation_layer is not None
-        for w in (self.save_btn, self.prefill_btn, self.prefill_combo):
+        for w in (self.save_btn, self.prefill_btn, self.prefill_combo, self.no_lesion_box):
             w.setEnabled(can_edit)
-        self._refresh_prefill_sources()
+        self.no_lesion_box.setChecked(bool(c.session is not None and c.session.provenance.get("no_lesion")))
+        self._refresh_prefill_sources()  # Pre-fill stays disabled while there is nothing to start from
         self._refresh_save_status()
 
     def _refresh_save_status(self) -> None:
@@ -454,7 +495,7 @@ class AnnotateDock(QWidget):
         s = c.session
         when = _local_time(s.last_saved)
         saved = f"{c.last_save_reason or 'last saved'} at {when}" if when else "not saved yet"
-        state = "<b>unsaved edits</b>" if s.dirty else "all saved"
+        state = "<b>unsaved edits</b>" if s.dirty else ("all saved" if when else "nothing painted yet")
         self.save_label.setText(f"Case <b>{c.case_id}</b>: {state}; {saved}; "
                                 f"active time {s.total_active_seconds:.0f} s.")
 
@@ -468,5 +509,22 @@ class AnnotateDock(QWidget):
             if current in names:
                 self.prefill_combo.setCurrentText(current)
             self.prefill_combo.blockSignals(False)
+            can = self.controller.annotation_layer is not None
+            self.prefill_btn.setEnabled(can and bool(names))
+            self.prefill_btn.setToolTip("copy the chosen layer into your mask (undoable)" if names else
+                                        "nothing to start from yet: run a model on the case image "
+                                        "(Model & sampling dock, image 'mr image: ...') first")
+            if self.controller.blind and self.controller.case_id is not None:
+                self.controller._hide_foreign_raters(self.controller.case_id)  # also layers added later
+            self._advise()
         except RuntimeError:  # widget deleted while the viewer closes
             pass
+
+    def _advise(self) -> None:
+        """Top hint: the case / selected image has no physical spacing (a plain reader opened it)."""
+        from .._napari import guidance
+
+        layer = self.controller.image_layer if self.controller.image_layer is not None else self._current_image_layer()
+        text = guidance.spacing_warning(layer) if layer is not None and guidance.is_grey_image(layer) else None
+        self.hint.setText(text or "")
+        self.hint.setVisible(bool(text))

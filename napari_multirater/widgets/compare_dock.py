@@ -49,6 +49,9 @@ STYLE_COLUMNS = (("Rater", "rater", None),) + tuple((title, key, fmt) for key, t
 HEATMAP_HEIGHT = 290
 
 
+READY_TEXT = "Select at least two rater layers and press Compute."
+
+
 def fill_table(table: QTableWidget, header: list[str], rows: list[list[str]], row_labels: list[str] | None = None) -> None:
     """Replace a table's content (read-only cells, numbers right-aligned)."""
     table.clear()
@@ -93,10 +96,26 @@ class CompareDock(QWidget):
 
     # --- layout ----------------------------------------------------------------------------------
     def _build(self) -> None:
-        lay = QVBoxLayout(self)
+        from ._docking import scrolling_body
+
+        lay = QVBoxLayout(scrolling_body(self))
         lay.setContentsMargins(6, 6, 6, 6)
         lay.setSpacing(4)
-        lay.addWidget(QLabel("Labels layers to compare (rater layers preselected):"))
+        self.hint = QLabel("")
+        self.hint.setWordWrap(True)
+        self.hint.setStyleSheet("color: #ffb454")
+        self.hint.setVisible(False)
+        lay.addWidget(self.hint)
+        head = QHBoxLayout()
+        head.addWidget(QLabel("Labels layers to compare (raters on the image's grid preselected):"), 1)
+        self.all_btn = QPushButton("All")
+        self.all_btn.setToolTip("check every Labels layer in the list")
+        self.all_btn.clicked.connect(lambda: self.set_selected(self._names()))
+        self.none_btn = QPushButton("None")
+        self.none_btn.clicked.connect(lambda: self.set_selected([]))
+        head.addWidget(self.all_btn)
+        head.addWidget(self.none_btn)
+        lay.addLayout(head)
         self.layer_list = QListWidget()
         self.layer_list.setMaximumHeight(104)
         self.layer_list.itemChanged.connect(self._item_changed)
@@ -124,11 +143,14 @@ class CompareDock(QWidget):
         self.report_btn = QPushButton("Dataset report…")
         self.report_btn.setToolTip("Rater-style report (CSV, markdown, plots) of a case-folder dataset")
         self.report_btn.clicked.connect(self._choose_dataset)
-        for b in (self.compute_btn, self.cancel_btn, self.report_btn):
+        from ._help import help_button
+
+        self.help_btn = help_button(self, "Compare raters")
+        for b in (self.compute_btn, self.cancel_btn, self.report_btn, self.help_btn):
             buttons.addWidget(b)
         lay.addLayout(buttons)
 
-        self.status = QLabel("Select at least two rater layers and press Compute.")
+        self.status = QLabel(READY_TEXT)
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
         lay.addWidget(self.status)
@@ -193,6 +215,12 @@ class CompareDock(QWidget):
         canvas.draw_idle()
 
     # --- layer list ------------------------------------------------------------------------------
+    def showEvent(self, event) -> None:
+        from ._docking import settle_dock
+
+        settle_dock(self, "Compare raters")
+        super().showEvent(event)
+
     def _connect_viewer(self) -> None:
         ev = self.viewer.layers.events
         for name in ("inserted", "removed", "moved"):
@@ -204,8 +232,28 @@ class CompareDock(QWidget):
         except RuntimeError:  # widget already deleted while the viewer closes
             pass
 
+    def _names(self) -> list[str]:
+        return [self.layer_list.item(i).text() for i in range(self.layer_list.count())]
+
+    def _advise(self) -> None:
+        """Top hint: no image / no Labels layers to compare / an image without physical spacing."""
+        from .._napari import guidance
+
+        images = [ly for ly in self.viewer.layers if guidance.is_source_image(ly)]
+        parts = []
+        if not images:
+            parts.append(guidance.missing_image_hint(self.viewer))
+        elif self.layer_list.count() < 2:
+            parts.append("Open at least two rater masks (Labels layers on the image's grid): a case folder, "
+                         "an LIDC reading (File > Open the XML) or File > Open Sample > Multi-rater phantom.")
+        parts += [w for w in (guidance.spacing_warning(ly) for ly in images) if w]
+        self.hint.setText("\n\n".join(parts))
+        self.hint.setVisible(bool(parts))
+
     def refresh_layers(self) -> None:
-        """List the candidate Labels layers; rater layers are checked unless the user unchecked them."""
+        """List the candidate Labels layers; rater layers are checked unless the user unchecked them.
+        A status line about other inputs is reset when the list changes."""
+        before = self._names()
         default = {ly.name for ly in self.controller.default_layers()}
         self.layer_list.blockSignals(True)
         self.layer_list.clear()
@@ -216,6 +264,9 @@ class CompareDock(QWidget):
             item.setCheckState(Qt.Checked if checked else Qt.Unchecked)
             self.layer_list.addItem(item)
         self.layer_list.blockSignals(False)
+        if self._names() != before and self.worker is None and self.report_worker is None:
+            self.status.setText(READY_TEXT)
+        self._advise()
 
     def _item_changed(self, item: QListWidgetItem) -> None:
         self._checked[item.text()] = item.checkState() == Qt.Checked

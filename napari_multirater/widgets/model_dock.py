@@ -31,10 +31,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .._napari import guidance
 from .._napari.model_controller import ALL_EXPERTS, ModelController
+from ..inference import model_info
 from ..inference.device import DEVICE_CHOICES, PRECISION_CHOICES
 from ..inference.intensity import IMAGE_UNITS, LIDC_MAPPINGS
 from ..inference.registry import available_models, demo_model_name
+from ._help import help_button
 
 __all__ = ["ModelDock"]
 
@@ -91,6 +94,7 @@ class ModelDock(QWidget):
         self._pending: dict = {}  # coalesced decodes: key -> latest callable, run from QTimer
         self._decode_scheduled = False
         self._n_warnings = 0
+        self._user_chose_model = False  # once the user picks a model, stop pre-selecting one
         self._build()
         self.viewer.layers.events.inserted.connect(self.refresh_layers)
         self.viewer.layers.events.removed.connect(self.refresh_layers)
@@ -104,12 +108,18 @@ class ModelDock(QWidget):
         outer.setContentsMargins(0, 0, 0, 0)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAsNeeded)  # never clip: scroll if narrower than the body
         outer.addWidget(scroll)
         body = QWidget()
+        self._scroll, self._body = scroll, body
         scroll.setWidget(body)
         lay = QVBoxLayout(body)
         lay.setContentsMargins(6, 6, 6, 6)
+        self.hint = QLabel("")
+        self.hint.setWordWrap(True)
+        self.hint.setStyleSheet("color: #ffb454")
+        self.hint.setVisible(False)
+        lay.addWidget(self.hint)
         lay.addWidget(self._build_model())
         lay.addWidget(self._build_input())
         self.tabs = QTabWidget()
@@ -122,20 +132,35 @@ class ModelDock(QWidget):
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.setToolTip("Stop the running model job (takes effect after the current chunk)")
         self.cancel_btn.clicked.connect(self.cancel)
-        lay.addWidget(_row(self.progress, self.cancel_btn))
+        self.earlier_btn = QPushButton("Show earlier outputs")
+        self.earlier_btn.setToolTip("each run shows its own outputs and hides the older ones; this shows them again")
+        self.earlier_btn.clicked.connect(self.show_earlier)
+        self.earlier_btn.setEnabled(False)
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        lay.addWidget(self.status)
         lay.addStretch(1)
         self.setMinimumWidth(340)
+        # progress, Cancel and the last status stay visible below the scrolling part (small screens)
+        foot = QWidget()
+        fl = QVBoxLayout(foot)
+        fl.setContentsMargins(6, 2, 6, 4)
+        fl.addWidget(_row(self.progress, self.cancel_btn, self.earlier_btn))
+        fl.addWidget(self.status)
+        self.help_btn = help_button(self, "Model & sampling")
+        fl.addWidget(self.help_btn)
+        outer.addWidget(foot)
 
     def _build_model(self) -> QGroupBox:
         box = QGroupBox("Model")
         form = _form(box)
         self.model_combo = QComboBox()
         self.model_combo.setToolTip("bundled / cached models ($NAPARI_MULTIRATER_MODELS), or a checkpoint file")
-        self.model_combo.currentIndexChanged.connect(lambda *_: self._update_enabled())
+        self.model_combo.currentIndexChanged.connect(self._model_choice_changed)
+        self.model_combo.activated.connect(self._model_chosen_by_user)
         form.addRow("Model", self.model_combo)
+        self.purpose_label = QLabel("")
+        self.purpose_label.setWordWrap(True)
+        form.addRow("For", self.purpose_label)
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText("path/to/checkpoint.pt")
         browse = QPushButton("Browse…")
@@ -188,7 +213,11 @@ class ModelDock(QWidget):
         self.size_spin.setRange(2.0, 1000.0)
         self.size_spin.setValue(40.0)
         self.size_spin.setSuffix(" mm")
-        form.addRow("Point size", self.size_spin)
+        self.size_spin.setToolTip("edge length (mm) of the cube around the clicked point that the model runs on; "
+                                  "set it to the model's training field of view (see 'trained on' above)")
+        self.size_spin.valueChanged.connect(lambda *_: self._update_size_note())
+        self.size_note = QLabel("")
+        form.addRow("Point box edge", _row(self.size_spin, self.size_note))
         return box
 
     def _build_diversity(self) -> QWidget:
@@ -247,6 +276,13 @@ class ModelDock(QWidget):
         self.persona_btn = QPushButton("Show persona")
         self.persona_btn.clicked.connect(lambda: self.run("personas"))
         form.addRow(self.persona_btn)
+        self.rater_note = QLabel("")
+        self.rater_note.setWordWrap(True)
+        form.addRow(self.rater_note)
+        self.legend = QLabel("")
+        self.legend.setWordWrap(True)
+        self.legend.setTextFormat(Qt.RichText)
+        form.addRow(self.legend)
         self.blend_box = QGroupBox("Blend two personas")
         self.blend_box.setToolTip("works on the 2D image or the current slice of a volume")
         bl = _form(self.blend_box)
@@ -283,23 +319,55 @@ class ModelDock(QWidget):
         form.addRow(self.scores_label)
         return w
 
+    def showEvent(self, event) -> None:
+        from ._docking import settle_dock
+
+        settle_dock(self, "Model & sampling")
+        super().showEvent(event)
+
     # ------------------------------------------------------------------ refresh
     def refresh_models(self) -> None:
         current = self.model_combo.currentText()
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
         self.model_combo.addItem(FILE_ITEM)
+        self.model_combo.setItemData(0, "a .pt checkpoint file of your own (see File)", Qt.ToolTipRole)
         for name in available_models():
             self.model_combo.addItem(name)
+            self.model_combo.setItemData(self.model_combo.count() - 1, model_info.name_purpose(name), Qt.ToolTipRole)
         idx = self.model_combo.findText(current)
         self.model_combo.setCurrentIndex(idx if idx >= 0 else (1 if self.model_combo.count() > 1 else 0))
         self.model_combo.blockSignals(False)
+        self._preselect_model()
+        self._model_choice_changed()
+
+    def _model_chosen_by_user(self, *_) -> None:
+        self._user_chose_model = True
+
+    def _model_choice_changed(self, *_) -> None:
+        name = self.model_combo.currentText()
+        self.purpose_label.setText(model_info.name_purpose(name) if name != FILE_ITEM else "your own checkpoint file")
+        self._update_enabled()
+
+    def _preselect_model(self) -> None:
+        """Pre-select the model that fits the chosen image (phantom -> phantom_*, CT -> lidc_*)
+        until the user picks one themselves."""
+        layer = self.controller.image_layer
+        if self._user_chose_model or layer is None or self.controller.engine is not None:
+            return
+        names = [self.model_combo.itemText(i) for i in range(1, self.model_combo.count())]
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        pick = model_info.pick_model(names, model_info.image_kind(layer.metadata, layer.name, data))
+        if pick and pick != self.model_combo.currentText():
+            self.model_combo.blockSignals(True)
+            self.model_combo.setCurrentText(pick)
+            self.model_combo.blockSignals(False)
+            self._model_choice_changed()
 
     def refresh_layers(self, *_) -> None:
         from napari.layers import Image, Points, Shapes
 
-        images = [ly for ly in self.viewer.layers if isinstance(ly, Image) and not ly.rgb
-                  and not ly.name.startswith("mr ") and ly.ndim in (2, 3)]
+        images = [ly for ly in self.viewer.layers if isinstance(ly, Image) and guidance.is_source_image(ly)]
         self._fill(self.image_combo, [ly.name for ly in images])
         self._fill(self.roi_combo, [ly.name for ly in self.viewer.layers if isinstance(ly, (Shapes, Points))])
         self._image_changed()
@@ -321,8 +389,63 @@ class ModelDock(QWidget):
         layer = self._layer(self.image_combo.currentText())
         if self.controller.set_image_layer(layer):  # proxied layers compare with same_layer
             self._clear_sliders()
+            if self.worker is None:
+                self.status.setText("")  # a status about another input is stale now
+            self._preselect_model()
         self._fill(self.scope_combo, list(self.controller.scopes()))
+        self._advise()
         self._update_enabled()
+
+    def _spacing_yx(self):
+        layer = self.controller.image_layer
+        if layer is None or not guidance.spacing_known(layer):
+            return None
+        return tuple(abs(float(v)) for v in self.controller.geometry().scale_zyx[-2:])
+
+    def input_advice(self) -> str | None:
+        """Why the whole image is the wrong input for the loaded model (much larger than its
+        training field of view), or None."""
+        eng, layer = self.controller.engine, self.controller.image_layer
+        if eng is None or layer is None:
+            return None
+        return model_info.input_advice(eng.field_of_view(), layer.data.shape[-2:], self._spacing_yx())
+
+    def _advise(self) -> None:
+        """Top hint: no usable image / no physical spacing / input much larger than the model's field of view."""
+        layer = self.controller.image_layer
+        parts = []
+        if layer is None:
+            parts.append(guidance.missing_image_hint(self.viewer))
+        else:
+            parts += [t for t in (guidance.spacing_warning(layer), self.input_advice()) if t]
+        self.hint.setText("\n\n".join(parts))
+        self.hint.setVisible(bool(parts))
+        self._update_size_note()
+
+    def _update_size_note(self) -> None:
+        """'spans N slices' for the point box on the chosen image."""
+        layer = self.controller.image_layer
+        if layer is None or layer.ndim != 3 or not guidance.spacing_known(layer):
+            self.size_note.setText("box edge" if layer is None or layer.ndim != 3 else "box edge (no spacing: px)")
+            return
+        dz = abs(float(self.controller.geometry().scale_zyx[0])) or 1.0
+        n = max(1, min(int(round(self.size_spin.value() / dz)), layer.data.shape[0]))
+        self.size_note.setText(f"box edge; spans {n} slice(s) of {dz:g} mm")
+
+    def use_roi_default(self) -> bool:
+        """When the input is much larger than the model's field of view, make the ROI the default:
+        scope 'region of interest', a ready Points layer to click the lesion in, and a box edge
+        matching the training field of view. Returns True when it did."""
+        if not self.input_advice():
+            return False
+        fov = self.controller.engine.field_of_view()
+        self.size_spin.setValue(model_info.roi_size_mm(fov, self._spacing_yx(), self.size_spin.value()))
+        if "mr roi point" in self.viewer.layers:
+            self.roi_combo.setCurrentText("mr roi point")
+        elif self._layer(self.roi_combo.currentText()) is None or self.roi_combo.currentText().startswith("mr "):
+            self.new_point_layer()  # never an unrelated Points layer (e.g. an import's small nodules)
+        self.scope_combo.setCurrentText("region of interest")
+        return True
 
     def _update_enabled(self) -> None:
         eng = self.controller.engine
@@ -391,9 +514,13 @@ class ModelDock(QWidget):
         if len(names) > 1:
             self.blend_j.setCurrentIndex(1)
         self._fill(self.kind_combo, eng.uncertainty_kinds())
+        self.rater_note.setText(model_info.rater_note(eng.card))
         self._clear_sliders()
         self._update_enabled()
         self.status.setText(f"loaded {eng.name} on {eng.device_message}")
+        if self.use_roi_default():
+            self.status.setText(f"loaded {eng.name}: click the lesion in 'mr roi point', then run")
+        self._advise()
 
     def set_precision(self) -> None:
         """Apply the Precision choice to the loaded model (the next run uses it)."""
@@ -408,11 +535,18 @@ class ModelDock(QWidget):
         self._show_card()
         self.status.setText(f"precision: {text}")
 
+    def _fit_width(self) -> None:
+        """Widen the dock to its content (a rich-text card can be wider than the dock's first width)."""
+        need = self._body.minimumSizeHint().width() + self._scroll.verticalScrollBar().sizeHint().width() + 4
+        if need > self.minimumWidth():
+            self.setMinimumWidth(min(need, 640))
+
     def _show_card(self) -> None:
-        s = self.controller.engine.summary()
+        s = self.controller.engine.summary(self._spacing_yx())
         rows = "".join(f"<tr><td><b>{html.escape(k)}</b>&nbsp;</td><td>{html.escape(str(v))}</td></tr>"
                        for k, v in s.items() if k != "name")
         self.card_label.setText(f"<b>{html.escape(s['name'])}</b><table>{rows}</table>")
+        self._fit_width()
         self.lidc_combo.setEnabled(self.controller.engine.normalizer.model_units == "lidc_uint8")
 
     def set_intensity(self, *_) -> None:
@@ -460,14 +594,39 @@ class ModelDock(QWidget):
             self.progress.setValue(int(item.done))
             self.progress.setFormat(f"%v/%m {item.message}")
 
+    def show_earlier(self) -> None:
+        shown = self.controller.show_earlier()
+        self.earlier_btn.setEnabled(False)
+        self.status.setText(f"showing {len(shown)} earlier output layer(s) again")
+
+    def _legend(self, result) -> None:
+        """Colour legend of the personas just shown (model: thick outlines; raters: thin)."""
+        from .._napari.layers import persona_color
+
+        names = list(result.personas_region)
+        expert = self.expert_combo.currentText() or ALL_EXPERTS
+        shown = names if expert == ALL_EXPERTS else [expert]
+        items = " ".join(f'<span style="color:{persona_color(names.index(n))}">■</span>&nbsp;{html.escape(n)}'
+                         for n in shown if n in names)
+        style = "thick outlines" if expert == ALL_EXPERTS else "filled"
+        self.legend.setText(f"Model personas ({style}): {items}<br>Human raters: thin outlines")
+
     def _done(self, action: str, result) -> None:
-        what = {"samples": f"{result.info.get('samples', 0)} sample(s)", "personas": f"{len(result.personas_region)} persona(s)",
+        expert = self.expert_combo.currentText() or ALL_EXPERTS
+        n_p = len(result.personas_region)
+        persona_text = (f"all {n_p} personas" if expert == ALL_EXPERTS else f"persona {expert} (1 of {n_p})")
+        what = {"samples": f"{result.info.get('samples', 0)} sample(s)", "personas": persona_text,
                 "uncertainty": f"{len(result.uncertainty_region)} map(s) from {result.info.get('samples', 0)} samples"}[action]
         z = result.region[0] if len(result.region) == 3 else None
         where = ""
         if z is not None and z.stop - z.start < result.shape[0]:
             where = f", slice {z.start}" if z.stop - z.start == 1 else f", slices {z.start}-{z.stop - 1}"
         msg = f"{action}: {what}, seed {result.info.get('seed')}{where}"
+        if action == "personas":
+            self._legend(result)
+        if self.controller.hidden_earlier:
+            msg += f"; {len(self.controller.hidden_earlier)} earlier output layer(s) hidden"
+        self.earlier_btn.setEnabled(bool(self.controller.hidden_earlier))
         if result.scores:
             text = ", ".join(f"{k} {float(np.mean(v)):.3f}" for k, v in result.scores.items())
             self.scores_label.setText(f"image scores (mean over the computed slices): {text}")
@@ -487,6 +646,7 @@ class ModelDock(QWidget):
         self.worker = None
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
+        self.progress.setFormat("done")
         if self.controller.dropped:  # the image went away / changed shape during the job
             self.status.setText(f"result not shown: {self.controller.dropped}")
         self._update_enabled()
@@ -531,6 +691,19 @@ class ModelDock(QWidget):
         layer.mode = "add_rectangle"
         self.roi_combo.setCurrentText(layer.name)
         self.scope_combo.setCurrentText("region of interest")
+
+    def new_point_layer(self):
+        """``mr roi point``: a Points layer on the image's grid in add mode: click the lesion."""
+        from .._napari.layers import transform_kwargs
+
+        img = self.controller.image_layer
+        keep = ("scale", "translate", "rotate", "units", "axis_labels")
+        kw = {k: v for k, v in transform_kwargs(img).items() if k in keep} if img else {}
+        layer = self.viewer.add_points(name="mr roi point", ndim=img.ndim if img is not None else 2, size=6,
+                                       face_color="#00e5ff", **kw)
+        layer.mode = "add"
+        self.roi_combo.setCurrentText(layer.name)
+        return layer
 
     # ------------------------------------------------------------------ latent explorer
     def _clear_sliders(self) -> None:
@@ -655,9 +828,9 @@ class ModelDock(QWidget):
             return
         self.n_spin.setValue(8)
         self.run("samples", sync=True)
-        self.expert_combo.setCurrentText(ALL_EXPERTS)
-        self.run("personas", sync=True)
         self.kind_combo.setCurrentText("entropy")
         self.run("uncertainty", sync=True)
+        self.expert_combo.setCurrentText(ALL_EXPERTS)
+        self.run("personas", sync=True)  # last: the newest outputs are shown, older ones hidden
         self.tabs.setCurrentIndex(1)
 

@@ -1,0 +1,26 @@
+"""A "Help" button per dock: the dock's section of the README in a message box."""
+
+from __future__ import annotations
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QMessageBox, QPushButton
+
+from ..help_text import dock_help
+
+
+def help_button(parent, dock_title: str) -> QPushButton:
+    btn = QPushButton("Help")
+    btn.setToolTip(f"what the {dock_title} dock does (from the README's 'The napari plugin' section)")
+    btn.clicked.connect(lambda: show_help(parent, dock_title))
+    return btn
+
+
+def show_help(parent, dock_title: str) -> QMessageBox:
+    box = QMessageBox(parent)
+    box.setWindowTitle(f"Help: {dock_title}")
+    box.setTextFormat(Qt.MarkdownText)
+    box.setText(dock_help(dock_title))
+    box.setStandardButtons(QMessageBox.Close)
+    box.setModal(False)
+    box.show()
+    return box

@@ -1,0 +1,160 @@
+"""Regenerate the README's screenshots at 1366x768 (a small laptop screen).
+
+    xvfb-run -a -s "-screen 0 1366x768x24" python tools/readme_screenshots.py [--out docs]
+
+1. ``screenshot.png``: the demo (phantom, rater outlines, the phantom model's personas).
+2. ``screenshot_lidc_roi.png``: the real CT series LIDC-IDRI-0006 opened as a patient folder, the
+   LIDC model pre-selected with the ROI as default, one click on the nodule, four personas.
+   Needs ``../shared/data/lidc-ct`` (skipped with a message where it is absent).
+3. ``screenshot_prefill.png``: an annotation project, a model run on the case image, Pre-fill.
+
+Look at the images before committing them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SERIES_PATIENT = ROOT.parent / "shared" / "data" / "lidc-ct" / "LIDC-IDRI-0006"
+PLUGIN = "napari-multirater"
+SIZE = (1366, 768)
+
+
+def _settle(n: int = 30) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    for _ in range(n):
+        QApplication.processEvents()
+
+
+def _window(viewer) -> None:
+    win = viewer.window._qt_window
+    win.showNormal()
+    win.resize(*SIZE)
+    win.move(0, 0)
+    _settle()
+
+
+def _shot(viewer, path: Path) -> None:
+    _settle()
+    viewer.screenshot(str(path), canvas_only=False)
+    h, w = np.asarray(viewer.screenshot(canvas_only=False)).shape[:2]
+    print(f"wrote {path} ({w}x{h} px, window {viewer.window._qt_window.width()}x{viewer.window._qt_window.height()})")
+
+
+def _show_legend(dock) -> None:
+    """Scroll the Model dock to the Persona tab's legend (the card stays one scroll away)."""
+    _settle()
+    dock._scroll.ensureWidgetVisible(dock.legend, 0, 10)
+
+
+def demo(out: Path) -> None:
+    from napari_multirater.commands.demo import build_demo_viewer, show_model_outputs
+
+    viewer, docks = build_demo_viewer()
+    _window(viewer)
+    docks["Model & sampling"].run_demo()
+    show_model_outputs(viewer, docks)
+    docks["Model & sampling"].tabs.setCurrentIndex(1)
+    _show_legend(docks["Model & sampling"])
+    _shot(viewer, out / "screenshot.png")
+    viewer.close()
+
+
+def lidc_roi(out: Path) -> None:
+    import napari
+
+    if not SERIES_PATIENT.is_dir():
+        print(f"skipped screenshot_lidc_roi.png: {SERIES_PATIENT} not present")
+        return
+    viewer = napari.Viewer(title="napari-multirater: LIDC-IDRI-0006 with an ROI click")
+    _window(viewer)
+    viewer.open(str(SERIES_PATIENT), plugin=PLUGIN)
+    image = viewer.layers["LIDC-IDRI-0006"]
+    reader = viewer.layers["mr rater: reader1"]
+    idx = np.argwhere(np.asarray(reader.data) > 0).mean(0)
+    world = np.asarray(image.data_to_world(idx), float)
+    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "Model & sampling")
+    dock.image_combo.setCurrentText(image.name)
+    dock.device_combo.setCurrentText("cpu")
+    dock.load_model(sync=True)  # lidc_dpersona is pre-selected for CT; the ROI becomes the default
+    viewer.dims.set_point(0, world[0])
+    viewer.layers["mr roi point"].add(idx)  # the layer shares the image grid: data coordinates = voxel index
+    dock.expert_combo.setCurrentText("all experts")
+    dock.run("personas", sync=True)
+    dock.tabs.setCurrentIndex(1)
+    _show_legend(dock)
+    viewer.camera.center = tuple(world[1:])
+    viewer.camera.zoom = 6.0
+    viewer.layers.selection.active = image
+    _shot(viewer, out / "screenshot_lidc_roi.png")
+    viewer.close()
+
+
+def prefill(out: Path) -> None:
+    import os
+
+    import napari
+
+    from napari_multirater.annotation import AnnotationStore
+    from napari_multirater.datasets.phantom import make_phantom_case
+
+    tmp = Path(tempfile.mkdtemp(prefix="mr-shots-"))
+    os.environ["NAPARI_MULTIRATER_CONFIG"] = str(tmp / "config")  # never the user's rater identity
+    store = AnnotationStore.create_project(tmp / "project", "phantoms", intensity_window=(-1000, 400))
+    for k in range(3):
+        case = make_phantom_case(k, seed=3, ndim=2)
+        store.add_case(case.image, case.geometry, f"lung{k}")
+    viewer = napari.Viewer(title="napari-multirater: pre-fill from a model")
+    _window(viewer)
+    _, adock = viewer.window.add_plugin_dock_widget(PLUGIN, "Collect annotations")
+    adock.rater_edit.setText("dana")
+    adock.rater_btn.click()
+    adock.open_project(store.root)
+    _, mdock = viewer.window.add_plugin_dock_widget(PLUGIN, "Model & sampling")
+    mdock.model_combo.setCurrentText("phantom_dpersona")
+    mdock.device_combo.setCurrentText("cpu")
+    mdock.load_model(sync=True)
+    mdock.expert_combo.setCurrentText("tight")
+    mdock.run("personas", sync=True)
+    adock.prefill_btn.click()
+    viewer.layers["mr persona: tight"].visible = False
+    _settle()  # the Model dock raises itself when first shown: bring the annotation dock forward after
+    dock = adock.parentWidget()
+    while dock is not None and not hasattr(dock, "setFloating"):
+        dock = dock.parentWidget()
+    if dock is not None:
+        dock.raise_()
+    _shot(viewer, out / "screenshot_prefill.png")
+    viewer.close()
+
+
+def main(argv=None) -> int:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(ROOT / "docs"))
+    p.add_argument("--only", choices=("demo", "lidc_roi", "prefill"), action="append")
+    args = p.parse_args(argv)
+    try:
+        import napari._qt.qt_main_window as qmw
+
+        qmw.SHOW_QT_WARNING = False
+    except (ImportError, AttributeError):
+        pass
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in args.only or ("demo", "lidc_roi", "prefill"):
+        globals()[name](out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
