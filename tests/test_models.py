@@ -201,13 +201,15 @@ def test_dpersona_stage2_only_heads_train_and_bn_frozen(batch):
         dpersona_stage2_from_stage1(make("prob_unet").state_dict(), s1.config)
 
 
-PERSONALIZING = {"posterior_target": True, "heads": {**TINY["heads"], "query_relu": False, "scale": True,
+PERSONALIZING = {"posterior_target": "mask+index", "heads": {**TINY["heads"], "query_relu": False, "scale": True,
                                                   "key_proj": True}}
 
 
 def _stage2(batch, **extra):
     s1 = make("dpersona", 1, seed=2, **extra).train()
     s1.loss(batch, 0)["loss"].backward()  # the stage-I loss runs with these options
+    if hasattr(s1, "rater_code"):  # the rater codes learn in stage I
+        assert s1.rater_code.grad is not None and s1.rater_code.grad.abs().sum() > 0
     model = dpersona_stage2_from_stage1(s1.state_dict(), s1.config)
     torch.manual_seed(3)
     for m in model.heads.modules():  # non-trivial queries and key maps
@@ -242,6 +244,7 @@ def test_dpersona_attention_stays_fp32_under_bf16_autocast(batch):
 def test_dpersona_personalizing_options_blend_and_diagnostics(batch):
     model = _stage2(batch, **PERSONALIZING)
     assert model.heads.key_proj.requires_grad and model.posterior.encoder[0].in_channels == 1 + 1 + 2 * 3
+    assert model.rater_code.shape == (3, model.latent_dim) and not model.rater_code.requires_grad
     x = batch["image"][:2]
     g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
     p = model.personalize(x, g())

@@ -5,8 +5,10 @@ zeroed) and, by default, K constant validity planes. Loss = GDL reconstruction o
 (one index per batch by default) from a POSTERIOR sample (the released code's prior-sample bug is
 not copied) + beta KL + bound_weight * bound loss (pixelwise max/min over P differentiable prior
 samples vs union/intersection of the VALID raters) + reg.
-``posterior_target: true`` (not in the paper) also gives the posterior the mask of the rater it
-reconstructs as its first mask channel, so the rater's style is identifiable from z.
+``posterior_target`` (not in the paper): ``"mask"`` also gives the posterior the mask of the rater it
+reconstructs (first mask channel); ``"mask+index"`` also adds a learned code e_r of that rater's
+index to the posterior mean (mu_q = enc(x, y_r, Y) + e_r), so the rater is identifiable from z.
+``loss.identity_weight`` adds a rater classifier on mu_q; ``loss.kl_warmup_steps`` ramps beta.
 Stage II (``stage: 2``): K projection heads (conv blocks with padding=1, grouped so all K run in
 one pass) give a query q_k (B, L); attention softmax(q_k . z_n) over N prior samples (no grad,
 no 1/sqrt(L) scaling and final ReLU by default, as the reference) gives z~_k -> Fcomb -> expert k.
@@ -71,7 +73,8 @@ class DPersona(ProbUNet):
         "rater_sampling": "per_batch",
         "posterior_validity_channels": True,
         "posterior_target": False,
-        "loss": {"beta": 1.0, "bound_weight": 0.5, "bound_samples": 10, "reg_weight": 1e-5},
+        "loss": {"beta": 1.0, "bound_weight": 0.5, "bound_samples": 10, "reg_weight": 1e-5, "identity_weight": 0.0,
+                 "kl_warmup_steps": 0},
         "heads": {"widths": [32, 16], "dropout": 0.1, "query_relu": True, "scale": False, "key_proj": False,
                   "n_train": 100, "n_infer": 500},
     })
@@ -87,16 +90,28 @@ class DPersona(ProbUNet):
         if hc.get("key_proj"):  # per-head key map W_k (identity at start): score = q_k . (W_k z_n)
             self.heads.register_parameter(
                 "key_proj", nn.Parameter(torch.eye(self.latent_dim).repeat(self.num_raters, 1, 1)))
+        if self.config["posterior_target"] == "mask+index":  # per-rater code added to the posterior mean
+            g = torch.Generator().manual_seed(int(self.config.get("seed", 0)))
+            self.rater_code = nn.Parameter(torch.randn(self.num_raters, self.latent_dim, generator=g))
+        if float(self.config["loss"].get("identity_weight", 0.0)) > 0:  # stage-I rater classifier on mu_q
+            if self.config["posterior_target"] not in ("mask", "mask+index"):
+                raise ValueError("loss.identity_weight needs posterior_target 'mask' or 'mask+index' (the rater must be visible to q)")
+            self.rater_head = nn.Linear(self.latent_dim, self.num_raters)
         if self.stage == 2:
             for m in self._frozen_modules():
                 m.requires_grad_(False)
+            if hasattr(self, "rater_code"):
+                self.rater_code.requires_grad_(False)
             self.train(self.training)
         else:
             self.heads.requires_grad_(False)  # heads are not part of the stage-I objective
 
     def _posterior_extra_channels(self) -> int:
         k = int(self.config["num_raters"])
-        return (2 * k if self.config["posterior_validity_channels"] else k) + int(bool(self.config["posterior_target"]))
+        target = {False: 0, None: 0, "none": 0, "mask": 1, "mask+index": 1}
+        if self.config["posterior_target"] not in target:
+            raise ValueError(f"posterior_target must be false, 'mask' or 'mask+index', not {self.config['posterior_target']!r}")
+        return (2 * k if self.config["posterior_validity_channels"] else k) + target[self.config["posterior_target"]]
 
     # ------------------------------------------------------------------ fp32 latent pieces
     @staticmethod
@@ -119,7 +134,8 @@ class DPersona(ProbUNet):
             return super()._prior_draws({"prior": (mu, sigma)}, n, generator)
 
     def _frozen_modules(self):
-        return [self.backbone, self.prior, self.posterior, self.fcomb]
+        extra = [self.rater_head] if hasattr(self, "rater_head") else []
+        return [self.backbone, self.prior, self.posterior, self.fcomb] + extra
 
     @property
     def capabilities(self) -> Capabilities:
@@ -220,20 +236,23 @@ class DPersona(ProbUNet):
 
     # ------------------------------------------------------------------ training
     def loss(self, batch, step=0):
-        return self._loss_stage2(batch) if self.stage == 2 else self._loss_stage1(batch)
+        return self._loss_stage2(batch) if self.stage == 2 else self._loss_stage1(batch, step)
 
-    def _loss_stage1(self, batch):
+    def _loss_stage1(self, batch, step=0):
         x, masks, valid = unpack_batch(batch)
         lc = self.config["loss"]
         idx, has = choose_raters(valid, self.config["rater_sampling"])
         b = x.shape[0]
         y = masks[torch.arange(b, device=x.device), idx].unsqueeze(1)
-        post_in = [x, y, masks] if self.config["posterior_target"] else [x, masks]
+        target = self.config["posterior_target"]
+        post_in = [x, y, masks] if target in ("mask", "mask+index") else [x, masks]
         if self.config["posterior_validity_channels"]:
             post_in.append(valid.to(x.dtype)[:, :, None, None].expand_as(masks))
         feats = self.backbone(x)
         mu_p, s_p = self._gaussian_fp32(self.prior, x)
         mu_q, s_q = self._gaussian_fp32(self.posterior, torch.cat(post_in, 1))
+        if target == "mask+index":
+            mu_q = mu_q + self.rater_code.float()[idx]
         p = int(lc["bound_samples"])
         with torch.autocast(device_type=x.device.type, enabled=False):
             z_q = mu_q + s_q * torch.randn_like(mu_q)
@@ -244,8 +263,17 @@ class DPersona(ProbUNet):
         bound = L.bound_loss(logits[:, 1:], masks, valid)
         kl = weighted_mean(L.kl_gaussian_diag(mu_q, s_q, mu_p, s_p), has)
         reg = self._reg()
-        total = rec + float(lc["beta"]) * kl + float(lc["bound_weight"]) * bound + float(lc["reg_weight"]) * reg
-        return {"loss": total, "rec": rec.detach(), "kl": kl.detach(), "bound": bound.detach(), "reg": reg.detach()}
+        warm = int(lc.get("kl_warmup_steps", 0) or 0)
+        beta = float(lc["beta"]) * (min(1.0, step / warm) if warm > 0 else 1.0)  # KL weight ramp (not in the paper)
+        total = rec + beta * kl + float(lc["bound_weight"]) * bound + float(lc["reg_weight"]) * reg
+        out = {"rec": rec.detach(), "kl": kl.detach(), "bound": bound.detach(), "reg": reg.detach()}
+        if hasattr(self, "rater_head"):  # rater identifiable from z: classify the reconstructed rater from mu_q
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                ce = torch.nn.functional.cross_entropy(self.rater_head(mu_q), idx, reduction="none")
+            ident = weighted_mean(ce, has)
+            total = total + float(lc["identity_weight"]) * ident
+            out["identity"] = ident.detach()
+        return {"loss": total, **out}
 
     def _loss_stage2(self, batch):
         x, masks, valid = unpack_batch(batch)
