@@ -1,8 +1,10 @@
 """Evaluation: every metric of ``metrics.py`` on a dataset split, as JSON plus a markdown table.
 
 Diverse-sample metrics (GED, Dice_soft, Dice_max, Dice_match) use ``model.sample(x, n)``;
-per-expert Dice uses ``model.personalize(x)``. 2D data are scored per image; volumes are
-predicted slice by slice and scored per volume.
+per-expert Dice uses ``model.personalize(x)``. A D-Persona stage-II model is scored twice, both
+labelled: on its stage-I prior samples and on its K expert outputs (``experts_*`` keys, as the
+reference's stage-II evaluation), with its attention diagnostics (``diag_*``). 2D data are scored
+per image; volumes are predicted slice by slice and scored per volume.
 """
 
 from __future__ import annotations
@@ -24,8 +26,16 @@ from .split_choice import choose_split, count_all, split_summary
 LOWER_IS_BETTER = {"ged", "ged_dpersona"}
 
 
-SELECTABLE = ("ged", "ged_dpersona", "dice_soft", "dice_max", "dice_max_reverse", "dice_match",
-              "dice_each_identity_mean", "dice_each_matched_mean")
+SAMPLE_KEYS = ("ged", "ged_dpersona", "dice_soft", "dice_max", "dice_max_reverse", "dice_match")
+LOWER_IS_BETTER |= {f"experts_{k}" for k in ("ged", "ged_dpersona")}
+SELECTABLE = SAMPLE_KEYS + ("dice_each_identity_mean", "dice_each_matched_mean") + tuple(f"experts_{k}" for k in SAMPLE_KEYS)
+EXPERT_ROWS_LABEL = "stage II: the K expert outputs"
+SAMPLE_ROWS_LABEL = "stage I: prior samples"
+
+
+def is_stage2(model) -> bool:
+    """A D-Persona stage-II model: its K expert outputs are scored as well as its prior samples."""
+    return getattr(model, "method", None) == "dpersona" and getattr(model, "stage", 1) == 2
 
 
 def higher_is_better(metric: str) -> bool:
@@ -69,23 +79,60 @@ def evaluate_items(model, items: SliceDataset, *, n_samples: int = 10, device="c
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
     n = len(items) if max_images is None else min(len(items), max_images)
-    results, matrices = [], []
+    results, matrices, experts, diags = [], [], [], []
+    stage2 = is_stage2(model)
     for start in range(0, n, batch_size):
         idx = range(start, min(start + batch_size, n))
         raws = [items.raw(i) for i in idx]
         padded = [pad_to_multiple(img, masks, 16) for img, masks, _ in raws]
         x = torch.from_numpy(np.stack([p[0] for p in padded]))[:, None].to(device)
         samples, personas = predict_batch(model, x, n_samples, gen, precision)
+        if stage2:
+            diags.append((len(raws), _diagnostics(model, x, gen)))
         for b, (img, masks, valid) in enumerate(raws):
             h, w = img.shape
             sl = _crop_slices(padded[b][0].shape, (h, w))
             pers = personas[b][:, sl[0], sl[1]]
             results.append(M.evaluate_image(masks, samples[b][:, sl[0], sl[1]], valid, pers))
             matrices.append(persona_rater_dice(masks, valid, pers))
+            if stage2:
+                experts.append(M.evaluate_image(masks, pers, valid, pers))
         if progress:
             progress(min(start + batch_size, n), n)
     model.train(was_training)
-    return _with_identity_matrix(results, matrices, M.aggregate(results, buckets=range(1, len(items.rater_names) + 1)))
+    buckets = range(1, len(items.rater_names) + 1)
+    agg = _with_identity_matrix(results, matrices, M.aggregate(results, buckets=buckets))
+    return _with_experts(agg, experts, diags, buckets)
+
+
+@torch.inference_mode()
+def _diagnostics(model, x, gen) -> dict:
+    return model.diagnostics(x, generator=gen)
+
+
+def _with_experts(agg: dict, experts: list[dict], diags: list, buckets) -> dict:
+    """Stage II: the K expert outputs scored as a set (``experts_*``), labelled next to the prior
+    samples' rows; per-rater identity Dice and the attention diagnostics as flat keys."""
+    for k, v in enumerate(agg.get("dice_each_identity", [])):
+        agg[f"dice_each_identity_{k + 1}"] = float(v)
+    if not experts:
+        return agg
+    e = M.aggregate(experts, buckets=buckets)
+    agg["experts"] = {key: e[key] for key in SAMPLE_KEYS}
+    agg["experts"]["per_bucket"] = {b: {key: v[key] for key in SAMPLE_KEYS} for b, v in e["per_bucket"].items()}
+    agg.update({f"experts_{key}": float(e[key]) for key in SAMPLE_KEYS})
+    agg["row_labels"] = {"samples": SAMPLE_ROWS_LABEL, "experts": EXPERT_ROWS_LABEL}
+    agg["conventions"]["experts"] = (f"experts_* ({EXPERT_ROWS_LABEL}): the diverse-sample metrics computed on the "
+                                     "K personalized outputs as the sample set (the reference's stage-II evaluation)")
+    total = sum(w for w, _ in diags)
+    if total:
+        for key in diags[0][1]:
+            agg[f"diag_{key}"] = float(sum(w * d[key] for w, d in diags) / total)
+        agg["conventions"]["diagnostics"] = (
+            "diag_q_norm_k = |q_k|; diag_attn_entropy_k = attention entropy / log N (1 = uniform over the N "
+            "prior codes, 0 = one code); diag_attn_max_k = largest weight; diag_z_spread = mean pairwise "
+            "distance of the K attended codes / |prior sigma| (0 = every persona uses the same code)")
+    return agg
 
 
 def persona_rater_dice(labels, valid, personas) -> np.ndarray:
@@ -123,7 +170,8 @@ def evaluate_volumes(model, dataset, window, *, rank_raters: bool, n_samples: in
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
-    results, matrices = [], []
+    results, matrices, experts = [], [], []
+    stage2 = is_stage2(model)
     for i in range(n):
         case = dataset[i]
         vol = normalize_image(case.image, window)
@@ -143,20 +191,27 @@ def evaluate_volumes(model, dataset, window, *, rank_raters: bool, n_samples: in
             masks, valid = rank_by_area(masks, valid)
         results.append(M.evaluate_image(masks, samples, valid, personas))
         matrices.append(persona_rater_dice(masks, valid, personas))
+        if stage2:
+            experts.append(M.evaluate_image(masks, personas, valid, personas))
         if progress:
             progress(i + 1, n)
-    agg = M.aggregate(results, buckets=range(1, dataset[0].n_raters + 1) if n else None)
-    return _with_identity_matrix(results, matrices, agg)
+    buckets = range(1, dataset[0].n_raters + 1) if n else None
+    agg = _with_identity_matrix(results, matrices, M.aggregate(results, buckets=buckets))
+    return _with_experts(agg, experts, [], buckets)
 
 
 def markdown_table(result: dict, title: str = "") -> str:
     """The evaluation as a markdown table with the metric conventions stated under it."""
     rows = [f"### {title}" if title else "", "", "| metric | all |" + "".join(f" {b} rater(s) |" for b in result["per_bucket"]),
             "|---|---|" + "---|" * len(result["per_bucket"])]
-    for key in ("ged", "ged_dpersona", "dice_soft", "dice_max", "dice_max_reverse", "dice_match",
-                "dice_each_identity_mean", "dice_each_matched_mean"):
+    experts = result.get("experts")
+    for key in SAMPLE_KEYS + ("dice_each_identity_mean", "dice_each_matched_mean"):
         cells = [_f(result.get(key))] + [_f(b.get(key)) for b in result["per_bucket"].values()]
-        rows.append(f"| {key} | " + " | ".join(cells) + " |")
+        label = f"{key} ({SAMPLE_ROWS_LABEL})" if experts and key in SAMPLE_KEYS else key
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    for key in SAMPLE_KEYS if experts else ():
+        cells = [_f(experts.get(key))] + [_f(experts["per_bucket"].get(b, {}).get(key)) for b in result["per_bucket"]]
+        rows.append(f"| {key} ({EXPERT_ROWS_LABEL}) | " + " | ".join(cells) + " |")
     rows.append("| n_images | " + " | ".join([str(result["n_images"])] + [str(b["n_images"]) for b in result["per_bucket"].values()]) + " |")
     for key in ("dice_each_identity", "dice_each_matched"):
         rows.append(f"\n{key} per rater: " + ", ".join(_f(v) for v in result.get(key, [])))
@@ -166,6 +221,9 @@ def markdown_table(result: dict, title: str = "") -> str:
         rows += ["\npersona (row) x rater (column) Dice:\n", "| persona \\ rater | " + " | ".join(names) + " |",
                  "|---|" + "---|" * len(names)]
         rows += [f"| {name} | " + " | ".join(_f(v) for v in row) + " |" for name, row in zip(names, matrix)]
+    diag = {k[5:]: v for k, v in result.items() if k.startswith("diag_")}
+    if diag:
+        rows.append("\nstage II attention diagnostics: " + ", ".join(f"{k}={v:.3f}" for k, v in diag.items()))
     rows.append(f"\nsamples per image: {result['n_samples']}")
     rows.append("\nConventions:")
     rows += [f"- {k}: {v}" for k, v in result["conventions"].items()]

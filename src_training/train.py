@@ -151,6 +151,9 @@ def run_training(args) -> int:
     mcfg = dict(cfg["model"])
     mcfg.update({"num_raters": len(rater_names), "rater_names": rater_names, "in_channels": 1})
     if mcfg.get("stage") == 2:
+        if "dice_each_identity_mean" not in tcfg["select_metric"].split("+"):
+            raise ValueError(f"D-Persona stage II selects on dice_each_identity_mean (alone or in a sum), not "
+                             f"{tcfg['select_metric']!r}: a persona swap or collapse must not be selectable")
         model = _stage2_from_stage1(tcfg, mcfg)
     else:
         model = build_model(mcfg)
@@ -232,8 +235,16 @@ def run_training(args) -> int:
         row = {"step": step, "epoch": epoch, select: round(score, 6), "best": improved}
         row.update({k: round(v, 6) for k, v in metrics.items() if isinstance(v, float)})
         _append_csv(out / "val.csv", row)
+        extra = ""
+        if "experts_dice_match" in metrics:  # D-Persona stage II: the K expert outputs and the heads' state
+            k = len(metrics.get("dice_each_identity", []))
+            extra = (f" | experts: dice_match={metrics['experts_dice_match']:.4f} identity="
+                     f"[{' '.join(f'{v:.3f}' for v in metrics['dice_each_identity'])}] |q|=["
+                     + " ".join(f"{metrics.get(f'diag_q_norm_{i + 1}', float('nan')):.3g}" for i in range(k))
+                     + "] entropy/logN=[" + " ".join(f"{metrics.get(f'diag_attn_entropy_{i + 1}', float('nan')):.2f}"
+                                                   for i in range(k)) + "]")
         print(f"\nval epoch {epoch} step {step}: {select}={score:.4f}"
-              f"{' (best)' if improved else ''} | ged={metrics['ged']:.4f} dice_match={metrics['dice_match']:.4f}")
+              f"{' (best)' if improved else ''} | ged={metrics['ged']:.4f} dice_match={metrics['dice_match']:.4f}{extra}")
         if improved:
             best = score
             card = build_model_card(cfg, meta, step, epoch, wall_before + time.time() - t_start, metrics)

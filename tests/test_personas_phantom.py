@@ -1,13 +1,18 @@
 """Personalization really reproduces each rater: after a short CPU training on phantoms (where
 rater identity is known), persona k matches rater k better than any other rater.
 
-D-Persona is not asserted here because it fails this check, measured with these settings
-(400 + 400 steps): the `tight` persona matches `misses_faint` better than `tight`. Even the best of
-300 stage-I prior samples, chosen per image with the answer known, gives the `tight` row
-[0.851 0.615 0.757 0.863]. The stage-I latent space (its posterior sees all raters) does not
-contain that style, so stage II cannot select it. A variant whose posterior sees only the
-reconstructed rater also failed, giving [0.802 0.562 0.705 0.849]. The shipped phantom_dpersona
-shows the same collapse; see the README's phantom persona matrices."""
+ProSeg is checked on val cases of the training series. D-Persona is checked on held-out cases of
+another phantom series (seed 12), with its default configuration's personalizing options
+(configs/dpersona.json) at tiny widths, stage I 400 + stage II 300 steps. Measured persona x rater
+matrix (rows/columns tight, generous, smooth, misses_faint):
+    [[0.801 0.577 0.707 0.867]
+     [0.679 0.895 0.866 0.728]
+     [0.780 0.794 0.906 0.858]
+     [0.798 0.642 0.781 0.931]]
+The diagonal wins for generous, smooth and misses_faint by 0.029, 0.048 and 0.133 (asserted with a
+0.015 margin). The `tight` persona still matches `misses_faint` better (0.801 vs 0.867) and is not
+asserted; the paper's (faithful) configuration collapses there (its stage-I posterior equals the
+prior to 0.01 sigma). See README, "D-Persona: why the personas collapsed, and what changed"."""
 
 from __future__ import annotations
 
@@ -64,10 +69,11 @@ def _persona_matrix(model, data) -> np.ndarray:
     return np.nanmean([persona_rater_dice(y[i].numpy(), np.ones(4, bool), probs[i]) for i in range(len(x))], axis=0)
 
 
-def _assert_diagonal_dominates(matrix: np.ndarray):
-    for k, name in enumerate(RATERS):
+def _assert_diagonal_dominates(matrix: np.ndarray, rows=range(len(RATERS)), margin: float = 0.0):
+    for k in rows:
         others = np.delete(matrix[k], k)
-        assert matrix[k, k] > others.max(), f"persona {name}: {np.round(matrix[k], 3)} (diagonal should win)"
+        assert matrix[k, k] > others.max() + margin, \
+            f"persona {RATERS[k]}: {np.round(matrix[k], 3)} (diagonal should win by {margin})"
 
 
 @pytest.mark.slow
@@ -76,3 +82,35 @@ def test_proseg_persona_k_matches_rater_k(phantom_crops):
     torch.manual_seed(0)
     model = _train(build_model({**TINY, "method": "proseg"}), train, steps=400)
     _assert_diagonal_dominates(_persona_matrix(model, val))
+
+
+def _dpersona_config() -> dict:
+    """The default D-Persona configuration's personalizing options on the tiny test widths."""
+    from src_training.models.registry import default_config
+
+    shipped = default_config("dpersona")
+    return {**TINY, "method": "dpersona", "posterior_target": shipped["posterior_target"],
+            "loss": shipped["loss"], "heads": {k: v for k, v in shipped["heads"].items() if k != "widths"}}
+
+
+@pytest.fixture(scope="module")
+def heldout_crops():
+    return _lesion_crops(range(48), seed=12)  # another phantom series: never trained or selected on
+
+
+@pytest.mark.slow
+def test_dpersona_persona_k_matches_rater_k(phantom_crops, heldout_crops):
+    from src_training.models.dpersona import dpersona_stage2_from_stage1
+
+    train, _ = phantom_crops
+    torch.manual_seed(0)
+    stage1 = _train(build_model(_dpersona_config()), train, steps=400)
+    torch.manual_seed(1)
+    model = _train(dpersona_stage2_from_stage1(stage1.state_dict(), stage1.config), train, steps=300)
+    matrix = _persona_matrix(model, heldout_crops)
+    # generous, smooth, misses_faint: measured margins 0.029, 0.048, 0.133; tight is not asserted
+    _assert_diagonal_dominates(matrix, rows=(1, 2, 3), margin=0.015)
+    # no collapse: every pair of personas differs (the faithful model gave three identical rows)
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert np.abs(matrix[i] - matrix[j]).max() > 0.02, f"personas {RATERS[i]} and {RATERS[j]} coincide"

@@ -205,6 +205,19 @@ def test_dpersona_stage2_from_stage1_cli(train_data, tmp_path):
 
     model, card = load_checkpoint(s2 / "best.pt")
     assert card["stage"] == 2 and model.capabilities.personalized
+    val = (s2 / "val.csv").read_text().splitlines()[0].split(",")  # collapse diagnostics are logged
+    assert {"dice_each_identity_mean", "dice_each_identity_1", "experts_dice_match", "diag_q_norm_1",
+            "diag_attn_entropy_4", "diag_z_spread"} <= set(val)
+    assert {"q_norm_1", "attn_entropy_4", "z_spread"} <= set((s2 / "log.csv").read_text().splitlines()[0].split(","))
+    r = _run(["evaluate", "--checkpoint", str(s2 / "best.pt"), "--data", str(train_data), "--split", "val",
+              "--samples", "3", "--max-images", "4", "--json", str(tmp_path / "s2.json")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "s2.json").read_text())
+    assert set(res["experts"]) >= {"ged", "dice_match"} and res["n_samples"] == 3  # both row sets, labelled
+    assert "stage II: the K expert outputs" in r.stdout and "stage I: prior samples" in r.stdout
+    r = _run(_train_args(train_data, tmp_path / "s2b", method="dpersona", steps=3,
+                         extra=["--stage1", str(s1 / "best.pt"), "--select-metric", "dice_match"]))
+    assert r.returncode == 2 and "dice_each_identity_mean" in r.stderr  # a collapse must not be selectable
     r = _run(_train_args(train_data, tmp_path / "bad", method="dpersona", steps=3,
                          extra=["--stage1", str(tmp_path / "s1" / "config.json")]))
     assert r.returncode == 2 and "error:" in r.stderr

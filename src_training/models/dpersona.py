@@ -5,10 +5,17 @@ zeroed) and, by default, K constant validity planes. Loss = GDL reconstruction o
 (one index per batch by default) from a POSTERIOR sample (the released code's prior-sample bug is
 not copied) + beta KL + bound_weight * bound loss (pixelwise max/min over P differentiable prior
 samples vs union/intersection of the VALID raters) + reg.
+``posterior_target`` (not in the paper): ``"mask"`` also gives the posterior the mask of the rater it
+reconstructs (first mask channel); ``"mask+index"`` also adds a learned code e_r of that rater's
+index to the posterior mean (mu_q = enc(x, y_r, Y) + e_r), so the rater is identifiable from z.
+``loss.identity_weight`` adds a rater classifier on mu_q; ``loss.kl_warmup_steps`` ramps beta.
 Stage II (``stage: 2``): K projection heads (conv blocks with padding=1, grouped so all K run in
 one pass) give a query q_k (B, L); attention softmax(q_k . z_n) over N prior samples (no grad,
 no 1/sqrt(L) scaling and final ReLU by default, as the reference) gives z~_k -> Fcomb -> expert k.
+Options not in the paper: ``query_relu: false`` (signed query), ``scale`` (1/sqrt(L)),
+``key_proj`` (a learned L x L key map per head; the values stay the prior samples).
 Only the heads train; backbone / prior / posterior / fcomb are frozen and stay in eval mode.
+Prior/posterior mu and sigma, the sampled codes and the attention run in fp32 even under autocast.
 """
 from __future__ import annotations
 
@@ -59,12 +66,16 @@ class ExpertQueryHeads(nn.Module):
 
 class DPersona(ProbUNet):
     method = "dpersona"
+    # DEFAULTS are the paper's reference behaviour (checkpoints without the newer keys load as before);
+    # configs/dpersona.json names the changes of the default, personalizing configuration.
     DEFAULTS = deep_merge(ProbUNet.DEFAULTS, {
         "stage": 1,
         "rater_sampling": "per_batch",
         "posterior_validity_channels": True,
-        "loss": {"beta": 1.0, "bound_weight": 0.5, "bound_samples": 10, "reg_weight": 1e-5},
-        "heads": {"widths": [32, 16], "dropout": 0.1, "query_relu": True, "scale": False,
+        "posterior_target": False,
+        "loss": {"beta": 1.0, "bound_weight": 0.5, "bound_samples": 10, "reg_weight": 1e-5, "identity_weight": 0.0,
+                 "kl_warmup_steps": 0},
+        "heads": {"widths": [32, 16], "dropout": 0.1, "query_relu": True, "scale": False, "key_proj": False,
                   "n_train": 100, "n_infer": 500},
     })
 
@@ -76,19 +87,55 @@ class DPersona(ProbUNet):
             raise ValueError("D-Persona stage must be 1 or 2")
         self.heads = ExpertQueryHeads(self.backbone.out_channels, self.num_raters, hc["widths"], self.latent_dim,
                                       float(hc["dropout"]), bool(hc["query_relu"]))
+        if hc.get("key_proj"):  # per-head key map W_k (identity at start): score = q_k . (W_k z_n)
+            self.heads.register_parameter(
+                "key_proj", nn.Parameter(torch.eye(self.latent_dim).repeat(self.num_raters, 1, 1)))
+        if self.config["posterior_target"] == "mask+index":  # per-rater code added to the posterior mean
+            g = torch.Generator().manual_seed(int(self.config.get("seed", 0)))
+            self.rater_code = nn.Parameter(torch.randn(self.num_raters, self.latent_dim, generator=g))
+        if float(self.config["loss"].get("identity_weight", 0.0)) > 0:  # stage-I rater classifier on mu_q
+            if self.config["posterior_target"] not in ("mask", "mask+index"):
+                raise ValueError("loss.identity_weight needs posterior_target 'mask' or 'mask+index' (the rater must be visible to q)")
+            self.rater_head = nn.Linear(self.latent_dim, self.num_raters)
         if self.stage == 2:
             for m in self._frozen_modules():
                 m.requires_grad_(False)
+            if hasattr(self, "rater_code"):
+                self.rater_code.requires_grad_(False)
             self.train(self.training)
         else:
             self.heads.requires_grad_(False)  # heads are not part of the stage-I objective
 
     def _posterior_extra_channels(self) -> int:
         k = int(self.config["num_raters"])
-        return 2 * k if self.config["posterior_validity_channels"] else k
+        target = {False: 0, None: 0, "none": 0, "mask": 1, "mask+index": 1}
+        if self.config["posterior_target"] not in target:
+            raise ValueError(f"posterior_target must be false, 'mask' or 'mask+index', not {self.config['posterior_target']!r}")
+        return (2 * k if self.config["posterior_validity_channels"] else k) + target[self.config["posterior_target"]]
+
+    # ------------------------------------------------------------------ fp32 latent pieces
+    @staticmethod
+    def _gaussian_fp32(net, inp):
+        """``net(inp)`` with the encoder under any active autocast, mu / sigma computed in fp32."""
+        h = net.encoder(inp).mean((2, 3))
+        with torch.autocast(device_type=inp.device.type, enabled=False):
+            mu, raw = net.head(h.float()).chunk(2, dim=1)
+            b = net.log_sigma_bound
+            return mu, torch.exp(b * torch.tanh(raw / b))
+
+    def _encode(self, x):
+        feats = self.backbone(x)
+        return {"features": feats, "proj": self.fcomb.project(feats), "prior": self._gaussian_fp32(self.prior, x),
+                "size": tuple(x.shape[-2:])}
+
+    def _prior_draws(self, ctx, n, generator):
+        with torch.autocast(device_type=ctx["prior"][0].device.type, enabled=False):
+            mu, sigma = (t.float() for t in ctx["prior"])
+            return super()._prior_draws({"prior": (mu, sigma)}, n, generator)
 
     def _frozen_modules(self):
-        return [self.backbone, self.prior, self.posterior, self.fcomb]
+        extra = [self.rater_head] if hasattr(self, "rater_head") else []
+        return [self.backbone, self.prior, self.posterior, self.fcomb] + extra
 
     @property
     def capabilities(self) -> Capabilities:
@@ -114,16 +161,57 @@ class DPersona(ProbUNet):
         return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("heads.")]
 
     # ------------------------------------------------------------------ stage II pieces
-    def _attend(self, q: torch.Tensor, z_set: torch.Tensor) -> torch.Tensor:
-        """q (B, M, L), z_set (B, N, L) -> convex combinations (B, M, L)."""
-        scores = q @ z_set.transpose(1, 2)
-        if self.config["heads"]["scale"]:
-            scores = scores / math.sqrt(self.latent_dim)
-        return torch.softmax(scores, dim=-1) @ z_set
+    def attention(self, q: torch.Tensor, z_set: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention weights (B, M, N) of queries q (B, M, L) over codes z_set (B, N, L), in fp32.
 
-    def _expert_logits(self, ctx, q, n, generator=None):
+        ``keys`` (M, L, L): per-query key maps (``key_proj``); None uses the codes as keys."""
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            q, z = q.float(), z_set.float()
+            if keys is None:
+                scores = q @ z.transpose(1, 2)
+            else:  # q_m . (W_m z_n) = (W_m^T q_m) . z_n
+                scores = torch.einsum("bml,mlj,bnj->bmn", q, keys.float(), z)
+            if self.config["heads"]["scale"]:
+                scores = scores / math.sqrt(self.latent_dim)
+            return torch.softmax(scores, dim=-1)
+
+    def _keys(self):
+        return getattr(self.heads, "key_proj", None)
+
+    def _attend(self, q: torch.Tensor, z_set: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """q (B, M, L), z_set (B, N, L) -> convex combinations (B, M, L) of the codes (fp32)."""
+        a = self.attention(q, z_set, keys)
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            return a @ z_set.float()
+
+    def _expert_logits(self, ctx, q, n, generator=None, keys=None):
         z_set = self._prior_draws(ctx, n, generator)
-        return self.fcomb.decode(ctx["proj"], self._attend(q, z_set), ctx["size"])
+        return self.fcomb.decode(ctx["proj"], self._attend(q, z_set, self._keys() if keys is None else keys),
+                                 ctx["size"])
+
+    @torch.no_grad()
+    def diagnostics(self, x, n: int | None = None, generator=None) -> dict:
+        """Per-expert query norm |q_k|, attention entropy / log N, largest weight, and the spread of
+        the K attended codes (mean pairwise distance / prior sigma norm), averaged over the batch."""
+        if self.stage == 1:
+            return {}
+        n = int(n or self.config["heads"]["n_infer"])
+        ctx = self._encode(x)
+        q = self.heads(ctx["features"]).float()
+        z_set = self._prior_draws(ctx, n, generator)
+        a = self.attention(q, z_set, self._keys())
+        ent = -(a * torch.log(a.clamp_min(1e-30))).sum(-1) / math.log(n)
+        zt = a @ z_set
+        dist = torch.cdist(zt, zt)
+        k = zt.shape[1]
+        pair = dist.sum((1, 2)) / max(k * (k - 1), 1)
+        rel = pair / ctx["prior"][1].float().norm(dim=1).clamp_min(1e-12)
+        out = {"z_spread": float(rel.mean())}
+        for i in range(k):
+            out[f"q_norm_{i + 1}"] = float(q[:, i].norm(dim=-1).mean())
+            out[f"attn_entropy_{i + 1}"] = float(ent[:, i].mean())
+            out[f"attn_max_{i + 1}"] = float(a[:, i].max(-1).values.mean())
+        return out
 
     @torch.no_grad()
     def personalize(self, x, generator=None):
@@ -141,47 +229,77 @@ class DPersona(ProbUNet):
         ctx = self._encode(x)
         q = self.heads(ctx["features"])
         qb = ((1 - t) * q[:, i] + t * q[:, j])[:, None]
-        return self._expert_logits(ctx, qb, int(self.config["heads"]["n_infer"]), generator)
+        keys = self._keys()
+        if keys is not None:  # blend the two experts' key maps as their queries
+            keys = ((1 - t) * keys[i] + t * keys[j])[None]
+        return self._expert_logits(ctx, qb, int(self.config["heads"]["n_infer"]), generator, keys)
 
     # ------------------------------------------------------------------ training
     def loss(self, batch, step=0):
-        return self._loss_stage2(batch) if self.stage == 2 else self._loss_stage1(batch)
+        return self._loss_stage2(batch) if self.stage == 2 else self._loss_stage1(batch, step)
 
-    def _loss_stage1(self, batch):
+    def _loss_stage1(self, batch, step=0):
         x, masks, valid = unpack_batch(batch)
         lc = self.config["loss"]
         idx, has = choose_raters(valid, self.config["rater_sampling"])
         b = x.shape[0]
         y = masks[torch.arange(b, device=x.device), idx].unsqueeze(1)
-        post_in = [x, masks]
+        target = self.config["posterior_target"]
+        post_in = [x, y, masks] if target in ("mask", "mask+index") else [x, masks]
         if self.config["posterior_validity_channels"]:
             post_in.append(valid.to(x.dtype)[:, :, None, None].expand_as(masks))
         feats = self.backbone(x)
-        mu_p, s_p = self.prior(x)
-        mu_q, s_q = self.posterior(torch.cat(post_in, 1))
+        mu_p, s_p = self._gaussian_fp32(self.prior, x)
+        mu_q, s_q = self._gaussian_fp32(self.posterior, torch.cat(post_in, 1))
+        if target == "mask+index":
+            mu_q = mu_q + self.rater_code.float()[idx]
         p = int(lc["bound_samples"])
-        z_q = mu_q + s_q * torch.randn_like(mu_q)
-        z_p = mu_p[:, None] + s_p[:, None] * torch.randn(b, p, self.latent_dim, device=x.device, dtype=x.dtype)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            z_q = mu_q + s_q * torch.randn_like(mu_q)
+            z_p = mu_p[:, None] + s_p[:, None] * torch.randn(b, p, self.latent_dim, device=x.device)
         logits = self.fcomb.decode(self.fcomb.project(feats), torch.cat([z_q[:, None], z_p], 1), x.shape[-2:])
         w = has.to(x.dtype)[:, None, None, None]
         rec = L.generalized_dice_loss(torch.sigmoid(logits[:, :1]), y, w)
         bound = L.bound_loss(logits[:, 1:], masks, valid)
         kl = weighted_mean(L.kl_gaussian_diag(mu_q, s_q, mu_p, s_p), has)
         reg = self._reg()
-        total = rec + float(lc["beta"]) * kl + float(lc["bound_weight"]) * bound + float(lc["reg_weight"]) * reg
-        return {"loss": total, "rec": rec.detach(), "kl": kl.detach(), "bound": bound.detach(), "reg": reg.detach()}
+        warm = int(lc.get("kl_warmup_steps", 0) or 0)
+        beta = float(lc["beta"]) * (min(1.0, step / warm) if warm > 0 else 1.0)  # KL weight ramp (not in the paper)
+        total = rec + beta * kl + float(lc["bound_weight"]) * bound + float(lc["reg_weight"]) * reg
+        out = {"rec": rec.detach(), "kl": kl.detach(), "bound": bound.detach(), "reg": reg.detach()}
+        if hasattr(self, "rater_head"):  # rater identifiable from z: classify the reconstructed rater from mu_q
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                ce = torch.nn.functional.cross_entropy(self.rater_head(mu_q), idx, reduction="none")
+            ident = weighted_mean(ce, has)
+            total = total + float(lc["identity_weight"]) * ident
+            out["identity"] = ident.detach()
+        return {"loss": total, **out}
 
     def _loss_stage2(self, batch):
         x, masks, valid = unpack_batch(batch)
         with torch.no_grad():
-            feats = self.backbone(x)
-            ctx = {"features": feats, "proj": self.fcomb.project(feats), "prior": self.prior(x),
-                   "size": tuple(x.shape[-2:])}
-        q = self.heads(feats)
-        logits = self._expert_logits(ctx, q, int(self.config["heads"]["n_train"]))
+            ctx = self._encode(x)
+        q = self.heads(ctx["features"])
+        n = int(self.config["heads"]["n_train"])
+        z_set = self._prior_draws(ctx, n, None)
+        a = self.attention(q, z_set, self._keys())
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            zt = a @ z_set
+        logits = self.fcomb.decode(ctx["proj"], zt, ctx["size"])
         w = valid.to(x.dtype)[:, :, None, None]
-        seg = L.generalized_dice_loss(torch.sigmoid(logits), masks, w)
-        return {"loss": seg, "seg": seg.detach()}
+        seg = L.generalized_dice_loss(torch.sigmoid(logits.float()), masks, w)
+        out = {"loss": seg, "seg": seg.detach()}
+        with torch.no_grad():  # collapse diagnostics for log.csv
+            qd = q.detach().float()
+            ent = -(a * torch.log(a.clamp_min(1e-30))).sum(-1).mean(0) / math.log(n)
+            zd = zt.detach()
+            k = zd.shape[1]
+            pair = torch.cdist(zd, zd).sum((1, 2)) / max(k * (k - 1), 1)
+            out["z_spread"] = (pair / ctx["prior"][1].norm(dim=1).clamp_min(1e-12)).mean()
+            for i in range(k):
+                out[f"q_norm_{i + 1}"] = qd[:, i].norm(dim=-1).mean()
+                out[f"attn_entropy_{i + 1}"] = ent[i]
+        return out
 
 
 def dpersona_stage2_from_stage1(state_dict: dict, config: dict, overrides: dict | None = None) -> DPersona:
