@@ -594,7 +594,7 @@ def to_markdown(result: dict) -> str:
             L += [f"### 1. Sampling latency, one {st['image_size']}x{st['image_size']} image (ms)", "",
                   "| N | vectorized `sample` | naive `sample_naive` | speed-up | vectorized ms/sample | "
                   "reference code (2-core CPU) |", "|---:|---|---|---:|---:|---:|"]
-            comparable = dev == "cpu" and st["image_size"] == 128 and not st["quick"]
+            comparable = r.get("device", dev) == "cpu" and st["image_size"] == 128 and not st["quick"]
             ref = {10: ANCHORS["sample_n10_ms"], 100: ANCHORS["sample_n100_ms"]} if comparable else {}
             for row in smp["rows"]:
                 sp = f"{row['speedup']:.1f}x" if row["speedup"] is not None else "n/a"
@@ -643,7 +643,7 @@ def to_markdown(result: dict) -> str:
                   "|---|---:|---|---:|---|"]
             for row in tr["rows"]:
                 anchor = (f"reference code ~{ANCHORS['dpersona_stage1_train_step_s']} s (2-core CPU)"
-                          if row["config"] == "dpersona" and dev == "cpu" and not st["quick"]
+                          if row["config"] == "dpersona" and r.get("device", dev) == "cpu" and not st["quick"]
                           and (tr["batch"], tr["size"]) == (12, 128) else "")
                 L.append(f"| {row['config']} | {row['trainable_parameters']:,} | {_ms(row['step'], 3)} | "
                          f"{row['images_per_s']:.1f} | {anchor} |")
