@@ -36,7 +36,8 @@ demo: system-check $(VENV)/.installed
 	fi
 
 test: system-check $(VENV)/.installed-testing
-	$(PY) -m pytest -q
+	# -X utf8: text files default to UTF-8 even after Qt resets the C locale to ASCII mid-run
+	$(PY) -X utf8 -m pytest -q
 
 clean-venv:
 	rm -rf $(VENV)

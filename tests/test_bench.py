@@ -16,7 +16,7 @@ def test_bench_quick_writes_json_and_markdown(tmp_path, capsys):
     rc = cli_main(["bench", "--quick", "--skip-3d", "--device", "cpu", "--repeats", "1", "--threads", "1",
                    "--checkpoint", str(ckpt), "--train-configs", "unet,dpersona_stage2", "--out", str(out)])
     assert rc == 0
-    res = json.loads((out / "bench.json").read_text())
+    res = json.loads((out / "bench.json").read_text(encoding="utf-8"))
     assert res["schema"] == bench.SCHEMA
     assert res["settings"]["quick"] is True and res["settings"]["devices"] == ["cpu"]
     for key in ("cpu_model", "logical_cores", "torch", "torch_threads", "device_names"):
@@ -48,7 +48,7 @@ def test_bench_quick_writes_json_and_markdown(tmp_path, capsys):
                                                      "one latent re-decode < 10 ms"}
     assert all(t["result"] == "PASS" or t["result"].startswith("MISS by") for t in res["targets"])
 
-    md = (out / "bench.md").read_text()
+    md = (out / "bench.md").read_text(encoding="utf-8")
     for heading in ("## Targets", "## Precision side by side", "### 1. Sampling latency", "### 2. Interactive operations", "### 3. Training step",
                     "## 4. Peak resident memory", "| N | vectorized `sample` |"):
         assert heading in md

@@ -213,7 +213,7 @@ def test_size_limit_during_predict_exits_2_with_complete_files_only(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, resource.RLIM_INFINITY))
 
     r = subprocess.run([sys.executable, "-m", "napari_multirater.cli", "predict", "--checkpoint", "phantom_pionono",
-                        "--image", str(img), "--out", str(out), "--samples", "2"],
+                        "--image", str(img), "--out", str(out), "--samples", "2", "--float-maps"],
                        env=env, capture_output=True, text=True, timeout=300, preexec_fn=limit)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]

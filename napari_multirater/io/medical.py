@@ -373,12 +373,7 @@ def _verify_written(tmp: Path, arr: np.ndarray) -> None:
             _check_nifti_complete(tmp)
         except MedicalIOError as e:  # the temporary name means nothing to the user
             raise MedicalIOError(str(e).replace(f"{tmp}: ", "")) from None
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(tmp))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise MedicalIOError(f"header cannot be read back: {_short(e)}") from None
+    reader = _read_back_header(tmp)
     size = tuple(reader.GetSize())[::-1]
     if size != tuple(arr.shape):
         raise MedicalIOError(f"header says size {size}, expected {tuple(arr.shape)}")
@@ -441,13 +436,19 @@ def write_image(path, array, geometry: Geometry, *, label: bool = False, fsync: 
                         error=ImageWriteError)
 
 
-def _verify_dicom_slice(tmp: Path) -> None:
+def _read_back_header(tmp: Path) -> sitk.ImageFileReader:
+    """A reader holding ``tmp``'s header; :class:`MedicalIOError` when it cannot be read back."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(tmp))
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
         raise MedicalIOError(f"header cannot be read back: {_short(e)}") from None
+    return reader
+
+
+def _verify_dicom_slice(tmp: Path) -> None:
+    _read_back_header(tmp)
 
 
 def _uid() -> str:
