@@ -175,7 +175,7 @@ class ModelDock(QWidget):
         self.precision_combo.currentIndexChanged.connect(lambda *_: self.set_precision())
         self.load_btn = QPushButton("Load model")
         self.load_btn.clicked.connect(self.load_model)
-        form.addRow("Device", _row(self.device_combo, self.precision_combo, self.load_btn))
+        form.addRow("Device, precision", _row(self.device_combo, self.precision_combo, self.load_btn))
         self.units_combo = QComboBox()
         self.units_combo.addItems(IMAGE_UNITS)
         self.units_combo.setToolTip("units of the image values: auto = uint8 images are raw model units, others HU")
