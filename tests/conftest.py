@@ -41,3 +41,15 @@ def phantom_dataset(tmp_path_factory):
     from napari_multirater.datasets.synth import generate_phantom_dataset
 
     return generate_phantom_dataset(tmp_path_factory.mktemp("phantom2d") / "ds", 12)
+
+
+def make_annotation_project(root, n_cases: int):
+    """An annotation project of ``n_cases`` 2D phantom cases named lung0, lung1, ..."""
+    from napari_multirater.annotation import AnnotationStore
+    from napari_multirater.datasets.phantom import make_phantom_case
+
+    store = AnnotationStore.create_project(root, "phantoms", intensity_window=(-1000, 400))
+    for k in range(n_cases):
+        case = make_phantom_case(k, seed=3, ndim=2)
+        store.add_case(case.image, case.geometry, f"lung{k}")
+    return store

@@ -16,6 +16,7 @@ from napari_multirater.annotation import AnnotationStore, RaterIdentity
 from napari_multirater.datasets.case_folder import CaseFolderDataset
 from napari_multirater.datasets.phantom import make_phantom_case
 from napari_multirater.io.medical import read_label_image
+from tests.conftest import make_annotation_project
 
 pytestmark = pytest.mark.gui
 
@@ -32,11 +33,7 @@ def config(tmp_path, monkeypatch):
 
 @pytest.fixture
 def project(tmp_path) -> AnnotationStore:
-    store = AnnotationStore.create_project(tmp_path / "project", "phantoms", intensity_window=(-1000, 400))
-    for k in range(3):
-        case = make_phantom_case(k, seed=3, ndim=2)
-        store.add_case(case.image, case.geometry, f"lung{k}")
-    return store
+    return make_annotation_project(tmp_path / "project", 3)
 
 
 def _dock(viewer):

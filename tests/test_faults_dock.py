@@ -22,7 +22,7 @@ import pytest
 from napari_multirater._napari.annotate_controller import CLOSE_CHOICES, ConflictError, decide_close
 from napari_multirater.annotation import AnnotationStore
 from napari_multirater.annotation import lock as lock_module
-from napari_multirater.datasets.phantom import make_phantom_case
+from tests.conftest import make_annotation_project
 from napari_multirater.io import atomic
 from napari_multirater.io.medical import read_label_image
 
@@ -85,11 +85,7 @@ def readonly(folder: Path, monkeypatch, tmp: Path, mode: str = "bind mount"):
 
 @pytest.fixture
 def project(tmp_path) -> AnnotationStore:
-    store = AnnotationStore.create_project(tmp_path / "project", "phantoms", intensity_window=(-1000, 400))
-    for k in range(2):
-        case = make_phantom_case(k, seed=3, ndim=2)
-        store.add_case(case.image, case.geometry, f"lung{k}")
-    return store
+    return make_annotation_project(tmp_path / "project", 2)
 
 
 def _paint(layer, rows, cols):
