@@ -16,7 +16,7 @@ SUBCOMMANDS = (
     "napari_multirater.analysis.cli_raters",
     "src_training.cli",
     "napari_multirater.inference.predict_cli",
-    "napari_multirater.inference.bench",
+    "src_training.tools.bench",
 )
 
 

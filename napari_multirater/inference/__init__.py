@@ -2,8 +2,8 @@
 
 from .device import resolve_device, run_with_fallback
 from .engine import InferenceEngine, ModelLoadError, slice_seed
-from .intensity import LIDC_HU_MAPPING, InputNormalizer, hu_to_lidc_uint8
-from .registry import available_models, find_model
+from ..modelfiles.intensity import LIDC_HU_MAPPING, InputNormalizer, hu_to_lidc_uint8
+from ..modelfiles.registry import available_models, find_model
 from .roi import ROI, PredictionResult
 
 __all__ = ["InferenceEngine", "InputNormalizer", "LIDC_HU_MAPPING", "ModelLoadError", "PredictionResult", "ROI",

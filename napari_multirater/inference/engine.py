@@ -26,8 +26,8 @@ from ..progress import Progress, run_to_completion
 from src_training.precision import autocast, prepare_input, prepare_model, resolve_precision
 
 from .device import resolve_device, run_with_fallback
-from .intensity import InputNormalizer
-from .registry import find_model, is_model_name
+from ..modelfiles.intensity import InputNormalizer
+from ..modelfiles.registry import find_model, is_model_name
 from .roi import ROI, PredictionResult
 
 SAMPLE_KINDS = ("entropy", "variance", "mutual_information")

@@ -148,17 +148,6 @@ class ProSeg(MultiRaterModel):
         return self.head.decode(ctx["proj"], tau, ctx["size"], index=r)
 
     @torch.no_grad()
-    def sample_naive(self, x, n, generator=None):
-        """Reference-style loop (``rater_mean`` draws): per sample tile tau, concat with Z, full head."""
-        feats = self.backbone(x)
-        mu, _ = self.stats(feats)
-        b, n = x.shape[0], int(n)
-        r = randint(self.num_raters, (b, n), generator, x.device)
-        tau = sample_dirichlet(self._prior_alpha(x), (b, n), generator)
-        bi = torch.arange(b, device=x.device)
-        return torch.cat([self.head.forward_naive(mu[bi, r[:, i]], tau[:, i]) for i in range(n)], 1)
-
-    @torch.no_grad()
     def personalize(self, x, generator=None):
         ctx = self._encode(x)
         a = self.alpha()
