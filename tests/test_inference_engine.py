@@ -20,9 +20,9 @@ from napari_multirater.inference import (
     resolve_device,
     run_with_fallback,
 )
-from src_training.tools.testing import make_tiny_checkpoint, tiny_card
 from napari_multirater.io import Geometry, read_image, write_image
 from napari_multirater.progress import Progress, run_to_completion
+from src_training.tools.testing import make_tiny_checkpoint, tiny_card
 
 torch.set_num_threads(2)
 DIVERSE = ("prob_unet", "dpersona", "proseg", "pionono")
