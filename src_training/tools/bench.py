@@ -7,7 +7,7 @@ Everything is measured in one run, on one machine, with the thread count and mac
    (the reference per-sample loop, same random draws) on the same model, interleaved run by run;
 2. one latent-explorer re-decode, the per-persona output of all K raters, and through the inference
    engine a CT-like 64x512x512 volume slice by slice (whole slices, then a centred 32x128x128 ROI);
-3. one training step (forward + backward + Adam step) per method at batch 12 on 128x128, each with
+3. one training step (``Trainer.step``: forward + backward + Adam step) per method at batch 12 on 128x128, each with
    its compact default config from ``src_training/configs`` (D-Persona stage II too);
 4. the process's peak resident memory after each section.
 
@@ -29,6 +29,7 @@ import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -300,7 +301,6 @@ def bench_interactive(engine, device, s: Settings) -> dict:
     import torch
 
     from src_training.models import dpersona_stage2_from_stage1
-
     from src_training.precision import autocast
 
     model = engine.model.to(device).eval()
@@ -335,8 +335,8 @@ def bench_interactive(engine, device, s: Settings) -> dict:
 
 def bench_volume(engine, device, s: Settings, volume: np.ndarray) -> dict:
     """Section 2b: the engine on a CT-like volume, whole slices and a centred ROI."""
-    from napari_multirater.io.geometry import Geometry
     from napari_multirater.inference.roi import ROI
+    from napari_multirater.io.geometry import Geometry
 
     geom = Geometry((0.7, 0.7, 2.5), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel().tolist()))  # x, y, z mm
     n = s.volume_samples
@@ -375,39 +375,28 @@ def synthetic_batch(b: int, k: int, size: int, device, seed: int = 0) -> dict:
 
 
 def bench_training(device, s: Settings, precision=None) -> dict:
-    """Section 3: forward + backward + Adam step per method (compact default configs)."""
+    """Section 3: one :meth:`src_training.train.Trainer.step` (forward + backward + Adam + schedule)
+    per method (compact default configs)."""
     import torch
 
     from src_training.models import default_config
-    from src_training.precision import FP32, autocast, prepare_input, prepare_model
+    from src_training.precision import FP32, prepare_model
+    from src_training.train import Trainer
 
     precision = precision or FP32
     rows = []
     for name in s.train_configs:
         model = prepare_model(fresh_model(name).to(device).train(), precision)
         lr = float((default_config(name).get("train") or {}).get("lr", 5e-4))
-        optim = torch.optim.Adam(model.param_groups(lr))
-        scaler = torch.amp.GradScaler("cuda", enabled=precision.name == "fp16")
+        trainer = Trainer(model, lr=lr, total_steps=s.train_steps + s.train_warmup, device=device, precision=precision)
         batch = synthetic_batch(s.train_batch, model.num_raters, s.train_size, device)
-        batch["image"] = prepare_input(batch["image"], precision)
-        state = {"step": 0}
-
-        def step():
-            with autocast(precision, device):
-                loss = model.loss(batch, state["step"])["loss"]
-            optim.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optim)
-            scaler.update()
-            state["step"] += 1
-
         torch.manual_seed(0)
-        st = measure(step, s.train_steps, s.train_warmup, device, unit="s")
+        st = measure(partial(trainer.step, batch), s.train_steps, s.train_warmup, device, unit="s")
         rows.append({"config": name, "method": model.method, "stage": model.config.get("stage"),
                      "trainable_parameters": int(sum(p.numel() for p in model.trainable_parameters())),
                      "step": st, "images_per_s": s.train_batch / st["median"]})
         _log(f"{device.type} train {name}: {st['median']:.3f} s/step")
-        del model, optim, batch
+        del model, trainer, batch
     return {"batch": s.train_batch, "size": s.train_size, "optimizer": "adam",
             "precision": precision.describe(), "rows": rows}
 
@@ -602,7 +591,7 @@ def to_markdown(result: dict) -> str:
                 sp = f"{row['speedup']:.1f}x" if row["speedup"] is not None else "n/a"
                 L.append(f"| {row['n']} | {_ms(row['vectorized'])} | {_ms(row['naive'])} | {sp} | "
                          f"{row['vectorized']['median'] / row['n']:.2f} | "
-                         f"{'~%.0f' % ref[row['n']] if row['n'] in ref else ''} |")
+                         f"{'~%.0f' % float(ref[row['n']]) if row['n'] in ref else ''} |")
             L += ["", f"- `encode` (the once-per-image part: backbone, prior, projection): {_ms(smp['encode'])} ms; "
                   f"backbone forward: {_ms(smp.get('backbone'))} ms",
                   f"- N=100 / N=1: {smp.get('n100_over_n1', float('nan')):.2f}x; marginal cost "
