@@ -92,8 +92,8 @@ def test_shared_encoding_gives_the_same_outputs(tmp_path, monkeypatch):
 def test_predict_cli_progress_per_slice_and_compact_maps(tmp_path, capsys):
     from napari_multirater.cli import main
     from napari_multirater.datasets.phantom import make_phantom_case
-    from src_training.tools.testing import make_tiny_checkpoint
     from napari_multirater.io import read_image, write_image
+    from src_training.tools.testing import make_tiny_checkpoint
 
     ckpt = make_tiny_checkpoint(tmp_path / "dp.pt", "dpersona")
     case = make_phantom_case(0, ndim=3)

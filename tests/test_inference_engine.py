@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from src_training.precision import FP32
 
 from napari_multirater.datasets.phantom import make_phantom_case
 from napari_multirater.inference import (
@@ -22,6 +21,7 @@ from napari_multirater.inference import (
 )
 from napari_multirater.io import Geometry, read_image, write_image
 from napari_multirater.progress import Progress, run_to_completion
+from src_training.precision import FP32
 from src_training.tools.testing import make_tiny_checkpoint, tiny_card
 
 torch.set_num_threads(2)

@@ -52,9 +52,9 @@ def test_bundled_model_loads_by_name_and_predicts(path):
 
 
 def test_evaluate_takes_a_model_name_like_predict(tmp_path, monkeypatch):
-    from src_training.tools.testing import make_tiny_checkpoint
     from src_training.checkpoint import CheckpointError
     from src_training.evaluate import resolve_checkpoint
+    from src_training.tools.testing import make_tiny_checkpoint
 
     monkeypatch.setenv("NAPARI_MULTIRATER_MODELS", str(tmp_path))
     ckpt = make_tiny_checkpoint(tmp_path / "my_model.pt", method="unet")

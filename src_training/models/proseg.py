@@ -28,8 +28,16 @@ from torch import nn
 
 from .. import losses as L
 from .backbone import build_backbone
-from .base import (Capabilities, MultiRaterModel, choose_raters, randint, randn, sample_dirichlet, unpack_batch,
-                   weighted_mean)
+from .base import (
+    Capabilities,
+    MultiRaterModel,
+    choose_raters,
+    randint,
+    randn,
+    sample_dirichlet,
+    unpack_batch,
+    weighted_mean,
+)
 from .fcomb import Fcomb
 
 
