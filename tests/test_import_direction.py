@@ -167,3 +167,13 @@ def test_training_and_engine_import_without_napari_installed():
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_plugin_command_without_napari_says_which_extra(monkeypatch, capsys):
+    """On a base install ``multirater demo`` names the missing extra in one line (exit 2)."""
+    from napari_multirater.cli import main
+
+    monkeypatch.setitem(sys.modules, "napari", None)  # import napari now fails as if not installed
+    assert main(["demo", "--exit"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "napari-multirater[pyqt5]" in err[0] and "napari" in err[0]
