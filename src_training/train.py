@@ -5,13 +5,15 @@ Outputs in ``--out``: ``last.pt`` (resume point: model, optimizer, scheduler, st
 ``val.csv`` (val metrics per epoch), ``config.json`` (resolved config) and TensorBoard events when
 tensorboard is installed. Ctrl-C or SIGTERM saves ``last.pt`` at the current step; ``--resume``
 continues from it with the same data order and random state.
+
+:class:`TrainRequest` (what to train) -> :class:`TrainingRun` (data, model, loop, validation,
+checkpoints) -> :class:`~src_training.trainer.Trainer` (one optimisation step).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import signal
 import sys
 import time
@@ -27,19 +29,9 @@ from .data import SliceDataset, load_split, resolve_window
 from .evaluate import check_select_metric, evaluate_items, higher_is_better, metric_value
 from .model_card import build_model_card
 from .models.registry import build_model
-from .precision import FP32, autocast, prepare_input, prepare_model, resolve_precision
+from .precision import prepare_model, resolve_precision
 from .runtime import broadcast_flag, init_distributed, pick_device, seed_everything, shutdown_distributed
-
-
-class _LossModule(torch.nn.Module):
-    """Lets DistributedDataParallel see ``model.loss`` as the forward pass."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch, step):
-        return self.model.loss(batch, step)
+from .trainer import Trainer
 
 
 class _StopFlag:
@@ -132,55 +124,6 @@ class TrainRequest:
         """From the ``multirater train`` arguments (the config merges shipped, --config and flags)."""
         return cls(config=resolve_config(args), data=str(args.data), out=Path(args.out),
                    device=args.device or "auto", resume=bool(args.resume))
-
-
-class Trainer:
-    """One model's optimisation: Adam over its parameter groups, a cosine learning-rate schedule over
-    ``total_steps``, the precision's autocast and gradient scaler. :meth:`step` is one optimisation
-    step; the training loop and ``multirater bench`` both call it."""
-
-    def __init__(self, model, *, lr: float, total_steps: int, device, precision=FP32, z_lr: float | None = None,
-                 weight_decay: float = 0.0, dist=None):
-        self.model, self.device, self.precision, self.total_steps = model, device, precision, int(total_steps)
-        self.net = _LossModule(model)
-        if dist is not None and dist.enabled:
-            self.net = torch.nn.parallel.DistributedDataParallel(
-                self.net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
-            )
-        self.optim = torch.optim.Adam(model.param_groups(lr, z_lr), weight_decay=weight_decay)
-        total = self.total_steps
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.optim, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=precision.name == "fp16")
-        self.steps_done = 0
-
-    def step(self, batch: dict) -> dict:
-        """Forward + backward + optimizer and schedule step on ``batch`` (on the model's device);
-        returns the model's losses. A non-finite loss raises FloatingPointError before any update."""
-        batch["image"] = prepare_input(batch["image"], self.precision)
-        with autocast(self.precision, self.device):
-            losses = self.net(batch, self.steps_done)
-        loss = losses["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {self.steps_done}: {_fmt(losses)}")
-        self.optim.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optim)
-        self.scaler.update()
-        self.sched.step()
-        self.steps_done += 1
-        return losses
-
-    def state_dict(self) -> dict:
-        return {"optimizer": self.optim.state_dict(), "scheduler": self.sched.state_dict(),
-                "scaler": self.scaler.state_dict(), "step": self.steps_done, "precision": self.precision.name}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.optim.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
-        self.steps_done = int(state["step"])
-        if "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
 
 
 class TrainingRun:
@@ -428,10 +371,6 @@ def _stage2_from_stage1(tcfg: dict, mcfg: dict):
         raise ValueError(f"stage I raters {stage1['config']['rater_names']} differ from the data's {mcfg['rater_names']}")
     overrides = {k: mcfg[k] for k in ("heads", "rater_names", "num_raters") if k in mcfg}
     return dpersona_stage2_from_stage1(stage1["state_dict"], stage1["config"], overrides)
-
-
-def _fmt(losses: dict) -> str:
-    return ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
 
 
 def _tensorboard(out: Path):

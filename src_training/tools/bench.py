@@ -375,13 +375,13 @@ def synthetic_batch(b: int, k: int, size: int, device, seed: int = 0) -> dict:
 
 
 def bench_training(device, s: Settings, precision=None) -> dict:
-    """Section 3: one :meth:`src_training.train.Trainer.step` (forward + backward + Adam + schedule)
+    """Section 3: one :meth:`src_training.trainer.Trainer.step` (forward + backward + Adam + schedule)
     per method (compact default configs)."""
     import torch
 
     from src_training.models import default_config
     from src_training.precision import FP32, prepare_model
-    from src_training.train import Trainer
+    from src_training.trainer import Trainer
 
     precision = precision or FP32
     rows = []
