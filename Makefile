@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   - create .venv, install, open napari with the sample case, docks and model
 #   make test   - create .venv, install with test extras, run the whole suite headless
+# Developers: make test-fast (skips the slow marks), make lint (ruff check + format check), make typecheck (mypy)
 # Both first run tools/system_check.sh: Qt system libraries and Xvfb, installed as root (apt) or named.
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DEPS := pyproject.toml
 
-.PHONY: demo test install clean-venv system-check
+.PHONY: demo test test-fast lint typecheck check install clean-venv system-check
 
 # Qt system libraries and (without a display) Xvfb: installed as root/with sudo, else one line saying how
 system-check:
@@ -25,6 +26,10 @@ $(VENV)/.installed-testing: $(VENV)/.installed
 	$(PIP) install -q -e ".[testing]"
 	touch $@
 
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
 install: $(VENV)/.installed
 
 demo: system-check $(VENV)/.installed
@@ -38,6 +43,24 @@ demo: system-check $(VENV)/.installed
 test: system-check $(VENV)/.installed-testing
 	# -X utf8: text files default to UTF-8 even after Qt resets the C locale to ASCII mid-run
 	$(PY) -X utf8 -m pytest -q
+
+# the quick loop: everything but the subprocess / torchrun / wheel-build / crash tests (marked slow)
+test-fast: system-check $(VENV)/.installed-testing
+	$(PY) -X utf8 -m pytest -q -m "not slow"
+
+# the Qt-free core, training, inference and dev tools (see README "Developers" for the layers)
+MYPY_TARGETS := -p napari_multirater.io -p napari_multirater.datasets -p napari_multirater.annotation \
+	-p napari_multirater.analysis -p napari_multirater.modelfiles -m napari_multirater.progress \
+	-m napari_multirater.argtypes -m napari_multirater.help_text -p napari_multirater.inference -p src_training
+
+lint: $(VENV)/.installed-dev
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: $(VENV)/.installed-dev
+	$(PY) -m mypy $(MYPY_TARGETS)
+
+check: lint typecheck
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,3 +1,3 @@
 """napari-multirater: multi-rater segmentation in napari (diversity, personas, uncertainty, rater analysis)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -6,7 +6,6 @@ None). Writes go through the project's verified atomic writer (:mod:`napari_mult
 from __future__ import annotations
 
 import io
-import pickle
 import re
 from pathlib import Path
 
@@ -69,7 +68,7 @@ def load_checkpoint_dict(path, map_location="cpu") -> dict:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         data = torch.load(path, weights_only=True, map_location=map_location)
-    except Exception as exc:  # pickle / zip errors, unsafe globals ...: the raw code means nothing to a user
+    except Exception as exc:  # noqa: BLE001 - pickle / zip errors, unsafe globals ...: the raw code means nothing to a user
         raise CheckpointError(f"{path} is not a readable napari-multirater checkpoint: {_load_error(path, exc)}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not a napari-multirater checkpoint (got {type(data).__name__})")

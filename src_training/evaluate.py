@@ -289,7 +289,7 @@ def _report(result: dict, args, rank: bool, title: str) -> int:
 
 def resolve_checkpoint(name_or_path) -> Path:
     """A checkpoint file, or the name of a bundled / cached model (``lidc_dpersona``)."""
-    from napari_multirater.inference.registry import find_model, is_model_name
+    from napari_multirater.modelfiles.registry import find_model, is_model_name
 
     if not is_model_name(name_or_path):
         return Path(str(name_or_path)).expanduser()  # a path: load_checkpoint reports it if missing

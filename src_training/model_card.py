@@ -66,12 +66,12 @@ def build_model_card(cfg: dict, meta: dict, step: int, epoch: int, wall_seconds:
         "software": {"napari-multirater": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
     }
     if is_lidc:
-        from napari_multirater.inference.intensity import LIDC_HU_MAPPING
+        from napari_multirater.modelfiles.intensity import LIDC_HU_MAPPING
 
         card["attribution"] = LIDC_ATTRIBUTION
         card["intensity"]["hu_to_training_units"] = {  # how CT in HU becomes the 8-bit training scale
             **{k: list(v) if isinstance(v, tuple) else v for k, v in LIDC_HU_MAPPING.items()},
-            "measured_with": "python -m napari_multirater.inference.fit_lidc_intensity",
+            "measured_with": "python -m src_training.tools.fit_lidc_intensity",
         }
     return json.loads(json.dumps(card, default=_plain))  # plain types only: loads with weights_only=True
 

@@ -5,16 +5,19 @@ Outputs in ``--out``: ``last.pt`` (resume point: model, optimizer, scheduler, st
 ``val.csv`` (val metrics per epoch), ``config.json`` (resolved config) and TensorBoard events when
 tensorboard is installed. Ctrl-C or SIGTERM saves ``last.pt`` at the current step; ``--resume``
 continues from it with the same data order and random state.
+
+:class:`TrainRequest` (what to train) -> :class:`TrainingRun` (data, model, loop, validation,
+checkpoints) -> :class:`~src_training.trainer.Trainer` (one optimisation step).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,19 +29,9 @@ from .data import SliceDataset, load_split, resolve_window
 from .evaluate import check_select_metric, evaluate_items, higher_is_better, metric_value
 from .model_card import build_model_card
 from .models.registry import build_model
-from .precision import autocast, prepare_input, prepare_model, resolve_precision
+from .precision import prepare_model, resolve_precision
 from .runtime import broadcast_flag, init_distributed, pick_device, seed_everything, shutdown_distributed
-
-
-class _LossModule(torch.nn.Module):
-    """Lets DistributedDataParallel see ``model.loss`` as the forward pass."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch, step):
-        return self.model.loss(batch, step)
+from .trainer import Trainer
 
 
 class _StopFlag:
@@ -115,211 +108,254 @@ def _set_rng_state(states: list, rank: int) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def run_training(args) -> int:
-    cfg = resolve_config(args)
-    tcfg = cfg["train"]
-    check_select_metric(tcfg["select_metric"])
-    out = Path(args.out)
-    device = pick_device(args.device)
-    dist = init_distributed(device)
-    if dist.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-    seed_everything(tcfg["seed"] + dist.rank)
-    out.mkdir(parents=True, exist_ok=True)
-    main = dist.is_main
+@dataclass(frozen=True)
+class TrainRequest:
+    """One training run: the resolved config (:func:`~src_training.config.resolve_config`), the data,
+    the output folder, the device choice and whether to continue from ``out/last.pt``."""
 
-    train_ds = load_split(args.data, "train")
-    val_ds = load_split(args.data, "val")
-    if tcfg.get("intensity_window"):
-        window, window_source = list(tcfg["intensity_window"]), "training config"
-    else:
-        window, window_source = resolve_window(train_ds)
-    rank_raters = tcfg["rank_raters"]
-    if rank_raters == "auto":
-        rank_raters = bool(getattr(train_ds, "patient", None) is not None)  # LIDC: anonymous readers
-    augment = tcfg["augment"] if tcfg["augment"].get("enabled", True) else None
-    aug = {k: v for k, v in (augment or {}).items() if k != "enabled"}
-    train_items = SliceDataset(train_ds, window, rank_raters=rank_raters, augment=aug, seed=tcfg["seed"])
-    val_items = SliceDataset(val_ds, window, rank_raters=rank_raters, augment=None, seed=tcfg["seed"],
-                             max_cases=tcfg.get("val_max_images"))
-    if set(train_items.patients) & set(val_items.patients):
-        raise ValueError("train and val share patients: refusing to train on a leaky split")
+    config: dict
+    data: str
+    out: Path
+    device: str = "auto"
+    resume: bool = False
 
-    rater_names = (
-        [f"expert_{k + 1}" for k in range(len(train_items.rater_names))] if rank_raters else train_items.rater_names
-    )
-    mcfg = dict(cfg["model"])
-    mcfg.update({"num_raters": len(rater_names), "rater_names": rater_names, "in_channels": 1})
-    if mcfg.get("stage") == 2:
-        if "dice_each_identity_mean" not in tcfg["select_metric"].split("+"):
-            raise ValueError(f"D-Persona stage II selects on dice_each_identity_mean (alone or in a sum), not "
-                             f"{tcfg['select_metric']!r}: a persona swap or collapse must not be selectable")
-        model = _stage2_from_stage1(tcfg, mcfg)
-    else:
-        model = build_model(mcfg)
-    model.to(device)
-    precision = resolve_precision("fp32" if tcfg.get("amp") is False else tcfg.get("precision", "auto"), device)
-    prepare_model(model, precision)
-    net = _LossModule(model)
-    if dist.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+    @classmethod
+    def from_args(cls, args) -> TrainRequest:
+        """From the ``multirater train`` arguments (the config merges shipped, --config and flags)."""
+        return cls(config=resolve_config(args), data=str(args.data), out=Path(args.out),
+                   device=args.device or "auto", resume=bool(args.resume))
+
+
+class TrainingRun:
+    """The training loop of one :class:`TrainRequest`: data, model and :class:`Trainer` set up in the
+    constructor; :meth:`run` trains with validation, best/last checkpoints, logs and exact resume."""
+
+    def __init__(self, request: TrainRequest):
+        self.request = request
+        self.cfg = request.config
+        self.tcfg = tcfg = self.cfg["train"]
+        check_select_metric(tcfg["select_metric"])
+        self.out = out = Path(request.out)
+        device = pick_device(request.device)
+        self.dist = dist = init_distributed(device)
+        if dist.enabled and device.type == "cuda":
+            device = torch.device("cuda", dist.local_rank)
+        self.device = device
+        seed_everything(tcfg["seed"] + dist.rank)
+        out.mkdir(parents=True, exist_ok=True)
+        self.main = dist.is_main
+
+        train_ds = load_split(request.data, "train")
+        val_ds = load_split(request.data, "val")
+        if tcfg.get("intensity_window"):
+            window, window_source = list(tcfg["intensity_window"]), "training config"
+        else:
+            window, window_source = resolve_window(train_ds)
+        rank_raters = tcfg["rank_raters"]
+        if rank_raters == "auto":
+            rank_raters = bool(getattr(train_ds, "patient", None) is not None)  # LIDC: anonymous readers
+        augment = tcfg["augment"] if tcfg["augment"].get("enabled", True) else None
+        aug = {k: v for k, v in (augment or {}).items() if k != "enabled"}
+        self.train_items = SliceDataset(train_ds, window, rank_raters=rank_raters, augment=aug, seed=tcfg["seed"])
+        self.val_items = SliceDataset(val_ds, window, rank_raters=rank_raters, augment=None, seed=tcfg["seed"],
+                                      max_cases=tcfg.get("val_max_images"))
+        if set(self.train_items.patients) & set(self.val_items.patients):
+            raise ValueError("train and val share patients: refusing to train on a leaky split")
+
+        rater_names = (
+            [f"expert_{k + 1}" for k in range(len(self.train_items.rater_names))] if rank_raters
+            else self.train_items.rater_names
         )
-    optim = torch.optim.Adam(model.param_groups(tcfg["lr"], tcfg.get("z_lr")), weight_decay=tcfg.get("weight_decay", 0.0))
-    if len(train_items) // dist.world < tcfg["batch_size"]:  # no full batch: the loop would never step
-        raise ValueError(f"--batch-size {tcfg['batch_size']} is larger than the {len(train_items)} training slices "
-                         f"of {args.data}" + (f" per process ({dist.world} processes)" if dist.world > 1 else ""))
-    steps_per_epoch = max(1, len(train_items) // dist.world // tcfg["batch_size"])
-    total_steps = tcfg["max_steps"] or steps_per_epoch * tcfg["epochs"]
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
-    scaler = torch.amp.GradScaler("cuda", enabled=precision.name == "fp16")
-    if main:
-        print(f"precision: {precision.describe()}")
+        mcfg = dict(self.cfg["model"])
+        mcfg.update({"num_raters": len(rater_names), "rater_names": rater_names, "in_channels": 1})
+        if mcfg.get("stage") == 2:
+            if "dice_each_identity_mean" not in tcfg["select_metric"].split("+"):
+                raise ValueError(f"D-Persona stage II selects on dice_each_identity_mean (alone or in a sum), not "
+                                 f"{tcfg['select_metric']!r}: a persona swap or collapse must not be selectable")
+            model = _stage2_from_stage1(tcfg, mcfg)
+        else:
+            model = build_model(mcfg)
+        self.model = model.to(device)
+        self.precision = resolve_precision("fp32" if tcfg.get("amp") is False else tcfg.get("precision", "auto"), device)
+        prepare_model(model, self.precision)
+        n_train = len(self.train_items)
+        if n_train // dist.world < tcfg["batch_size"]:  # no full batch: the loop would never step
+            raise ValueError(f"--batch-size {tcfg['batch_size']} is larger than the {n_train} training slices "
+                             f"of {request.data}" + (f" per process ({dist.world} processes)" if dist.world > 1 else ""))
+        steps_per_epoch = max(1, n_train // dist.world // tcfg["batch_size"])
+        self.total_steps = tcfg["max_steps"] or steps_per_epoch * tcfg["epochs"]
+        self.trainer = Trainer(model, lr=tcfg["lr"], z_lr=tcfg.get("z_lr"), weight_decay=tcfg.get("weight_decay", 0.0),
+                               total_steps=self.total_steps, device=device, precision=self.precision, dist=dist)
+        if self.main:
+            print(f"precision: {self.precision.describe()}")
+        self.epoch, self.pos, self.best, self.wall_before = 0, 0, None, 0.0
+        self.select = tcfg["select_metric"]
+        self.meta = {
+            "window": window, "rank_raters": rank_raters, "train_items": self.train_items,
+            "val_items": self.val_items, "device": device, "dist": dist, "total_steps": self.total_steps,
+            "data": str(request.data), "rater_names": rater_names, "window_source": window_source,
+            "precision": self.precision.describe(),
+        }
+        self.t_start = time.time()
 
-    step, epoch, pos, best, wall_before = 0, 0, 0, None, 0.0
-    select = tcfg["select_metric"]
-    if args.resume and (out / "last.pt").exists():
-        state = load_checkpoint_dict(out / "last.pt", map_location=device)
-        model.load_state_dict(state["state_dict"])
-        optim.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step, epoch, pos = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
-        best = state.get("best_metric")
-        wall_before = float(state.get("wall_seconds", 0.0))
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        if main and state.get("precision", precision.name) != precision.name:
-            print(f"note: last.pt was trained in {state['precision']}, continuing in {precision.name} "
-                  "(an exact resume needs the same precision)", file=sys.stderr)
-        _set_rng_state(state["rng"], dist.rank)
-        if main:
-            print(f"resumed from {out / 'last.pt'} at step {step} (epoch {epoch}, batch {pos})")
-    elif args.resume and main:
-        print(f"--resume: no {out / 'last.pt'} yet, starting from scratch")
-    if main:
-        from napari_multirater.io.atomic import atomic_write_text
+    @property
+    def step(self) -> int:
+        return self.trainer.steps_done
 
-        atomic_write_text(out / "config.json", json.dumps(cfg, indent=2) + "\n")
-    writer = _tensorboard(out) if main else None
+    def _wall(self) -> float:
+        return self.wall_before + time.time() - self.t_start
 
-    stop = _StopFlag()
-    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    t_start = time.time()
-    meta = {
-        "window": window, "rank_raters": rank_raters, "train_items": train_items, "val_items": val_items,
-        "device": device, "dist": dist, "total_steps": total_steps, "data": str(args.data),
-        "rater_names": rater_names, "window_source": window_source, "precision": precision.describe(),
-    }
-
-    def save_last():
-        rng = _gather_rng_states(dist)  # a collective: every rank takes part
-        if not main:
+    def resume(self) -> None:
+        """Continue from ``out/last.pt`` when asked and present: weights, optimizer, schedule, position,
+        best score and every rank's random state."""
+        last, main = self.out / "last.pt", self.main
+        if not (self.request.resume and last.exists()):
+            if self.request.resume and main:
+                print(f"--resume: no {last} yet, starting from scratch")
             return
-        card = build_model_card(cfg, meta, step, epoch, wall_before + time.time() - t_start, None)
-        save_checkpoint(out / "last.pt", model, card, extra={
-            "optimizer": optim.state_dict(), "scheduler": sched.state_dict(), "step": step, "epoch": epoch,
-            "batch_in_epoch": pos, "best_metric": best, "rng": rng, "scaler": scaler.state_dict(), "precision": precision.name,
-            "wall_seconds": wall_before + time.time() - t_start,
+        state = load_checkpoint_dict(last, map_location=self.device)
+        self.model.load_state_dict(state["state_dict"])
+        self.trainer.load_state_dict(state)
+        self.epoch, self.pos = int(state["epoch"]), int(state["batch_in_epoch"])
+        self.best = state.get("best_metric")
+        self.wall_before = float(state.get("wall_seconds", 0.0))
+        if main and state.get("precision", self.precision.name) != self.precision.name:
+            print(f"note: last.pt was trained in {state['precision']}, continuing in {self.precision.name} "
+                  "(an exact resume needs the same precision)", file=sys.stderr)
+        _set_rng_state(state["rng"], self.dist.rank)
+        if main:
+            print(f"resumed from {last} at step {self.step} (epoch {self.epoch}, batch {self.pos})")
+
+    def save_last(self) -> None:
+        rng = _gather_rng_states(self.dist)  # a collective: every rank takes part
+        if not self.main:
+            return
+        card = build_model_card(self.cfg, self.meta, self.step, self.epoch, self._wall(), None)
+        save_checkpoint(self.out / "last.pt", self.model, card, extra={
+            **self.trainer.state_dict(), "epoch": self.epoch, "batch_in_epoch": self.pos, "best_metric": self.best,
+            "rng": rng, "wall_seconds": self._wall(),
         })
 
-    val_every = int(tcfg.get("val_every") or 0)
-
-    def validate(best):
+    def validate(self) -> None:
         """Score the model on val (rank 0), log a val.csv row, write best.pt when it improves."""
-        if not main:
-            return best
-        metrics = evaluate_items(model, val_items, n_samples=tcfg["val_samples"], device=device,
-                                 max_images=tcfg.get("val_max_images"), precision=precision)
+        if not self.main:
+            return
+        tcfg, select, step, epoch = self.tcfg, self.select, self.step, self.epoch
+        metrics = evaluate_items(self.model, self.val_items, n_samples=tcfg["val_samples"], device=self.device,
+                                 max_images=tcfg.get("val_max_images"), precision=self.precision)
         score = metric_value(metrics, select)
-        improved = best is None or (score > best if higher_is_better(select) else score < best)
+        improved = self.best is None or (score > self.best if higher_is_better(select) else score < self.best)
         row = {"step": step, "epoch": epoch, select: round(score, 6), "best": improved}
         row.update({k: round(v, 6) for k, v in metrics.items() if isinstance(v, float)})
-        _append_csv(out / "val.csv", row)
-        extra = ""
-        if "experts_dice_match" in metrics:  # D-Persona stage II: the K expert outputs and the heads' state
-            k = len(metrics.get("dice_each_identity", []))
-            extra = (f" | experts: dice_match={metrics['experts_dice_match']:.4f} identity="
-                     f"[{' '.join(f'{v:.3f}' for v in metrics['dice_each_identity'])}] |q|=["
-                     + " ".join(f"{metrics.get(f'diag_q_norm_{i + 1}', float('nan')):.3g}" for i in range(k))
-                     + "] entropy/logN=[" + " ".join(f"{metrics.get(f'diag_attn_entropy_{i + 1}', float('nan')):.2f}"
-                                                   for i in range(k)) + "]")
+        _append_csv(self.out / "val.csv", row)
         print(f"\nval epoch {epoch} step {step}: {select}={score:.4f}"
-              f"{' (best)' if improved else ''} | ged={metrics['ged']:.4f} dice_match={metrics['dice_match']:.4f}{extra}")
+              f"{' (best)' if improved else ''} | ged={metrics['ged']:.4f} dice_match={metrics['dice_match']:.4f}"
+              f"{_experts_summary(metrics)}")
         if improved:
-            best = score
-            card = build_model_card(cfg, meta, step, epoch, wall_before + time.time() - t_start, metrics)
-            save_checkpoint(out / "best.pt", model, card)
-        return best
+            self.best = score
+            card = build_model_card(self.cfg, self.meta, step, epoch, self._wall(), metrics)
+            save_checkpoint(self.out / "best.pt", self.model, card)
 
-    progress = _progress_bar(total_steps, step, main)
-    interrupted = False
-    try:
-        while step < total_steps:
-            batches = _batches(len(train_items), tcfg["batch_size"], epoch, tcfg["seed"], dist.rank, dist.world)
-            model.train()
-            t0, seen = time.time(), 0
-            while pos < len(batches) and step < total_steps:
-                batch = _to_device(_collate(train_items, batches[pos]), device)
-                batch["image"] = prepare_input(batch["image"], precision)
-                with autocast(precision, device):
-                    losses = net(batch, step)
-                loss = losses["loss"]
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss at step {step}: {_fmt(losses)}")
-                optim.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optim)
-                scaler.update()
-                sched.step()
-                step, pos, seen = step + 1, pos + 1, seen + len(batch["image"]) * dist.world
-                rate = seen / max(time.time() - t0, 1e-6)
-                if main:
-                    progress.update(1, f"epoch {epoch} loss {loss.item():.4f} {rate:.1f} samples/s")
-                    if step % tcfg["log_every"] == 0 or step == total_steps:
-                        row = {"step": step, "epoch": epoch, "lr": sched.get_last_lr()[0], "samples_per_s": round(rate, 2)}
-                        row.update({k: round(float(v.detach()) if torch.is_tensor(v) else float(v), 6) for k, v in losses.items()})
-                        _append_csv(out / "log.csv", row)
-                        if writer:
-                            for k, v in row.items():
-                                writer.add_scalar(f"train/{k}", v, step)
-                val_now = bool(val_every) and step % val_every == 0 and pos < len(batches) and step < total_steps
-                if val_now:  # mid-epoch validation; the resume point is saved right after it
-                    best = validate(best)
-                    model.train()
-                if val_now or step % tcfg["save_every"] == 0:
-                    save_last()
-                if broadcast_flag(stop.raised, dist):
+    def _log_train(self, losses: dict, rate: float, writer) -> None:
+        row = {"step": self.step, "epoch": self.epoch, "lr": self.trainer.sched.get_last_lr()[0],
+               "samples_per_s": round(rate, 2)}
+        row.update({k: round(float(v.detach()) if torch.is_tensor(v) else float(v), 6) for k, v in losses.items()})
+        _append_csv(self.out / "log.csv", row)
+        if writer:
+            for k, v in row.items():
+                writer.add_scalar(f"train/{k}", v, self.step)
+
+    def _epoch(self, stop, progress, writer) -> bool:
+        """Train from the current position to the end of the epoch (or the step budget); True when
+        a signal asked to stop."""
+        tcfg, dist, total = self.tcfg, self.dist, self.total_steps
+        batches = _batches(len(self.train_items), tcfg["batch_size"], self.epoch, tcfg["seed"], dist.rank, dist.world)
+        val_every = int(tcfg.get("val_every") or 0)
+        self.model.train()
+        t0, seen = time.time(), 0
+        while self.pos < len(batches) and self.step < total:
+            batch = _to_device(_collate(self.train_items, batches[self.pos]), self.device)
+            losses = self.trainer.step(batch)
+            self.pos, seen = self.pos + 1, seen + len(batch["image"]) * dist.world
+            step, rate = self.step, seen / max(time.time() - t0, 1e-6)
+            if self.main:
+                progress.update(1, f"epoch {self.epoch} loss {losses['loss'].item():.4f} {rate:.1f} samples/s")
+                if step % tcfg["log_every"] == 0 or step == total:
+                    self._log_train(losses, rate, writer)
+            val_now = bool(val_every) and step % val_every == 0 and self.pos < len(batches) and step < total
+            if val_now:  # mid-epoch validation; the resume point is saved right after it
+                self.validate()
+                self.model.train()
+            if val_now or step % tcfg["save_every"] == 0:
+                self.save_last()
+            if broadcast_flag(stop.raised, dist):
+                return True
+        return False
+
+    def run(self) -> int:
+        """Train to the step budget; 0 when done, 130 when interrupted (``last.pt`` saved)."""
+        out, main, dist = self.out, self.main, self.dist
+        self.resume()
+        if main:
+            from napari_multirater.io.atomic import atomic_write_text
+
+            atomic_write_text(out / "config.json", json.dumps(self.cfg, indent=2) + "\n")
+        writer = _tensorboard(out) if main else None
+        stop = _StopFlag()
+        old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.t_start = time.time()
+        progress = _progress_bar(self.total_steps, self.step, main)
+        interrupted = False
+        try:
+            while self.step < self.total_steps:
+                if self._epoch(stop, progress, writer):
                     interrupted = True
                     break
-            if interrupted:
-                break
-            # end of epoch (or of the step budget): validate, keep the best, save the resume point
-            epoch, pos = epoch + 1, 0
-            best = validate(best)
-            save_last()
-    except KeyboardInterrupt:  # a second Ctrl-C: the step may be half done, keep the last clean save
+                # end of epoch (or of the step budget): validate, keep the best, save the resume point
+                self.epoch, self.pos = self.epoch + 1, 0
+                self.validate()
+                self.save_last()
+        except KeyboardInterrupt:  # a second Ctrl-C: the step may be half done, keep the last clean save
+            if main:
+                print(f"stopped immediately; {out / 'last.pt'} holds the last completed save. Continue with --resume.",
+                      file=sys.stderr)
+            shutdown_distributed(dist)
+            return 130
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            progress.close()
+            if writer:
+                writer.close()
+        if interrupted:
+            self.save_last()
+            if main:
+                print(f"interrupted at step {self.step}; saved {out / 'last.pt'}. Continue with --resume.",
+                      file=sys.stderr)
+            shutdown_distributed(dist)
+            return 130
         if main:
-            print(f"stopped immediately; {out / 'last.pt'} holds the last completed save. Continue with --resume.",
-                  file=sys.stderr)
+            print(f"done: {self.step} steps, {self.epoch} epochs in {self._wall():.0f} s; best {self.select}={self.best}")
+            print(f"checkpoints: {out / 'best.pt'} (best on val), {out / 'last.pt'} (resume point)")
         shutdown_distributed(dist)
-        return 130
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        progress.close()
-        if writer:
-            writer.close()
-    if interrupted:
-        save_last()
-        if main:
-            print(f"interrupted at step {step}; saved {out / 'last.pt'}. Continue with --resume.", file=sys.stderr)
-        shutdown_distributed(dist)
-        return 130
-    if main:
-        print(f"done: {step} steps, {epoch} epochs in {wall_before + time.time() - t_start:.0f} s; best {select}={best}")
-        print(f"checkpoints: {out / 'best.pt'} (best on val), {out / 'last.pt'} (resume point)")
-    shutdown_distributed(dist)
-    return 0
+        return 0
+
+
+def run_training(args) -> int:
+    """``multirater train``: one :class:`TrainingRun` of the command line's request."""
+    return TrainingRun(TrainRequest.from_args(args)).run()
+
+
+def _experts_summary(metrics: dict) -> str:
+    """D-Persona stage II: the K expert outputs and the heads' state, for the val line ('' otherwise)."""
+    if "experts_dice_match" not in metrics:
+        return ""
+    k = len(metrics.get("dice_each_identity", []))
+    return (f" | experts: dice_match={metrics['experts_dice_match']:.4f} identity="
+            f"[{' '.join(f'{v:.3f}' for v in metrics['dice_each_identity'])}] |q|=["
+            + " ".join(f"{metrics.get(f'diag_q_norm_{i + 1}', float('nan')):.3g}" for i in range(k))
+            + "] entropy/logN=[" + " ".join(f"{metrics.get(f'diag_attn_entropy_{i + 1}', float('nan')):.2f}"
+                                          for i in range(k)) + "]")
 
 
 def _stage2_from_stage1(tcfg: dict, mcfg: dict):
@@ -337,14 +373,10 @@ def _stage2_from_stage1(tcfg: dict, mcfg: dict):
     return dpersona_stage2_from_stage1(stage1["state_dict"], stage1["config"], overrides)
 
 
-def _fmt(losses: dict) -> str:
-    return ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
-
-
 def _tensorboard(out: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard not installed: CSV logs only
+    except Exception:  # noqa: BLE001 - tensorboard missing or broken: CSV logs only
         return None
     return SummaryWriter(str(out / "tb"))
 

@@ -454,6 +454,7 @@ def test_file_lock_excludes_threads_and_times_out(tmp_path, use_flock):
             FileLock(path, timeout=0.1, use_flock=use_flock).acquire()
 
 
+@pytest.mark.slow
 def test_portable_lock_breaks_lock_of_dead_process(tmp_path):
     import socket
 
@@ -469,6 +470,7 @@ def test_portable_lock_breaks_lock_of_dead_process(tmp_path):
 
 
 # --- crashes ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("lock_mode", ["", "excl"], ids=["flock", "excl"])
 def test_killed_process_loses_at_most_the_save_in_progress(tmp_path, lock_mode):
     """A rater process is SIGKILLed at random moments while saving continuously (as autosave
@@ -499,6 +501,7 @@ def test_killed_process_loses_at_most_the_save_in_progress(tmp_path, lock_mode):
         start = got + 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k,expected", [(1, 1), (2, 1), (3, 2), (4, 2)])
 def test_crash_at_every_step_of_a_save(tmp_path, k, expected):
     """Kill the process right before the k-th file rename of a save: staged mask (1), commit
@@ -515,6 +518,7 @@ def test_crash_at_every_step_of_a_save(tmp_path, k, expected):
 
 
 # --- concurrency ----------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("lock_mode", ["", "excl"], ids=["flock", "excl"])
 def test_concurrent_processes_never_lose_or_corrupt_work(tmp_path, lock_mode):
     store = make_project(tmp_path, 4)

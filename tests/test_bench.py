@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from napari_multirater.cli import main as cli_main
-from napari_multirater.inference import bench
-from napari_multirater.inference.testing import make_tiny_checkpoint
+from src_training.tools import bench
+from src_training.tools.testing import make_tiny_checkpoint
 
 
 def test_bench_quick_writes_json_and_markdown(tmp_path, capsys):

@@ -45,7 +45,7 @@ def inputs(tmp_path_factory):
     (d / "truncated.nii.gz").write_bytes(data[: len(data) // 3])
     (d / "notes.txt").write_text("not an image")
     (d / "garbage.pt").write_bytes(os.urandom(4000))
-    from napari_multirater.inference.registry import find_model
+    from napari_multirater.modelfiles.registry import find_model
 
     good = Path(find_model(CKPT)).read_bytes()
     (d / "truncated.pt").write_bytes(good[: len(good) // 2])

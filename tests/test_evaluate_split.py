@@ -33,7 +33,7 @@ def test_explicit_split_says_which_and_how_many(npz, capsys):
     out = capsys.readouterr().out
     line = next(s for s in out.splitlines() if s.startswith("###"))
     n = int(out.split("| n_images | ")[1].split(" ")[0])
-    assert 0 < n < 40 and f"split val (the val part of a 20% by-patient split" in line and f"{n} of 40 images" in line
+    assert 0 < n < 40 and "split val (the val part of a 20% by-patient split" in line and f"{n} of 40 images" in line
 
 
 def test_declared_val_split_is_the_default(phantom_dataset, capsys):

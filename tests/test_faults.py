@@ -196,6 +196,7 @@ def test_size_limit_in_the_labels_writer_keeps_the_previous_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["labels.nii"]
 
 
+@pytest.mark.slow
 def test_size_limit_during_predict_exits_2_with_complete_files_only(tmp_path):
     """A real ``multirater predict`` under RLIMIT_FSIZE: one line, exit 2, no truncated output."""
     import subprocess

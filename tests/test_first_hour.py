@@ -71,7 +71,7 @@ def test_dicom_reader_records_patient_id():
 def test_shared_encoding_gives_the_same_outputs(tmp_path, monkeypatch):
     """Samples + personas in one run reuse one encoding per slice; outputs equal separate runs."""
     from napari_multirater.datasets.phantom import make_phantom_case
-    from napari_multirater.inference.testing import make_tiny_checkpoint
+    from src_training.tools.testing import make_tiny_checkpoint
 
     eng = InferenceEngine.load(make_tiny_checkpoint(tmp_path / "dp.pt", "dpersona"), device="cpu", precision="fp32")
     case = make_phantom_case(0, ndim=3)
@@ -92,8 +92,8 @@ def test_shared_encoding_gives_the_same_outputs(tmp_path, monkeypatch):
 def test_predict_cli_progress_per_slice_and_compact_maps(tmp_path, capsys):
     from napari_multirater.cli import main
     from napari_multirater.datasets.phantom import make_phantom_case
-    from napari_multirater.inference.testing import make_tiny_checkpoint
     from napari_multirater.io import read_image, write_image
+    from src_training.tools.testing import make_tiny_checkpoint
 
     ckpt = make_tiny_checkpoint(tmp_path / "dp.pt", "dpersona")
     case = make_phantom_case(0, ndim=3)

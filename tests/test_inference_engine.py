@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from src_training.precision import FP32
 
 from napari_multirater.datasets.phantom import make_phantom_case
 from napari_multirater.inference import (
@@ -20,9 +19,10 @@ from napari_multirater.inference import (
     resolve_device,
     run_with_fallback,
 )
-from napari_multirater.inference.testing import make_tiny_checkpoint, tiny_card
 from napari_multirater.io import Geometry, read_image, write_image
 from napari_multirater.progress import Progress, run_to_completion
+from src_training.precision import FP32
+from src_training.tools.testing import make_tiny_checkpoint, tiny_card
 
 torch.set_num_threads(2)
 DIVERSE = ("prob_unet", "dpersona", "proseg", "pionono")
@@ -352,7 +352,7 @@ def test_intensity_mapping_rules():
 
 def test_intensity_mapping_reproduces_lidc_shards(shared_data):
     """HU of LIDC-IDRI-0006 (DICOM) -> 8-bit scale vs the shard crops located by NCC."""
-    from napari_multirater.inference.fit_lidc_intensity import _best_match, _shard_crops
+    from src_training.tools.fit_lidc_intensity import _best_match, _shard_crops
 
     crops = _shard_crops(shared_data / "lidc-slices", ["LIDC-IDRI-0006"])
     series = shared_data / "lidc-ct" / "LIDC-IDRI-0006" / "series"

@@ -23,8 +23,8 @@ from napari_multirater._napari.model_controller import (  # noqa: E402
     SAMPLES,
     UNC_CONTOUR,
 )
-from napari_multirater.inference.testing import make_tiny_checkpoint  # noqa: E402
 from napari_multirater.widgets.model_dock import FILE_ITEM, ModelDock  # noqa: E402
+from src_training.tools.testing import make_tiny_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.gui
 torch.set_num_threads(2)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from napari_multirater.inference.engine import InferenceEngine
-from napari_multirater.inference.registry import PACKAGE_DIR, available_models, demo_model_name, find_model
+from napari_multirater.modelfiles.registry import PACKAGE_DIR, available_models, demo_model_name, find_model
 
 SHIPPED = sorted(PACKAGE_DIR.glob("*.pt"))
 MB = 2**20
@@ -52,9 +52,9 @@ def test_bundled_model_loads_by_name_and_predicts(path):
 
 
 def test_evaluate_takes_a_model_name_like_predict(tmp_path, monkeypatch):
-    from napari_multirater.inference.testing import make_tiny_checkpoint
     from src_training.checkpoint import CheckpointError
     from src_training.evaluate import resolve_checkpoint
+    from src_training.tools.testing import make_tiny_checkpoint
 
     monkeypatch.setenv("NAPARI_MULTIRATER_MODELS", str(tmp_path))
     ckpt = make_tiny_checkpoint(tmp_path / "my_model.pt", method="unet")

@@ -83,6 +83,7 @@ def _write_tiny_config(folder: Path, method: str) -> Path:
     return p
 
 
+@pytest.mark.slow
 def test_train_cli_contract_evaluate_json_and_export(train_data, tmp_path):
     out = tmp_path / "run"
     r = _run(_train_args(train_data, out, extra=("--val-every", "2")))
@@ -126,6 +127,7 @@ def test_train_cli_contract_evaluate_json_and_export(train_data, tmp_path):
     assert r.returncode == 2 and "cannot read" in r.stderr
 
 
+@pytest.mark.slow
 def test_bad_train_inputs_give_clear_errors(tmp_path):
     r = _run(["train", "--method", "prob_unet", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
     assert r.returncode == 2 and "not found" in r.stderr
@@ -145,6 +147,7 @@ def _log_rows(run: Path) -> dict:
     return rows
 
 
+@pytest.mark.slow
 def test_interrupt_then_resume_matches_uninterrupted_run(train_data, tmp_path):
     """With augmentation on: the resumed run reproduces the uninterrupted one exactly."""
     steps = 10
@@ -175,6 +178,7 @@ def test_interrupt_then_resume_matches_uninterrupted_run(train_data, tmp_path):
     assert run_rows == ref_rows  # same losses at every step, before and after the interruption
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_gloo(tmp_path):
     """2 processes, gloo; 23 training items (odd, 23 = 8k - 1) so a naive strided split would give
     the ranks different batch counts per epoch and hang at the epoch boundary."""
@@ -195,6 +199,7 @@ def test_torchrun_two_cpu_processes_gloo(tmp_path):
     assert len(load_checkpoint_dict(out / "last.pt")["rng"]) == 2  # each rank's random state kept
 
 
+@pytest.mark.slow
 def test_dpersona_stage2_from_stage1_cli(train_data, tmp_path):
     s1 = tmp_path / "s1"
     assert _run(_train_args(train_data, s1, method="dpersona", steps=3)).returncode == 0

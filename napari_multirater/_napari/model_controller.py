@@ -200,8 +200,8 @@ class ModelController:
         return True
 
     def set_intensity(self, image_units: str = "auto", lidc_mapping: str = "fixed") -> None:
-        """Change how raw image values are mapped to the model input (see inference.intensity)."""
-        from ..inference.intensity import InputNormalizer
+        """Change how raw image values are mapped to the model input (see modelfiles.intensity)."""
+        from ..modelfiles.intensity import InputNormalizer
 
         if self.engine is None:
             raise ValueError("load a model first (Model section)")

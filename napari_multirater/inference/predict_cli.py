@@ -58,7 +58,7 @@ def add_parser(sub) -> None:
     p.add_argument("--image-units", default="auto", choices=("auto", "HU", "raw"),
                    help="auto: uint8 images are raw model units, others Hounsfield units")
     p.add_argument("--lidc-mapping", default="fixed", choices=("fixed", "minmax"),
-                   help="HU -> LIDC 8-bit mapping for LIDC-trained models (see inference.intensity)")
+                   help="HU -> LIDC 8-bit mapping for LIDC-trained models (see modelfiles.intensity)")
     p.add_argument("--target-spacing-mm", type=_spacing, default=None,
                    help="in-plane pixel size (mm) the model runs at, or 'native' (default: the model card's "
                         "input.pixel_size_mm, i.e. the training resolution, else native spacing)")

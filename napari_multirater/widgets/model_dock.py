@@ -35,8 +35,8 @@ from .._napari import guidance
 from .._napari.model_controller import ALL_EXPERTS, ModelController
 from ..inference import model_info
 from ..inference.device import DEVICE_CHOICES, PRECISION_CHOICES
-from ..inference.intensity import IMAGE_UNITS, LIDC_MAPPINGS
-from ..inference.registry import available_models, demo_model_name
+from ..modelfiles.intensity import IMAGE_UNITS, LIDC_MAPPINGS
+from ..modelfiles.registry import available_models, demo_model_name
 from ._help import help_button
 
 __all__ = ["ModelDock"]

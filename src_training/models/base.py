@@ -171,10 +171,6 @@ class MultiRaterModel(nn.Module):
         """n diverse samples as logits (B, n, H, W) (deterministic methods repeat one prediction)."""
         raise NotImplementedError
 
-    def sample_naive(self, x: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Reference-style per-sample loop (benchmark only); same draws as :meth:`sample`."""
-        return self.sample(x, n, generator)
-
     def personalize(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """One logit map per rater (B, K, H, W)."""
         raise NotImplementedError

@@ -105,12 +105,6 @@ class PiononoModel(MultiRaterModel):
         return self.decode(ctx, self._draw(x.shape[0], int(n), generator, self.z_mu))
 
     @torch.no_grad()
-    def sample_naive(self, x, n, generator=None):
-        feats = self.backbone(x)
-        z = self._draw(x.shape[0], int(n), generator, self.z_mu)
-        return torch.cat([self.head.forward_naive(feats, z[:, i]) for i in range(int(n))], 1)
-
-    @torch.no_grad()
     def personalize(self, x, generator=None):
         ctx = self._encode(x)
         b, k = x.shape[0], self.num_raters

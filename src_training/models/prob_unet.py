@@ -76,15 +76,6 @@ class ProbUNet(MultiRaterModel):
         return self.decode(ctx, self._prior_draws(ctx, n, generator))
 
     @torch.no_grad()
-    def sample_naive(self, x, n, generator=None):
-        """Reference loop: backbone + prior once, then per sample tile z, concat, full fcomb."""
-        feats = self.backbone(x)
-        mu, sigma = self.prior(x)
-        eps = randn((mu.shape[0], int(n), self.latent_dim), generator, mu)
-        outs = [self.fcomb.forward_naive(feats, mu + sigma * eps[:, i]) for i in range(int(n))]
-        return torch.cat(outs, 1)
-
-    @torch.no_grad()
     def personalize(self, x, generator=None):
         ctx = self._encode(x)
         mean = self.decode(ctx, ctx["prior"][0][:, None])

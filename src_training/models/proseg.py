@@ -28,8 +28,16 @@ from torch import nn
 
 from .. import losses as L
 from .backbone import build_backbone
-from .base import (Capabilities, MultiRaterModel, choose_raters, randint, randn, sample_dirichlet, unpack_batch,
-                   weighted_mean)
+from .base import (
+    Capabilities,
+    MultiRaterModel,
+    choose_raters,
+    randint,
+    randn,
+    sample_dirichlet,
+    unpack_batch,
+    weighted_mean,
+)
 from .fcomb import Fcomb
 
 
@@ -146,17 +154,6 @@ class ProSeg(MultiRaterModel):
             z_pix = mu + torch.exp(0.5 * logvar) * randn(mu.shape, generator, mu)
             return self.head.decode(self.head.project(z_pix), tau, ctx["size"])
         return self.head.decode(ctx["proj"], tau, ctx["size"], index=r)
-
-    @torch.no_grad()
-    def sample_naive(self, x, n, generator=None):
-        """Reference-style loop (``rater_mean`` draws): per sample tile tau, concat with Z, full head."""
-        feats = self.backbone(x)
-        mu, _ = self.stats(feats)
-        b, n = x.shape[0], int(n)
-        r = randint(self.num_raters, (b, n), generator, x.device)
-        tau = sample_dirichlet(self._prior_alpha(x), (b, n), generator)
-        bi = torch.arange(b, device=x.device)
-        return torch.cat([self.head.forward_naive(mu[bi, r[:, i]], tau[:, i]) for i in range(n)], 1)
 
     @torch.no_grad()
     def personalize(self, x, generator=None):

@@ -22,7 +22,7 @@ LIDC_HU_MAPPING = {
 }
 """How the LIDC 8-bit slices were made from Hounsfield units (measured, not documented upstream).
 
-Measured with ``python -m napari_multirater.inference.fit_lidc_intensity``: 26 of the 36 shard
+Measured with ``python -m src_training.tools.fit_lidc_intensity``: 26 of the 36 shard
 crops of LIDC-IDRI-0006/-0001/-0013 were located in the real HU data (DICOM series of 0006 and the
 lidc-3d-crops) by normalised cross-correlation (NCC = 1.0000, native pixel size: no resampling),
 and ``uint8 ~ a*HU + b`` was fitted per crop (max residual 0.5 = rounding). The slope differs per

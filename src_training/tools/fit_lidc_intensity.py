@@ -7,7 +7,7 @@ cross-correlation (``skimage.feature.match_template``). For every crop found (NC
 ``uint8 ~ a * HU + b`` by least squares and checks whether a per-crop min-max rescale
 ``round(255 * (HU - min) / (max - min))`` reproduces the uint8 values. Run::
 
-    python -m napari_multirater.inference.fit_lidc_intensity
+    python -m src_training.tools.fit_lidc_intensity
 
 Skips (exit 0) when the shared data folder (``../shared/data``) is absent.
 """
@@ -68,7 +68,7 @@ def _fit(hu: np.ndarray, u8: np.ndarray, full: bool) -> dict:
 
 def measure(data_dir, patients=PATIENTS) -> list[dict]:
     """One row per shard crop of ``patients`` found in the HU data (see module docstring)."""
-    from ..io import read_image
+    from napari_multirater.io import read_image
 
     crops = _shard_crops(data_dir / "lidc-slices", list(patients))
     rows = []
@@ -115,7 +115,7 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def main(argv=None) -> int:
-    from ..datasets.shared import shared_data_dir
+    from napari_multirater.datasets.shared import shared_data_dir
 
     d = shared_data_dir()
     if d is None or not (d / "lidc-slices").is_dir():

@@ -3,11 +3,11 @@
 Everything is measured in one run, on one machine, with the thread count and machine facts recorded:
 
 1. sampling latency of one 128x128 image for N = 1, 10, 100, 500 samples: ``model.sample``
-   (backbone + prior once, all N decoded in one batched call) against ``model.sample_naive`` (the
-   reference per-sample loop, same random draws) on the same model, interleaved run by run;
+   (backbone + prior once, all N decoded in one batched call) against :func:`~src_training.tools.naive_sampling.sample_naive`
+   (the reference per-sample loop, same random draws) on the same model, interleaved run by run;
 2. one latent-explorer re-decode, the per-persona output of all K raters, and through the inference
    engine a CT-like 64x512x512 volume slice by slice (whole slices, then a centred 32x128x128 ROI);
-3. one training step (forward + backward + Adam step) per method at batch 12 on 128x128, each with
+3. one training step (``Trainer.step``: forward + backward + Adam step) per method at batch 12 on 128x128, each with
    its compact default config from ``src_training/configs`` (D-Persona stage II too);
 4. the process's peak resident memory after each section.
 
@@ -29,6 +29,7 @@ import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -224,7 +225,7 @@ def default_card(method: str) -> dict:
 def build_engine(checkpoint: str | None, method: str = "dpersona", device="cpu"):
     """An :class:`InferenceEngine` for ``checkpoint`` (file or model name) or, without one, for a
     fresh compact default model of ``method`` (``dpersona``: stage I; ``dpersona_stage2`` works too)."""
-    from .engine import InferenceEngine
+    from napari_multirater.inference.engine import InferenceEngine
 
     if checkpoint:
         return InferenceEngine.load(checkpoint, device=device)
@@ -238,13 +239,13 @@ def build_engine(checkpoint: str | None, method: str = "dpersona", device="cpu")
 def model_info(engine, checkpoint: str | None) -> dict:
     m = engine.model
     caps = m.capabilities
-    from src_training.models.base import MultiRaterModel
+    from .naive_sampling import has_naive_loop
 
     return {"name": engine.name, "source": f"checkpoint {checkpoint}" if checkpoint else
             "no --checkpoint given: freshly built compact default model with random weights",
             "method": m.method, "stage": m.config.get("stage"), "num_raters": m.num_raters,
             "latent_dim": int(caps.latent_dim), "parameters": int(sum(p.numel() for p in m.parameters())),
-            "has_naive_loop": type(m).sample_naive is not MultiRaterModel.sample_naive,
+            "has_naive_loop": has_naive_loop(m),
             "backbone_widths": (m.config.get("backbone") or {}).get("widths")}
 
 
@@ -257,10 +258,12 @@ def _model_input(engine, crop: np.ndarray, device):
 
 # ----------------------------------------------------------------------------- sections
 def bench_sampling(engine, device, s: Settings) -> dict:
-    """Section 1: vectorized ``sample`` vs ``sample_naive`` on one image, N in ``s.sample_ns``."""
+    """Section 1: vectorized ``sample`` vs the naive loop on one image, N in ``s.sample_ns``."""
     import torch
 
     from src_training.precision import autocast
+
+    from .naive_sampling import sample_naive
 
     model = engine.model.to(device).eval()
     x = _model_input(engine, image_crop(s.image_size), device)
@@ -268,7 +271,7 @@ def bench_sampling(engine, device, s: Settings) -> dict:
     has_naive = model_info(engine, None)["has_naive_loop"]
     out = {"image": list(x.shape), "precision": engine.precision.describe(), "rows": []}
     with torch.inference_mode(), autocast(engine.precision, device):
-        a, b = model.sample(x, 10, gen()), model.sample_naive(x, 10, gen())
+        a, b = model.sample(x, 10, gen()), sample_naive(model, x, 10, gen())
         out["check_n10_max_abs_diff"] = float((a - b).abs().max())
         out["encode"] = measure(lambda: model.encode(x), s.repeats, s.warmup, device)
         if hasattr(model, "backbone"):
@@ -276,7 +279,7 @@ def bench_sampling(engine, device, s: Settings) -> dict:
         for n in s.sample_ns:
             vec = lambda: model.sample(x, n, gen())  # noqa: E731
             if has_naive:
-                v, nv = measure_pair(vec, lambda: model.sample_naive(x, n, gen()), s.repeats, s.warmup, device,
+                v, nv = measure_pair(vec, lambda: sample_naive(model, x, n, gen()), s.repeats, s.warmup, device,
                                      s.naive_budget_s)
             else:
                 v, nv = measure(vec, s.repeats, s.warmup, device), None
@@ -298,7 +301,6 @@ def bench_interactive(engine, device, s: Settings) -> dict:
     import torch
 
     from src_training.models import dpersona_stage2_from_stage1
-
     from src_training.precision import autocast
 
     model = engine.model.to(device).eval()
@@ -333,8 +335,8 @@ def bench_interactive(engine, device, s: Settings) -> dict:
 
 def bench_volume(engine, device, s: Settings, volume: np.ndarray) -> dict:
     """Section 2b: the engine on a CT-like volume, whole slices and a centred ROI."""
-    from ..io.geometry import Geometry
-    from .roi import ROI
+    from napari_multirater.inference.roi import ROI
+    from napari_multirater.io.geometry import Geometry
 
     geom = Geometry((0.7, 0.7, 2.5), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel().tolist()))  # x, y, z mm
     n = s.volume_samples
@@ -373,39 +375,28 @@ def synthetic_batch(b: int, k: int, size: int, device, seed: int = 0) -> dict:
 
 
 def bench_training(device, s: Settings, precision=None) -> dict:
-    """Section 3: forward + backward + Adam step per method (compact default configs)."""
+    """Section 3: one :meth:`src_training.trainer.Trainer.step` (forward + backward + Adam + schedule)
+    per method (compact default configs)."""
     import torch
 
     from src_training.models import default_config
-    from src_training.precision import FP32, autocast, prepare_input, prepare_model
+    from src_training.precision import FP32, prepare_model
+    from src_training.trainer import Trainer
 
     precision = precision or FP32
     rows = []
     for name in s.train_configs:
         model = prepare_model(fresh_model(name).to(device).train(), precision)
         lr = float((default_config(name).get("train") or {}).get("lr", 5e-4))
-        optim = torch.optim.Adam(model.param_groups(lr))
-        scaler = torch.amp.GradScaler("cuda", enabled=precision.name == "fp16")
+        trainer = Trainer(model, lr=lr, total_steps=s.train_steps + s.train_warmup, device=device, precision=precision)
         batch = synthetic_batch(s.train_batch, model.num_raters, s.train_size, device)
-        batch["image"] = prepare_input(batch["image"], precision)
-        state = {"step": 0}
-
-        def step():
-            with autocast(precision, device):
-                loss = model.loss(batch, state["step"])["loss"]
-            optim.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optim)
-            scaler.update()
-            state["step"] += 1
-
         torch.manual_seed(0)
-        st = measure(step, s.train_steps, s.train_warmup, device, unit="s")
+        st = measure(partial(trainer.step, batch), s.train_steps, s.train_warmup, device, unit="s")
         rows.append({"config": name, "method": model.method, "stage": model.config.get("stage"),
                      "trainable_parameters": int(sum(p.numel() for p in model.trainable_parameters())),
                      "step": st, "images_per_s": s.train_batch / st["median"]})
         _log(f"{device.type} train {name}: {st['median']:.3f} s/step")
-        del model, optim, batch
+        del model, trainer, batch
     return {"batch": s.train_batch, "size": s.train_size, "optimizer": "adam",
             "precision": precision.describe(), "rows": rows}
 
@@ -592,7 +583,7 @@ def to_markdown(result: dict) -> str:
         smp = r.get("sampling")
         if smp:
             L += [f"### 1. Sampling latency, one {st['image_size']}x{st['image_size']} image (ms)", "",
-                  "| N | vectorized `sample` | naive `sample_naive` | speed-up | vectorized ms/sample | "
+                  "| N | vectorized `sample` | naive loop | speed-up | vectorized ms/sample | "
                   "reference code (2-core CPU) |", "|---:|---|---|---:|---:|---:|"]
             comparable = r.get("device", dev) == "cpu" and st["image_size"] == 128 and not st["quick"]
             ref = {10: ANCHORS["sample_n10_ms"], 100: ANCHORS["sample_n100_ms"]} if comparable else {}
@@ -600,7 +591,7 @@ def to_markdown(result: dict) -> str:
                 sp = f"{row['speedup']:.1f}x" if row["speedup"] is not None else "n/a"
                 L.append(f"| {row['n']} | {_ms(row['vectorized'])} | {_ms(row['naive'])} | {sp} | "
                          f"{row['vectorized']['median'] / row['n']:.2f} | "
-                         f"{'~%.0f' % ref[row['n']] if row['n'] in ref else ''} |")
+                         f"{'~%.0f' % float(ref[row['n']]) if row['n'] in ref else ''} |")
             L += ["", f"- `encode` (the once-per-image part: backbone, prior, projection): {_ms(smp['encode'])} ms; "
                   f"backbone forward: {_ms(smp.get('backbone'))} ms",
                   f"- N=100 / N=1: {smp.get('n100_over_n1', float('nan')):.2f}x; marginal cost "
@@ -714,7 +705,7 @@ def benchmark(checkpoint: str | None = None, devices=None, settings: Settings | 
                                  "peak_rss_mb": peak_rss_mb(), "cuda_peak_mb": cu,
                                  "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None})
 
-    from .engine import InferenceEngine
+    from napari_multirater.inference.engine import InferenceEngine
 
     mem("start (model and test volume built)", torch.device("cpu"))
     for dev, prec in device_precisions(devices, precisions):
@@ -745,7 +736,7 @@ def benchmark(checkpoint: str | None = None, devices=None, settings: Settings | 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..argtypes import POSITIVE_INT, int_at_least
+    from napari_multirater.argtypes import POSITIVE_INT, int_at_least
 
     p.add_argument("--checkpoint", default=None, metavar="CKPT_OR_NAME",
                    help="trained model to time (file or bundled/cached name); default: a freshly built compact "
@@ -791,7 +782,7 @@ def run(args) -> int:
     if bad or not precisions:
         print(f"bench: --precision takes auto, fp32, bf16 (comma-separated), got {args.precision!r}", file=sys.stderr)
         return 2
-    from .engine import ModelLoadError
+    from napari_multirater.inference.engine import ModelLoadError
 
     try:
         base = build_engine(args.checkpoint, args.method, device="cpu")
@@ -810,7 +801,7 @@ def run(args) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        from ..io.atomic import atomic_write_text
+        from napari_multirater.io.atomic import atomic_write_text
 
         atomic_write_text(out / "bench.json", json.dumps(result, indent=2) + "\n")
         atomic_write_text(out / "bench.md", md)
