@@ -55,6 +55,9 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
                    help="model precision: auto (bf16 where the CPU/GPU computes it natively), fp32, bf16; "
                         "metrics are always fp32")
+    p.add_argument("--paper-protocol", action="store_true",
+                   help="the papers' protocol: only slices every rater marked, each method's reference output "
+                        "set feeding every metric, Hungarian per-expert Dice (see the README)")
     p.set_defaults(func=_evaluate)
 
 
@@ -107,6 +110,8 @@ def add_results_parser(sub) -> None:
     p = sub.add_parser("results", help="markdown results tables from several `evaluate --json` files")
     p.add_argument("json", nargs="+", help="evaluate JSON files, one table row each (in this order)")
     p.add_argument("--personas", action="store_true", help="persona x rater Dice matrix per file instead")
+    p.add_argument("--paper-protocol", action="store_true",
+                   help="table of `evaluate --paper-protocol` files next to the published D-Persona LIDC figures")
     p.set_defaults(func=_results)
 
 
@@ -114,7 +119,7 @@ def _results(args) -> int:
     from .results_table import ResultsError, render
 
     try:
-        print(render(args.json, personas=args.personas))
+        print(render(args.json, personas=args.personas, paper=args.paper_protocol))
     except ResultsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

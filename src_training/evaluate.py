@@ -314,6 +314,8 @@ def run_evaluate(args) -> int:
     window = (card.get("intensity") or {}).get("window") or getattr(dataset, "intensity_window", None) or [0, 255]
     rank = bool(card.get("raters_ranked_by_area", False))
     n_samples = args.samples or int(card.get("val_samples", 0) or 10)
+    if getattr(args, "paper_protocol", False) and args.samples:
+        raise ValueError("--paper-protocol fixes each method's output set (model.reference_outputs); drop --samples")
     align_raters(dataset, list(model.rater_names), rank)
 
     def progress(done, total):
@@ -321,7 +323,15 @@ def run_evaluate(args) -> int:
             print(f"\revaluating {done}/{total}", end="" if sys.stderr.isatty() else "\n", file=sys.stderr, flush=True)
 
     volumetric = len(dataset) and dataset[0].image.ndim == 3
-    if volumetric:
+    if getattr(args, "paper_protocol", False):
+        if volumetric:
+            raise ValueError("--paper-protocol scores 2D slices (the papers' LIDC protocol); this dataset holds volumes")
+        from .paper_protocol import evaluate_paper_protocol
+
+        items = SliceDataset(dataset, window, rank_raters=rank, augment=None, max_cases=args.max_images)
+        result = evaluate_paper_protocol(model, items, device=device, seed=args.seed, progress=progress,
+                                         precision=precision)
+    elif volumetric:
         result = evaluate_volumes(model, dataset, window, rank_raters=rank, n_samples=n_samples, device=device,
                                   max_images=args.max_images, seed=args.seed, progress=progress, precision=precision)
     else:

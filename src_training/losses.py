@@ -197,3 +197,35 @@ def l2_regularisation(*modules: nn.Module | Iterable[torch.Tensor]) -> torch.Ten
     if total is None:
         return torch.zeros(())
     return total
+
+
+DICE_SCOPES = ("marked", "batch")
+
+
+@fp32_loss
+def annotation_dice_terms(probs: torch.Tensor, masks: torch.Tensor, weight: torch.Tensor, smooth: float = 1.0):
+    """Soft-Dice pieces of one prediction (B, K, H, W) against every annotation: ``num`` and ``den``
+    (B, K) with per-pixel ``weight``, and ``marked`` (B, K): 1 where annotation k drew something."""
+    num = 2 * (weight * probs * masks).flatten(2).sum(2)
+    den = (weight * (probs + masks)).flatten(2).sum(2)
+    marked = (masks.flatten(2).amax(2) > 0).to(probs.dtype) * (weight.flatten(2).amax(2) > 0).to(probs.dtype)
+    return num, den, marked
+
+
+def group_dice_loss(num, den, marked, valid, group, scope: str = "marked", smooth: float = 1.0) -> torch.Tensor:
+    """1 - Dice over the images in ``group`` (B,) bool.
+
+    ``marked``: per annotation with smoothing, averaged over the annotations that drew something
+    (an empty annotation counts through the BCE only). ``batch``: one Dice pooled over every valid
+    annotation of the group, so an empty annotation's false positives enlarge the denominator
+    without the per-annotation collapse (1 - 1/(sum p + 1) on an empty target)."""
+    if scope not in DICE_SCOPES:
+        raise ValueError(f"dice scope must be one of {DICE_SCOPES}, got {scope!r}")
+    g = group.to(num.dtype)[:, None]
+    if scope == "batch":
+        v = valid.to(num.dtype) * g
+        return 1 - ((num * v).sum() + smooth) / ((den * v).sum() + smooth)
+    per = (1 - (num + smooth) / (den + smooth)) * marked
+    per_img = per.sum(1) / marked.sum(1).clamp(min=1)
+    return (per_img * g[:, 0]).sum() / g.sum().clamp(min=1)
+

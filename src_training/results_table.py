@@ -95,8 +95,32 @@ def persona_matrix_table(ev: dict) -> str:
     return "\n".join(lines)
 
 
-def render(paths, personas: bool = False) -> str:
+def paper_protocol_table(rows) -> str:
+    """``evaluate --paper-protocol`` rows next to the published D-Persona LIDC figures, with the
+    protocol differences stated under the table."""
+    from .paper_protocol import PAPER_KEYS, PROTOCOL_DIFFERENCES, PUBLISHED
+
+    not_paper = [label for label, ev in rows if ev.get("protocol") != "paper"]
+    if not_paper:
+        raise ResultsError(f"{not_paper[0]}: not an `evaluate --paper-protocol` file")
+    lines = ["| method | outputs per image | images | " + " | ".join(PAPER_KEYS) + " |",
+             "|" + "---|" * (len(PAPER_KEYS) + 3)]
+    for label, ev in rows:
+        lines.append(f"| {label} | {ev.get('n_outputs', 'n/a')} | {ev.get('n_images')} | "
+                     + " | ".join(_f(ev.get(k)) for k in PAPER_KEYS) + " |")
+    for label, published in PUBLISHED:
+        lines.append(f"| {label} | | 1,609 (4 folds) | " + " | ".join(_f(published.get(k)) for k in PAPER_KEYS) + " |")
+    first = rows[0][1]
+    head = (f"Data: {first.get('data')} (split {first.get('split')}): the {first.get('n_images')} of "
+            f"{first.get('n_images_considered')} images every rater marked; one output set per image feeds every "
+            "metric; dice_each_matched_mean = Hungarian-matched per-expert Dice; GED in the reference's convention.")
+    return "\n\n".join([head, "\n".join(lines), "Published rows: " + PROTOCOL_DIFFERENCES])
+
+
+def render(paths, personas: bool = False, paper: bool = False) -> str:
     rows = load_results(paths)
+    if paper:
+        return paper_protocol_table(rows)
     if personas:
         return "\n\n".join(f"**{label}**\n\n{persona_matrix_table(ev)}" for label, ev in rows)
     first = rows[0][1]

@@ -340,6 +340,12 @@ def test_config_options(method, extra, batch):
     assert model.personalize(x, torch.Generator().manual_seed(0)).shape == (2, 3, 32, 32)
 
 
+def _one_image_seg(model, logits, masks, u, vmask):
+    """UMA-Net's segmentation loss of one head on a batch treated as one group."""
+    valid = vmask[:, :, 0, 0].bool()
+    return model._group_loss(logits, masks, u, vmask, valid, torch.ones(masks.shape[0], dtype=torch.bool))
+
+
 def test_umanet_weight_floor_keeps_foreground_in_the_loss():
     """Regression (LIDC collapse): even where U = 1 everywhere, predicting the annotation must beat
     predicting empty, so the head cannot settle on "background everywhere" and blame the annotators."""
@@ -348,12 +354,12 @@ def test_umanet_weight_floor_keeps_foreground_in_the_loss():
     masks[:, :, 6:10, 6:10] = 1
     vmask = torch.ones(1, 2, 1, 1)
     u = torch.ones_like(masks)
-    right = model._weighted_seg(torch.where(masks[:, :1] > 0, 8.0, -8.0), masks, u, vmask)
-    empty = model._weighted_seg(torch.full((1, 1, 16, 16), -8.0), masks, u, vmask)
+    right = _one_image_seg(model, torch.where(masks[:, :1] > 0, 8.0, -8.0), masks, u, vmask)
+    empty = _one_image_seg(model, torch.full((1, 1, 16, 16), -8.0), masks, u, vmask)
     assert float(empty - right) > 0.3
     model.config["loss"]["min_weight"] = 0.0  # the unfloored weight 1 - U: nothing distinguishes the two
-    right = model._weighted_seg(torch.where(masks[:, :1] > 0, 8.0, -8.0), masks, u, vmask)
-    empty = model._weighted_seg(torch.full((1, 1, 16, 16), -8.0), masks, u, vmask)
+    right = _one_image_seg(model, torch.where(masks[:, :1] > 0, 8.0, -8.0), masks, u, vmask)
+    empty = _one_image_seg(model, torch.full((1, 1, 16, 16), -8.0), masks, u, vmask)
     assert abs(float(empty - right)) < 1e-3
 
 
@@ -366,6 +372,6 @@ def test_umanet_empty_annotations_do_not_pull_the_head_to_empty():
     masks[0, 3, 20:27, 20:27] = 1
     bias = torch.tensor(-6.0, requires_grad=True)
     logits = torch.where(masks[:, 3:] > 0, 2.0, -2.0) + bias  # image-aware head + shared bias
-    loss = model._weighted_seg(logits, masks, torch.zeros_like(masks), torch.ones(1, 4, 1, 1)).sum()
+    loss = _one_image_seg(model, logits, masks, torch.zeros_like(masks), torch.ones(1, 4, 1, 1))
     (grad,) = torch.autograd.grad(loss, bias)
     assert float(grad) < 0

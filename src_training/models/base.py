@@ -175,6 +175,14 @@ class MultiRaterModel(nn.Module):
         """One logit map per rater (B, K, H, W)."""
         raise NotImplementedError
 
+    PAPER_SAMPLES = 50
+
+    def reference_outputs(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The one output set the method's reference code feeds EVERY metric (the papers' protocol,
+        ``evaluate --paper-protocol``): here ``PAPER_SAMPLES`` diverse samples (Prob. U-Net, D-Persona
+        stage I; deterministic methods repeat their one prediction). Logits (B, S, H, W)."""
+        return self.sample(x, self.PAPER_SAMPLES, generator)
+
     def uncertainty(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Method-specific maps (B, H, W) in [0, 1] and scores (B,); empty when none."""
         return {}

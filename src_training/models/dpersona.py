@@ -222,6 +222,12 @@ class DPersona(ProbUNet):
         return self._expert_logits(ctx, q, int(self.config["heads"]["n_infer"]), generator)
 
     @torch.no_grad()
+    def reference_outputs(self, x, generator=None):
+        """Stage I: prior samples (the base protocol); stage II: the K expert outputs, as the
+        reference's stage-II evaluation feeds them to every metric."""
+        return super().reference_outputs(x, generator) if self.stage == 1 else self.personalize(x, generator)
+
+    @torch.no_grad()
     def blend(self, x, i, j, t, generator=None):
         if self.stage == 1:
             return super().blend(x, i, j, t)

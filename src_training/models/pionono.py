@@ -110,10 +110,21 @@ class PiononoModel(MultiRaterModel):
         b, k = x.shape[0], self.num_raters
         if self.config["personalize_mode"] == "mu":
             return self.decode(ctx, self.z_mu.expand(b, -1, -1))
-        mc = int(self.config["personalize_mc"])
-        r = torch.arange(k, device=x.device).repeat_interleave(mc).expand(b, -1)
+        return self._rater_mc_logits(ctx, b, int(self.config["personalize_mc"]), generator)
+
+    def _rater_mc_logits(self, ctx, b: int, mc: int, generator) -> torch.Tensor:
+        """Per rater the mean of ``mc`` logits decoded from draws of its Gaussian: (B, K, H, W)."""
+        k = self.num_raters
+        r = torch.arange(k, device=self.z_mu.device).repeat_interleave(mc).expand(b, -1)
         z = self._rater_draws(r, randn((b, k * mc, self.latent_dim), generator, self.z_mu))
         return self.decode(ctx, z).view(b, k, mc, *ctx["size"]).mean(2)
+
+    REFERENCE_MC = 20
+
+    @torch.no_grad()
+    def reference_outputs(self, x, generator=None):
+        """The reference's ``val_step``: per rater the mean of 20 MC logits (K outputs feed every metric)."""
+        return self._rater_mc_logits(self._encode(x), x.shape[0], self.REFERENCE_MC, generator)
 
     @torch.no_grad()
     def blend(self, x, i, j, t, generator=None):

@@ -149,11 +149,27 @@ class ProSeg(MultiRaterModel):
         r = randint(self.num_raters, (b, n), generator, x.device)
         tau = sample_dirichlet(self._prior_alpha(x), (b, n), generator)
         if self.config["sample_z"] == "rater_sample":
-            bi = torch.arange(b, device=x.device)[:, None]
-            mu, logvar = ctx["mu"][bi, r], ctx["logvar"][bi, r]  # (B, n, zc, H, W)
-            z_pix = mu + torch.exp(0.5 * logvar) * randn(mu.shape, generator, mu)
-            return self.head.decode(self.head.project(z_pix), tau, ctx["size"])
+            return self._decode_sampled_z(ctx, r, tau, generator)
         return self.head.decode(ctx["proj"], tau, ctx["size"], index=r)
+
+    def _decode_sampled_z(self, ctx, r: torch.Tensor, tau: torch.Tensor, generator) -> torch.Tensor:
+        """Logits with the boundary latent sampled, Z ~ N(mu_r, sigma_r^2), for raters r (B, n)."""
+        bi = torch.arange(r.shape[0], device=r.device)[:, None]
+        mu, logvar = ctx["mu"][bi, r], ctx["logvar"][bi, r]  # (B, n, zc, H, W)
+        z_pix = mu + torch.exp(0.5 * logvar) * randn(mu.shape, generator, mu)
+        return self.head.decode(self.head.project(z_pix), tau, ctx["size"])
+
+    REFERENCE_DRAWS = 13
+
+    @torch.no_grad()
+    def reference_outputs(self, x, generator=None):
+        """The reference's diverse ``test_step``: per rater 13 draws, tau ~ the Dirichlet prior and Z
+        sampled from that rater's statistic head (4 x 13 = 52 outputs feed every metric)."""
+        ctx = self._encode(x)
+        b, n = x.shape[0], self.num_raters * self.REFERENCE_DRAWS
+        r = torch.arange(self.num_raters, device=x.device).repeat_interleave(self.REFERENCE_DRAWS).expand(b, -1)
+        tau = sample_dirichlet(self._prior_alpha(x), (b, n), generator)
+        return self._decode_sampled_z(ctx, r, tau, generator)
 
     @torch.no_grad()
     def personalize(self, x, generator=None):

@@ -47,8 +47,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import losses as L
 from .backbone import build_backbone
 from .base import Capabilities, MultiRaterModel, unpack_batch
+
+
+QUALITY_SPLITS = ("median", "threshold", "all")
 
 
 def _head(cin: int, hidden: int, cout: int = 1) -> nn.Sequential:
@@ -74,10 +78,10 @@ class UMANet(MultiRaterModel):
     method = "umanet"
     DEFAULTS = {
         "head_hidden": 16,
-        "auem": {"hidden": 16, "detach_features": True},
+        "auem": {"hidden": 16, "detach_features": True, "sees_prediction": True},
         "quality": {"split": "median", "threshold": 0.5, "roi_dilation": 3},
         "loss": {"u_penalty": 2.0, "penalty_type": "quadratic", "dice_weight": 1.0, "agreement_weight": 0.1,
-                 "low_weight": 0.5, "reliability_weight": 1.0, "min_weight": 0.3},
+                 "low_weight": 0.5, "reliability_weight": 1.0, "min_weight": 0.3, "dice_scope": "marked"},
     }
 
     def __init__(self, config: dict):
@@ -92,8 +96,10 @@ class UMANet(MultiRaterModel):
         self.auem = nn.Sequential(nn.Conv2d(f + 2, ah, 3, padding=1), nn.ReLU(inplace=True),
                                   nn.Conv2d(ah, ah, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(ah, 1, 1))
         self.rel_head = _head(f, ah)
-        if cfg["quality"]["split"] not in ("median", "threshold"):
-            raise ValueError("quality.split must be 'median' or 'threshold'")
+        if cfg["quality"]["split"] not in QUALITY_SPLITS:
+            raise ValueError(f"quality.split must be one of {QUALITY_SPLITS}")
+        if cfg["loss"]["dice_scope"] not in L.DICE_SCOPES:
+            raise ValueError(f"loss.dice_scope must be one of {L.DICE_SCOPES}")
 
     @property
     def capabilities(self) -> Capabilities:
@@ -109,6 +115,8 @@ class UMANet(MultiRaterModel):
         if self.config["auem"]["detach_features"]:
             feats = feats.detach()
         f = feats.unsqueeze(1).expand(-1, k, -1, -1, -1)
+        if not self.config["auem"].get("sees_prediction", True):
+            p_h = torch.zeros_like(p_h)  # ablation: U_k from the features and Y_k alone
         p = p_h.detach().unsqueeze(1).expand(-1, k, -1, -1, -1)
         inp = torch.cat([f, masks.unsqueeze(2), p], 2).flatten(0, 1)
         return torch.sigmoid(self.auem(inp).float()).view(b, k, *masks.shape[-2:])
@@ -152,7 +160,8 @@ class UMANet(MultiRaterModel):
 
     # ------------------------------------------------------------------ training
     def _weighted_seg(self, logits, masks, u, vmask):
-        """Per-image reliability-weighted loss of one head vs all valid annotations -> (B,)."""
+        """Reliability-weighted loss of one head vs all valid annotations: the per-image BCE +
+        penalty (B,) and the soft-Dice pieces ``(num, den, marked)`` (B, K) (see ``losses.group_dice_loss``)."""
         lc = self.config["loss"]
         k = masks.shape[1]
         lg = logits.expand(-1, k, -1, -1)
@@ -171,13 +180,16 @@ class UMANet(MultiRaterModel):
         else:
             raise ValueError(f"unknown penalty_type {kind!r}")
         per_img = per_img + float(lc["u_penalty"]) * (pen * vmask).flatten(2).mean(2).sum(1) / nv
-        probs = torch.sigmoid(lg)
-        w = rel.detach() * vmask
-        num = 2 * (w * probs * masks).flatten(2).sum(2) + 1.0
-        den = (w * (probs + masks)).flatten(2).sum(2) + 1.0
-        marked = vmask[:, :, 0, 0] * (masks.flatten(2).amax(2) > 0).to(masks.dtype)  # Dice only where k drew something
-        dice = ((1 - num / den) * marked).sum(1) / marked.sum(1).clamp(min=1)
-        return per_img + float(lc["dice_weight"]) * dice
+        return per_img, L.annotation_dice_terms(torch.sigmoid(lg), masks, rel.detach() * vmask)
+
+    def _group_loss(self, logits, masks, u, vmask, valid, group):
+        """One head's loss over the images in ``group``: mean per-image BCE + penalty, plus the
+        weighted Dice in the configured scope (``loss.dice_scope``)."""
+        lc = self.config["loss"]
+        per_img, (num, den, marked) = self._weighted_seg(logits, masks, u, vmask)
+        bce = (per_img * group).sum() / group.sum().clamp(min=1)
+        dice = L.group_dice_loss(num, den, marked, valid, group, lc.get("dice_scope", "marked"))
+        return bce + float(lc["dice_weight"]) * dice
 
     def quality_scores(self, u, masks, valid):
         """QAM score per image s = 1 - mean U over valid raters and the dilated union ROI -> (B,)."""
@@ -192,6 +204,8 @@ class UMANet(MultiRaterModel):
         qc = self.config["quality"]
         if qc["split"] == "threshold":
             return (s >= float(qc["threshold"])) & has
+        if qc["split"] == "all":  # ablation: no quality split, every image trains the H-head
+            return has.clone()
         high = torch.zeros_like(has)
         ids = torch.nonzero(has).flatten()
         if len(ids):
@@ -211,10 +225,8 @@ class UMANet(MultiRaterModel):
             s = self.quality_scores(u, masks, valid)
             high = self.split_high(s, has)
             low = (~high) & has
-        loss_h = self._weighted_seg(logit_h, masks, u, vmask)
-        loss_l = self._weighted_seg(logit_l, masks, u, vmask)
-        seg_h = (loss_h * high).sum() / high.sum().clamp(min=1)
-        seg_l = (loss_l * low).sum() / low.sum().clamp(min=1)
+        seg_h = self._group_loss(logit_h, masks, u, vmask, valid, high)
+        seg_l = self._group_loss(logit_l, masks, u, vmask, valid, low)
         corrected = (1 - u) * masks + u * torch.sigmoid(logit_h).detach()
         nv = vmask.sum(1, keepdim=True).clamp(min=1)
         mean_c = (corrected * vmask).sum(1, keepdim=True) / nv

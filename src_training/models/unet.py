@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import losses as L
@@ -11,7 +12,10 @@ from .base import Capabilities, MultiRaterModel, choose_raters, unpack_batch
 
 class UNetModel(MultiRaterModel):
     """Targets: ``random_rater`` (one valid rater per image, as the repos' supervised baseline),
-    ``mean`` (soft mean of the valid raters) or ``majority`` (mean > 0.5)."""
+    ``mean`` (soft mean of the valid raters) or ``majority`` (mean > 0.5). ``loss.type``: ``gdl``
+    (batch-level generalized Dice), ``bce``, or ``umanet_base``: UMA-Net's base loss with every
+    reliability weight 1 (pixel-mean BCE against every valid annotation + soft Dice in
+    ``loss.dice_scope``), so a U-Net / UMA-Net comparison can separate method from loss."""
 
     method = "unet"
     DEFAULTS = {"target": "random_rater", "loss": {"type": "gdl"}}
@@ -47,6 +51,8 @@ class UNetModel(MultiRaterModel):
         return self._logits(x).repeat(1, self.num_raters, 1, 1)
 
     def loss(self, batch, step=0):
+        if self.config["loss"]["type"] == "umanet_base":
+            return self._umanet_base_loss(batch)
         x, masks, valid = unpack_batch(batch)
         has = valid.any(1)
         vf = valid.to(masks.dtype)[:, :, None, None]
@@ -66,4 +72,17 @@ class UNetModel(MultiRaterModel):
             seg = L.bce_loss(logits, y, w)
         else:
             seg = L.generalized_dice_loss(torch.sigmoid(logits), y, w)
+        return {"loss": seg, "seg": seg.detach()}
+
+    def _umanet_base_loss(self, batch):
+        x, masks, valid = unpack_batch(batch)
+        has = valid.any(1)
+        vmask = valid.to(masks.dtype)[:, :, None, None]
+        logits = self._logits(x).float().expand(-1, masks.shape[1], -1, -1)
+        bce = F.binary_cross_entropy_with_logits(logits, masks.float(), reduction="none")
+        per_img = (bce * vmask).flatten(2).mean(2).sum(1) / vmask.flatten(1).sum(1).clamp(min=1)
+        bce_mean = (per_img * has).sum() / has.sum().clamp(min=1)
+        num, den, marked = L.annotation_dice_terms(torch.sigmoid(logits), masks.float(), vmask.expand_as(masks).float())
+        dice = L.group_dice_loss(num, den, marked, valid, has, self.config["loss"].get("dice_scope", "marked"))
+        seg = bce_mean + float(self.config["loss"].get("dice_weight", 1.0)) * dice
         return {"loss": seg, "seg": seg.detach()}
