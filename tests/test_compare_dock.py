@@ -215,7 +215,7 @@ def test_dataset_report_never_writes_into_the_dataset(make_napari_viewer, tmp_pa
     viewer, dock = _open(make_napari_viewer)
     dock.run_dataset_report(data, sync=True)  # no folder given: the suggestion, outside the dataset
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
-    from napari_multirater._napari.compare_controller import default_report_dir
+    from napari_multirater.analysis.dataset_report import default_report_dir
 
     out = default_report_dir(data)
     assert (out / "raters.md").is_file() and home.resolve() in out.parents

@@ -49,14 +49,14 @@ def _setup(make_napari_viewer, qtbot, ckpt, sample="phantom_2d", show=False):
     dock.path_edit.setText(str(ckpt))
     dock.device_combo.setCurrentText("cpu")
     qtbot.mouseClick(dock.load_btn, Qt.LeftButton)  # loads in a worker
-    qtbot.waitUntil(lambda: dock.worker is None and dock.controller.engine is not None, timeout=60_000)
+    qtbot.waitUntil(lambda: not dock.controller.jobs.busy and dock.controller.engine is not None, timeout=60_000)
     QApplication.processEvents()
     return viewer, dock
 
 
 def _click_and_wait(qtbot, dock, button, timeout=30_000):
     qtbot.mouseClick(button, Qt.LeftButton)
-    qtbot.waitUntil(lambda: dock.worker is None and dock.controller.worker is None, timeout=timeout)
+    qtbot.waitUntil(lambda: not dock.controller.jobs.busy, timeout=timeout)
     QApplication.processEvents()
 
 
@@ -168,13 +168,13 @@ def test_latent_explorer_redecodes(make_napari_viewer, qtbot, ckpt_dir):
         changed |= not np.array_equal(layer.data, before)
     assert changed and dock.last_decode_ms is not None and dock.last_decode_ms < 1000
     dock.directions_combo.setCurrentIndex(1)  # principal directions: n decodes, in a worker with progress
-    progress = []
     qtbot.mouseClick(dock.explore_btn, Qt.LeftButton)
-    assert dock.worker is not None and not dock.explore_btn.isEnabled()
-    dock.worker.yielded.connect(progress.append)
-    qtbot.waitUntil(lambda: dock.worker is None, timeout=60_000)
+    job = dock.controller.jobs.job
+    assert job is not None and job.threaded and not dock.explore_btn.isEnabled()
+    qtbot.waitUntil(lambda: not job.running, timeout=60_000)
     QApplication.processEvents()
-    assert dock.controller.explorer is not None and progress and progress[-1].done == progress[-1].total
+    last = job.last_progress
+    assert job.state == "done" and dock.controller.explorer is not None and last.done == last.total
     assert "pc1" in dock.slider_grid.itemAtPosition(0, 0).widget().text()
     dock.latent_sliders[0].setValue(-20)
     dock.interp_slider.setValue(50)
@@ -234,15 +234,13 @@ def test_cancel_leaves_no_partial_layers(make_napari_viewer, qtbot, ckpt_dir):
     viewer, dock = _setup(make_napari_viewer, qtbot, ckpt_dir / "dpersona.pt", sample="phantom_3d")
     dock.scope_combo.setCurrentText("all slices")
     dock.n_spin.setValue(200)
-    aborted = []
     qtbot.mouseClick(dock.sample_btn, Qt.LeftButton)
-    worker = dock.worker
-    assert worker is not None and dock.cancel_btn.isEnabled() and not dock.sample_btn.isEnabled()
-    worker.aborted.connect(lambda: aborted.append(True))
+    job = dock.controller.jobs.job
+    assert job is not None and dock.cancel_btn.isEnabled() and not dock.sample_btn.isEnabled()
     qtbot.mouseClick(dock.cancel_btn, Qt.LeftButton)
-    qtbot.waitUntil(lambda: dock.worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: not dock.controller.jobs.busy, timeout=60_000)
     QApplication.processEvents()
-    assert aborted and SAMPLES not in viewer.layers and MEAN_PROB not in viewer.layers
+    assert job.state == "cancelled" and SAMPLES not in viewer.layers and MEAN_PROB not in viewer.layers
     assert dock.sample_btn.isEnabled() and not dock.cancel_btn.isEnabled() and "cancelled" in dock.status.text()
 
 
@@ -274,7 +272,7 @@ def test_errors_become_notifications(make_napari_viewer, qtbot, ckpt_dir, tmp_pa
     viewer.add_image(bad_img, name="with nan")
     dock.image_combo.setCurrentText("with nan")
     dock.scope_combo.setCurrentText("whole image")
-    assert dock.run("samples", sync=True) is None
+    assert dock.run("samples", sync=True).state == "failed"
     assert seen[-1][0] == "error" and "25 non-finite" in seen[-1][1] and "with nan" in seen[-1][1]
     assert "mr samples" not in viewer.layers
 
@@ -300,7 +298,7 @@ def test_results_stay_with_the_image_they_were_run_on(make_napari_viewer, qtbot,
     dock.n_spin.setValue(2)
 
     def wait():
-        qtbot.waitUntil(lambda: dock.worker is None, timeout=60_000)
+        qtbot.waitUntil(lambda: not dock.controller.jobs.busy, timeout=60_000)
         QApplication.processEvents()
     # the Image combo changes during the run: the result goes on the grid it was computed for
     assert dock.run("samples") is not None  # (no events processed before the switch below)
@@ -329,7 +327,7 @@ def test_results_stay_with_the_image_they_were_run_on(make_napari_viewer, qtbot,
 
 def test_reused_layers_follow_the_image_affine_and_units(make_napari_viewer, ckpt_dir):
     from napari_multirater._napari.layers import upsert_layer
-    from napari_multirater._napari.model_controller import ModelController
+    from napari_multirater._napari.model_controller import ModelController, RunRequest
 
     viewer = make_napari_viewer()
     data = np.full((32, 48), -1000.0, np.float32)
@@ -344,10 +342,10 @@ def test_reused_layers_follow_the_image_affine_and_units(make_napari_viewer, ckp
     # the model controller reuses its layers with the same helper
     ctl = ModelController(viewer, a)
     ctl.load_model(ckpt_dir / "umanet.pt", device="cpu")
-    ctl.start("samples", samples=1, sync=True)
+    ctl.start(RunRequest("samples", n_samples=1), sync=True)
     mean = viewer.layers[MEAN_PROB]
     ctl.set_image_layer(b)
-    ctl.start("samples", samples=1, sync=True)
+    ctl.start(RunRequest("samples", n_samples=1), sync=True)
     assert viewer.layers[MEAN_PROB] is mean
     np.testing.assert_allclose(mean.affine.affine_matrix, aff)
     assert [str(u) for u in mean.units] == ["millimeter"] * 2

@@ -1,4 +1,4 @@
-"""Layer side of model inference: scopes, workers and the ``mr ...`` result layers (no Qt widgets).
+"""Layer side of model inference: typed run requests, jobs and the ``mr ...`` result layers (no Qt widgets).
 
 Every result goes into a layer with a fixed name that is reused on re-runs. Computed regions are
 written into existing Labels of the same shape through the undo history (a current-slice or ROI
@@ -17,7 +17,7 @@ import numpy as np
 from ..inference.engine import InferenceEngine
 from ..inference.roi import ROI, PredictionResult
 from ..io.geometry import METADATA_KEY, geometry_from_layer
-from ..progress import Progress, run_to_completion
+from ..progress import Progress
 from .layers import (
     MODEL_CONTOUR,
     ROLE_KEY,
@@ -29,17 +29,15 @@ from .layers import (
     sync_layer,
     transform_kwargs,
 )
-from .workers import start_generator_worker, threads_disabled
+from .model_request import ALL_EXPERTS, SCOPES_2D, SCOPES_3D, RunKind, RunRequest, Scope
+from .workers import Job, JobRunner, threads_disabled
 
-SCOPES_2D = ("whole image", "region of interest")
-SCOPES_3D = ("current slice", "all slices", "region of interest")
 SAMPLES = layer_name("samples")
 SAMPLE_CONTOURS = layer_name("sample contours")
 MEAN_PROB = layer_name("mean probability")
 BLEND = layer_name("persona blend")
 UNC_CONTOUR = layer_name("uncertainty contour")
 EXPLORER = layer_name("latent explorer")
-ALL_EXPERTS = "all experts"
 # output families by layer role: a run shows its own family and hides the others (one click brings them back)
 FAMILIES = {"samples": ("sample", "mean_probability", "sample_contours"),
             "personas": ("persona",),
@@ -47,7 +45,7 @@ FAMILIES = {"samples": ("sample", "mean_probability", "sample_contours"),
             "explorer": ("latent_explorer",)}
 
 
-__all__ = ["ALL_EXPERTS", "Explorer", "ModelController", "threads_disabled"]
+__all__ = ["ALL_EXPERTS", "Explorer", "ModelController", "RunKind", "RunRequest", "Scope", "threads_disabled"]
 
 
 def _warn(message: str) -> None:
@@ -127,43 +125,21 @@ class ModelController:
         self.viewer = viewer
         self.image_layer = image_layer
         self.engine: InferenceEngine | None = None
-        self.worker = None
-        self.last: dict[str, PredictionResult] = {}
+        self.jobs = JobRunner()  # one model job at a time (load, run, explorer); docks ask jobs.busy
+        self.last: dict[RunKind, PredictionResult] = {}
         self.explorer: Explorer | None = None
         self.dropped: str | None = None  # why the last finished result was not shown (None: shown)
         self.hidden_earlier: list[str] = []  # older output layers hidden by the newest run
         self._target: tuple | None = None  # (image layer, transform kwargs) results are written for
 
     # ------------------------------------------------------------------ jobs
-    def _launch(self, gen, desc: str, done, on_error, on_finished, on_progress, sync):
-        """Run generator ``gen`` in a worker (returned) or synchronously (None); ``done(result)``
-        runs on the GUI thread. One job at a time (``self.worker``)."""
-        def finished():
-            self.worker = None
-            if on_finished is not None:
-                on_finished()
-
+    def _launch(self, gen, label: str, done, callbacks: dict, sync) -> Job:
+        """Start ``gen`` on :attr:`jobs`; ``done(result)`` (GUI thread) before the caller's ``on_done``."""
         self.dropped = None
-        if sync if sync is not None else threads_disabled():
-            try:
-                done(run_to_completion(gen, on_progress))
-            except Exception as e:  # same contract as the worker: report, never raise into Qt
-                if on_error is None:
-                    raise
-                on_error(e)
-            finally:
-                finished()
-            return None
-
-        def run():
-            return (yield from gen)
-        self.worker = start_generator_worker(run, desc=desc, on_done=done, on_error=on_error, on_finished=finished)
-        if on_progress is not None:
-            self.worker.yielded.connect(on_progress)
-        return self.worker
+        return self.jobs.start(gen, label=label, on_done=done, sync=sync, **callbacks)
 
     def _require_idle(self) -> None:
-        if self.worker is not None:
+        if self.jobs.busy:
             raise ValueError("a model job is already in progress: wait or cancel it")
 
     # ------------------------------------------------------------------ model and image
@@ -172,18 +148,20 @@ class ModelController:
         self._set_engine(InferenceEngine.load(name_or_path, device=device, **kwargs))
         return self.engine
 
-    def start_load(self, name_or_path, device: str = "auto", *, on_done=None, on_error=None, on_finished=None,
-                   on_progress=None, sync: bool | None = None, **kwargs):
-        """Load a model in a worker with progress (reading, moving to the device); the engine is
-        swapped in on the GUI thread, then ``on_done(engine)``. Returns the worker (None if sync)."""
+    def start_load(self, name_or_path, device: str = "auto", *, options: dict | None = None, on_done=None,
+                   sync: bool | None = None, **callbacks) -> Job:
+        """Load a model as a job with progress (reading, moving to the device); the engine is
+        swapped in on the GUI thread, then ``on_done(engine)``. ``options`` go to
+        :meth:`InferenceEngine.iter_load` (image_units, lidc_mapping, precision); ``callbacks`` are
+        the other :meth:`JobRunner.start` callbacks (on_progress, on_error, on_cancelled, on_finished)."""
         self._require_idle()
 
         def done(engine):
             self._set_engine(engine)
             if on_done is not None:
                 on_done(engine)
-        return self._launch(InferenceEngine.iter_load(name_or_path, device, **kwargs), "load model", done,
-                            on_error, on_finished, on_progress, sync)
+        return self._launch(InferenceEngine.iter_load(name_or_path, device, **(options or {})), "load model",
+                            done, callbacks, sync)
 
     def _set_engine(self, engine) -> None:
         self.engine = engine
@@ -233,7 +211,7 @@ class ModelController:
 
         return spacing_known(self.image_layer)
 
-    def scopes(self) -> tuple[str, ...]:
+    def scopes(self) -> tuple[Scope, ...]:
         return SCOPES_3D if self.image_layer is not None and self.image_layer.ndim == 3 else SCOPES_2D
 
     def current_slice_index(self) -> int | None:
@@ -275,52 +253,60 @@ class ModelController:
             return ROI.point(self.geometry().index_to_physical(idx), size_mm)
         raise ValueError(f"{layer.name!r} is a {kind} layer: use a Shapes (rectangle) or Points layer for the ROI")
 
-    def run_kwargs(self, scope: str, roi_layer=None, size_mm: float = 40.0) -> dict:
-        """``iter_predict_volume`` keywords for a scope name."""
-        if scope == "current slice":
+    def scope_kwargs(self, request: RunRequest) -> dict:
+        """``iter_predict_volume`` keywords for the request's scope."""
+        if request.scope == Scope.CURRENT_SLICE:
             return {"slice_index": self.current_slice_index()}
-        if scope == "region of interest":
-            if roi_layer is None:
+        if request.scope == Scope.ROI:
+            if request.roi is not None:
+                return {"roi": request.roi}
+            if request.roi_layer is None:
                 raise ValueError("choose a Shapes or Points layer for the region of interest")
-            return {"roi": self.roi_from_layer(roi_layer, size_mm)}
-        if scope in ("whole image", "all slices"):
-            return {}
-        raise ValueError(f"unknown scope {scope!r}")
+            return {"roi": self.roi_from_layer(request.roi_layer, request.roi_size_mm)}
+        return {}
+
+    @staticmethod
+    def output_kwargs(request: RunRequest) -> dict:
+        """``iter_predict_volume`` keywords for what the request's kind shows: binary samples only
+        for the samples run (an uncertainty run draws its samples for the maps and keeps none)."""
+        n = request.n_samples
+        if request.kind == RunKind.SAMPLES:
+            return {"samples": n}
+        if request.kind == RunKind.PERSONAS:
+            return {"samples": 0, "personas": True}
+        return {"samples": 0, "uncertainty": True, "uncertainty_samples": n}
 
     # ------------------------------------------------------------------ running
-    def start(self, action: str, scope: str = "whole image", *, samples: int = 16, seed: int = 0,
-              roi_layer=None, size_mm: float = 40.0, batch_slices: int = 8, show: dict | None = None,
-              on_done=None, on_error=None, on_finished=None, on_progress=None, sync: bool | None = None):
-        """Run ``action`` ('samples', 'personas', 'uncertainty') on ``scope``; the result is shown
-        with :meth:`apply` (``show`` = its keyword arguments) on the GUI thread. Returns the worker
-        (None when run synchronously). Errors in setup raise ValueError before anything starts."""
+    def start(self, request: RunRequest, *, on_done=None, sync: bool | None = None, **callbacks) -> Job:
+        """Run ``request``; its result is shown with :meth:`apply` on the GUI thread, then
+        ``on_done(result)``; ``callbacks``: the other :meth:`JobRunner.start` callbacks. Returns the
+        :class:`Job`. Errors in setup raise ValueError before anything starts."""
         engine, layer = self.require()
         self._require_idle()
-        kw = self.run_kwargs(scope, roi_layer, size_mm)
-        kw.update(samples=samples if action in ("samples", "uncertainty") else 0, seed=seed,
-                  personas=action == "personas", uncertainty=action == "uncertainty", batch_slices=batch_slices,
+        kw = {**self.scope_kwargs(request), **self.output_kwargs(request)}
+        kw.update(seed=request.seed, batch_slices=request.batch_slices,
                   source=str(layer.metadata.get("source_path") or f"image layer {layer.name!r}"))
         if not self.spacing_known():
             kw["target_spacing_mm"] = "native"
         image, geometry = self.image_data(), self.geometry()
         # results belong to the grid of the image as it is now, whatever happens to the combo
         target = (layer, transform_kwargs(layer))
-        show = dict(show or {})
+        kind = request.kind
 
         def done(result):
             self.dropped = self._stale(target[0], result.shape)
             if self.dropped:
-                _warn(f"model {action}: result not shown: {self.dropped}")
+                _warn(f"model {kind.value}: result not shown: {self.dropped}")
                 return
             if same_layer(target[0], self.image_layer):
-                self.last[action] = result
+                self.last[kind] = result
             with self._output_to(*target):
-                self.apply(action, result, **show)
+                self.apply(request, result)
             if on_done is not None:
                 on_done(result)
 
-        return self._launch(engine.iter_predict_volume(image, geometry, **kw), f"model {action}", done,
-                            on_error, on_finished, on_progress, sync)
+        return self._launch(engine.iter_predict_volume(image, geometry, **kw), f"model {kind.value}", done,
+                            callbacks, sync)
 
     def _stale(self, layer, shape) -> str | None:
         """Why results computed for ``layer`` at ``shape`` can no longer be shown (None: they can)."""
@@ -348,8 +334,7 @@ class ModelController:
         return dict(self._target[1]) if self._target is not None else transform_kwargs(self.image_layer)
 
     def cancel(self) -> None:
-        if self.worker is not None:
-            self.worker.quit()
+        self.jobs.cancel()
 
     # ------------------------------------------------------------------ layers
     def _meta(self, role: str, **extra) -> dict:
@@ -422,17 +407,16 @@ class ModelController:
         self.hidden_earlier = []
         return shown
 
-    def apply(self, action: str, result: PredictionResult, **show):
-        """Put a result into its layers (GUI thread), hiding older output families. Returns the
-        layers touched."""
-        self.hide_other_families(action)
-        if action == "samples":
-            return self.show_samples(result, contours=show.get("contours", False))
-        if action == "personas":
-            return self.show_personas(result, show.get("expert", ALL_EXPERTS))
-        if action == "uncertainty":
-            return self.show_uncertainty(result, show.get("kind", "entropy"))
-        raise ValueError(f"unknown action {action!r}")
+    def apply(self, request: RunRequest, result: PredictionResult):
+        """Put a result into its layers (GUI thread) as ``request`` asks, hiding older output
+        families. Returns the layers touched."""
+        kind = request.kind
+        self.hide_other_families(kind.value)
+        if kind == RunKind.SAMPLES:
+            return self.show_samples(result, contours=request.contours)
+        if kind == RunKind.PERSONAS:
+            return self.show_personas(result, request.expert)
+        return self.show_uncertainty(result, request.uncertainty_kind)
 
     def show_samples(self, result: PredictionResult, contours: bool = False) -> list:
         out = []
@@ -541,10 +525,10 @@ class ModelController:
         self.start_explorer(mode, seed, on_done=out.append, sync=True)
         return out[0]
 
-    def start_explorer(self, mode: str = "axes", seed: int = 0, *, on_done=None, on_error=None, on_finished=None,
-                       on_progress=None, sync: bool | None = None):
+    def start_explorer(self, mode: str = "axes", seed: int = 0, *, on_done=None, sync: bool | None = None,
+                       **callbacks) -> Job:
         """Encode, compute the slider directions and decode the prior mean in a worker with progress;
-        the explorer is installed on the GUI thread, then ``on_done(explorer)``. Returns the worker."""
+        the explorer is installed on the GUI thread, then ``on_done(explorer)``. Returns the :class:`Job`."""
         engine, layer = self.require()
         self._require_idle()
         if engine.capabilities.latent_dim <= 0:
@@ -569,7 +553,7 @@ class ModelController:
                 on_done(ex)
 
         return self._launch(_iter_explorer(engine, image, z, mode, int(seed)), "latent explorer", done,
-                            on_error, on_finished, on_progress, sync)
+                            callbacks, sync)
 
     def _explorer_layer(self, mask):
         ex = self.explorer

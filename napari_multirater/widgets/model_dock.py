@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 
 from .._napari import guidance
 from .._napari.model_controller import ALL_EXPERTS, ModelController
+from .._napari.model_request import DEFAULT_SAMPLES, RunKind, RunRequest, Scope
 from ..inference import model_info
 from ..inference.device import DEVICE_CHOICES, PRECISION_CHOICES
 from ..inference.intensity import IMAGE_UNITS, LIDC_MAPPINGS
@@ -87,7 +88,6 @@ class ModelDock(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.controller = ModelController(napari_viewer)
-        self.worker = None
         self.latent_sliders: list[QSlider] = []
         self.last_decode_ms: float | None = None
         self.coalesce = False  # set per explorer from one measured decode (> COALESCE_MS)
@@ -225,7 +225,7 @@ class ModelDock(QWidget):
         form = _form(w)
         self.n_spin = QSpinBox()
         self.n_spin.setRange(1, 1000)
-        self.n_spin.setValue(16)
+        self.n_spin.setValue(DEFAULT_SAMPLES)
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2 ** 31 - 1)
         new_seed = QPushButton("New seed")
@@ -236,7 +236,7 @@ class ModelDock(QWidget):
         self.contours_check = QCheckBox("show all samples as contours")
         form.addRow(self.contours_check)
         self.sample_btn = QPushButton("Sample")
-        self.sample_btn.clicked.connect(lambda: self.run("samples"))
+        self.sample_btn.clicked.connect(lambda: self.run(RunKind.SAMPLES))
         form.addRow(self.sample_btn)
 
         ex = QGroupBox("Latent explorer")
@@ -274,7 +274,7 @@ class ModelDock(QWidget):
         self.expert_combo = QComboBox()
         form.addRow("Expert", self.expert_combo)
         self.persona_btn = QPushButton("Show persona")
-        self.persona_btn.clicked.connect(lambda: self.run("personas"))
+        self.persona_btn.clicked.connect(lambda: self.run(RunKind.PERSONAS))
         form.addRow(self.persona_btn)
         self.rater_note = QLabel("")
         self.rater_note.setWordWrap(True)
@@ -305,7 +305,7 @@ class ModelDock(QWidget):
         form.addRow("Kind", self.kind_combo)
         self.unc_btn = QPushButton("Compute uncertainty")
         self.unc_btn.setToolTip("uses the number of samples and the seed of the Diversity tab")
-        self.unc_btn.clicked.connect(lambda: self.run("uncertainty"))
+        self.unc_btn.clicked.connect(lambda: self.run(RunKind.UNCERTAINTY))
         form.addRow(self.unc_btn)
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setRange(0.0, 1.0)
@@ -389,10 +389,10 @@ class ModelDock(QWidget):
         layer = self._layer(self.image_combo.currentText())
         if self.controller.set_image_layer(layer):  # proxied layers compare with same_layer
             self._clear_sliders()
-            if self.worker is None:
+            if not self.controller.jobs.busy:
                 self.status.setText("")  # a status about another input is stale now
             self._preselect_model()
-        self._fill(self.scope_combo, list(self.controller.scopes()))
+        self._fill(self.scope_combo, [s.value for s in self.controller.scopes()])
         self._advise()
         self._update_enabled()
 
@@ -444,12 +444,12 @@ class ModelDock(QWidget):
             self.roi_combo.setCurrentText("mr roi point")
         elif self._layer(self.roi_combo.currentText()) is None or self.roi_combo.currentText().startswith("mr "):
             self.new_point_layer()  # never an unrelated Points layer (e.g. an import's small nodules)
-        self.scope_combo.setCurrentText("region of interest")
+        self.scope_combo.setCurrentText(Scope.ROI.value)
         return True
 
     def _update_enabled(self) -> None:
         eng = self.controller.engine
-        running = self.worker is not None
+        running = self.controller.jobs.busy
         ready = eng is not None and self.controller.image_layer is not None and not running
         caps = eng.capabilities if eng is not None else None
         self.sample_btn.setEnabled(ready)
@@ -461,7 +461,7 @@ class ModelDock(QWidget):
         self.load_btn.setEnabled(not running)
         self.cancel_btn.setEnabled(running)
         self.path_edit.setEnabled(self.model_combo.currentText() == FILE_ITEM)
-        roi = self.scope_combo.currentText() == "region of interest"
+        roi = self.scope_combo.currentText() == Scope.ROI.value
         self.roi_combo.setEnabled(roi)
         self.size_spin.setEnabled(roi)
 
@@ -473,36 +473,32 @@ class ModelDock(QWidget):
             self.model_combo.setCurrentIndex(0)
 
     def load_model(self, *_, sync: bool | None = None) -> bool:
-        """Load the chosen model in a worker with progress (``sync``: on this thread). Returns False
+        """Load the chosen model as a job with progress (``sync``: on this thread). Returns False
         when it could not start (or, synchronously, failed); errors become notifications."""
         choice = self.model_combo.currentText()
         target = self.path_edit.text().strip() if choice == FILE_ITEM else choice
         if not target:
             _notify("error", "choose a model or a checkpoint file first")
             return False
-        failed = []
 
         def error(e):
-            failed.append(e)
             self.status.setText(f"cannot load model: {e}")
-            if self.worker is None:  # sync; a worker reports its own errors as notifications
-                _notify("error", f"Cannot load model: {e}")
+            _notify("error", f"Cannot load model: {e}")
+        options = {"image_units": self.units_combo.currentText(), "lidc_mapping": self.lidc_combo.currentText(),
+                   "precision": self.precision_combo.currentText()}
         try:
             self.progress.setRange(0, 0)
-            self.worker = self.controller.start_load(
-                target, self.device_combo.currentText(), image_units=self.units_combo.currentText(),
-                lidc_mapping=self.lidc_combo.currentText(), precision=self.precision_combo.currentText(),
-                on_done=self._model_loaded, on_error=error,
-                on_finished=self._finished, on_progress=self._progress, sync=sync)
+            job = self.controller.start_load(
+                target, self.device_combo.currentText(), options=options, on_done=self._model_loaded,
+                on_error=error, on_finished=self._finished, on_progress=self._progress, sync=sync)
         except (ValueError, OSError) as e:
-            self.worker = None
             self.progress.setRange(0, 1)
             _notify("error", f"Cannot load model: {e}")
             return False
-        if self.worker is not None:
+        if job.running:
             self.status.setText(f"loading {target}…")
         self._update_enabled()
-        return not failed
+        return job.state != "failed"
 
     def _model_loaded(self, eng) -> None:
         self._n_warnings = len(eng.warnings)
@@ -561,32 +557,32 @@ class ModelDock(QWidget):
         self._show_card()
 
     # ------------------------------------------------------------------ runs
-    def _show_kwargs(self, action: str) -> dict:
-        if action == "samples":
-            return {"contours": self.contours_check.isChecked()}
-        if action == "personas":
-            return {"expert": self.expert_combo.currentText() or ALL_EXPERTS}
-        return {"kind": self.kind_combo.currentText() or "entropy"}
+    def request(self, kind: RunKind | str) -> RunRequest:
+        """The typed request for ``kind`` from the dock's current choices."""
+        return RunRequest(
+            RunKind(kind), Scope(self.scope_combo.currentText() or Scope.WHOLE_IMAGE), n_samples=self.n_spin.value(),
+            seed=self.seed_spin.value(), roi_layer=self._layer(self.roi_combo.currentText()),
+            roi_size_mm=self.size_spin.value(), contours=self.contours_check.isChecked(),
+            expert=self.expert_combo.currentText() or ALL_EXPERTS,
+            uncertainty_kind=self.kind_combo.currentText() or "entropy")
 
-    def run(self, action: str, sync: bool | None = None):
-        """Start ``action`` in a worker with progress; returns the worker (None if sync or failed)."""
+    def run(self, kind: RunKind | str, sync: bool | None = None):
+        """Start a ``kind`` run as a job with progress; returns the :class:`Job` (None when it could
+        not start; ``job.state`` tells how a synchronous run ended)."""
+        kind = RunKind(kind)
         try:
-            roi_layer = self._layer(self.roi_combo.currentText())
+            request = self.request(kind)
             self.progress.setRange(0, 0)
-            self.worker = self.controller.start(
-                action, self.scope_combo.currentText(), samples=self.n_spin.value(), seed=self.seed_spin.value(),
-                roi_layer=roi_layer, size_mm=self.size_spin.value(), show=self._show_kwargs(action),
-                on_done=lambda r: self._done(action, r), on_error=self._error, on_finished=self._finished,
-                on_progress=self._progress, sync=sync)
+            job = self.controller.start(
+                request, on_done=lambda r: self._done(kind, r), on_error=lambda e: self._error(kind, e),
+                on_cancelled=lambda: self.status.setText(f"{kind.value} cancelled; layers unchanged"),
+                on_finished=self._finished, on_progress=self._progress, sync=sync)
         except ValueError as e:
-            self.worker = None
             self.progress.setRange(0, 1)
-            _notify("error", f"Model {action}: {e}")
+            _notify("error", f"Model {kind.value}: {e}")
             return None
-        if self.worker is not None:
-            self.worker.aborted.connect(lambda: self.status.setText(f"{action} cancelled; layers unchanged"))
         self._update_enabled()
-        return self.worker
+        return job
 
     def _progress(self, item) -> None:
         if getattr(item, "total", None):
@@ -611,18 +607,19 @@ class ModelDock(QWidget):
         style = "thick outlines" if expert == ALL_EXPERTS else "filled"
         self.legend.setText(f"Model personas ({style}): {items}<br>Human raters: thin outlines")
 
-    def _done(self, action: str, result) -> None:
+    def _done(self, kind: RunKind, result) -> None:
         expert = self.expert_combo.currentText() or ALL_EXPERTS
         n_p = len(result.personas_region)
         persona_text = (f"all {n_p} personas" if expert == ALL_EXPERTS else f"persona {expert} (1 of {n_p})")
-        what = {"samples": f"{result.info.get('samples', 0)} sample(s)", "personas": persona_text,
-                "uncertainty": f"{len(result.uncertainty_region)} map(s) from {result.info.get('samples', 0)} samples"}[action]
+        what = {RunKind.SAMPLES: f"{result.info.get('samples', 0)} sample(s)", RunKind.PERSONAS: persona_text,
+                RunKind.UNCERTAINTY: f"{len(result.uncertainty_region)} map(s) from {result.info.get('samples', 0)} samples"
+                }[kind]
         z = result.region[0] if len(result.region) == 3 else None
         where = ""
         if z is not None and z.stop - z.start < result.shape[0]:
             where = f", slice {z.start}" if z.stop - z.start == 1 else f", slices {z.start}-{z.stop - 1}"
-        msg = f"{action}: {what}, seed {result.info.get('seed')}{where}"
-        if action == "personas":
+        msg = f"{kind.value}: {what}, seed {result.info.get('seed')}{where}"
+        if kind == RunKind.PERSONAS:
             self._legend(result)
         if self.controller.hidden_earlier:
             msg += f"; {len(self.controller.hidden_earlier)} earlier output layer(s) hidden"
@@ -637,13 +634,11 @@ class ModelDock(QWidget):
             _notify("warning", w)
         self._n_warnings = len(eng.warnings)
 
-    def _error(self, exc) -> None:
+    def _error(self, kind: RunKind, exc) -> None:
         self.status.setText(f"failed: {exc}")
-        if self.worker is None:  # sync run; a worker reports its own errors as notifications
-            _notify("error", f"Model run failed: {exc}")
+        _notify("error", f"Model {kind.value} failed: {exc}")
 
     def _finished(self) -> None:
-        self.worker = None
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
         self.progress.setFormat("done")
@@ -656,7 +651,7 @@ class ModelDock(QWidget):
 
     def _kind_changed(self, *_) -> None:
         """Show another kind from the last uncertainty result without recomputing."""
-        res = self.controller.last.get("uncertainty")
+        res = self.controller.last.get(RunKind.UNCERTAINTY)
         kind = self.kind_combo.currentText()
         if res is not None and kind in res.uncertainty_region and self.controller.image_layer is not None:
             try:
@@ -690,7 +685,7 @@ class ModelDock(QWidget):
                                        ndim=img.ndim if img is not None else 2, **kw)
         layer.mode = "add_rectangle"
         self.roi_combo.setCurrentText(layer.name)
-        self.scope_combo.setCurrentText("region of interest")
+        self.scope_combo.setCurrentText(Scope.ROI.value)
 
     def new_point_layer(self):
         """``mr roi point``: a Points layer on the image's grid in add mode: click the lesion."""
@@ -717,25 +712,21 @@ class ModelDock(QWidget):
         """Encode the image and compute the slider directions (principal: n decodes) in a worker with
         progress (``sync``: on this thread); the sliders appear when it is done."""
         mode = DIRECTION_MODES[self.directions_combo.currentIndex()][1]
-        failed = []
 
         def error(e):
-            failed.append(e)
             self.status.setText(f"latent explorer failed: {e}")
-            if self.worker is None:
-                _notify("error", f"Latent explorer: {e}")
+            _notify("error", f"Latent explorer: {e}")
         try:
             self.progress.setRange(0, 0)
-            self.worker = self.controller.start_explorer(
+            job = self.controller.start_explorer(
                 mode, seed=self.seed_spin.value(), on_done=lambda ex: self._explorer_ready(ex, mode), on_error=error,
                 on_finished=self._finished, on_progress=self._progress, sync=sync)
         except ValueError as e:
-            self.worker = None
             self.progress.setRange(0, 1)
             _notify("error", f"Latent explorer: {e}")
             return False
         self._update_enabled()
-        return not failed
+        return job.state != "failed"
 
     def _explorer_ready(self, ex, mode: str) -> None:
         self.coalesce = ex.decode_ms > COALESCE_MS
@@ -827,10 +818,10 @@ class ModelDock(QWidget):
         if not self.load_model(sync=True):
             return
         self.n_spin.setValue(8)
-        self.run("samples", sync=True)
+        self.run(RunKind.SAMPLES, sync=True)
         self.kind_combo.setCurrentText("entropy")
-        self.run("uncertainty", sync=True)
+        self.run(RunKind.UNCERTAINTY, sync=True)
         self.expert_combo.setCurrentText(ALL_EXPERTS)
-        self.run("personas", sync=True)  # last: the newest outputs are shown, older ones hidden
+        self.run(RunKind.PERSONAS, sync=True)  # last: the newest outputs are shown, older ones hidden
         self.tabs.setCurrentIndex(1)
 
