@@ -8,16 +8,15 @@ layer's geometry; ``mr samples`` gets one extra leading (sample) axis with scale
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 
+from ..analysis.contours import sample_contours
 from ..inference.engine import InferenceEngine
 from ..inference.roi import ROI, PredictionResult
 from ..io.geometry import METADATA_KEY, geometry_from_layer
-from ..progress import Progress
 from .layers import (
     MODEL_CONTOUR,
     ROLE_KEY,
@@ -26,8 +25,8 @@ from .layers import (
     layer_name,
     persona_color,
     same_layer,
-    sync_layer,
     transform_kwargs,
+    upsert_layer,
 )
 from .model_request import ALL_EXPERTS, SCOPES_2D, SCOPES_3D, RunKind, RunRequest, Scope
 from .workers import Job, JobRunner, threads_disabled
@@ -37,7 +36,6 @@ SAMPLE_CONTOURS = layer_name("sample contours")
 MEAN_PROB = layer_name("mean probability")
 BLEND = layer_name("persona blend")
 UNC_CONTOUR = layer_name("uncertainty contour")
-EXPLORER = layer_name("latent explorer")
 # output families by layer role: a run shows its own family and hides the others (one click brings them back)
 FAMILIES = {"samples": ("sample", "mean_probability", "sample_contours"),
             "personas": ("persona",),
@@ -45,7 +43,7 @@ FAMILIES = {"samples": ("sample", "mean_probability", "sample_contours"),
             "explorer": ("latent_explorer",)}
 
 
-__all__ = ["ALL_EXPERTS", "Explorer", "ModelController", "RunKind", "RunRequest", "Scope", "threads_disabled"]
+__all__ = ["ALL_EXPERTS", "ModelController", "RunKind", "RunRequest", "Scope", "threads_disabled"]
 
 
 def _warn(message: str) -> None:
@@ -60,21 +58,6 @@ def persona_layer_name(rater: str) -> str:
 
 def uncertainty_layer_name(kind: str) -> str:
     return layer_name("uncertainty", kind)
-
-
-@dataclass
-class Explorer:
-    """Latent explorer state for one 2D slice."""
-
-    enc: object
-    z_index: int | None
-    mu: np.ndarray
-    sigma: np.ndarray
-    directions: np.ndarray
-    strengths: np.ndarray
-    seed: int
-    decode_ms: float = 0.0  # one decode of this image (the dock coalesces slider events when slow)
-    initial: np.ndarray | None = None  # mask at the prior mean (all sliders 0)
 
 
 def _extend_transforms(image_kw: dict) -> dict:
@@ -102,22 +85,6 @@ def _extend_transforms(image_kw: dict) -> dict:
     return kw
 
 
-def _full_index(region, lead: int) -> tuple:
-    return (slice(None),) * lead + tuple(region)
-
-
-def _write_labels_region(layer, region, arr) -> int:
-    """Write ``arr`` into ``layer.data[region]`` through the undo history; returns voxels changed."""
-    sl = tuple(slice(s.start or 0, s.stop) for s in region)
-    cur = np.asarray(layer.data[sl])
-    arr = np.asarray(arr).astype(cur.dtype, copy=False)
-    changed = np.nonzero(cur != arr)
-    if changed[0].size:
-        idx = tuple(c + s.start for c, s in zip(changed, sl))
-        layer.data_setitem(idx, arr[changed])
-    return int(changed[0].size)
-
-
 class ModelController:
     """Runs an :class:`InferenceEngine` on an image layer and shows the results as layers."""
 
@@ -127,7 +94,7 @@ class ModelController:
         self.engine: InferenceEngine | None = None
         self.jobs = JobRunner()  # one model job at a time (load, run, explorer); docks ask jobs.busy
         self.last: dict[RunKind, PredictionResult] = {}
-        self.explorer: Explorer | None = None
+        self.on_reset: list[Callable[[], None]] = []  # called when cached results become stale (explorer)
         self.dropped: str | None = None  # why the last finished result was not shown (None: shown)
         self.hidden_earlier: list[str] = []  # older output layers hidden by the newest run
         self._target: tuple | None = None  # (image layer, transform kwargs) results are written for
@@ -165,16 +132,20 @@ class ModelController:
 
     def _set_engine(self, engine) -> None:
         self.engine = engine
+        self._reset()
+
+    def _reset(self) -> None:
+        """Drop cached results (new model, image or intensity mapping) and tell the listeners."""
         self.last.clear()
-        self.explorer = None
+        for listener in self.on_reset:
+            listener()
 
     def set_image_layer(self, layer) -> bool:
         """Choose the image; returns True when it changed (then cached results/explorer are dropped)."""
         if same_layer(layer, self.image_layer):
             return False
         self.image_layer = layer
-        self.last.clear()
-        self.explorer = None
+        self._reset()
         return True
 
     def set_intensity(self, image_units: str = "auto", lidc_mapping: str = "fixed") -> None:
@@ -184,8 +155,7 @@ class ModelController:
         if self.engine is None:
             raise ValueError("load a model first (Model section)")
         self.engine.normalizer = InputNormalizer.from_card(self.engine.card, image_units, lidc_mapping)
-        self.last.clear()
-        self.explorer = None
+        self._reset()
 
     def require(self):
         if self.engine is None:
@@ -345,44 +315,21 @@ class ModelController:
             meta["training_data"] = str(td["path"])
         return meta
 
-    def _layer_kwargs(self, like_kw, kwargs) -> dict:
-        kw = dict(like_kw if like_kw is not None else self._out_kw())
-        kw["metadata"] = {**kw.get("metadata", {}), **kwargs.pop("metadata", {})}
-        kw.update(kwargs)
-        return kw
-
-    def _labels(self, name, result_region, arr, lead=0, like_kw=None, **kwargs):
-        """Create or update a Labels layer: region written through the undo history."""
-        full_shape = (arr.shape[:lead] if lead else ()) + tuple(np.shape(self._out_layer.data))
-        kw = self._layer_kwargs(like_kw, kwargs)
-        layer = self.viewer.layers[name] if name in self.viewer.layers else None
-        if layer is not None and layer.data.shape == full_shape:
-            _write_labels_region(layer, _full_index(result_region, lead), arr)
-            sync_layer(layer, kw)
-            return layer
-        data = np.zeros(full_shape, arr.dtype if arr.dtype.kind in "iu" else np.uint8)
-        data[_full_index(result_region, lead)] = arr
-        if layer is not None:  # shape changed (other image, other n): replace data (not undoable)
-            layer.data = data
-            sync_layer(layer, kw)
-            return layer
-        return self.viewer.add_labels(data, name=name, **kw)
+    def _labels(self, name, result_region, arr, lead=0, like_kw=None, undo=True, **kwargs):
+        """Create or update a Labels layer on the output image's grid (``lead`` extra leading axes,
+        e.g. samples): the region is written through the undo history (see :func:`upsert_layer`)."""
+        arr = np.asarray(arr)
+        shape = tuple(arr.shape[:lead]) + tuple(np.shape(self._out_layer.data))
+        region = (slice(None),) * lead + tuple(result_region)
+        region = tuple(slice(r.start or 0, n if r.stop is None else r.stop) for r, n in zip(region, shape))
+        return upsert_layer(self.viewer, name, arr, "labels", like=like_kw or self._out_kw(), region=region,
+                            shape=shape, undo=undo, **kwargs)
 
     def _image(self, name, region, arr, **kwargs):
-        """Create or update a float Image layer (region replaced, contrast fixed to 0..1)."""
-        shape = tuple(np.shape(self._out_layer.data))
-        kw = self._layer_kwargs(None, kwargs)
-        layer = self.viewer.layers[name] if name in self.viewer.layers else None
-        if layer is not None and layer.data.shape == shape:
-            layer.data[tuple(region)] = arr
-            layer.refresh()
-            sync_layer(layer, kw)
-            return layer
-        data = np.zeros(shape, np.float32)
-        data[tuple(region)] = arr
-        if layer is not None:
-            self.viewer.layers.remove(name)
-        return self.viewer.add_image(data, name=name, contrast_limits=(0.0, 1.0), **kw)
+        """Create or update a float Image layer on the output image's grid (region replaced,
+        contrast fixed to 0..1 when created)."""
+        return upsert_layer(self.viewer, name, arr, "image", like=self._out_kw(), region=tuple(region),
+                            shape=np.shape(self._out_layer.data), contrast_limits=(0.0, 1.0), **kwargs)
 
     def hide_other_families(self, family: str) -> list[str]:
         """Hide the visible output layers of the other families (older runs); remembered in
@@ -517,113 +464,9 @@ class ModelController:
         if layer_in_viewer(self.viewer, self._out_layer):
             self.viewer.layers.selection.active = self._out_layer
 
-    # ------------------------------------------------------------------ latent explorer
-    def explorer_start(self, mode: str = "axes", seed: int = 0) -> Explorer:
-        """Encode the 2D image / current slice once; sliders then only re-decode (ms). Synchronous;
-        the dock uses :meth:`start_explorer` (principal directions take n full-slice decodes)."""
-        out = []
-        self.start_explorer(mode, seed, on_done=out.append, sync=True)
-        return out[0]
-
-    def start_explorer(self, mode: str = "axes", seed: int = 0, *, on_done=None, sync: bool | None = None,
-                       **callbacks) -> Job:
-        """Encode, compute the slider directions and decode the prior mean in a worker with progress;
-        the explorer is installed on the GUI thread, then ``on_done(explorer)``. Returns the :class:`Job`."""
-        engine, layer = self.require()
-        self._require_idle()
-        if engine.capabilities.latent_dim <= 0:
-            raise ValueError(f"{engine.model.method} has no latent space to explore")
-        image, z = self._current_2d()
-        target = (layer, transform_kwargs(layer))
-        full_shape = tuple(np.shape(self.image_data()))
-
-        def done(ex):
-            self.dropped = self._stale(target[0], full_shape) or (
-                None if same_layer(target[0], self.image_layer) else "another image was chosen meanwhile")
-            if self.dropped:
-                _warn(f"latent explorer: not started: {self.dropped}")
-                return
-            self.explorer = ex
-            self.hide_other_families("explorer")
-            with self._output_to(*target):
-                if EXPLORER in self.viewer.layers:
-                    self.viewer.layers[EXPLORER].data[...] = 0
-                self._explorer_layer(ex.initial)
-            if on_done is not None:
-                on_done(ex)
-
-        return self._launch(_iter_explorer(engine, image, z, mode, int(seed)), "latent explorer", done,
-                            callbacks, sync)
-
-    def _explorer_layer(self, mask):
-        ex = self.explorer
-        region = self._slice_region(ex.z_index, mask.shape)
-        shape = tuple(np.shape(self._out_layer.data))
-        if EXPLORER in self.viewer.layers and self.viewer.layers[EXPLORER].data.shape == shape:
-            layer = self.viewer.layers[EXPLORER]
-            layer.data[region] = mask  # a live preview: not recorded in the undo history
-            layer.refresh()
-            return layer
-        return self._labels(EXPLORER, region, mask, colormap=binary_colormap("#00ff7f"), opacity=0.7,
-                            metadata=self._meta("latent_explorer"))
-
-    def explorer_set(self, coeffs):
-        """Decode at slider values ``coeffs`` (units of prior sigma along the chosen directions)."""
-        ex = self._need_explorer()
-        z = self.engine.latent_from_coefficients(ex.enc, coeffs, ex.directions)
-        return self._explorer_layer((self.engine.decode(ex.enc, z)[0] > 0.5).astype(np.uint8))
-
-    def explorer_interpolate(self, a: int, b: int, t: float, n: int | None = None):
-        """Decode between prior draws a and b of the sample seed (t = 0 -> a, 1 -> b)."""
-        ex = self._need_explorer()
-        n = max(int(n or 0), a + 1, b + 1)
-        zs = self.engine.latent_samples(ex.enc, n, seed=ex.seed, key=ex.z_index or 0)
-        prob = self.engine.interpolate(ex.enc, zs[a], zs[b], t)
-        return self._explorer_layer((prob > 0.5).astype(np.uint8))
-
-    def _need_explorer(self) -> Explorer:
-        if self.explorer is None or self.engine is None:
-            raise ValueError("start the latent explorer first")
-        return self.explorer
-
 
 def _show_colorbar(layer, on: bool) -> None:
     """The layer's colour bar (napari >= 0.5: an overlay on the canvas), if this napari has one."""
     bar = getattr(layer, "colorbar", None)
     if bar is not None:
         bar.visible = bool(on)
-
-
-def _iter_explorer(engine, image, z, mode: str, seed: int):
-    """Generator (worker side): encode, slider directions, first decode; returns an Explorer."""
-    yield Progress(0, None, "encoding")
-    enc = engine.encode(image)
-    prior = engine.latent_prior(enc)
-    if prior is None:
-        raise ValueError(f"{engine.model.method} has no latent space to explore")
-    directions, strengths = yield from engine.iter_latent_directions(enc, mode, seed=seed)
-    t = time.perf_counter()
-    zero = engine.latent_from_coefficients(enc, np.zeros(len(prior[0]), np.float32), directions)
-    initial = (engine.decode(enc, zero)[0] > 0.5).astype(np.uint8)
-    decode_ms = (time.perf_counter() - t) * 1000
-    return Explorer(enc, z, prior[0], prior[1], directions, strengths, seed, decode_ms, initial)
-
-
-def sample_contours(samples: np.ndarray) -> np.ndarray:
-    """Outlines of n binary samples (n, ...) in one label image: sample i's in-plane boundary = i + 1
-    (later samples win where outlines cross)."""
-    from scipy import ndimage as ndi
-
-    out = np.zeros(samples.shape[1:], np.uint16 if len(samples) > 254 else np.uint8)
-    st = np.zeros((3,) * (samples.ndim - 1), bool)
-    c = (1,) * (samples.ndim - 1)
-    st[c] = True
-    for ax in (-1, -2):  # in-plane 4-neighbourhood
-        for d in (0, 2):
-            idx = list(c)
-            idx[ax] = d
-            st[tuple(idx)] = True
-    for i, m in enumerate(samples.astype(bool)):
-        edge = m & ~ndi.binary_erosion(m, st, border_value=0)
-        out[edge] = i + 1
-    return out

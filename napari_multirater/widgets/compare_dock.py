@@ -293,16 +293,6 @@ class CompareDock(QWidget):
         except (ValueError, RuntimeError) as e:
             self._set_running(False, str(e))
 
-    def run_demo(self) -> None:
-        """Called by ``multirater demo`` after the phantom sample is loaded."""
-        self.refresh_layers()
-        self.compute(sync=True)
-        dock = self.parent()
-        while dock is not None and not hasattr(dock, "setFloating"):  # our QDockWidget
-            dock = dock.parent()
-        if dock is not None:
-            dock.raise_()  # bring this tab to the front so the heatmap is visible
-
     def cancel(self) -> None:
         if self.controller.jobs.busy:
             self.controller.cancel()
