@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from qtpy.QtWidgets import QApplication
 
 from napari_multirater._napari.compare_controller import (
     AGREEMENT,
@@ -116,7 +117,8 @@ def test_compare_dock_computes_tables_layers_and_heatmap(make_napari_viewer, qtb
     SCREENSHOTS.mkdir(exist_ok=True)
     viewer.window._qt_window.resize(1500, 950)
     viewer.reset_view()
-    qtbot.wait(200)
+    for _ in range(5):  # layout settles before the screenshot (no fixed wait)
+        QApplication.processEvents()
     shot = viewer.screenshot(str(SCREENSHOTS / "compare_dock.png"), canvas_only=False)
     assert shot.shape[0] > 500 and shot.shape[1] > 900
 
