@@ -28,9 +28,13 @@ Contract of :meth:`JobRunner.start`:
   when these final callbacks run, so ``on_done`` may start the next job.
 * Errors never reach Qt: without ``on_error`` the runner shows a napari error notification
   ``"<label> failed: <exc>"`` (threaded) or re-raises (synchronous); with ``on_error`` the caller
-  reports. Without ``on_cancelled`` a threaded cancel shows ``"<label>: cancelled"``.
+  reports. An exception raised by ``on_done`` fails the job the same way. Without
+  ``on_cancelled`` a threaded cancel shows ``"<label>: cancelled"``.
 * :meth:`Job.cancel` / :meth:`JobRunner.cancel` ask the generator to stop at its next yield (it
-  is closed there, so ``finally`` blocks run); a result that arrives anyway is still delivered.
+  is closed then, so its ``finally`` blocks run) and ``on_cancelled`` replaces ``on_done``. In
+  synchronous mode only a callback (e.g. ``on_progress``) can cancel.
+* :attr:`Job.last_progress` and :attr:`Job.state` (running, done, failed, cancelled) can be read
+  at any time from the GUI thread (tests wait on them instead of on a time).
 """
 
 from __future__ import annotations

@@ -291,7 +291,7 @@ class CompareDock(QWidget):
                                   on_done=self._show_result, on_error=self._on_error, on_cancelled=self._on_cancelled,
                                   on_finished=self._on_finished, sync=sync)
         except (ValueError, RuntimeError) as e:
-            self._set_running(False, str(e))
+            self._set_running(self.controller.jobs.busy, str(e))
 
     def cancel(self) -> None:
         if self.controller.jobs.busy:
@@ -397,7 +397,7 @@ class CompareDock(QWidget):
                                          on_error=failed, on_cancelled=self._on_cancelled,
                                          on_finished=self._on_finished, sync=sync)
         except (ValueError, OSError, RuntimeError) as e:
-            self._set_running(False, f"Dataset report failed: {e}")
+            self._set_running(self.controller.jobs.busy, f"Dataset report failed: {e}")
 
     def _show_report(self, outcome) -> None:
         report, paths, problems = outcome

@@ -539,6 +539,9 @@ class ModelDock(QWidget):
     def _start_job(self, what: str, start, **callbacks):
         """Start a job with ``start(on_progress=..., on_finished=..., **callbacks)`` on this dock's
         progress bar; returns the Job, or None (and an error notification) when it cannot start."""
+        if self.controller.jobs.busy:  # the buttons are disabled meanwhile; scripts get told
+            _notify("error", f"{what}: {self.controller.jobs.job.label} is still running: wait or cancel it")
+            return None
         self.progress.setRange(0, 0)
         try:
             job = start(on_progress=self._progress, on_finished=self._finished, **callbacks)
