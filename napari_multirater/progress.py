@@ -2,16 +2,19 @@
 
 Library code is written as generators that yield :class:`Progress` items (one per sample, slice
 or case) and return their result. Scripts, the CLI and tests drive them with
-:func:`run_to_completion`; the napari side runs them in workers
-(:func:`napari_multirater._napari.workers.start_generator_worker`).
+:func:`run_to_completion`; the napari side runs them as jobs
+(:class:`napari_multirater._napari.workers.JobRunner`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 __all__ = ["Progress", "run_to_completion"]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -23,7 +26,7 @@ class Progress:
     message: str = ""
 
 
-def run_to_completion(gen: Generator, on_progress: Callable[[Progress], None] | None = None):
+def run_to_completion(gen: Generator[Any, Any, T], on_progress: Callable[[Progress], None] | None = None) -> T:
     """Drive a progress generator synchronously (scripts, CLI, tests); returns its result."""
     while True:
         try:

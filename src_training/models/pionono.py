@@ -107,7 +107,7 @@ class PiononoModel(MultiRaterModel):
     @torch.no_grad()
     def personalize(self, x, generator=None):
         ctx = self._encode(x)
-        b, k = x.shape[0], self.num_raters
+        b = x.shape[0]
         if self.config["personalize_mode"] == "mu":
             return self.decode(ctx, self.z_mu.expand(b, -1, -1))
         return self._rater_mc_logits(ctx, b, int(self.config["personalize_mc"]), generator)
