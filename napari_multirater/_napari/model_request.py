@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from ..inference.defaults import DEFAULT_SAMPLES
 from ..inference.roi import ROI
 
 __all__ = ["ALL_EXPERTS", "DEFAULT_SAMPLES", "RunKind", "RunRequest", "Scope"]
 
-DEFAULT_SAMPLES = 16  # the one default number of samples (dock, scripts, uncertainty maps)
 ALL_EXPERTS = "all experts"
 
 

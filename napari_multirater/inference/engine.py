@@ -27,6 +27,7 @@ from ..io.geometry import Geometry
 from ..modelfiles.intensity import InputNormalizer
 from ..modelfiles.registry import find_model, is_model_name
 from ..progress import Progress, run_to_completion
+from .defaults import DEFAULT_SAMPLES
 from .device import resolve_device, run_with_fallback
 from .roi import ROI, PredictionResult
 
@@ -506,10 +507,10 @@ class InferenceEngine:
             return _to_numpy(out)
         return self._call(fn)
 
-    def iter_predict_volume(self, volume, geometry: Geometry | None = None, *, samples: int = 8,
+    def iter_predict_volume(self, volume, geometry: Geometry | None = None, *, samples: int = DEFAULT_SAMPLES,
                             personas: bool = False, uncertainty: bool = False, seed: int = 0,
                             batch_slices: int = 8, roi: ROI | None = None, slice_index: int | None = None,
-                            target_spacing_mm: float | tuple | str | None = None, uncertainty_samples: int = 16,
+                            target_spacing_mm: float | tuple | str | None = None, uncertainty_samples: int = DEFAULT_SAMPLES,
                             source: str | None = None):
         """Generator: yields :class:`Progress` per chunk of slices, returns a :class:`PredictionResult`.
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..argtypes import NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, SEED, float_list, int_list
+from .defaults import DEFAULT_SAMPLES
 
 FORMATS = ("nii.gz", "nrrd", "mha")
 
@@ -41,7 +42,8 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint file or the name of a bundled/cached model")
     p.add_argument("--image", required=True, help="image file (.nii.gz, .nrrd, .mha, ...) or DICOM series folder")
     p.add_argument("--out", required=True, help="output folder (created)")
-    p.add_argument("--samples", type=NONNEG_INT, default=8, help="number of diverse samples (default 8; 0 = none)")
+    p.add_argument("--samples", type=NONNEG_INT, default=DEFAULT_SAMPLES,
+                   help=f"number of diverse samples (default {DEFAULT_SAMPLES}; 0 = none)")
     p.add_argument("--personas", action="store_true", help="also write one mask per rater persona")
     p.add_argument("--no-uncertainty", action="store_true", help="do not write uncertainty maps")
     roi = p.add_mutually_exclusive_group()
