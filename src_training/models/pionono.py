@@ -133,6 +133,9 @@ class PiononoModel(MultiRaterModel):
     def latent_parameters(self):
         return [self.z_mu, self.z_tril_raw]
 
+    def persona_tensors(self):
+        return {"z_mu": True, "z_tril_raw": True}  # a new rater Gaussian; backbone and head frozen
+
     def loss(self, batch, step=0):
         x, masks, valid = unpack_batch(batch)
         lc = self.config["loss"]
