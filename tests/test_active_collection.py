@@ -103,7 +103,7 @@ def test_repeats_are_mixed_in_after_the_gap_and_stored_next_to_the_first_mask(st
     assert len(reps) == 3 and len(set(reps)) == 3
     q = build_queue(store, "ann")
     kinds = [e.repeat for e in q]
-    assert kinds[:2] == [False, True]  # after one new case, a repeat
+    assert kinds[:4] == [True, False, True, False]  # due now (5 cases saved, none repeated), then every 1
     cid = reps[0]
     first, side = store.load_mask(cid, "ann")
     shape = first.shape

@@ -8,7 +8,8 @@ Settings live in the project manifest (``dataset.json``) under ``"collection"``:
 * ``repeat_gap`` (default 5): a repeat is asked only after at least this many other cases, and
   is mixed into the queue every ``repeat_gap`` cases.
 
-The queue (:func:`build_queue`) lists the cases the rater has not annotated, ranked: first the
+A due repeat (``repeat_gap`` cases saved since the rater's last repeat) comes first, the next
+one after ``repeat_gap`` further new cases. The queue (:func:`build_queue`) lists the cases the rater has not annotated, ranked: first the
 cases with fewer raters than the target, then by disagreement, highest first: the loaded model's
 (inter-persona disagreement, else sample variance; :func:`iter_model_disagreement`, cached per
 model and image checksum), or without a model the disagreement among the raters who annotated the
@@ -175,17 +176,27 @@ class QueueEntry:
 
 def _own_cases_in_order(store, rater: str) -> list[str]:
     """The rater's annotated cases, oldest save first (sidecar ``created``)."""
-    rows = []
-    for cid in store.case_ids():
-        if not store.has_mask(cid, rater):
-            continue
-        side = store.case_dir(cid) / "raters" / f"{rater}.json"
-        try:
-            created = str(read_json(side, "sidecar").get("created", ""))
-        except DatasetError:
-            created = ""
-        rows.append((created, cid))
+    rows = [(_created(store.case_dir(cid) / "raters" / f"{rater}.json"), cid) for cid in store.case_ids()
+            if store.has_mask(cid, rater)]
     return [c for _, c in sorted(rows)]
+
+
+def _created(path: Path) -> str:
+    try:
+        return str(read_json(path, "sidecar").get("created", ""))
+    except DatasetError:
+        return ""
+
+
+def _saved_since_last_repeat(store, rater: str) -> int:
+    """How many cases the rater annotated after their last repeat (all of them before the first)."""
+    from .repeats import REPEAT_DIR
+
+    last = max((_created(store.case_dir(c) / "raters" / REPEAT_DIR / f"{rater}.json")
+                for c in store.case_ids() if has_repeat(store, c, rater)), default="")
+    own = [_created(store.case_dir(c) / "raters" / f"{rater}.json") for c in store.case_ids()
+           if store.has_mask(c, rater)]
+    return sum(t > last for t in own)
 
 
 def repeat_candidates(store, rater: str, settings: dict | None = None) -> list[str]:
@@ -229,11 +240,12 @@ def build_queue(store, rater: str, model_scores: dict | None = None) -> list[Que
         if score is not None:
             why.append(f"{'model' if src == 'model' else 'rater'} disagreement {score:.2f}")
         entries.append(QueueEntry(cid, 0, n, needs, score, src, False, ", ".join(why)))
-    gap = max(int(s["repeat_gap"]), 1)
+    gap = int(s["repeat_gap"])
+    first = max(gap - _saved_since_last_repeat(store, rater), 0)
     for i, cid in enumerate(repeat_candidates(store, rater, s)):
         rep = QueueEntry(cid, 0, len(store.annotated_raters(cid)), False, None, "none", True,
                          "repeat of one of your cases (drawn again blind; your first mask stays as it is)")
-        entries.insert(min((i + 1) * gap + i, len(entries)), rep)
+        entries.insert(min(first + i * (gap + 1), len(entries)), rep)
     for i, e in enumerate(entries):
         e.rank = i + 1
     return entries
