@@ -140,3 +140,25 @@ def test_queue_target_raters_and_blind_repeats_from_the_dock(make_napari_viewer,
     _paint(c.annotation_layer, slice(10, 20), slice(10, 20))
     dock.save()
     assert store.has_mask("lung2", "ann") and rep_case not in [e.case_id for e in panel.ctrl.queue if e.repeat]
+
+
+def test_compare_dock_dataset_report_shows_self_agreement(make_napari_viewer, tmp_path):
+    from napari_multirater.annotation.repeats import save_repeat
+
+    store = make_annotation_project(tmp_path / "proj", 3)
+    shape = store.load_image("lung0")[0].shape
+    a = np.zeros(shape, np.uint8)
+    a[40:60, 40:60] = 1
+    b = np.zeros(shape, np.uint8)
+    b[42:62, 40:60] = 1
+    for cid in ("lung0", "lung1"):
+        store.save_mask(cid, "ann", a, provenance={"kind": "drawn"})
+        store.save_mask(cid, "ben", b, provenance={"kind": "drawn"})
+    save_repeat(store, "lung0", "ann", b, provenance={"kind": "drawn"})
+    viewer = make_napari_viewer()
+    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare raters")
+    dock.run_dataset_report(store.root, tmp_path / "report", sync=True)
+    assert dock.tabs.isTabEnabled(dock.self_tab_index)
+    text = dock.self_label.text()
+    assert "Self Dice" in text and "| ann | 1 | 0.900 |" in text and "| ben | 0 | – |" in text, text
+    assert (tmp_path / "report" / "self_agreement.csv").is_file()

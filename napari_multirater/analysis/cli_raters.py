@@ -102,24 +102,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _self_agreement(args) -> None:
     """Annotation projects with intra-rater repeats: self-agreement next to agreement with others."""
-    from ..annotation.repeats import repeat_cases
-    from ..annotation.store import AnnotationStore
-    from ..datasets.case_folder import is_case_folder_dataset
-    from .self_agreement import (
-        self_agreement,
-        self_agreement_markdown,
-        write_self_agreement,
-    )
+    from .self_agreement import project_self_agreement, self_agreement_markdown, write_self_agreement
 
-    if not is_case_folder_dataset(args.data):
-        return
     try:
-        store = AnnotationStore(args.data)
-        if not any(repeat_cases(store, r) for r in store.raters()):
-            return
-        rows = self_agreement(store)
+        rows = project_self_agreement(args.data)
     except DatasetError as exc:
         print(f"warning: intra-rater agreement skipped: {exc}", file=sys.stderr)
         return
-    write_self_agreement(rows, args.out)
-    print("\n" + self_agreement_markdown(rows))
+    if rows:
+        write_self_agreement(rows, args.out)
+        print("\n" + self_agreement_markdown(rows))

@@ -17,7 +17,7 @@ from ..datasets.case import DatasetError
 from ..io.atomic import atomic_write_text
 from .overlap import contour, crop_box, dice, signed_distance
 
-__all__ = ["hd95", "self_agreement", "self_agreement_markdown", "write_self_agreement"]
+__all__ = ["hd95", "project_self_agreement", "self_agreement", "self_agreement_markdown", "write_self_agreement"]
 
 COLUMNS = ("rater", "n_repeats", "self_dice", "self_hd95_mm", "n_pairs_others", "others_dice", "others_hd95_mm")
 
@@ -106,3 +106,18 @@ def write_self_agreement(rows: list[dict], out_dir) -> dict[str, Path]:
     atomic_write_text(paths["self_agreement_csv"], f.getvalue())
     atomic_write_text(paths["self_agreement_md"], "# Intra-rater agreement\n\n" + self_agreement_markdown(rows))
     return paths
+
+
+def project_self_agreement(path) -> list[dict] | None:
+    """Rows of :func:`self_agreement` for an annotation project with at least one repeat, else None
+    (not a case-folder project, or nobody repeated a case)."""
+    from ..annotation.repeats import repeat_cases
+    from ..annotation.store import AnnotationStore
+    from ..datasets.case_folder import is_case_folder_dataset
+
+    if not is_case_folder_dataset(path):
+        return None
+    store = AnnotationStore(path)
+    if not any(repeat_cases(store, r) for r in store.raters()):
+        return None
+    return self_agreement(store)
