@@ -102,7 +102,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _self_agreement(args) -> None:
     """Annotation projects with intra-rater repeats: self-agreement next to agreement with others."""
-    from .self_agreement import project_self_agreement, self_agreement_markdown, write_self_agreement
+    from .self_agreement import (
+        project_self_agreement,
+        self_agreement_markdown,
+        write_self_agreement,
+    )
 
     try:
         rows = project_self_agreement(args.data)
