@@ -75,13 +75,14 @@ def test_held_out_split_is_twenty_percent_at_least_three_and_stable():
 def test_phantom_new_rater_style_beats_every_existing_persona(project, tmp_path):
     """A fifth rater whose style (generous_2: 2.4 mm outside the lesion) no persona has seen: after
     the fit, the new persona is closer to that rater on held-out phantom cases than every existing
-    persona. Measured: Pionono, 60 steps, lr 0.1: new 0.77 vs best existing (generous) 0.71."""
+    persona. Measured (Pionono, 30 steps, lr 0.2, 16 fit / 4 held-out cases): new persona 0.741 vs
+    best existing persona (generous) 0.711, margin +0.029; asserted: margin > 0.02."""
     torch.set_num_threads(1)
     src = find_model("phantom_pionono")
     before = _sha(src)
     out = tmp_path / "models" / "phantom_pionono+newbie.pt"
     seen = []
-    report = add_persona("phantom_pionono", project, "newbie", out, steps=60, lr=0.1, on_progress=seen.append)
+    report = add_persona("phantom_pionono", project, "newbie", out, steps=30, lr=0.2, on_progress=seen.append)
     assert _sha(src) == before  # the original checkpoint is never modified
     assert any("loss" in p.message for p in seen)
     dice = report["held_out_dice"]
@@ -97,7 +98,7 @@ def test_phantom_new_rater_style_beats_every_existing_persona(project, tmp_path)
     assert engine.rater_names[-1] == "newbie"
     card = torch.load(out, weights_only=True)["model_card"]
     entry = card["personas_added"][-1]
-    assert entry["rater"] == "newbie" and entry["steps"] == 60
+    assert entry["rater"] == "newbie" and entry["steps"] == 30
     assert {c["case_id"] for c in entry["cases"]} == set(report["held_out"]) | set(report["fit_cases"])
     assert all(len(c["image_sha256"]) == 64 and len(c["mask_sha256"]) == 64 for c in entry["cases"])
     assert entry["held_out_identity_dice"]["newbie"] == pytest.approx(dice["newbie"])
