@@ -78,8 +78,27 @@ def enough_raters(store) -> tuple[int, int]:
     return sum(len(store.annotated_raters(c)) >= target for c in ids), len(ids)
 
 
+_RATER_CACHE: dict = {}  # (case folder, ((rater, mtime, size), ...)) -> score: refreshes stay cheap
+
+
 def rater_disagreement(store, case_id: str) -> float:
-    """1 - mean pairwise Dice among the raters who annotated the case; NaN with fewer than two."""
+    """1 - mean pairwise Dice among the raters who annotated the case; NaN with fewer than two.
+    Cached in memory until one of the case's mask files changes."""
+    raters = store.annotated_raters(case_id)
+    stamp = []
+    for r in raters:
+        try:
+            st = store.mask_path(case_id, r).stat()
+            stamp.append((r, st.st_mtime_ns, st.st_size))
+        except (OSError, AttributeError, DatasetError):
+            stamp.append((r, None, None))
+    key = (str(store.case_dir(case_id).resolve()), tuple(stamp))
+    if key not in _RATER_CACHE:
+        _RATER_CACHE[key] = _rater_disagreement(store, case_id)
+    return _RATER_CACHE[key]
+
+
+def _rater_disagreement(store, case_id: str) -> float:
     from ..analysis.overlap import dice
 
     masks = []
