@@ -126,6 +126,7 @@ def test_method_without_personas_refuses_with_nearest_persona_report(project, tm
 @pytest.mark.parametrize("args, needle", [
     ("persona add --checkpoint phantom_pionono --data {p} --rater newbie --out {o} --steps 0", "--steps"),
     ("persona add --checkpoint phantom_pionono --data {p} --rater nobody --out {o}", "no saved masks"),
+    ("persona add --checkpoint phantom_pionono --data {p} --rater newbie --out {o} --lr -1", "--lr"),
     ("persona add --checkpoint phantom_pionono --data {p} --rater 'a b' --out {o}", "rater id"),
     ("persona add --checkpoint nonexistent_model --data {p} --rater newbie --out {o}", "no model named"),
     ("persona add --checkpoint phantom_pionono --data {missing} --rater newbie --out {o}", "dataset.json"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..argtypes import POSITIVE_INT, SEED, fail
+from ..argtypes import POSITIVE_FLOAT, POSITIVE_INT, SEED, fail
 
 
 def add_parser(sub) -> None:
@@ -19,6 +19,8 @@ def add_parser(sub) -> None:
     a.add_argument("--rater", required=True, help="the rater id whose saved masks define the style")
     a.add_argument("--out", required=True, help="the new checkpoint (.pt); never the original")
     a.add_argument("--steps", type=POSITIVE_INT, default=None, help="optimizer steps (default 150)")
+    a.add_argument("--lr", type=POSITIVE_FLOAT, default=None,
+                   help="learning rate of the new persona (default: twice the method's latent learning rate)")
     a.add_argument("--seed", type=SEED, default=0, help="seed of the held-out split and the fit")
     a.set_defaults(func=_persona_add)
     p.set_defaults(func=lambda args: fail("choose an action: multirater persona add ... (see multirater persona --help)"))
@@ -55,7 +57,7 @@ def _persona_add(args) -> int:
 
     try:
         report = run_to_completion(iter_add_persona(args.checkpoint, args.data, args.rater, args.out, steps,
-                                                    seed=args.seed), show)
+                                                    seed=args.seed, lr=args.lr), show)
     except NoPersonas as e:
         rep = getattr(e, "report", None)
         if rep:
