@@ -3,9 +3,11 @@
 Everything the model already knows stays frozen: only the per-rater tensors the model names in
 :meth:`~src_training.models.base.MultiRaterModel.persona_tensors` grow by one block (D-Persona: a
 new projection head / query over the prior bank; ProSeg: a new Dirichlet concentration and
-classifier row, with a frozen copy of a boundary-latent head; Pionono: a new rater Gaussian), the
-new block starts from the existing persona closest to the rater on the fitting cases and is
-fitted with the model's own loss on that rater's masks. A method without personas is refused with
+classifier row plus the new persona's own boundary-latent statistic head; Pionono: a new rater
+Gaussian). The new blocks start as a copy of the existing persona closest to the rater on the
+fitting cases and are fitted with the model's own loss on that rater's masks, on a one-persona
+view of the model (so the cost does not grow with the number of personas); every other weight,
+and every existing persona, is checked to be bit-identical afterwards. A method without personas is refused with
 :class:`NoPersonas`, and :func:`nearest_persona_report` says how close its outputs are instead.
 
 Honest score: 20% of the rater's cases (at least 3) are held out *before* anything is fitted;
