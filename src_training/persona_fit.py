@@ -295,6 +295,7 @@ def iter_fit_persona(model, name: str, train_data: dict, steps: int = DEFAULT_ST
     _copy_back(solo, grown, per)
     for p in grown.parameters():
         p.requires_grad_(False)
+    grown.finish_new_persona()
     _check_frozen(grown, before, per)
     return result
 

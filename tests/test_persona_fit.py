@@ -156,3 +156,19 @@ def test_cli_bad_input_is_one_line_exit_2(args, needle, project, tmp_path, capsy
     assert len([ln for ln in cap.err.splitlines() if "error:" in ln]) == 1, cap.err
     assert needle.lower() in cap.err.lower(), cap.err
     assert not (tmp_path / "out").exists() and _sha(src) == before
+
+
+def test_proseg_new_classifier_row_is_fitted_and_nothing_else_changes():
+    torch.set_num_threads(1)
+    model, _ = load_checkpoint(find_model("phantom_proseg"))
+    grown, per = grow_model(model, "newbie", source=1)
+    with torch.no_grad():
+        grown.alpha_raw[-1] = torch.tensor([3.0, -3, -3, -3, -3, -3, -3, 3])  # a preference of its own
+    before = {k: v.clone() for k, v in grown.state_dict().items()}
+    grown.finish_new_persona()
+    after = grown.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed == {"classifier.2.weight", "classifier.2.bias"}
+    assert torch.equal(after["classifier.2.weight"][:4], before["classifier.2.weight"][:4])
+    tau = torch.distributions.Dirichlet(grown.alpha()[-1].detach()).sample((200,))
+    assert (grown.classifier(tau).argmax(1) == 4).float().mean() > 0.5  # the new rater is recognised

@@ -200,6 +200,10 @@ class MultiRaterModel(nn.Module):
         """
         return {}
 
+    def finish_new_persona(self, steps: int = 200) -> None:
+        """After the last persona was fitted: fit whatever of its own blocks needs all personas at
+        once (ProSeg: its rater-classifier row). Only the last persona's blocks may change."""
+
     def config_with_persona(self, name: str) -> dict:
         """This model's config with one more rater called ``name`` (see :meth:`persona_tensors`)."""
         cfg = copy.deepcopy(self.config)
