@@ -161,7 +161,7 @@ def test_cli_bad_input_is_one_line_exit_2(args, needle, project, tmp_path, capsy
 def test_proseg_new_classifier_row_is_fitted_and_nothing_else_changes():
     torch.set_num_threads(1)
     model, _ = load_checkpoint(find_model("phantom_proseg"))
-    grown, per = grow_model(model, "newbie", source=1)
+    grown, _ = grow_model(model, "newbie", source=1)
     with torch.no_grad():
         grown.alpha_raw[-1] = torch.tensor([3.0, -3, -3, -3, -3, -3, -3, 3])  # a preference of its own
     before = {k: v.clone() for k, v in grown.state_dict().items()}
