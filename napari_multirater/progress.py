@@ -2,8 +2,8 @@
 
 Library code is written as generators that yield :class:`Progress` items (one per sample, slice
 or case) and return their result. Scripts, the CLI and tests drive them with
-:func:`run_to_completion`; the napari side runs them in workers
-(:func:`napari_multirater._napari.workers.start_generator_worker`).
+:func:`run_to_completion`; the napari side runs them as jobs
+(:class:`napari_multirater._napari.workers.JobRunner`).
 """
 
 from __future__ import annotations

@@ -53,3 +53,22 @@ def make_annotation_project(root, n_cases: int):
         case = make_phantom_case(k, seed=3, ndim=2)
         store.add_case(case.image, case.geometry, f"lung{k}")
     return store
+
+
+@pytest.fixture
+def collect_dock(make_napari_viewer):
+    """Factory for the repeated Collect-annotations setup: ``collect_dock(project, rater, viewer=None)``
+    returns ``(viewer, dock)``: the dock added to ``viewer`` (a new one by default), the rater id
+    set (when given) and the project opened (when given), as a rater does it."""
+
+    def make(project=None, rater: str | None = None, viewer=None):
+        viewer = viewer if viewer is not None else make_napari_viewer()
+        _, dock = viewer.window.add_plugin_dock_widget("napari-multirater", "Collect annotations")
+        if rater is not None:
+            dock.rater_edit.setText(rater)
+            dock.rater_btn.click()
+        if project is not None:
+            dock.open_project(project.root)
+        return viewer, dock
+
+    return make

@@ -211,3 +211,55 @@ def test_case_style_3d_phantom():
     rows = {r["rater"]: r for r in case_style(phantom.make_phantom_case(1, ndim=3), consensus="majority")}
     assert rows["generous"]["volume_bias"] > 0 > rows["tight"]["volume_bias"]
     assert rows["generous"]["signed_boundary_mm"] > 0 > rows["tight"]["signed_boundary_mm"]
+
+
+def test_style_report_is_a_progress_generator_counting_skipped_cases(tmp_path):
+    """The dataset report's loop yields one Progress per case (skipped ones too) and stops when closed."""
+    from napari_multirater.analysis.cli_raters import iter_style_report, style_report
+    from napari_multirater.datasets import open_dataset
+    from napari_multirater.datasets.synth import generate_phantom_dataset
+    from napari_multirater.progress import run_to_completion
+
+    data = generate_phantom_dataset(tmp_path / "ds", 4)
+    broken = sorted(p.name for p in (data / "cases").iterdir())[1]
+    (data / "cases" / broken / "image.nii.gz").write_bytes(b"broken")
+    items = []
+    report, problems = run_to_completion(iter_style_report(open_dataset(data)), items.append)
+    assert [p.done for p in items] == [1, 2, 3, 4] and {p.total for p in items} == {4}
+    assert f"skipped {broken}" in [p.message for p in items] and report.n_cases == 3
+    assert len(problems) == 1 and broken in problems[0] and problems[0] in report.notes
+    calls = []  # the callback form (multirater raters) sees the same steps
+    style_report(open_dataset(data), progress=lambda *a: calls.append(a))
+    assert [c[0] for c in calls] == [1, 2, 3, 4]
+    gen = iter_style_report(open_dataset(data))  # Cancel: closing after the first case stops the loop
+    assert next(gen).done == 1
+    gen.close()
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+def test_dataset_report_generator_writes_outside_the_dataset(tmp_path):
+    from napari_multirater.analysis.dataset_report import dataset_report, default_report_dir
+    from napari_multirater.datasets.synth import generate_phantom_dataset
+    from napari_multirater.progress import run_to_completion
+
+    data = generate_phantom_dataset(tmp_path / "ds", 2)
+    items = []
+    report, paths, problems = run_to_completion(dataset_report(data, tmp_path / "out"), items.append)
+    assert report.n_cases == 2 and problems == [] and paths["raters_md"].parent == tmp_path / "out"
+    assert items[-1].message == "writing report" and items[-1].done == items[-1].total == 3
+    out = default_report_dir(data)
+    assert data.resolve() not in out.parents and out != data.resolve()
+
+
+def test_compare_masks_without_a_viewer():
+    from napari_multirater.analysis.compare import compare_masks
+    from napari_multirater.progress import run_to_completion
+
+    masks = np.stack([square(), square(y=(9, 19)), square(x=(10, 20))])
+    items = []
+    res = run_to_completion(compare_masks(masks, ["a", "b", "c"], (1.0, 1.0), consensus="majority"), items.append)
+    assert [p.done for p in items] == list(range(1, 8)) and items[-1].total == 7  # 3 pairs + 4 steps
+    np.testing.assert_array_equal(res.majority, majority_vote(masks))
+    np.testing.assert_array_equal(res.agreement, masks.sum(0))
+    assert res.names == ["a", "b", "c"] and len(res.style_rows) == 3 and res.consensus_method == "majority"

@@ -149,18 +149,16 @@ def test_two_raters_annotate_the_same_case_blind(make_napari_viewer, qtbot, proj
     SCREENSHOTS.mkdir(exist_ok=True)
     viewer.window._qt_window.resize(1500, 950)
     viewer.reset_view()
-    qtbot.wait(200)
+    for _ in range(5):  # layout settles before the screenshot (no fixed wait)
+        QApplication.processEvents()
     dock.tick()
     shot = viewer.screenshot(str(SCREENSHOTS / "annotate_dock.png"), canvas_only=False)
     assert shot.shape[0] > 500
 
 
-def test_next_not_annotated_autosave_and_prefill(make_napari_viewer, qtbot, project):
-    viewer = make_napari_viewer()
-    dock = _dock(viewer)
+def test_next_not_annotated_autosave_and_prefill(project, collect_dock):
+    viewer, dock = collect_dock(project, "carol")
     ctl = dock.controller
-    _set_rater(dock, "carol")
-    dock.open_project(project.root)
     assert ctl.case_id == "lung0"  # opening a project goes to the first case not annotated by me
     _paint(ctl.annotation_layer, slice(10, 20), slice(10, 20))
     dock.save()
@@ -212,12 +210,11 @@ def test_next_not_annotated_autosave_and_prefill(make_napari_viewer, qtbot, proj
     assert "removed" in dock.status.text()
 
 
-def test_new_project_from_open_image_and_foreign_layers_hidden(make_napari_viewer, tmp_path):
+def test_new_project_from_open_image_and_foreign_layers_hidden(make_napari_viewer, tmp_path, collect_dock):
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "phantom_2d")
     image = viewer.layers[0]
-    dock = _dock(viewer)
-    _set_rater(dock, "dave")
+    viewer, dock = collect_dock(rater="dave", viewer=viewer)
     dock.new_project_from_layer(tmp_path / "new", image)
     ctl = dock.controller
     store = AnnotationStore(tmp_path / "new")
@@ -295,11 +292,8 @@ def test_undo_after_save_is_saved_by_autosave_and_case_switch(make_napari_viewer
     ctl.disconnect()
 
 
-def test_removing_the_dock_saves_and_stops_listening(make_napari_viewer, qtbot, project):
-    viewer = make_napari_viewer()
-    dock = _dock(viewer)
-    _set_rater(dock, "hal")
-    dock.open_project(project.root)
+def test_removing_the_dock_saves_and_stops_listening(project, collect_dock):
+    viewer, dock = collect_dock(project, "hal")
     ctl = dock.controller
     _paint(ctl.annotation_layer, slice(5, 15), slice(5, 15))
     expected = (ctl.annotation_layer.data != 0).astype(np.uint8)
@@ -311,11 +305,8 @@ def test_removing_the_dock_saves_and_stops_listening(make_napari_viewer, qtbot, 
     np.testing.assert_array_equal(_saved(project, ctl.case_id, "hal"), expected)
 
 
-def test_closing_the_viewer_window_saves(make_napari_viewer, qtbot, project):
-    viewer = make_napari_viewer()
-    dock = _dock(viewer)
-    _set_rater(dock, "ida")
-    dock.open_project(project.root)
+def test_closing_the_viewer_window_saves(project, collect_dock):
+    viewer, dock = collect_dock(project, "ida")
     QApplication.processEvents()  # the dock looks for its main window once it is docked
     ctl = dock.controller
     _paint(ctl.annotation_layer, slice(5, 15), slice(5, 15))
@@ -325,11 +316,8 @@ def test_closing_the_viewer_window_saves(make_napari_viewer, qtbot, project):
     np.testing.assert_array_equal(_saved(project, case, "ida"), expected)
 
 
-def test_closing_the_dock_widget_saves(make_napari_viewer, project):
-    viewer = make_napari_viewer()
-    dock = _dock(viewer)
-    _set_rater(dock, "jo")
-    dock.open_project(project.root)
+def test_closing_the_dock_widget_saves(project, collect_dock):
+    viewer, dock = collect_dock(project, "jo")
     ctl = dock.controller
     _paint(ctl.annotation_layer, slice(2, 6), slice(2, 6))
     expected = (ctl.annotation_layer.data != 0).astype(np.uint8)
@@ -337,13 +325,10 @@ def test_closing_the_dock_widget_saves(make_napari_viewer, project):
     np.testing.assert_array_equal(_saved(project, ctl.case_id, "jo"), expected)
 
 
-def test_failed_save_on_layer_removal_leaves_an_emergency_copy(make_napari_viewer, project):
-    viewer = make_napari_viewer()
-    dock = _dock(viewer)
+def test_failed_save_on_layer_removal_leaves_an_emergency_copy(project, collect_dock):
+    viewer, dock = collect_dock(project, "kim")
     notes = []
     dock._napari_notify = notes.append  # napari's error notification
-    _set_rater(dock, "kim")
-    dock.open_project(project.root)
     ctl = dock.controller
     for k, break_it in enumerate(("checksum", "lock")):
         ctl.load_case(f"lung{k}")
@@ -386,11 +371,8 @@ def test_broken_own_mask_is_moved_aside_not_overwritten(make_napari_viewer, proj
     ctl.disconnect()
 
 
-def test_autosave_is_postponed_while_the_lock_is_busy(make_napari_viewer, project):
-    viewer = make_napari_viewer()
-    dock = _dock(viewer)
-    _set_rater(dock, "max")
-    dock.open_project(project.root)
+def test_autosave_is_postponed_while_the_lock_is_busy(project, collect_dock):
+    viewer, dock = collect_dock(project, "max")
     ctl = dock.controller
     _paint(ctl.annotation_layer, slice(3, 9), slice(3, 9))
     expected = (ctl.annotation_layer.data != 0).astype(np.uint8)

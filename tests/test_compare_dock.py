@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from qtpy.QtWidgets import QApplication
 
 from napari_multirater._napari.compare_controller import (
     AGREEMENT,
@@ -116,7 +117,8 @@ def test_compare_dock_computes_tables_layers_and_heatmap(make_napari_viewer, qtb
     SCREENSHOTS.mkdir(exist_ok=True)
     viewer.window._qt_window.resize(1500, 950)
     viewer.reset_view()
-    qtbot.wait(200)
+    for _ in range(5):  # layout settles before the screenshot (no fixed wait)
+        QApplication.processEvents()
     shot = viewer.screenshot(str(SCREENSHOTS / "compare_dock.png"), canvas_only=False)
     assert shot.shape[0] > 500 and shot.shape[1] > 900
 
@@ -215,7 +217,7 @@ def test_dataset_report_never_writes_into_the_dataset(make_napari_viewer, tmp_pa
     viewer, dock = _open(make_napari_viewer)
     dock.run_dataset_report(data, sync=True)  # no folder given: the suggestion, outside the dataset
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
-    from napari_multirater._napari.compare_controller import default_report_dir
+    from napari_multirater.analysis.dataset_report import default_report_dir
 
     out = default_report_dir(data)
     assert (out / "raters.md").is_file() and home.resolve() in out.parents

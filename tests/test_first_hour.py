@@ -118,15 +118,6 @@ def test_predict_cli_progress_per_slice_and_compact_maps(tmp_path, capsys):
 napari = pytest.importorskip("napari")
 
 
-
-def _collect_dock(viewer, project, rater: str):
-    """The Collect annotations dock as a rater who has opened ``project``."""
-    _, adock = viewer.window.add_plugin_dock_widget("napari-multirater", "Collect annotations")
-    adock.rater_edit.setText(rater)
-    adock.rater_btn.click()
-    adock.open_project(project.root)
-    return adock
-
 @pytest.mark.gui
 def test_model_dock_guides_to_the_right_input(make_napari_viewer):
     from napari_multirater.widgets.model_dock import ModelDock
@@ -221,7 +212,7 @@ def project(tmp_path, monkeypatch):
 
 
 @pytest.mark.gui
-def test_prefill_from_a_model_in_an_open_project(make_napari_viewer, project):
+def test_prefill_from_a_model_in_an_open_project(make_napari_viewer, project, collect_dock):
     """Open project -> the Model dock lists the case image -> personas -> pre-fill -> edit -> save,
     with the model recorded in the saved mask's provenance; blind mode hides Compare's outputs."""
     from napari_multirater._napari.layers import ROLE_KEY
@@ -229,7 +220,7 @@ def test_prefill_from_a_model_in_an_open_project(make_napari_viewer, project):
     from napari_multirater.widgets.model_dock import ModelDock
 
     viewer = make_napari_viewer()
-    adock = _collect_dock(viewer, project, "dana")
+    _, adock = collect_dock(project, "dana", viewer=viewer)
     ctl = adock.controller
     assert ctl.case_id == "lung0"
     assert adock.prefill_combo.count() == 0 and not adock.prefill_btn.isEnabled()  # nothing to start from yet
@@ -276,11 +267,11 @@ def test_prefill_from_a_model_in_an_open_project(make_napari_viewer, project):
 
 
 @pytest.mark.gui
-def test_no_lesion_is_an_explicit_choice(make_napari_viewer, project):
+def test_no_lesion_is_an_explicit_choice(make_napari_viewer, project, collect_dock):
     from napari_multirater.annotation import AnnotationStore
 
     viewer = make_napari_viewer()
-    adock = _collect_dock(viewer, project, "eve")
+    _, adock = collect_dock(project, "eve", viewer=viewer)
     ctl = adock.controller
     adock.save()  # untouched case: refused, not silently marked done
     assert "Nothing is painted" in adock.status.text()

@@ -15,9 +15,9 @@ pytest.importorskip("napari")
 from qtpy.QtCore import Qt  # noqa: E402
 from qtpy.QtWidgets import QApplication  # noqa: E402
 
+from napari_multirater._napari.explorer_controller import EXPLORER  # noqa: E402
 from napari_multirater._napari.model_controller import (  # noqa: E402
     ALL_EXPERTS,
-    EXPLORER,
     MEAN_PROB,
     SAMPLE_CONTOURS,
     SAMPLES,
@@ -49,14 +49,14 @@ def _setup(make_napari_viewer, qtbot, ckpt, sample="phantom_2d", show=False):
     dock.path_edit.setText(str(ckpt))
     dock.device_combo.setCurrentText("cpu")
     qtbot.mouseClick(dock.load_btn, Qt.LeftButton)  # loads in a worker
-    qtbot.waitUntil(lambda: dock.worker is None and dock.controller.engine is not None, timeout=60_000)
+    qtbot.waitUntil(lambda: not dock.controller.jobs.busy and dock.controller.engine is not None, timeout=60_000)
     QApplication.processEvents()
     return viewer, dock
 
 
 def _click_and_wait(qtbot, dock, button, timeout=30_000):
     qtbot.mouseClick(button, Qt.LeftButton)
-    qtbot.waitUntil(lambda: dock.worker is None and dock.controller.worker is None, timeout=timeout)
+    qtbot.waitUntil(lambda: not dock.controller.jobs.busy, timeout=timeout)
     QApplication.processEvents()
 
 
@@ -144,6 +144,8 @@ def test_uncertainty_kinds_and_contour(make_napari_viewer, qtbot, ckpt_dir):
     assert rel.data.dtype == np.float32 and 0 <= rel.data.min() and rel.data.max() <= 1
     assert rel.metadata["multirater_role"] == "uncertainty" and rel.colormap.name == "inferno"
     assert "quality" in dock.scores_label.text()
+    res = dock.controller.last["uncertainty"]  # the maps come from 4 samples; no binary samples are kept
+    assert res.info["samples"] == 4 and res.samples_region is None and SAMPLES not in viewer.layers
     dock.kind_combo.setCurrentText("entropy")  # switches from the cached result, no recompute
     ent = viewer.layers["mr uncertainty: entropy"]
     assert ent.visible and not rel.visible
@@ -157,28 +159,38 @@ def test_uncertainty_kinds_and_contour(make_napari_viewer, qtbot, ckpt_dir):
 
 def test_latent_explorer_redecodes(make_napari_viewer, qtbot, ckpt_dir):
     viewer, dock = _setup(make_napari_viewer, qtbot, ckpt_dir / "dpersona.pt", show=True)
-    assert dock.explore_btn.isEnabled()
-    _click_and_wait(qtbot, dock, dock.explore_btn)
-    assert len(dock.latent_sliders) == dock.controller.engine.capabilities.latent_dim
+    panel = dock.explorer_panel
+    assert panel.explore_btn.isEnabled()
+    _click_and_wait(qtbot, dock, panel.explore_btn)
+    assert len(panel.latent_sliders) == dock.controller.engine.capabilities.latent_dim
     layer = viewer.layers[EXPLORER]
     before = layer.data.copy()
     changed = False
-    for s in dock.latent_sliders:  # some direction must change the mask of a random model
+    for s in panel.latent_sliders:  # some direction must change the mask of a random model
         s.setValue(30)
         changed |= not np.array_equal(layer.data, before)
-    assert changed and dock.last_decode_ms is not None and dock.last_decode_ms < 1000
-    dock.directions_combo.setCurrentIndex(1)  # principal directions: n decodes, in a worker with progress
-    progress = []
-    qtbot.mouseClick(dock.explore_btn, Qt.LeftButton)
-    assert dock.worker is not None and not dock.explore_btn.isEnabled()
-    dock.worker.yielded.connect(progress.append)
-    qtbot.waitUntil(lambda: dock.worker is None, timeout=60_000)
+    assert changed and panel.last_decode_ms is not None and "re-decoded" in dock.status.text()
+    shown = layer.data.copy()
+    layer.undo()  # a live preview is not in the undo history: nothing to undo
+    np.testing.assert_array_equal(layer.data, shown)
+    panel.form.sliders.value = "principal directions"  # n decodes, in a worker with progress
+    qtbot.mouseClick(panel.explore_btn, Qt.LeftButton)
+    job = dock.controller.jobs.job
+    assert job is not None and job.threaded and not panel.explore_btn.isEnabled()
+    qtbot.waitUntil(lambda: not job.running, timeout=60_000)
     QApplication.processEvents()
-    assert dock.controller.explorer is not None and progress and progress[-1].done == progress[-1].total
-    assert "pc1" in dock.slider_grid.itemAtPosition(0, 0).widget().text()
-    dock.latent_sliders[0].setValue(-20)
-    dock.interp_slider.setValue(50)
-    assert layer.data.shape == _image(viewer).data.shape
+    last = job.last_progress
+    assert job.state == "done" and dock.explorer.explorer is not None and last.done == last.total
+    assert "pc1" in panel.slider_grid.itemAtPosition(0, 0).widget().text()
+    panel.latent_sliders[0].setValue(-20)
+    after_slider = layer.data.copy()
+    panel.between.b.value = 3
+    panel.between.t.value = 1.0  # interpolating all the way: the mask of prior draw 3
+    ex, eng = dock.explorer.explorer, dock.controller.engine
+    z = eng.latent_samples(ex.enc, dock.n_spin.value(), seed=ex.seed)
+    expected = eng.interpolate(ex.enc, z[0], z[3], 1.0) > 0.5
+    qtbot.waitUntil(lambda: np.array_equal(layer.data != 0, expected), timeout=10_000)  # coalesced when slow
+    assert layer.data.shape == _image(viewer).data.shape and after_slider.shape == layer.data.shape
     _shot(viewer, "model_dock_latent_explorer_2d")
 
 
@@ -234,15 +246,13 @@ def test_cancel_leaves_no_partial_layers(make_napari_viewer, qtbot, ckpt_dir):
     viewer, dock = _setup(make_napari_viewer, qtbot, ckpt_dir / "dpersona.pt", sample="phantom_3d")
     dock.scope_combo.setCurrentText("all slices")
     dock.n_spin.setValue(200)
-    aborted = []
     qtbot.mouseClick(dock.sample_btn, Qt.LeftButton)
-    worker = dock.worker
-    assert worker is not None and dock.cancel_btn.isEnabled() and not dock.sample_btn.isEnabled()
-    worker.aborted.connect(lambda: aborted.append(True))
+    job = dock.controller.jobs.job
+    assert job is not None and dock.cancel_btn.isEnabled() and not dock.sample_btn.isEnabled()
     qtbot.mouseClick(dock.cancel_btn, Qt.LeftButton)
-    qtbot.waitUntil(lambda: dock.worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: not dock.controller.jobs.busy, timeout=60_000)
     QApplication.processEvents()
-    assert aborted and SAMPLES not in viewer.layers and MEAN_PROB not in viewer.layers
+    assert job.state == "cancelled" and SAMPLES not in viewer.layers and MEAN_PROB not in viewer.layers
     assert dock.sample_btn.isEnabled() and not dock.cancel_btn.isEnabled() and "cancelled" in dock.status.text()
 
 
@@ -263,7 +273,7 @@ def test_errors_become_notifications(make_napari_viewer, qtbot, ckpt_dir, tmp_pa
     assert not dock.load_model(sync=True) and seen[-1][0] == "error" and "Cannot load model" in seen[-1][1]
     dock.path_edit.setText(str(ckpt_dir / "umanet.pt"))
     assert dock.load_model(sync=True)
-    assert not dock.explore_btn.isEnabled() and not dock.blend_box.isEnabled()  # UMA-Net: no latent, no blend
+    assert not dock.explorer_panel.explore_btn.isEnabled() and not dock.blend_box.isEnabled()  # UMA-Net: no latent, no blend
     dock.units_combo.setCurrentText("raw")
     assert dock.controller.engine.normalizer.image_units == "raw"
     dock.scope_combo.setCurrentText("region of interest")
@@ -274,7 +284,7 @@ def test_errors_become_notifications(make_napari_viewer, qtbot, ckpt_dir, tmp_pa
     viewer.add_image(bad_img, name="with nan")
     dock.image_combo.setCurrentText("with nan")
     dock.scope_combo.setCurrentText("whole image")
-    assert dock.run("samples", sync=True) is None
+    assert dock.run("samples", sync=True).state == "failed"
     assert seen[-1][0] == "error" and "25 non-finite" in seen[-1][1] and "with nan" in seen[-1][1]
     assert "mr samples" not in viewer.layers
 
@@ -300,7 +310,7 @@ def test_results_stay_with_the_image_they_were_run_on(make_napari_viewer, qtbot,
     dock.n_spin.setValue(2)
 
     def wait():
-        qtbot.waitUntil(lambda: dock.worker is None, timeout=60_000)
+        qtbot.waitUntil(lambda: not dock.controller.jobs.busy, timeout=60_000)
         QApplication.processEvents()
     # the Image combo changes during the run: the result goes on the grid it was computed for
     assert dock.run("samples") is not None  # (no events processed before the switch below)
@@ -329,7 +339,7 @@ def test_results_stay_with_the_image_they_were_run_on(make_napari_viewer, qtbot,
 
 def test_reused_layers_follow_the_image_affine_and_units(make_napari_viewer, ckpt_dir):
     from napari_multirater._napari.layers import upsert_layer
-    from napari_multirater._napari.model_controller import ModelController
+    from napari_multirater._napari.model_controller import ModelController, RunRequest
 
     viewer = make_napari_viewer()
     data = np.full((32, 48), -1000.0, np.float32)
@@ -344,10 +354,10 @@ def test_reused_layers_follow_the_image_affine_and_units(make_napari_viewer, ckp
     # the model controller reuses its layers with the same helper
     ctl = ModelController(viewer, a)
     ctl.load_model(ckpt_dir / "umanet.pt", device="cpu")
-    ctl.start("samples", samples=1, sync=True)
+    ctl.start(RunRequest("samples", n_samples=1), sync=True)
     mean = viewer.layers[MEAN_PROB]
     ctl.set_image_layer(b)
-    ctl.start("samples", samples=1, sync=True)
+    ctl.start(RunRequest("samples", n_samples=1), sync=True)
     assert viewer.layers[MEAN_PROB] is mean
     np.testing.assert_allclose(mean.affine.affine_matrix, aff)
     assert [str(u) for u in mean.units] == ["millimeter"] * 2
@@ -356,23 +366,24 @@ def test_reused_layers_follow_the_image_affine_and_units(make_napari_viewer, ckp
 
 
 def test_slow_explorer_decodes_are_coalesced(make_napari_viewer, qtbot, ckpt_dir, monkeypatch):
-    import napari_multirater.widgets.model_dock as md
+    import napari_multirater.widgets.explorer_panel as ep
 
-    monkeypatch.setattr(md, "COALESCE_MS", -1.0)  # treat this image's decode as slow
+    monkeypatch.setattr(ep, "COALESCE_MS", -1.0)  # treat this image's decode as slow
     viewer, dock = _setup(make_napari_viewer, qtbot, ckpt_dir / "dpersona.pt")
-    _click_and_wait(qtbot, dock, dock.explore_btn)
-    assert dock.coalesce and dock.controller.explorer.decode_ms >= 0
+    panel = dock.explorer_panel
+    _click_and_wait(qtbot, dock, panel.explore_btn)
+    assert panel.coalesce and dock.explorer.explorer.decode_ms >= 0
     calls = []
-    _wrap_calls(monkeypatch, dock.controller, "explorer_set", calls)
+    _wrap_calls(monkeypatch, dock.explorer, "set", calls)
     for v in (5, 10, 15, 20):  # a drag: events arrive while nothing has been decoded yet
-        dock.latent_sliders[0].setValue(v)
-    assert calls == [] and "+2.0σ" in dock.slider_grid.itemAtPosition(0, 0).widget().text()
+        panel.latent_sliders[0].setValue(v)
+    assert calls == [] and "+2.0σ" in panel.slider_grid.itemAtPosition(0, 0).widget().text()
     qtbot.waitUntil(lambda: len(calls) > 0, timeout=10_000)
     for _ in range(3):
         QApplication.processEvents()
     assert len(calls) == 1 and calls[0][0][0] == pytest.approx(2.0)  # only the latest value
-    dock.coalesce = False  # fast decodes: every slider event decodes at once
-    dock.latent_sliders[0].setValue(25)
+    panel.coalesce = False  # fast decodes: every slider event decodes at once
+    panel.latent_sliders[0].setValue(25)
     assert len(calls) == 2
 
 
@@ -384,11 +395,11 @@ def test_plugin_dock_keeps_its_state_when_other_layers_change(make_napari_viewer
     _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "Model & sampling")
     dock.model_combo.setCurrentText("dpersona")
     dock.device_combo.setCurrentText("cpu")
-    assert dock.load_model(sync=True) and dock.start_explorer(sync=True)
-    n = len(dock.latent_sliders)
-    assert n > 0 and dock.controller.explorer is not None
+    assert dock.load_model(sync=True) and dock.explorer_panel.start(sync=True)
+    n = len(dock.explorer_panel.latent_sliders)
+    assert n > 0 and dock.explorer.explorer is not None
     viewer.add_points(name="unrelated")  # layer list change -> refresh -> same image chosen again
-    assert dock.controller.explorer is not None and len(dock.latent_sliders) == n
+    assert dock.explorer.explorer is not None and len(dock.explorer_panel.latent_sliders) == n
 
 
 def test_plugin_manifest_dock_and_run_demo(make_napari_viewer, ckpt_dir, monkeypatch):
@@ -397,7 +408,9 @@ def test_plugin_manifest_dock_and_run_demo(make_napari_viewer, ckpt_dir, monkeyp
     viewer.open_sample(PLUGIN, "phantom_2d")
     _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "Model & sampling")
     assert isinstance(dock, ModelDock) and dock.model_combo.count() >= 3
-    dock.run_demo()
+    from napari_multirater.commands.demo import run_model_demo
+
+    assert run_model_demo(dock)
     assert dock.model_combo.currentText() == "phantom_dpersona"  # the phantom model, not the first LIDC one
     assert SAMPLES in viewer.layers and "mr uncertainty: entropy" in viewer.layers
     assert any(ly.name.startswith("mr persona: ") for ly in viewer.layers)

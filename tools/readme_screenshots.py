@@ -57,11 +57,11 @@ def _show_legend(dock) -> None:
 
 
 def demo(out: Path) -> None:
-    from napari_multirater.commands.demo import build_demo_viewer, show_model_outputs
+    from napari_multirater.commands.demo import build_demo_viewer, run_model_demo, show_model_outputs
 
     viewer, docks = build_demo_viewer()
     _window(viewer)
-    docks["Model & sampling"].run_demo()
+    run_model_demo(docks["Model & sampling"])
     show_model_outputs(viewer, docks)
     docks["Model & sampling"].tabs.setCurrentIndex(1)
     _show_legend(docks["Model & sampling"])

@@ -1,1 +1,1 @@
-"""Thin napari controller: readers/writers, sample data, layer naming/reuse and workers."""
+"""Thin napari controller: readers/writers, sample data, layer naming/reuse and the job runner."""

@@ -23,8 +23,9 @@ from ..annotation.queue import (
     set_collection_settings,
 )
 from ..datasets.case import DatasetError
-from ..progress import Progress, run_to_completion
+from ..progress import Progress
 from .annotate_controller import AnnotateError
+from .workers import JobRunner
 
 __all__ = ["NO_MODEL", "CollectController", "on_new_model"]
 
@@ -57,7 +58,7 @@ class CollectController:
         self.annotate = annotate
         self.queue: list[QueueEntry] = []
         self.model_scores: dict | None = None
-        self.job = None
+        self.runner = JobRunner()
         self._cancel = False
         self.last_report: dict | None = None
         self.last_message = ""
@@ -196,37 +197,26 @@ class CollectController:
         self._cancel = True
 
     # --- running jobs --------------------------------------------------------------------------
-    def start(self, gen, desc: str, on_done=None, on_error=None, on_progress=None, on_finished=None):
-        """Run a progress generator in a napari worker (synchronously with MULTIRATER_NOTHREADS=1);
-        ``on_progress(Progress)``, ``on_done(result)``, ``on_error(exc)`` run on the GUI thread."""
-        from .workers import start_generator_worker, threads_disabled
+    @property
+    def job(self):
+        """The running :class:`~.workers.Job` (None when idle)."""
+        return self.runner.job
 
-        if threads_disabled():
-            try:
-                result = run_to_completion(gen, on_progress)
-            except Exception as e:  # noqa: BLE001 - shown to the user, like a worker error
-                if on_error:
-                    on_error(e)
-            else:
-                if on_done:
-                    on_done(result)
-            if on_finished:
-                on_finished()
-            return None
+    def start(self, gen, desc: str, on_done=None, on_error=None, on_progress=None, on_finished=None):
+        """Run a progress generator with the plugin's :class:`~.workers.JobRunner` (a napari worker,
+        or synchronously with MULTIRATER_NOTHREADS=1); callbacks run on the GUI thread."""
+        holder = {}
 
         def finished():
-            job, self.job = self.job, None
             if on_finished:
                 on_finished()
-            _disconnect(job)
+            _disconnect(getattr(holder.get("job"), "_worker", None))
 
-        def run():
-            return (yield from gen)
-
-        self.job = start_generator_worker(run, desc=desc, on_done=on_done, on_error=on_error, on_finished=finished)
-        if on_progress:
-            self.job.yielded.connect(lambda item: on_progress(item) if isinstance(item, Progress) else None)
-        return self.job
+        job = self.runner.start(gen, label=desc, on_progress=lambda item: on_progress(item) if on_progress and
+                                isinstance(item, Progress) else None, on_done=on_done, on_error=on_error,
+                                on_finished=finished)
+        holder["job"] = job
+        return job
 
 
 def _disconnect(worker) -> None:

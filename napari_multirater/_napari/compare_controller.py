@@ -1,9 +1,9 @@
 """Compare raters in the viewer: pairwise overlap, STAPLE/majority consensus, agreement count,
 per-rater style and model-vs-rater matching, on chosen Labels layers.
 
-The computation is a generator (:func:`compare_masks`) that yields a :class:`Progress` per rater
-pair / step and returns a :class:`CompareResult`; it touches no layer, so it runs in a napari
-worker (Cancel takes effect at the next yield) or synchronously (:func:`run_to_completion`).
+The computation is the Qt-free generator :func:`~napari_multirater.analysis.compare.compare_masks`,
+run as a job on the controller's :class:`~napari_multirater._napari.workers.JobRunner` (which also
+runs the dataset report, :func:`~napari_multirater.analysis.dataset_report.dataset_report`).
 :class:`CompareController` gathers masks from layers and writes the result layers back:
 ``mr agreement`` (Image: how many raters marked each voxel), ``mr consensus: majority`` and
 ``mr consensus: staple`` (Labels), all with the geometry of the case's image layer, reused (never
@@ -12,20 +12,17 @@ duplicated) when the comparison is run again.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from ..analysis.model_vs_raters import model_vs_raters
-from ..analysis.overlap import agreement_map, majority_vote, pairwise_overlap, surface_distances
-from ..analysis.staple import StapleResult, staple
-from ..analysis.style import case_style
+from ..analysis.compare import CompareResult, compare_masks
+from ..analysis.dataset_report import dataset_report
 from ..datasets.case import MultiRaterCase
 from ..io.geometry import geometry_from_layer
 from .layers import ROLE_KEY, binary_colormap, layer_name, rater_layers, same_layer, upsert_layer
-from .workers import Progress, run_to_completion, start_generator_worker, threads_disabled
+from .workers import Job, JobRunner, run_to_completion, threads_disabled
 
 __all__ = [
     "AGREEMENT",
@@ -34,9 +31,6 @@ __all__ = [
     "CompareController",
     "CompareInput",
     "CompareResult",
-    "compare_masks",
-    "dataset_report",
-    "default_report_dir",
     "threads_disabled",
 ]
 
@@ -62,164 +56,6 @@ class CompareInput:
     messages: list[str] = field(default_factory=list)
 
 
-@dataclass
-class CompareResult:
-    names: list[str]
-    pairwise: dict  # pairwise_overlap() dict: dice, iou, hausdorff_mm, mean_surface_mm, missing, empty
-    staple: StapleResult
-    majority: np.ndarray
-    agreement: np.ndarray
-    style_rows: list[dict]
-    model_rows: list[dict]
-    consensus_method: str
-    distances: bool
-    messages: list[str] = field(default_factory=list)
-
-
-def compare_masks(
-    masks: np.ndarray,
-    names: Sequence[str],
-    spacing_zyx: Sequence[float],
-    *,
-    case: MultiRaterCase | None = None,
-    distances: bool = True,
-    consensus: str = "staple",
-    outputs: dict[str, np.ndarray] | None = None,
-    valid: Sequence[bool] | None = None,
-) -> Generator[Progress, None, CompareResult]:
-    """Generator: yields :class:`Progress` per pair of raters and per step, returns the result."""
-    masks = np.asarray(masks) != 0
-    names = list(names)
-    k = masks.shape[0]
-    valid = np.ones(k, bool) if valid is None else np.asarray(valid, bool)
-    pairs = [(i, j) for i in range(k) for j in range(i + 1, k) if valid[i] and valid[j]]
-    total = (len(pairs) if distances else 1) + 4
-    done = 0
-    pw = pairwise_overlap(masks, valid, spacing_zyx, names, distances=False)
-    if distances:
-        for i, j in pairs:
-            hd, msd = surface_distances(masks[i], masks[j], spacing_zyx)
-            pw["hausdorff_mm"][i, j] = pw["hausdorff_mm"][j, i] = hd
-            pw["mean_surface_mm"][i, j] = pw["mean_surface_mm"][j, i] = msd
-            done += 1
-            yield Progress(done, total, f"{names[i]} vs {names[j]}")
-    else:
-        done += 1
-        yield Progress(done, total, "overlap")
-    st = staple(masks, valid)
-    done += 1
-    yield Progress(done, total, "STAPLE")
-    maj = majority_vote(masks, valid)
-    agree = agreement_map(masks, valid)
-    done += 1
-    yield Progress(done, total, "majority vote")
-    if case is None:
-        from ..io.geometry import Geometry
-
-        geo = Geometry(tuple(float(s) for s in spacing_zyx[::-1]), (0.0,) * len(spacing_zyx),
-                       tuple(np.eye(len(spacing_zyx)).ravel().tolist()))
-        case = MultiRaterCase("viewer", np.zeros(masks.shape[1:], np.uint8), masks.astype(np.uint8),
-                              valid, names, geo)
-    style = case_style(case, consensus=consensus) if valid.sum() >= 2 else []
-    done += 1
-    yield Progress(done, total, "rater style")
-    model_rows = model_vs_raters(masks, valid, names, outputs or {})
-    done += 1
-    yield Progress(done, total, "model vs raters")
-    msgs = []
-    if pw["missing"]:
-        msgs.append("missing raters: " + ", ".join(pw["missing"]))
-    if pw["empty"]:
-        msgs.append("empty masks (nothing marked): " + ", ".join(pw["empty"]))
-    if st.note:
-        msgs.append(f"STAPLE: {st.note}")
-    return CompareResult(names, pw, st, maj, agree, style, model_rows, consensus, distances, msgs)
-
-
-def _light_case(case: MultiRaterCase, region_margin_mm: float) -> MultiRaterCase:
-    """The case cropped to its raters' union (padded beyond case_style's own crop) with a
-    zero-stride placeholder image: same style metrics, a fraction of the memory."""
-    from ..analysis.overlap import crop_box
-
-    spacing = case.geometry.scale_zyx
-    masks = np.asarray(case.masks) != 0
-    union = masks[case.valid].any(axis=0) if case.valid.any() else np.zeros(masks.shape[1:], bool)
-    pad = int(np.ceil(region_margin_mm / min(spacing))) + 4
-    box = crop_box(union, pad) or tuple(slice(0, 1) for _ in union.shape)
-    cropped = masks[(slice(None), *box)].astype(np.uint8)
-    image = np.broadcast_to(np.uint8(0), cropped.shape[1:])
-    meta = {k: v for k, v in case.meta.items() if k != "sidecars"}
-    return MultiRaterCase(case.case_id, image, cropped, case.valid, list(case.rater_names), case.geometry, meta)
-
-
-def default_report_dir(dataset_dir) -> Path:
-    """Suggested report folder ``~/multirater-reports/<dataset>-raters``: never inside the dataset,
-    which may be read-only shared data (falls back to the working directory, then beside it)."""
-    ds = Path(dataset_dir).expanduser().resolve()
-    for base in (Path.home(), Path.cwd(), ds.parent):
-        out = base.resolve() / "multirater-reports" / f"{ds.name}-raters"
-        if ds != out and ds not in out.parents:
-            return out
-    return ds.parent / f"{ds.name}-raters"
-
-
-def dataset_report(dataset_dir, out_dir=None, consensus: str = "staple", max_cases: int | None = None,
-                   region_margin_mm: float = 5.0):
-    """Generator: rater-style report of a dataset folder, one :class:`Progress` per case.
-
-    Returns ``(StyleReport, {name: path}, problems)``: the report is written to ``out_dir``
-    (default :func:`default_report_dir`, outside the dataset). Cases are read by the loop shared
-    with ``multirater raters`` (:func:`~napari_multirater.analysis.cli_raters.style_report`):
-    broken cases are skipped and broken rater files left out, all listed in ``problems`` and the
-    report's notes. Cases are kept cropped to their annotations, so large volumes do not
-    accumulate in memory. Closing the generator (Cancel) stops at the next case.
-    """
-    import queue
-    import threading
-
-    from ..analysis.cli_raters import style_report
-    from ..analysis.report import write_style_report
-    from ..datasets import open_dataset
-
-    ds = open_dataset(dataset_dir)
-    out = Path(out_dir) if out_dir else default_report_dir(dataset_dir)
-    total = len(ds) if max_cases is None else min(len(ds), max_cases)
-    events: queue.Queue = queue.Queue()
-    stop = threading.Event()
-
-    def work():  # style_report reports progress by callback: run it beside this generator
-        try:
-            events.put(("done", style_report(
-                ds, consensus=consensus, max_cases=max_cases, region_margin_mm=region_margin_mm,
-                progress=lambda done, _total, cid: events.put(("progress", done, cid)),
-                prepare=lambda case: _light_case(case, region_margin_mm), should_stop=stop.is_set)))
-        except BaseException as e:  # handed to the generator, which re-raises it
-            events.put(("error", e))
-
-    thread = threading.Thread(target=work, name="multirater-dataset-report", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, *rest = events.get()
-            if kind == "progress":
-                yield Progress(min(rest[0], total), total + 1, str(rest[1]))
-            elif kind == "done":
-                report, problems = rest[0]
-                break
-            else:
-                raise rest[0]
-    finally:
-        stop.set()
-    yield Progress(total + 1, total + 1, "writing report")
-    paths = write_style_report(report, out)
-    from ..analysis.self_agreement import project_self_agreement, write_self_agreement
-
-    rows = project_self_agreement(dataset_dir)  # intra-rater repeats: self-agreement next to the others
-    if rows:
-        paths.update(write_self_agreement(rows, out))
-    return report, paths, problems
-
-
 def _is_labels(layer) -> bool:
     from napari.layers import Labels
 
@@ -235,7 +71,7 @@ class CompareController:
 
     def __init__(self, viewer):
         self.viewer = viewer
-        self.worker = None
+        self.jobs = JobRunner()  # one job at a time: a comparison or a dataset report
         self.last_result: CompareResult | None = None
         self.last_input: CompareInput | None = None
 
@@ -319,35 +155,30 @@ class CompareController:
         return self.apply(inp, result)
 
     def start(self, layers: Sequence | None = None, distances: bool = True, consensus: str = "staple",
-              on_done=None, on_error=None, on_finished=None):
-        """Run in a napari generator worker; ``on_done(result)`` on the GUI thread after the
-        layers were added. Returns the worker (``worker.quit()`` cancels)."""
+              on_done=None, sync: bool | None = None, **callbacks) -> Job:
+        """Compare as a job; ``on_done(result)`` on the GUI thread after the layers were added.
+        ``callbacks``: the other :meth:`JobRunner.start` callbacks. Returns the :class:`Job`."""
+        if self.jobs.busy:
+            raise ValueError(f"{self.jobs.job.label} is still running: wait for it or cancel it")
         inp = self.gather(layers)
 
         def _done(result):
             self.apply(inp, result)
             if on_done is not None:
                 on_done(result)
+        return self.jobs.start(self.generator(inp, distances, consensus), label="Comparing raters",
+                               on_done=_done, sync=sync, **callbacks)
 
-        if threads_disabled():
-            try:
-                _done(run_to_completion(self.generator(inp, distances, consensus)))
-            except Exception as e:  # same contract as the worker: report, never raise into Qt
-                if on_error is not None:
-                    on_error(e)
-            if on_finished is not None:
-                on_finished()
-            return None
-        self.worker = start_generator_worker(
-            compare_masks, inp.masks, inp.names, inp.spacing, case=inp.case, distances=distances,
-            consensus=consensus, outputs=inp.outputs, desc="Comparing raters", on_done=_done,
-            on_error=on_error, on_finished=on_finished,
-        )
-        return self.worker
+    def start_report(self, dataset_dir, out_dir=None, consensus: str = "staple", on_done=None,
+                     sync: bool | None = None, **callbacks) -> Job:
+        """The rater-style report of a dataset folder as a job (see
+        :func:`~napari_multirater.analysis.dataset_report.dataset_report`); ``on_done((report,
+        paths, problems))``; a dataset that cannot be opened goes to ``on_error`` like any failure."""
+        gen = dataset_report(dataset_dir, out_dir, consensus)
+        return self.jobs.start(gen, label="Rater style report", on_done=on_done, sync=sync, **callbacks)
 
     def cancel(self) -> None:
-        if self.worker is not None:
-            self.worker.quit()
+        self.jobs.cancel()
 
     # --- result layers -------------------------------------------------------------------------
     def apply(self, inp: CompareInput, result: CompareResult) -> CompareResult:

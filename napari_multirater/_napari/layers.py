@@ -1,8 +1,9 @@
 """Layer conventions: fixed prefixed names, per-rater colours, geometry copied from the image layer.
 
-Derived layers (rater masks, samples, personas, uncertainty) copy scale/translate/rotate/shear/
-affine/units and the geometry metadata from their image layer, are found again by name and
-reused instead of duplicated, and model edits to existing Labels go through the undo history.
+Derived layers (rater masks, samples, personas, uncertainty, consensus) copy scale/translate/
+rotate/shear/affine/units and the geometry metadata from their image layer, are found again by
+name and reused instead of duplicated (:func:`upsert_layer`, region-aware), and model edits to
+existing Labels go through the undo history.
 """
 
 from __future__ import annotations
@@ -113,23 +114,53 @@ def rater_layers(viewer, case_id: str | None = None) -> list:
     return out
 
 
-def upsert_layer(viewer, name: str, data, layer_type: str, like=None, **kwargs):
-    """Create layer ``name`` or reuse it: same shape Labels are edited through the undo history,
-    other layers get their data replaced. Geometry is copied from ``like`` (an image layer)."""
-    kw = transform_kwargs(like) if like is not None else {}
-    extra_meta = kwargs.pop("metadata", {})
-    kw["metadata"] = {**kw.get("metadata", {}), **extra_meta}
+def upsert_layer(viewer, name: str, data, layer_type: str, like=None, *, region=None, shape=None,
+                 undo: bool = True, **kwargs):
+    """Create the layer ``name`` or reuse it (a fixed ``mr ...`` name is never duplicated).
+
+    ``data`` is the whole layer; or, with ``region`` (a tuple of slices) and ``shape``, what goes
+    into that region of a layer of ``shape`` (zeros elsewhere when the layer is created). A reused
+    layer of that shape keeps everything outside the region: Labels are edited through the undo
+    history (``undo=False``: written directly, for live previews), Images get the region replaced.
+    A reused layer of another shape gets the new data (it is created again when the number of
+    dimensions changed). Geometry (scale, translate, rotate, shear, affine, units, axis labels and
+    the geometry metadata) is copied from ``like``: an image layer, or the :func:`transform_kwargs`
+    of one captured earlier. ``metadata`` is merged into the layer's; other ``kwargs`` (colormap,
+    opacity, contrast limits...) apply when the layer is created.
+    """
+    kw = (dict(like) if isinstance(like, dict) else transform_kwargs(like)) if like is not None else {}
+    kw["metadata"] = {**kw.get("metadata", {}), **kwargs.pop("metadata", {})}
     kw.update(kwargs)
-    if name in viewer.layers:
-        layer = viewer.layers[name]
-        if layer_type == "labels" and layer.data.shape == np.shape(data):
-            set_labels_undoable(layer, np.asarray(data))
-        else:
+    if region is None:
+        shape, region = np.shape(data), None
+    shape = tuple(int(n) for n in shape)
+    layer = viewer.layers[name] if name in viewer.layers else None
+    if layer is not None and tuple(layer.data.shape) == shape:
+        full = region or tuple(slice(0, n) for n in shape)
+        if layer_type == "labels" and undo:
+            write_labels_region(layer, full, data)
+        elif region is None and layer_type != "labels":
             layer.data = data
+        else:
+            layer.data[full] = data
+            layer.refresh()
         sync_layer(layer, kw)
         return layer
+    if region is None:
+        full_data = data
+    else:
+        arr = np.asarray(data)
+        dtype = (arr.dtype if arr.dtype.kind in "iu" else np.uint8) if layer_type == "labels" else np.float32
+        full_data = np.zeros(shape, dtype)
+        full_data[tuple(region)] = arr
+    if layer is not None:
+        if layer.ndim == len(shape):  # another grid: new data, not undoable
+            layer.data = full_data
+            sync_layer(layer, kw)
+            return layer
+        viewer.layers.remove(layer)
     adder = {"labels": viewer.add_labels, "image": viewer.add_image}[layer_type]
-    return adder(data, name=name, **kw)
+    return adder(full_data, name=name, **kw)
 
 
 SYNC_KEYS = ("scale", "translate", "rotate", "shear", "affine", "units", "axis_labels")
@@ -182,13 +213,21 @@ def layer_in_viewer(viewer, layer) -> bool:
     return layer is not None and any(same_layer(ly, layer) for ly in viewer.layers)
 
 
-def set_labels_undoable(layer, new: np.ndarray) -> int:
-    """Write ``new`` into a Labels layer through its undo history; returns voxels changed."""
-    new = np.asarray(new).astype(layer.data.dtype, copy=False)
-    changed = np.nonzero(np.asarray(layer.data) != new)
+def write_labels_region(layer, region, arr) -> int:
+    """Write ``arr`` into ``layer.data[region]`` (a tuple of slices) through the Labels layer's
+    undo history, only where it changes anything; returns the number of voxels changed."""
+    sl = tuple(slice(s.start or 0, s.stop) for s in region)
+    cur = np.asarray(layer.data[sl])
+    arr = np.asarray(arr).astype(cur.dtype, copy=False)
+    changed = np.nonzero(cur != arr)
     if changed[0].size:
-        layer.data_setitem(changed, new[changed])
+        layer.data_setitem(tuple(c + s.start for c, s in zip(changed, sl)), arr[changed])
     return int(changed[0].size)
+
+
+def set_labels_undoable(layer, new: np.ndarray) -> int:
+    """Write ``new`` (the whole layer) into a Labels layer through its undo history."""
+    return write_labels_region(layer, tuple(slice(0, n) for n in layer.data.shape), new)
 
 
 def unwrap_layer(layer):

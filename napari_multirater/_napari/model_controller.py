@@ -1,4 +1,4 @@
-"""Layer side of model inference: scopes, workers and the ``mr ...`` result layers (no Qt widgets).
+"""Layer side of model inference: typed run requests, jobs and the ``mr ...`` result layers (no Qt widgets).
 
 Every result goes into a layer with a fixed name that is reused on re-runs. Computed regions are
 written into existing Labels of the same shape through the undo history (a current-slice or ROI
@@ -8,16 +8,15 @@ layer's geometry; ``mr samples`` gets one extra leading (sample) axis with scale
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 
+from ..analysis.contours import sample_contours
 from ..inference.engine import InferenceEngine
 from ..inference.roi import ROI, PredictionResult
 from ..io.geometry import METADATA_KEY, geometry_from_layer
-from ..progress import Progress, run_to_completion
 from .layers import (
     MODEL_CONTOUR,
     ROLE_KEY,
@@ -26,20 +25,17 @@ from .layers import (
     layer_name,
     persona_color,
     same_layer,
-    sync_layer,
     transform_kwargs,
+    upsert_layer,
 )
-from .workers import start_generator_worker, threads_disabled
+from .model_request import ALL_EXPERTS, SCOPES_2D, SCOPES_3D, RunKind, RunRequest, Scope
+from .workers import Job, JobRunner, threads_disabled
 
-SCOPES_2D = ("whole image", "region of interest")
-SCOPES_3D = ("current slice", "all slices", "region of interest")
 SAMPLES = layer_name("samples")
 SAMPLE_CONTOURS = layer_name("sample contours")
 MEAN_PROB = layer_name("mean probability")
 BLEND = layer_name("persona blend")
 UNC_CONTOUR = layer_name("uncertainty contour")
-EXPLORER = layer_name("latent explorer")
-ALL_EXPERTS = "all experts"
 # output families by layer role: a run shows its own family and hides the others (one click brings them back)
 FAMILIES = {"samples": ("sample", "mean_probability", "sample_contours"),
             "personas": ("persona",),
@@ -47,7 +43,7 @@ FAMILIES = {"samples": ("sample", "mean_probability", "sample_contours"),
             "explorer": ("latent_explorer",)}
 
 
-__all__ = ["ALL_EXPERTS", "Explorer", "ModelController", "threads_disabled"]
+__all__ = ["ALL_EXPERTS", "ModelController", "RunKind", "RunRequest", "Scope", "threads_disabled"]
 
 
 def _warn(message: str) -> None:
@@ -62,21 +58,6 @@ def persona_layer_name(rater: str) -> str:
 
 def uncertainty_layer_name(kind: str) -> str:
     return layer_name("uncertainty", kind)
-
-
-@dataclass
-class Explorer:
-    """Latent explorer state for one 2D slice."""
-
-    enc: object
-    z_index: int | None
-    mu: np.ndarray
-    sigma: np.ndarray
-    directions: np.ndarray
-    strengths: np.ndarray
-    seed: int
-    decode_ms: float = 0.0  # one decode of this image (the dock coalesces slider events when slow)
-    initial: np.ndarray | None = None  # mask at the prior mean (all sliders 0)
 
 
 def _extend_transforms(image_kw: dict) -> dict:
@@ -104,22 +85,6 @@ def _extend_transforms(image_kw: dict) -> dict:
     return kw
 
 
-def _full_index(region, lead: int) -> tuple:
-    return (slice(None),) * lead + tuple(region)
-
-
-def _write_labels_region(layer, region, arr) -> int:
-    """Write ``arr`` into ``layer.data[region]`` through the undo history; returns voxels changed."""
-    sl = tuple(slice(s.start or 0, s.stop) for s in region)
-    cur = np.asarray(layer.data[sl])
-    arr = np.asarray(arr).astype(cur.dtype, copy=False)
-    changed = np.nonzero(cur != arr)
-    if changed[0].size:
-        idx = tuple(c + s.start for c, s in zip(changed, sl))
-        layer.data_setitem(idx, arr[changed])
-    return int(changed[0].size)
-
-
 class ModelController:
     """Runs an :class:`InferenceEngine` on an image layer and shows the results as layers."""
 
@@ -127,43 +92,21 @@ class ModelController:
         self.viewer = viewer
         self.image_layer = image_layer
         self.engine: InferenceEngine | None = None
-        self.worker = None
-        self.last: dict[str, PredictionResult] = {}
-        self.explorer: Explorer | None = None
+        self.jobs = JobRunner()  # one model job at a time (load, run, explorer); docks ask jobs.busy
+        self.last: dict[RunKind, PredictionResult] = {}
+        self.on_reset: list[Callable[[], None]] = []  # called when cached results become stale (explorer)
         self.dropped: str | None = None  # why the last finished result was not shown (None: shown)
         self.hidden_earlier: list[str] = []  # older output layers hidden by the newest run
         self._target: tuple | None = None  # (image layer, transform kwargs) results are written for
 
     # ------------------------------------------------------------------ jobs
-    def _launch(self, gen, desc: str, done, on_error, on_finished, on_progress, sync):
-        """Run generator ``gen`` in a worker (returned) or synchronously (None); ``done(result)``
-        runs on the GUI thread. One job at a time (``self.worker``)."""
-        def finished():
-            self.worker = None
-            if on_finished is not None:
-                on_finished()
-
+    def _launch(self, gen, label: str, done, callbacks: dict, sync) -> Job:
+        """Start ``gen`` on :attr:`jobs`; ``done(result)`` (GUI thread) before the caller's ``on_done``."""
         self.dropped = None
-        if sync if sync is not None else threads_disabled():
-            try:
-                done(run_to_completion(gen, on_progress))
-            except Exception as e:  # same contract as the worker: report, never raise into Qt
-                if on_error is None:
-                    raise
-                on_error(e)
-            finally:
-                finished()
-            return None
-
-        def run():
-            return (yield from gen)
-        self.worker = start_generator_worker(run, desc=desc, on_done=done, on_error=on_error, on_finished=finished)
-        if on_progress is not None:
-            self.worker.yielded.connect(on_progress)
-        return self.worker
+        return self.jobs.start(gen, label=label, on_done=done, sync=sync, **callbacks)
 
     def _require_idle(self) -> None:
-        if self.worker is not None:
+        if self.jobs.busy:
             raise ValueError("a model job is already in progress: wait or cancel it")
 
     # ------------------------------------------------------------------ model and image
@@ -172,31 +115,37 @@ class ModelController:
         self._set_engine(InferenceEngine.load(name_or_path, device=device, **kwargs))
         return self.engine
 
-    def start_load(self, name_or_path, device: str = "auto", *, on_done=None, on_error=None, on_finished=None,
-                   on_progress=None, sync: bool | None = None, **kwargs):
-        """Load a model in a worker with progress (reading, moving to the device); the engine is
-        swapped in on the GUI thread, then ``on_done(engine)``. Returns the worker (None if sync)."""
+    def start_load(self, name_or_path, device: str = "auto", *, options: dict | None = None, on_done=None,
+                   sync: bool | None = None, **callbacks) -> Job:
+        """Load a model as a job with progress (reading, moving to the device); the engine is
+        swapped in on the GUI thread, then ``on_done(engine)``. ``options`` go to
+        :meth:`InferenceEngine.iter_load` (image_units, lidc_mapping, precision); ``callbacks`` are
+        the other :meth:`JobRunner.start` callbacks (on_progress, on_error, on_cancelled, on_finished)."""
         self._require_idle()
 
         def done(engine):
             self._set_engine(engine)
             if on_done is not None:
                 on_done(engine)
-        return self._launch(InferenceEngine.iter_load(name_or_path, device, **kwargs), "load model", done,
-                            on_error, on_finished, on_progress, sync)
+        return self._launch(InferenceEngine.iter_load(name_or_path, device, **(options or {})), "load model",
+                            done, callbacks, sync)
 
     def _set_engine(self, engine) -> None:
         self.engine = engine
+        self._reset()
+
+    def _reset(self) -> None:
+        """Drop cached results (new model, image or intensity mapping) and tell the listeners."""
         self.last.clear()
-        self.explorer = None
+        for listener in self.on_reset:
+            listener()
 
     def set_image_layer(self, layer) -> bool:
         """Choose the image; returns True when it changed (then cached results/explorer are dropped)."""
         if same_layer(layer, self.image_layer):
             return False
         self.image_layer = layer
-        self.last.clear()
-        self.explorer = None
+        self._reset()
         return True
 
     def set_intensity(self, image_units: str = "auto", lidc_mapping: str = "fixed") -> None:
@@ -206,8 +155,7 @@ class ModelController:
         if self.engine is None:
             raise ValueError("load a model first (Model section)")
         self.engine.normalizer = InputNormalizer.from_card(self.engine.card, image_units, lidc_mapping)
-        self.last.clear()
-        self.explorer = None
+        self._reset()
 
     def require(self):
         if self.engine is None:
@@ -233,7 +181,7 @@ class ModelController:
 
         return spacing_known(self.image_layer)
 
-    def scopes(self) -> tuple[str, ...]:
+    def scopes(self) -> tuple[Scope, ...]:
         return SCOPES_3D if self.image_layer is not None and self.image_layer.ndim == 3 else SCOPES_2D
 
     def current_slice_index(self) -> int | None:
@@ -275,52 +223,60 @@ class ModelController:
             return ROI.point(self.geometry().index_to_physical(idx), size_mm)
         raise ValueError(f"{layer.name!r} is a {kind} layer: use a Shapes (rectangle) or Points layer for the ROI")
 
-    def run_kwargs(self, scope: str, roi_layer=None, size_mm: float = 40.0) -> dict:
-        """``iter_predict_volume`` keywords for a scope name."""
-        if scope == "current slice":
+    def scope_kwargs(self, request: RunRequest) -> dict:
+        """``iter_predict_volume`` keywords for the request's scope."""
+        if request.scope == Scope.CURRENT_SLICE:
             return {"slice_index": self.current_slice_index()}
-        if scope == "region of interest":
-            if roi_layer is None:
+        if request.scope == Scope.ROI:
+            if request.roi is not None:
+                return {"roi": request.roi}
+            if request.roi_layer is None:
                 raise ValueError("choose a Shapes or Points layer for the region of interest")
-            return {"roi": self.roi_from_layer(roi_layer, size_mm)}
-        if scope in ("whole image", "all slices"):
-            return {}
-        raise ValueError(f"unknown scope {scope!r}")
+            return {"roi": self.roi_from_layer(request.roi_layer, request.roi_size_mm)}
+        return {}
+
+    @staticmethod
+    def output_kwargs(request: RunRequest) -> dict:
+        """``iter_predict_volume`` keywords for what the request's kind shows: binary samples only
+        for the samples run (an uncertainty run draws its samples for the maps and keeps none)."""
+        n = request.n_samples
+        if request.kind == RunKind.SAMPLES:
+            return {"samples": n}
+        if request.kind == RunKind.PERSONAS:
+            return {"samples": 0, "personas": True}
+        return {"samples": 0, "uncertainty": True, "uncertainty_samples": n}
 
     # ------------------------------------------------------------------ running
-    def start(self, action: str, scope: str = "whole image", *, samples: int = 16, seed: int = 0,
-              roi_layer=None, size_mm: float = 40.0, batch_slices: int = 8, show: dict | None = None,
-              on_done=None, on_error=None, on_finished=None, on_progress=None, sync: bool | None = None):
-        """Run ``action`` ('samples', 'personas', 'uncertainty') on ``scope``; the result is shown
-        with :meth:`apply` (``show`` = its keyword arguments) on the GUI thread. Returns the worker
-        (None when run synchronously). Errors in setup raise ValueError before anything starts."""
+    def start(self, request: RunRequest, *, on_done=None, sync: bool | None = None, **callbacks) -> Job:
+        """Run ``request``; its result is shown with :meth:`apply` on the GUI thread, then
+        ``on_done(result)``; ``callbacks``: the other :meth:`JobRunner.start` callbacks. Returns the
+        :class:`Job`. Errors in setup raise ValueError before anything starts."""
         engine, layer = self.require()
         self._require_idle()
-        kw = self.run_kwargs(scope, roi_layer, size_mm)
-        kw.update(samples=samples if action in ("samples", "uncertainty") else 0, seed=seed,
-                  personas=action == "personas", uncertainty=action == "uncertainty", batch_slices=batch_slices,
+        kw = {**self.scope_kwargs(request), **self.output_kwargs(request)}
+        kw.update(seed=request.seed, batch_slices=request.batch_slices,
                   source=str(layer.metadata.get("source_path") or f"image layer {layer.name!r}"))
         if not self.spacing_known():
             kw["target_spacing_mm"] = "native"
         image, geometry = self.image_data(), self.geometry()
         # results belong to the grid of the image as it is now, whatever happens to the combo
         target = (layer, transform_kwargs(layer))
-        show = dict(show or {})
+        kind = request.kind
 
         def done(result):
             self.dropped = self._stale(target[0], result.shape)
             if self.dropped:
-                _warn(f"model {action}: result not shown: {self.dropped}")
+                _warn(f"model {kind.value}: result not shown: {self.dropped}")
                 return
             if same_layer(target[0], self.image_layer):
-                self.last[action] = result
+                self.last[kind] = result
             with self._output_to(*target):
-                self.apply(action, result, **show)
+                self.apply(request, result)
             if on_done is not None:
                 on_done(result)
 
-        return self._launch(engine.iter_predict_volume(image, geometry, **kw), f"model {action}", done,
-                            on_error, on_finished, on_progress, sync)
+        return self._launch(engine.iter_predict_volume(image, geometry, **kw), f"model {kind.value}", done,
+                            callbacks, sync)
 
     def _stale(self, layer, shape) -> str | None:
         """Why results computed for ``layer`` at ``shape`` can no longer be shown (None: they can)."""
@@ -348,8 +304,7 @@ class ModelController:
         return dict(self._target[1]) if self._target is not None else transform_kwargs(self.image_layer)
 
     def cancel(self) -> None:
-        if self.worker is not None:
-            self.worker.quit()
+        self.jobs.cancel()
 
     # ------------------------------------------------------------------ layers
     def _meta(self, role: str, **extra) -> dict:
@@ -360,44 +315,21 @@ class ModelController:
             meta["training_data"] = str(td["path"])
         return meta
 
-    def _layer_kwargs(self, like_kw, kwargs) -> dict:
-        kw = dict(like_kw if like_kw is not None else self._out_kw())
-        kw["metadata"] = {**kw.get("metadata", {}), **kwargs.pop("metadata", {})}
-        kw.update(kwargs)
-        return kw
-
-    def _labels(self, name, result_region, arr, lead=0, like_kw=None, **kwargs):
-        """Create or update a Labels layer: region written through the undo history."""
-        full_shape = (arr.shape[:lead] if lead else ()) + tuple(np.shape(self._out_layer.data))
-        kw = self._layer_kwargs(like_kw, kwargs)
-        layer = self.viewer.layers[name] if name in self.viewer.layers else None
-        if layer is not None and layer.data.shape == full_shape:
-            _write_labels_region(layer, _full_index(result_region, lead), arr)
-            sync_layer(layer, kw)
-            return layer
-        data = np.zeros(full_shape, arr.dtype if arr.dtype.kind in "iu" else np.uint8)
-        data[_full_index(result_region, lead)] = arr
-        if layer is not None:  # shape changed (other image, other n): replace data (not undoable)
-            layer.data = data
-            sync_layer(layer, kw)
-            return layer
-        return self.viewer.add_labels(data, name=name, **kw)
+    def _labels(self, name, result_region, arr, lead=0, like_kw=None, undo=True, **kwargs):
+        """Create or update a Labels layer on the output image's grid (``lead`` extra leading axes,
+        e.g. samples): the region is written through the undo history (see :func:`upsert_layer`)."""
+        arr = np.asarray(arr)
+        shape = tuple(arr.shape[:lead]) + tuple(np.shape(self._out_layer.data))
+        region = (slice(None),) * lead + tuple(result_region)
+        region = tuple(slice(r.start or 0, n if r.stop is None else r.stop) for r, n in zip(region, shape))
+        return upsert_layer(self.viewer, name, arr, "labels", like=like_kw or self._out_kw(), region=region,
+                            shape=shape, undo=undo, **kwargs)
 
     def _image(self, name, region, arr, **kwargs):
-        """Create or update a float Image layer (region replaced, contrast fixed to 0..1)."""
-        shape = tuple(np.shape(self._out_layer.data))
-        kw = self._layer_kwargs(None, kwargs)
-        layer = self.viewer.layers[name] if name in self.viewer.layers else None
-        if layer is not None and layer.data.shape == shape:
-            layer.data[tuple(region)] = arr
-            layer.refresh()
-            sync_layer(layer, kw)
-            return layer
-        data = np.zeros(shape, np.float32)
-        data[tuple(region)] = arr
-        if layer is not None:
-            self.viewer.layers.remove(name)
-        return self.viewer.add_image(data, name=name, contrast_limits=(0.0, 1.0), **kw)
+        """Create or update a float Image layer on the output image's grid (region replaced,
+        contrast fixed to 0..1 when created)."""
+        return upsert_layer(self.viewer, name, arr, "image", like=self._out_kw(), region=tuple(region),
+                            shape=np.shape(self._out_layer.data), contrast_limits=(0.0, 1.0), **kwargs)
 
     def hide_other_families(self, family: str) -> list[str]:
         """Hide the visible output layers of the other families (older runs); remembered in
@@ -422,17 +354,16 @@ class ModelController:
         self.hidden_earlier = []
         return shown
 
-    def apply(self, action: str, result: PredictionResult, **show):
-        """Put a result into its layers (GUI thread), hiding older output families. Returns the
-        layers touched."""
-        self.hide_other_families(action)
-        if action == "samples":
-            return self.show_samples(result, contours=show.get("contours", False))
-        if action == "personas":
-            return self.show_personas(result, show.get("expert", ALL_EXPERTS))
-        if action == "uncertainty":
-            return self.show_uncertainty(result, show.get("kind", "entropy"))
-        raise ValueError(f"unknown action {action!r}")
+    def apply(self, request: RunRequest, result: PredictionResult):
+        """Put a result into its layers (GUI thread) as ``request`` asks, hiding older output
+        families. Returns the layers touched."""
+        kind = request.kind
+        self.hide_other_families(kind.value)
+        if kind == RunKind.SAMPLES:
+            return self.show_samples(result, contours=request.contours)
+        if kind == RunKind.PERSONAS:
+            return self.show_personas(result, request.expert)
+        return self.show_uncertainty(result, request.uncertainty_kind)
 
     def show_samples(self, result: PredictionResult, contours: bool = False) -> list:
         out = []
@@ -533,113 +464,9 @@ class ModelController:
         if layer_in_viewer(self.viewer, self._out_layer):
             self.viewer.layers.selection.active = self._out_layer
 
-    # ------------------------------------------------------------------ latent explorer
-    def explorer_start(self, mode: str = "axes", seed: int = 0) -> Explorer:
-        """Encode the 2D image / current slice once; sliders then only re-decode (ms). Synchronous;
-        the dock uses :meth:`start_explorer` (principal directions take n full-slice decodes)."""
-        out = []
-        self.start_explorer(mode, seed, on_done=out.append, sync=True)
-        return out[0]
-
-    def start_explorer(self, mode: str = "axes", seed: int = 0, *, on_done=None, on_error=None, on_finished=None,
-                       on_progress=None, sync: bool | None = None):
-        """Encode, compute the slider directions and decode the prior mean in a worker with progress;
-        the explorer is installed on the GUI thread, then ``on_done(explorer)``. Returns the worker."""
-        engine, layer = self.require()
-        self._require_idle()
-        if engine.capabilities.latent_dim <= 0:
-            raise ValueError(f"{engine.model.method} has no latent space to explore")
-        image, z = self._current_2d()
-        target = (layer, transform_kwargs(layer))
-        full_shape = tuple(np.shape(self.image_data()))
-
-        def done(ex):
-            self.dropped = self._stale(target[0], full_shape) or (
-                None if same_layer(target[0], self.image_layer) else "another image was chosen meanwhile")
-            if self.dropped:
-                _warn(f"latent explorer: not started: {self.dropped}")
-                return
-            self.explorer = ex
-            self.hide_other_families("explorer")
-            with self._output_to(*target):
-                if EXPLORER in self.viewer.layers:
-                    self.viewer.layers[EXPLORER].data[...] = 0
-                self._explorer_layer(ex.initial)
-            if on_done is not None:
-                on_done(ex)
-
-        return self._launch(_iter_explorer(engine, image, z, mode, int(seed)), "latent explorer", done,
-                            on_error, on_finished, on_progress, sync)
-
-    def _explorer_layer(self, mask):
-        ex = self.explorer
-        region = self._slice_region(ex.z_index, mask.shape)
-        shape = tuple(np.shape(self._out_layer.data))
-        if EXPLORER in self.viewer.layers and self.viewer.layers[EXPLORER].data.shape == shape:
-            layer = self.viewer.layers[EXPLORER]
-            layer.data[region] = mask  # a live preview: not recorded in the undo history
-            layer.refresh()
-            return layer
-        return self._labels(EXPLORER, region, mask, colormap=binary_colormap("#00ff7f"), opacity=0.7,
-                            metadata=self._meta("latent_explorer"))
-
-    def explorer_set(self, coeffs):
-        """Decode at slider values ``coeffs`` (units of prior sigma along the chosen directions)."""
-        ex = self._need_explorer()
-        z = self.engine.latent_from_coefficients(ex.enc, coeffs, ex.directions)
-        return self._explorer_layer((self.engine.decode(ex.enc, z)[0] > 0.5).astype(np.uint8))
-
-    def explorer_interpolate(self, a: int, b: int, t: float, n: int | None = None):
-        """Decode between prior draws a and b of the sample seed (t = 0 -> a, 1 -> b)."""
-        ex = self._need_explorer()
-        n = max(int(n or 0), a + 1, b + 1)
-        zs = self.engine.latent_samples(ex.enc, n, seed=ex.seed, key=ex.z_index or 0)
-        prob = self.engine.interpolate(ex.enc, zs[a], zs[b], t)
-        return self._explorer_layer((prob > 0.5).astype(np.uint8))
-
-    def _need_explorer(self) -> Explorer:
-        if self.explorer is None or self.engine is None:
-            raise ValueError("start the latent explorer first")
-        return self.explorer
-
 
 def _show_colorbar(layer, on: bool) -> None:
     """The layer's colour bar (napari >= 0.5: an overlay on the canvas), if this napari has one."""
     bar = getattr(layer, "colorbar", None)
     if bar is not None:
         bar.visible = bool(on)
-
-
-def _iter_explorer(engine, image, z, mode: str, seed: int):
-    """Generator (worker side): encode, slider directions, first decode; returns an Explorer."""
-    yield Progress(0, None, "encoding")
-    enc = engine.encode(image)
-    prior = engine.latent_prior(enc)
-    if prior is None:
-        raise ValueError(f"{engine.model.method} has no latent space to explore")
-    directions, strengths = yield from engine.iter_latent_directions(enc, mode, seed=seed)
-    t = time.perf_counter()
-    zero = engine.latent_from_coefficients(enc, np.zeros(len(prior[0]), np.float32), directions)
-    initial = (engine.decode(enc, zero)[0] > 0.5).astype(np.uint8)
-    decode_ms = (time.perf_counter() - t) * 1000
-    return Explorer(enc, z, prior[0], prior[1], directions, strengths, seed, decode_ms, initial)
-
-
-def sample_contours(samples: np.ndarray) -> np.ndarray:
-    """Outlines of n binary samples (n, ...) in one label image: sample i's in-plane boundary = i + 1
-    (later samples win where outlines cross)."""
-    from scipy import ndimage as ndi
-
-    out = np.zeros(samples.shape[1:], np.uint16 if len(samples) > 254 else np.uint8)
-    st = np.zeros((3,) * (samples.ndim - 1), bool)
-    c = (1,) * (samples.ndim - 1)
-    st[c] = True
-    for ax in (-1, -2):  # in-plane 4-neighbourhood
-        for d in (0, 2):
-            idx = list(c)
-            idx[ax] = d
-            st[tuple(idx)] = True
-    for i, m in enumerate(samples.astype(bool)):
-        edge = m & ~ndi.binary_erosion(m, st, border_value=0)
-        out[edge] = i + 1
-    return out

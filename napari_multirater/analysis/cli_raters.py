@@ -1,6 +1,6 @@
 """``multirater raters``: rater-style report of a multi-rater dataset (CSV, markdown, PNG).
 
-:func:`style_report` is the one skip-and-report loop shared with the viewer's dataset report: a
+:func:`iter_style_report` is the one skip-and-report loop shared with the viewer's dataset report: a
 broken case is skipped, a broken rater file leaves that rater out, and every problem is listed in
 the report's notes (and printed by the command).
 """
@@ -12,6 +12,7 @@ import sys
 
 from ..argtypes import POSITIVE_INT
 from ..datasets.case import DatasetError
+from ..progress import Progress, run_to_completion
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -43,30 +44,50 @@ def _progress(done: int, total: int | None, case_id: str) -> None:
 
 
 def style_report(dataset, *, consensus: str = "staple", max_cases: int | None = None,
-                 region_margin_mm: float = 5.0, progress=None, prepare=None, should_stop=None):
+                 region_margin_mm: float = 5.0, progress=None, prepare=None):
     """``(StyleReport, problems)`` of ``dataset``, never stopped by one broken case or file.
 
     ``progress(done, total, case_id)`` counts skipped cases too; ``prepare(case)`` may shrink each
-    case before the analysis; ``should_stop()`` ends early (Cancel). Problems go to the notes.
+    case before the analysis. Problems go to the notes. See :func:`iter_style_report`.
     """
+    gen = iter_style_report(dataset, consensus=consensus, max_cases=max_cases,
+                            region_margin_mm=region_margin_mm, prepare=prepare)
+    return run_to_completion(gen, None if progress is None else lambda p: progress(p.done, p.total, p.message))
+
+
+def iter_style_report(dataset, *, consensus: str = "staple", max_cases: int | None = None,
+                      region_margin_mm: float = 5.0, prepare=None):
+    """Generator form of :func:`style_report`: one :class:`Progress` per case, analysed or skipped
+    (message: the case id, or ``skipped <id>``), returns ``(StyleReport, problems)``. Closing it
+    (Cancel) stops before the next case."""
     from ..datasets.case_folder import iter_cases_reporting
-    from .style import dataset_style
+    from .style import iter_dataset_style
 
     total = len(dataset) if max_cases is None else min(len(dataset), max_cases)
     problems: list[str] = []
-    skipped = [0]
+    skips: list[str] = []  # skipped case ids not reported yet (skips happen while the next case is read)
+    done = 0
 
-    def on_skip(i: int, case_id: str) -> None:
-        skipped[0] += 1
-        if progress is not None:
-            progress(i + 1, total, f"skipped {case_id}")
+    def skipped():
+        nonlocal done
+        while skips:
+            done += 1
+            yield Progress(done, total, f"skipped {skips.pop(0)}")
 
-    cases = iter_cases_reporting(dataset, problems, max_cases, on_skip, should_stop)
+    cases = iter_cases_reporting(dataset, problems, max_cases, lambda _i, cid: skips.append(cid))
     if prepare is not None:
         cases = map(prepare, cases)
-    report = dataset_style(cases, consensus=consensus, region_margin_mm=region_margin_mm,
-                           progress=None if progress is None else
-                           (lambda done, _total, cid: progress(done + skipped[0], total, cid)))
+    inner = iter_dataset_style(cases, consensus=consensus, region_margin_mm=region_margin_mm)
+    while True:
+        try:
+            item = next(inner)
+        except StopIteration as stop:
+            report = stop.value
+            break
+        yield from skipped()
+        done += 1
+        yield Progress(done, total, item.message)
+    yield from skipped()
     report.notes.extend(problems)
     return report, problems
 

@@ -20,17 +20,18 @@ Per rater and case (physical units from ``case.geometry.scale_zyx``):
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from ..datasets.case import MultiRaterCase
+from ..progress import Progress, run_to_completion
 from .overlap import contour, crop_box, dice, majority_vote, signed_distance, surface_distances
 from .staple import staple
 
-__all__ = ["METRICS", "StyleReport", "case_style", "dataset_style", "leave_one_out_consensus"]
+__all__ = ["METRICS", "StyleReport", "case_style", "dataset_style", "iter_dataset_style", "leave_one_out_consensus"]
 
 METRICS = (
     "volume_bias",
@@ -154,6 +155,18 @@ def dataset_style(
     ``progress(done, total_or_None, case_id)`` is called after each case. Raters are matched by
     name (order of first appearance); std is the sample std (ddof=1).
     """
+    return run_to_completion(iter_dataset_style(cases, consensus, region_margin_mm, max_cases),
+                             None if progress is None else lambda p: progress(p.done, p.total, p.message))
+
+
+def iter_dataset_style(
+    cases: Iterable[MultiRaterCase],
+    consensus: str = "staple",
+    region_margin_mm: float = 5.0,
+    max_cases: int | None = None,
+) -> Generator[Progress, None, StyleReport]:
+    """Generator form of :func:`dataset_style`: one :class:`Progress` (message: the case id) per
+    case, returns the :class:`StyleReport`; closing it stops before the next case."""
     total = len(cases) if hasattr(cases, "__len__") else None
     if max_cases is not None:
         cases = itertools.islice(cases, max_cases)
@@ -178,8 +191,7 @@ def dataset_style(
                 pair = (row["rater"], row["rater"])
                 dsum[pair], dn[pair] = dsum.get(pair, 0.0) + 1.0, dn.get(pair, 0) + 1
         n_cases += 1
-        if progress is not None:
-            progress(n_cases, total, case.case_id)
+        yield Progress(n_cases, total, case.case_id)
     k = len(names)
     pw, pn = np.full((k, k), NAN), np.zeros((k, k), int)
     for (a, b), n in dn.items():

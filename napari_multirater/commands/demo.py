@@ -1,4 +1,7 @@
-"""``multirater demo``: open napari with the phantom sample case and the plugin's docks."""
+"""``multirater demo``: open napari with the phantom sample case and the plugin's docks, compare the
+raters, run the bundled demo model (samples, an entropy map, all personas) and bring its outputs to
+the front. Every step runs synchronously, so the screenshot shows the finished results.
+"""
 
 from __future__ import annotations
 
@@ -49,6 +52,47 @@ def build_demo_viewer(three_d: bool = False, show: bool = True):
     return viewer, docks
 
 
+def _raise_dock(widget) -> None:
+    """Bring the tab of the QDockWidget holding ``widget`` to the front."""
+    dock = widget
+    while dock is not None and not hasattr(dock, "setFloating"):
+        dock = dock.parent()
+    if dock is not None:
+        dock.raise_()
+
+
+def run_compare_demo(dock) -> None:
+    """Compare raters dock: compare the preselected raters, heatmap in front."""
+    dock.refresh_layers()
+    dock.compute(sync=True)
+    _raise_dock(dock)
+
+
+def run_model_demo(dock) -> bool:
+    """Model & sampling dock: load the demo model, show samples, an entropy overlay and all personas
+    (the newest outputs are shown, older ones hidden). False when there is no demo model or image."""
+    from .._napari.model_request import ALL_EXPERTS, RunKind
+    from ..inference.registry import demo_model_name
+
+    name = demo_model_name()
+    if name is None or dock.controller.image_layer is None:
+        return False
+    dock.model_combo.setCurrentText(name)
+    if not dock.load_model(sync=True):
+        return False
+    dock.n_spin.setValue(8)
+    dock.run(RunKind.SAMPLES, sync=True)
+    dock.kind_combo.setCurrentText("entropy")
+    dock.run(RunKind.UNCERTAINTY, sync=True)
+    dock.expert_combo.setCurrentText(ALL_EXPERTS)
+    dock.run(RunKind.PERSONAS, sync=True)  # last: the newest outputs are shown, older ones hidden
+    dock.tabs.setCurrentIndex(1)
+    return True
+
+
+DEMOS = {"Compare raters": run_compare_demo, "Model & sampling": run_model_demo}
+
+
 def show_model_outputs(viewer, docks) -> None:
     """When a model ran, put its outputs (samples, personas, uncertainty) and its dock in front."""
     names = [layer.name for layer in viewer.layers]
@@ -57,27 +101,8 @@ def show_model_outputs(viewer, docks) -> None:
     for layer in viewer.layers:
         if layer.name.startswith(("mr consensus", "mr agreement", "mr samples", "mr mean probability")):
             layer.visible = False
-    dock = docks.get("Model & sampling")
-    while dock is not None and not hasattr(dock, "setFloating"):
-        dock = dock.parent()
-    if dock is not None:
-        dock.raise_()
-
-
-def wait_for_workers(workers, timeout_s: float = 300.0) -> None:
-    """Keep the GUI responsive until the demo's background work has finished."""
-    import time
-
-    from qtpy.QtWidgets import QApplication
-
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        QApplication.processEvents()
-        if not any(getattr(w, "is_running", False) for w in workers):
-            break
-        time.sleep(0.02)
-    for _ in range(10):
-        QApplication.processEvents()
+    if "Model & sampling" in docks:
+        _raise_dock(docks["Model & sampling"])
 
 
 def run(args) -> int:
@@ -95,13 +120,9 @@ def run(args) -> int:
     viewer.window._qt_window.resize(1366, 768)  # a small laptop screen: everything must fit
     for _ in range(20):
         QApplication.processEvents()
-    workers = []
-    for widget in docks.values():
-        run_demo = getattr(widget, "run_demo", None)
-        if callable(run_demo):
-            started = run_demo()  # docks return the workers they started (or None)
-            workers += [w for w in (started if isinstance(started, (list, tuple)) else [started]) if w is not None]
-    wait_for_workers(workers)
+    for name, widget in docks.items():  # manifest order: the comparison first, then the model
+        if name in DEMOS:
+            DEMOS[name](widget)
     show_model_outputs(viewer, docks)
     for _ in range(20):
         QApplication.processEvents()

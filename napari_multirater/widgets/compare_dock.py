@@ -1,7 +1,7 @@
 """"Compare raters" dock: agreement, consensus and style of the rater layers in the viewer.
 
 A thin view over :class:`~napari_multirater._napari.compare_controller.CompareController`: it
-gathers options, starts the comparison in a worker and shows the tables and a pairwise-Dice
+gathers options, starts the comparison as a job and shows the tables and a pairwise-Dice
 heatmap. Every button calls a plain method (``compute``, ``cancel``, ``run_dataset_report``).
 """
 
@@ -31,8 +31,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._napari.compare_controller import CompareController, CompareResult, dataset_report, default_report_dir
-from .._napari.workers import run_to_completion, start_generator_worker, threads_disabled
+from .._napari.compare_controller import CompareController, CompareResult
+from ..analysis.dataset_report import default_report_dir
 from ..analysis.report import STYLE_COLUMNS as REPORT_STYLE_COLUMNS
 from ..analysis.report import format_value, pairwise_heatmap_figure
 
@@ -87,8 +87,6 @@ class CompareDock(QWidget):
         self.controller = CompareController(napari_viewer)
         self.result: CompareResult | None = None
         self.report = None
-        self.worker = None
-        self.report_worker = None
         self._checked: dict[str, bool] = {}
         self._build()
         self._connect_viewer()
@@ -269,7 +267,7 @@ class CompareDock(QWidget):
             item.setCheckState(Qt.Checked if checked else Qt.Unchecked)
             self.layer_list.addItem(item)
         self.layer_list.blockSignals(False)
-        if self._names() != before and self.worker is None and self.report_worker is None:
+        if self._names() != before and not self.controller.jobs.busy:
             self.status.setText(READY_TEXT)
         self._advise()
 
@@ -289,36 +287,21 @@ class CompareDock(QWidget):
             item.setCheckState(Qt.Checked if item.text() in names else Qt.Unchecked)
 
     # --- compute ---------------------------------------------------------------------------------
-    def compute(self, sync: bool = False) -> None:
-        """Compare the checked layers (in a worker unless ``sync``); results land in the tables."""
+    def compute(self, sync: bool | None = None) -> None:
+        """Compare the checked layers as a job (``sync``: on this thread); results land in the tables."""
         layers = self.selected_layers()
-        distances = self.distances.isChecked()
-        consensus = self.consensus.currentData()
         try:
-            if sync:
-                self._show_result(self.controller.compute(layers, distances, consensus))
-                return
             self._set_running(True, f"Comparing {len(layers)} layers…")
-            self.worker = self.controller.start(layers, distances, consensus, on_done=self._show_result,
-                                                on_error=self._on_error, on_finished=self._on_finished)
+            self.controller.start(layers, self.distances.isChecked(), self.consensus.currentData(),
+                                  on_done=self._show_result, on_error=self._on_error, on_cancelled=self._on_cancelled,
+                                  on_finished=self._on_finished, sync=sync)
         except (ValueError, RuntimeError) as e:
-            self._set_running(False, str(e))
-
-    def run_demo(self) -> None:
-        """Called by ``multirater demo`` after the phantom sample is loaded."""
-        self.refresh_layers()
-        self.compute(sync=True)
-        dock = self.parent()
-        while dock is not None and not hasattr(dock, "setFloating"):  # our QDockWidget
-            dock = dock.parent()
-        if dock is not None:
-            dock.raise_()  # bring this tab to the front so the heatmap is visible
+            self._set_running(self.controller.jobs.busy, str(e))
 
     def cancel(self) -> None:
-        self.controller.cancel()
-        if self.report_worker is not None:
-            self.report_worker.quit()
-        self.status.setText("Cancelling…")
+        if self.controller.jobs.busy:
+            self.controller.cancel()
+            self.status.setText("Cancelling…")
 
     def _set_running(self, running: bool, message: str = "") -> None:
         self.compute_btn.setEnabled(not running)
@@ -328,15 +311,16 @@ class CompareDock(QWidget):
             self.status.setText(message)
 
     def _on_error(self, exc) -> None:
+        from napari.utils.notifications import show_error
+
         self.status.setText(f"Failed: {exc}")
+        show_error(f"Compare raters failed: {exc}")
+
+    def _on_cancelled(self) -> None:
+        self.status.setText("Cancelled.")
 
     def _on_finished(self) -> None:
-        text = self.status.text()
-        self._set_running(False)
-        if text == "Cancelling…":
-            self.status.setText("Cancelled.")
-        self.worker = None
-        self.report_worker = None
+        self._set_running(self.controller.jobs.busy)
 
     # --- results ---------------------------------------------------------------------------------
     def _show_result(self, result: CompareResult) -> None:
@@ -403,21 +387,22 @@ class CompareDock(QWidget):
                 return ""
         return out
 
-    def run_dataset_report(self, dataset_dir, out_dir=None, sync: bool = False) -> None:
-        """Rater-style report of a dataset folder, written to ``out_dir`` (default
+    def run_dataset_report(self, dataset_dir, out_dir=None, sync: bool | None = None) -> None:
+        """Rater-style report of a dataset folder as a job, written to ``out_dir`` (default
         :func:`default_report_dir`, outside the dataset); the heatmap then shows the dataset's
         mean pairwise Dice. Broken cases/rater files are skipped and listed."""
-        consensus = self.consensus.currentData()
+        def failed(exc):
+            from napari.utils.notifications import show_error
+
+            self.status.setText(f"Dataset report failed: {exc}")
+            show_error(f"Dataset report failed: {exc}")
         try:
-            if sync or threads_disabled():
-                self._show_report(run_to_completion(dataset_report(dataset_dir, out_dir, consensus)))
-                return
             self._set_running(True, f"Dataset report of {dataset_dir}…")
-            self.report_worker = start_generator_worker(
-                dataset_report, dataset_dir, out_dir, consensus, desc="Rater style report",
-                on_done=self._show_report, on_error=self._on_error, on_finished=self._on_finished)
-        except (ValueError, OSError, RuntimeError) as e:  # DatasetError is a ValueError
-            self._set_running(False, f"Dataset report failed: {e}")
+            self.controller.start_report(dataset_dir, out_dir, self.consensus.currentData(), on_done=self._show_report,
+                                         on_error=failed, on_cancelled=self._on_cancelled,
+                                         on_finished=self._on_finished, sync=sync)
+        except (ValueError, OSError, RuntimeError) as e:
+            self._set_running(self.controller.jobs.busy, f"Dataset report failed: {e}")
 
     def _show_report(self, outcome) -> None:
         report, paths, problems = outcome

@@ -6,17 +6,15 @@ rater personas and uncertainty maps. A thin view: every action calls
 from __future__ import annotations
 
 import html
-import time
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -32,20 +30,19 @@ from qtpy.QtWidgets import (
 )
 
 from .._napari import guidance
+from .._napari.explorer_controller import ExplorerController
 from .._napari.model_controller import ALL_EXPERTS, ModelController
+from .._napari.model_request import DEFAULT_SAMPLES, RunKind, RunRequest, Scope
 from ..inference import model_info
 from ..inference.device import DEVICE_CHOICES, PRECISION_CHOICES
 from ..inference.intensity import IMAGE_UNITS, LIDC_MAPPINGS
-from ..inference.registry import available_models, demo_model_name
+from ..inference.registry import available_models
 from ._help import help_button
+from .explorer_panel import ExplorerPanel
 
 __all__ = ["ModelDock"]
 
 FILE_ITEM = "checkpoint file…"
-DIRECTION_MODES = (("prior axes", "axes"), ("principal directions", "principal"))
-SIGMA_RANGE = 3.0
-SLIDER_STEPS = 30  # per sigma range side -> 0.1 sigma resolution
-COALESCE_MS = 50.0  # slower explorer decodes: slider events are coalesced (latest value only)
 
 
 def _notify(kind: str, message: str) -> None:
@@ -87,12 +84,7 @@ class ModelDock(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.controller = ModelController(napari_viewer)
-        self.worker = None
-        self.latent_sliders: list[QSlider] = []
-        self.last_decode_ms: float | None = None
-        self.coalesce = False  # set per explorer from one measured decode (> COALESCE_MS)
-        self._pending: dict = {}  # coalesced decodes: key -> latest callable, run from QTimer
-        self._decode_scheduled = False
+        self.explorer = ExplorerController(self.controller)
         self._n_warnings = 0
         self._user_chose_model = False  # once the user picks a model, stop pre-selecting one
         self._build()
@@ -228,7 +220,7 @@ class ModelDock(QWidget):
         form = _form(w)
         self.n_spin = QSpinBox()
         self.n_spin.setRange(1, 1000)
-        self.n_spin.setValue(16)
+        self.n_spin.setValue(DEFAULT_SAMPLES)
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2 ** 31 - 1)
         new_seed = QPushButton("New seed")
@@ -239,36 +231,13 @@ class ModelDock(QWidget):
         self.contours_check = QCheckBox("show all samples as contours")
         form.addRow(self.contours_check)
         self.sample_btn = QPushButton("Sample")
-        self.sample_btn.clicked.connect(lambda: self.run("samples"))
+        self.sample_btn.clicked.connect(lambda: self.run(RunKind.SAMPLES))
         form.addRow(self.sample_btn)
 
-        ex = QGroupBox("Latent explorer")
-        ex.setToolTip("works on the 2D image or the current slice of a volume")
-        exf = _form(ex)
-        self.directions_combo = QComboBox()
-        for label, _ in DIRECTION_MODES:
-            self.directions_combo.addItem(label)
-        exf.addRow("Sliders", self.directions_combo)
-        self.explore_btn = QPushButton("Explore")
-        self.explore_btn.setToolTip("encode the image once; each slider re-decodes the mask live")
-        self.explore_btn.clicked.connect(self.start_explorer)
-        reset = QPushButton("Reset")
-        reset.clicked.connect(self.reset_sliders)
-        exf.addRow(_row(self.explore_btn, reset))
-        self.slider_grid = QGridLayout()
-        exf.addRow(self.slider_grid)
-        self.interp_a = QSpinBox()
-        self.interp_b = QSpinBox()
-        self.interp_b.setValue(1)
-        for s in (self.interp_a, self.interp_b):
-            s.setRange(0, 999)
-            s.setToolTip("index of a sample drawn with the seed above")
-        self.interp_slider = _hslider(0, 100, 0)
-        self.interp_slider.setToolTip("interpolate the latent between the two samples (0 -> first, 1 -> second)")
-        self.interp_slider.valueChanged.connect(self.interpolate)
-        exf.addRow("Between", _row(self.interp_a, self.interp_b))
-        exf.addRow("t", self.interp_slider)
-        form.addRow(ex)
+        self.explorer_panel = ExplorerPanel(
+            self.explorer, start_job=self._start_job, seed=self.seed_spin.value, n_samples=self.n_spin.value,
+            status=self.status_text)
+        form.addRow(self.explorer_panel)
         return w
 
     def _build_persona(self) -> QWidget:
@@ -277,7 +246,7 @@ class ModelDock(QWidget):
         self.expert_combo = QComboBox()
         form.addRow("Expert", self.expert_combo)
         self.persona_btn = QPushButton("Show persona")
-        self.persona_btn.clicked.connect(lambda: self.run("personas"))
+        self.persona_btn.clicked.connect(lambda: self.run(RunKind.PERSONAS))
         form.addRow(self.persona_btn)
         self.rater_note = QLabel("")
         self.rater_note.setWordWrap(True)
@@ -308,7 +277,7 @@ class ModelDock(QWidget):
         form.addRow("Kind", self.kind_combo)
         self.unc_btn = QPushButton("Compute uncertainty")
         self.unc_btn.setToolTip("uses the number of samples and the seed of the Diversity tab")
-        self.unc_btn.clicked.connect(lambda: self.run("uncertainty"))
+        self.unc_btn.clicked.connect(lambda: self.run(RunKind.UNCERTAINTY))
         form.addRow(self.unc_btn)
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setRange(0.0, 1.0)
@@ -400,11 +369,11 @@ class ModelDock(QWidget):
     def _image_changed(self, *_) -> None:
         layer = self._layer(self.image_combo.currentText())
         if self.controller.set_image_layer(layer):  # proxied layers compare with same_layer
-            self._clear_sliders()
-            if self.worker is None:
+            self.explorer_panel.clear()
+            if not self.controller.jobs.busy:
                 self.status.setText("")  # a status about another input is stale now
             self._preselect_model()
-        self._fill(self.scope_combo, list(self.controller.scopes()))
+        self._fill(self.scope_combo, [s.value for s in self.controller.scopes()])
         self._advise()
         self._update_enabled()
 
@@ -456,24 +425,24 @@ class ModelDock(QWidget):
             self.roi_combo.setCurrentText("mr roi point")
         elif self._layer(self.roi_combo.currentText()) is None or self.roi_combo.currentText().startswith("mr "):
             self.new_point_layer()  # never an unrelated Points layer (e.g. an import's small nodules)
-        self.scope_combo.setCurrentText("region of interest")
+        self.scope_combo.setCurrentText(Scope.ROI.value)
         return True
 
     def _update_enabled(self) -> None:
         eng = self.controller.engine
-        running = self.worker is not None
+        running = self.controller.jobs.busy
         ready = eng is not None and self.controller.image_layer is not None and not running
         caps = eng.capabilities if eng is not None else None
         self.sample_btn.setEnabled(ready)
         self.persona_btn.setEnabled(ready)
         self.unc_btn.setEnabled(ready)
-        self.explore_btn.setEnabled(ready and caps.latent_dim > 0)
+        self.explorer_panel.set_enabled(ready and caps.latent_dim > 0)
         self.blend_box.setEnabled(ready and caps.blend)
         self.contour_btn.setEnabled(eng is not None)
         self.load_btn.setEnabled(not running)
         self.cancel_btn.setEnabled(running)
         self.path_edit.setEnabled(self.model_combo.currentText() == FILE_ITEM)
-        roi = self.scope_combo.currentText() == "region of interest"
+        roi = self.scope_combo.currentText() == Scope.ROI.value
         self.roi_combo.setEnabled(roi)
         self.size_spin.setEnabled(roi)
 
@@ -485,36 +454,25 @@ class ModelDock(QWidget):
             self.model_combo.setCurrentIndex(0)
 
     def load_model(self, *_, sync: bool | None = None) -> bool:
-        """Load the chosen model in a worker with progress (``sync``: on this thread). Returns False
+        """Load the chosen model as a job with progress (``sync``: on this thread). Returns False
         when it could not start (or, synchronously, failed); errors become notifications."""
         choice = self.model_combo.currentText()
         target = self.path_edit.text().strip() if choice == FILE_ITEM else choice
         if not target:
             _notify("error", "choose a model or a checkpoint file first")
             return False
-        failed = []
 
         def error(e):
-            failed.append(e)
             self.status.setText(f"cannot load model: {e}")
-            if self.worker is None:  # sync; a worker reports its own errors as notifications
-                _notify("error", f"Cannot load model: {e}")
-        try:
-            self.progress.setRange(0, 0)
-            self.worker = self.controller.start_load(
-                target, self.device_combo.currentText(), image_units=self.units_combo.currentText(),
-                lidc_mapping=self.lidc_combo.currentText(), precision=self.precision_combo.currentText(),
-                on_done=self._model_loaded, on_error=error,
-                on_finished=self._finished, on_progress=self._progress, sync=sync)
-        except (ValueError, OSError) as e:
-            self.worker = None
-            self.progress.setRange(0, 1)
             _notify("error", f"Cannot load model: {e}")
-            return False
-        if self.worker is not None:
+        options = {"image_units": self.units_combo.currentText(), "lidc_mapping": self.lidc_combo.currentText(),
+                   "precision": self.precision_combo.currentText()}
+        job = self._start_job("Cannot load model", lambda **cb: self.controller.start_load(
+            target, self.device_combo.currentText(), options=options, on_done=self._model_loaded, on_error=error,
+            sync=sync, **cb))
+        if job is not None and job.running:
             self.status.setText(f"loading {target}…")
-        self._update_enabled()
-        return not failed
+        return job is not None and job.state != "failed"
 
     def _model_loaded(self, eng) -> None:
         self._n_warnings = len(eng.warnings)
@@ -527,7 +485,7 @@ class ModelDock(QWidget):
             self.blend_j.setCurrentIndex(1)
         self._fill(self.kind_combo, eng.uncertainty_kinds())
         self.rater_note.setText(model_info.rater_note(eng.card))
-        self._clear_sliders()
+        self.explorer_panel.clear()
         self._update_enabled()
         self.status.setText(f"loaded {eng.name} on {eng.device_message}")
         if self.use_roi_default():
@@ -573,32 +531,41 @@ class ModelDock(QWidget):
         self._show_card()
 
     # ------------------------------------------------------------------ runs
-    def _show_kwargs(self, action: str) -> dict:
-        if action == "samples":
-            return {"contours": self.contours_check.isChecked()}
-        if action == "personas":
-            return {"expert": self.expert_combo.currentText() or ALL_EXPERTS}
-        return {"kind": self.kind_combo.currentText() or "entropy"}
+    def request(self, kind: RunKind | str) -> RunRequest:
+        """The typed request for ``kind`` from the dock's current choices."""
+        return RunRequest(
+            RunKind(kind), Scope(self.scope_combo.currentText() or Scope.WHOLE_IMAGE), n_samples=self.n_spin.value(),
+            seed=self.seed_spin.value(), roi_layer=self._layer(self.roi_combo.currentText()),
+            roi_size_mm=self.size_spin.value(), contours=self.contours_check.isChecked(),
+            expert=self.expert_combo.currentText() or ALL_EXPERTS,
+            uncertainty_kind=self.kind_combo.currentText() or "entropy")
 
-    def run(self, action: str, sync: bool | None = None):
-        """Start ``action`` in a worker with progress; returns the worker (None if sync or failed)."""
-        try:
-            roi_layer = self._layer(self.roi_combo.currentText())
-            self.progress.setRange(0, 0)
-            self.worker = self.controller.start(
-                action, self.scope_combo.currentText(), samples=self.n_spin.value(), seed=self.seed_spin.value(),
-                roi_layer=roi_layer, size_mm=self.size_spin.value(), show=self._show_kwargs(action),
-                on_done=lambda r: self._done(action, r), on_error=self._error, on_finished=self._finished,
-                on_progress=self._progress, sync=sync)
-        except ValueError as e:
-            self.worker = None
-            self.progress.setRange(0, 1)
-            _notify("error", f"Model {action}: {e}")
+    def run(self, kind: RunKind | str, sync: bool | None = None):
+        """Start a ``kind`` run as a job with progress; returns the :class:`Job` (None when it could
+        not start; ``job.state`` tells how a synchronous run ended)."""
+        kind = RunKind(kind)
+        return self._start_job(f"Model {kind.value}", lambda **cb: self.controller.start(
+            self.request(kind), on_done=lambda r: self._done(kind, r), on_error=lambda e: self._error(kind, e),
+            on_cancelled=lambda: self.status.setText(f"{kind.value} cancelled; layers unchanged"), sync=sync, **cb))
+
+    def _start_job(self, what: str, start, **callbacks):
+        """Start a job with ``start(on_progress=..., on_finished=..., **callbacks)`` on this dock's
+        progress bar; returns the Job, or None (and an error notification) when it cannot start."""
+        if self.controller.jobs.busy:  # the buttons are disabled meanwhile; scripts get told
+            _notify("error", f"{what}: {self.controller.jobs.job.label} is still running: wait or cancel it")
             return None
-        if self.worker is not None:
-            self.worker.aborted.connect(lambda: self.status.setText(f"{action} cancelled; layers unchanged"))
+        self.progress.setRange(0, 0)
+        try:
+            job = start(on_progress=self._progress, on_finished=self._finished, **callbacks)
+        except (ValueError, OSError) as e:
+            self.progress.setRange(0, 1)
+            _notify("error", f"{what}: {e}")
+            return None
         self._update_enabled()
-        return self.worker
+        return job
+
+    def status_text(self, text: str) -> None:
+        self.status.setText(text)
 
     def _progress(self, item) -> None:
         if getattr(item, "total", None):
@@ -623,18 +590,19 @@ class ModelDock(QWidget):
         style = "thick outlines" if expert == ALL_EXPERTS else "filled"
         self.legend.setText(f"Model personas ({style}): {items}<br>Human raters: thin outlines")
 
-    def _done(self, action: str, result) -> None:
+    def _done(self, kind: RunKind, result) -> None:
         expert = self.expert_combo.currentText() or ALL_EXPERTS
         n_p = len(result.personas_region)
         persona_text = (f"all {n_p} personas" if expert == ALL_EXPERTS else f"persona {expert} (1 of {n_p})")
-        what = {"samples": f"{result.info.get('samples', 0)} sample(s)", "personas": persona_text,
-                "uncertainty": f"{len(result.uncertainty_region)} map(s) from {result.info.get('samples', 0)} samples"}[action]
+        what = {RunKind.SAMPLES: f"{result.info.get('samples', 0)} sample(s)", RunKind.PERSONAS: persona_text,
+                RunKind.UNCERTAINTY: f"{len(result.uncertainty_region)} map(s) from {result.info.get('samples', 0)} samples"
+                }[kind]
         z = result.region[0] if len(result.region) == 3 else None
         where = ""
         if z is not None and z.stop - z.start < result.shape[0]:
             where = f", slice {z.start}" if z.stop - z.start == 1 else f", slices {z.start}-{z.stop - 1}"
-        msg = f"{action}: {what}, seed {result.info.get('seed')}{where}"
-        if action == "personas":
+        msg = f"{kind.value}: {what}, seed {result.info.get('seed')}{where}"
+        if kind == RunKind.PERSONAS:
             self._legend(result)
         if self.controller.hidden_earlier:
             msg += f"; {len(self.controller.hidden_earlier)} earlier output layer(s) hidden"
@@ -649,13 +617,11 @@ class ModelDock(QWidget):
             _notify("warning", w)
         self._n_warnings = len(eng.warnings)
 
-    def _error(self, exc) -> None:
+    def _error(self, kind: RunKind, exc) -> None:
         self.status.setText(f"failed: {exc}")
-        if self.worker is None:  # sync run; a worker reports its own errors as notifications
-            _notify("error", f"Model run failed: {exc}")
+        _notify("error", f"Model {kind.value} failed: {exc}")
 
     def _finished(self) -> None:
-        self.worker = None
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
         self.progress.setFormat("done")
@@ -668,7 +634,7 @@ class ModelDock(QWidget):
 
     def _kind_changed(self, *_) -> None:
         """Show another kind from the last uncertainty result without recomputing."""
-        res = self.controller.last.get("uncertainty")
+        res = self.controller.last.get(RunKind.UNCERTAINTY)
         kind = self.kind_combo.currentText()
         if res is not None and kind in res.uncertainty_region and self.controller.image_layer is not None:
             try:
@@ -702,7 +668,7 @@ class ModelDock(QWidget):
                                        ndim=img.ndim if img is not None else 2, **kw)
         layer.mode = "add_rectangle"
         self.roi_combo.setCurrentText(layer.name)
-        self.scope_combo.setCurrentText("region of interest")
+        self.scope_combo.setCurrentText(Scope.ROI.value)
 
     def new_point_layer(self):
         """``mr roi point``: a Points layer on the image's grid in add mode: click the lesion."""
@@ -716,133 +682,3 @@ class ModelDock(QWidget):
         layer.mode = "add"
         self.roi_combo.setCurrentText(layer.name)
         return layer
-
-    # ------------------------------------------------------------------ latent explorer
-    def _clear_sliders(self) -> None:
-        while self.slider_grid.count():
-            item = self.slider_grid.takeAt(0)
-            if item.widget() is not None:
-                item.widget().deleteLater()
-        self.latent_sliders = []
-
-    def start_explorer(self, *_, sync: bool | None = None) -> bool:
-        """Encode the image and compute the slider directions (principal: n decodes) in a worker with
-        progress (``sync``: on this thread); the sliders appear when it is done."""
-        mode = DIRECTION_MODES[self.directions_combo.currentIndex()][1]
-        failed = []
-
-        def error(e):
-            failed.append(e)
-            self.status.setText(f"latent explorer failed: {e}")
-            if self.worker is None:
-                _notify("error", f"Latent explorer: {e}")
-        try:
-            self.progress.setRange(0, 0)
-            self.worker = self.controller.start_explorer(
-                mode, seed=self.seed_spin.value(), on_done=lambda ex: self._explorer_ready(ex, mode), on_error=error,
-                on_finished=self._finished, on_progress=self._progress, sync=sync)
-        except ValueError as e:
-            self.worker = None
-            self.progress.setRange(0, 1)
-            _notify("error", f"Latent explorer: {e}")
-            return False
-        self._update_enabled()
-        return not failed
-
-    def _explorer_ready(self, ex, mode: str) -> None:
-        self.coalesce = ex.decode_ms > COALESCE_MS
-        self._pending.clear()
-        self._clear_sliders()
-        steps = SLIDER_STEPS
-        for i, strength in enumerate(ex.strengths):
-            name = f"z{i + 1}" if mode == "axes" else f"pc{i + 1}"
-            label = QLabel(f"{name}  0.0σ")
-            label.setMinimumWidth(70)
-            slider = _hslider(-steps, steps, 0)
-            slider.setToolTip(f"{name}: -{SIGMA_RANGE:g}..+{SIGMA_RANGE:g} prior σ"
-                              + (f" (effect {strength:.3g})" if mode == "principal" else ""))
-            slider.valueChanged.connect(self._slider_moved)
-            self.slider_grid.addWidget(label, i, 0)
-            self.slider_grid.addWidget(slider, i, 1)
-            self.latent_sliders.append(slider)
-        self.status.setText(f"explorer: {len(ex.mu)} latent dims ({mode}); drag a slider to re-decode"
-                            + (f" (decode {ex.decode_ms:.0f} ms: slider updates coalesced)" if self.coalesce else ""))
-
-    def slider_values(self) -> np.ndarray:
-        return np.array([s.value() * SIGMA_RANGE / SLIDER_STEPS for s in self.latent_sliders], np.float32)
-
-    def _coalesced(self, key: str, fn) -> None:
-        """Run ``fn`` now, or, when decodes are slow (``self.coalesce``), once the events queued
-        meanwhile are handled: only the latest request per ``key`` is decoded."""
-        if not self.coalesce:
-            fn()
-            return
-        self._pending[key] = fn
-        if not self._decode_scheduled:
-            self._decode_scheduled = True
-            QTimer.singleShot(0, self._run_pending)
-
-    def _run_pending(self) -> None:
-        self._decode_scheduled = False
-        pending, self._pending = self._pending, {}
-        for fn in pending.values():
-            fn()
-
-    def _slider_moved(self, *_) -> None:
-        vals = self.slider_values()
-        for i, v in enumerate(vals):
-            lab = self.slider_grid.itemAtPosition(i, 0)
-            if lab is not None and lab.widget() is not None:
-                name = lab.widget().text().split()[0]
-                lab.widget().setText(f"{name} {v:+.1f}σ")
-        self._coalesced("sliders", self._decode_sliders)
-
-    def _decode_sliders(self) -> None:
-        vals = self.slider_values()  # the latest values, also when coalesced
-        t = time.perf_counter()
-        try:
-            self.controller.explorer_set(vals)
-        except ValueError as e:
-            self.status.setText(str(e))
-            return
-        self.last_decode_ms = (time.perf_counter() - t) * 1000
-        self.status.setText(f"re-decoded in {self.last_decode_ms:.1f} ms")
-
-    def reset_sliders(self) -> None:
-        for s in self.latent_sliders:
-            s.blockSignals(True)
-            s.setValue(0)
-            s.blockSignals(False)
-        if self.latent_sliders:
-            self._slider_moved()
-
-    def interpolate(self, *_) -> None:
-        if self.controller.explorer is not None:
-            self._coalesced("interpolate", self._decode_interpolation)
-
-    def _decode_interpolation(self) -> None:
-        if self.controller.explorer is None:
-            return
-        try:
-            self.controller.explorer_interpolate(self.interp_a.value(), self.interp_b.value(),
-                                                 self.interp_slider.value() / 100.0, self.n_spin.value())
-        except ValueError as e:
-            _notify("error", f"Interpolation: {e}")
-
-    # ------------------------------------------------------------------ demo
-    def run_demo(self) -> None:
-        """Load the demo model and show samples, all personas and an entropy overlay."""
-        name = demo_model_name()
-        if name is None or self.controller.image_layer is None:
-            return
-        self.model_combo.setCurrentText(name)
-        if not self.load_model(sync=True):
-            return
-        self.n_spin.setValue(8)
-        self.run("samples", sync=True)
-        self.kind_combo.setCurrentText("entropy")
-        self.run("uncertainty", sync=True)
-        self.expert_combo.setCurrentText(ALL_EXPERTS)
-        self.run("personas", sync=True)  # last: the newest outputs are shown, older ones hidden
-        self.tabs.setCurrentIndex(1)
-

@@ -1,0 +1,96 @@
+"""Compare the raters of one case: pairwise overlap and surface distances, STAPLE and majority
+consensus, agreement count, per-rater style and model-vs-rater matching (Qt-free).
+
+:func:`compare_masks` is a generator that yields a :class:`Progress` per rater pair / step and
+returns a :class:`CompareResult`; it touches no layer, so the viewer runs it as a job (Cancel takes
+effect at the next yield) and scripts drive it with :func:`~napari_multirater.progress.run_to_completion`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..datasets.case import MultiRaterCase
+from ..io.geometry import Geometry
+from ..progress import Progress
+from .model_vs_raters import model_vs_raters
+from .overlap import agreement_map, majority_vote, pairwise_overlap, surface_distances
+from .staple import StapleResult, staple
+from .style import case_style
+
+__all__ = ["CompareResult", "compare_masks"]
+
+
+@dataclass
+class CompareResult:
+    names: list[str]
+    pairwise: dict  # pairwise_overlap() dict: dice, iou, hausdorff_mm, mean_surface_mm, missing, empty
+    staple: StapleResult
+    majority: np.ndarray
+    agreement: np.ndarray
+    style_rows: list[dict]
+    model_rows: list[dict]
+    consensus_method: str
+    distances: bool
+    messages: list[str] = field(default_factory=list)
+
+
+def compare_masks(
+    masks: np.ndarray,
+    names: Sequence[str],
+    spacing_zyx: Sequence[float],
+    *,
+    case: MultiRaterCase | None = None,
+    distances: bool = True,
+    consensus: str = "staple",
+    outputs: dict[str, np.ndarray] | None = None,
+    valid: Sequence[bool] | None = None,
+) -> Generator[Progress, None, CompareResult]:
+    """Generator: yields :class:`Progress` per pair of raters and per step, returns the result."""
+    masks = np.asarray(masks) != 0
+    names = list(names)
+    k = masks.shape[0]
+    valid = np.ones(k, bool) if valid is None else np.asarray(valid, bool)
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k) if valid[i] and valid[j]]
+    total = (len(pairs) if distances else 1) + 4
+    done = 0
+    pw = pairwise_overlap(masks, valid, spacing_zyx, names, distances=False)
+    if distances:
+        for i, j in pairs:
+            hd, msd = surface_distances(masks[i], masks[j], spacing_zyx)
+            pw["hausdorff_mm"][i, j] = pw["hausdorff_mm"][j, i] = hd
+            pw["mean_surface_mm"][i, j] = pw["mean_surface_mm"][j, i] = msd
+            done += 1
+            yield Progress(done, total, f"{names[i]} vs {names[j]}")
+    else:
+        done += 1
+        yield Progress(done, total, "overlap")
+    st = staple(masks, valid)
+    done += 1
+    yield Progress(done, total, "STAPLE")
+    maj = majority_vote(masks, valid)
+    agree = agreement_map(masks, valid)
+    done += 1
+    yield Progress(done, total, "majority vote")
+    if case is None:
+        geo = Geometry(tuple(float(s) for s in spacing_zyx[::-1]), (0.0,) * len(spacing_zyx),
+                       tuple(np.eye(len(spacing_zyx)).ravel().tolist()))
+        case = MultiRaterCase("viewer", np.zeros(masks.shape[1:], np.uint8), masks.astype(np.uint8),
+                              valid, names, geo)
+    style = case_style(case, consensus=consensus) if valid.sum() >= 2 else []
+    done += 1
+    yield Progress(done, total, "rater style")
+    model_rows = model_vs_raters(masks, valid, names, outputs or {})
+    done += 1
+    yield Progress(done, total, "model vs raters")
+    msgs = []
+    if pw["missing"]:
+        msgs.append("missing raters: " + ", ".join(pw["missing"]))
+    if pw["empty"]:
+        msgs.append("empty masks (nothing marked): " + ", ".join(pw["empty"]))
+    if st.note:
+        msgs.append(f"STAPLE: {st.note}")
+    return CompareResult(names, pw, st, maj, agree, style, model_rows, consensus, distances, msgs)
