@@ -193,7 +193,8 @@ class ProSeg(MultiRaterModel):
         persona's own boundary-latent statistic head (a copy of the persona it starts from), all
         fitted; the backbone, the decoder head and every existing persona stay frozen. The head is
         fitted too because tau alone barely moves the output of the trained models (measured on
-        phantom_proseg: any simplex vertex changes a persona's mask by <= 3 of ~200 pixels)."""
+        phantom_proseg, one phantom image: tau on any simplex vertex changed a persona's mask by at most
+        3 of its 69-211 pixels)."""
         out = {f"stats.{k}": True for k, _ in self.stats.named_parameters()}
         last = len(self.classifier) - 1
         out.update({"alpha_raw": True, f"classifier.{last}.weight": True, f"classifier.{last}.bias": True})
