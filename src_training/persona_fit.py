@@ -398,7 +398,7 @@ def _checkpoint_path(checkpoint) -> Path | None:
     if p.is_file():
         return p
     try:
-        from napari_multirater.inference.registry import find_model
+        from napari_multirater.inference import find_model
 
         return Path(find_model(str(checkpoint)))
     except FileNotFoundError:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from napari_multirater import cli
-from napari_multirater.inference.registry import find_model
+from napari_multirater.inference import find_model
 from src_training.checkpoint import load_checkpoint
 from src_training.persona_fit import (
     NoPersonas,

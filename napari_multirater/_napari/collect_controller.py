@@ -51,6 +51,15 @@ def _announce(name: str) -> None:
             _NEW_MODEL_LISTENERS.remove(ref)
 
 
+def _registry():
+    """The model registry module (``modelfiles.registry`` once models and inference are split)."""
+    try:
+        from ..modelfiles import registry
+    except ImportError:
+        from ..inference import registry
+    return registry
+
+
 class CollectController:
     """Queue, collection settings, repeats and Learn my style; every method callable without Qt."""
 
@@ -130,14 +139,11 @@ class CollectController:
     # --- learn my style ------------------------------------------------------------------------
     @staticmethod
     def model_choices() -> list[str]:
-        from ..inference.registry import available_models
-
-        return list(available_models())
+        return list(_registry().available_models())
 
     def output_path(self, model: str) -> Path:
         """A new file in the user model folder: ``<model>+<rater>.pt`` (``-2``, ``-3``... if taken)."""
-        from ..inference.registry import available_models, user_model_dir
-
+        available_models, user_model_dir = _registry().available_models, _registry().user_model_dir
         _, rater = self._need()
         base = f"{Path(str(model)).stem}+{rater}"
         taken = set(available_models())
