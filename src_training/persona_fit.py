@@ -71,6 +71,7 @@ class _Fitted:
     losses: list = field(default_factory=list)
     source: str = ""
     steps: int = 0
+    lr: float = 0.0
 
 
 # ----------------------------------------------------------------------------- data
@@ -269,13 +270,13 @@ def iter_fit_persona(model, name: str, train_data: dict, steps: int = DEFAULT_ST
     fitted = [params[key] for key, fit in per.items() if fit]
     for p in fitted:
         p.requires_grad_(True)
-    if lr is None:
-        lr = 2.0 * float(grown.DEFAULT_LATENT_LR or 1e-3)
+    if lr is None:  # the method's own choice, else twice its latent learning rate
+        lr = getattr(grown, "PERSONA_LR", None) or 2.0 * float(grown.DEFAULT_LATENT_LR or 1e-3)
     opt = torch.optim.Adam(fitted, lr=float(lr))
     keys = sorted(train_data)
     sizes = np.array([len(train_data[key][0]) for key in keys], float)
     rng = np.random.default_rng(int(seed))
-    result = _Fitted(grown, [], grown.rater_names[source], int(steps))
+    result = _Fitted(grown, [], grown.rater_names[source], int(steps), float(lr))
     solo.eval()  # frozen BatchNorm statistics, no dropout: only the new persona's blocks change
     yield Progress(0, int(steps), f"starting from persona {result.source}")
     for step in range(1, int(steps) + 1):
@@ -377,10 +378,10 @@ def iter_add_persona(checkpoint, project, rater: str, out, steps: int = DEFAULT_
         "out": str(out), "persona": name, "rater": rater, "method": model.method, "steps": int(steps),
         "fit_cases": fit_ids, "held_out": held_ids, "held_out_dice": dice, "new_dice": dice[name],
         "best_existing": [best, existing[best]], "improvement": dice[name] - existing[best],
-        "started_from": fitted.source, "final_loss": fitted.losses[-1] if fitted.losses else None,
+        "started_from": fitted.source, "final_loss": fitted.losses[-1] if fitted.losses else None, "lr": fitted.lr,
         "wall_seconds": round(time.perf_counter() - t0, 1)}
     report["text"] = summary_text(report)
-    card = _card(engine, report, cases, project, src, lr, batch_size, seed)
+    card = _card(engine, report, cases, project, src, fitted.lr, batch_size, seed)
     save_checkpoint(out, fitted.model, card)
     return report
 

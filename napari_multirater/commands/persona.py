@@ -20,7 +20,8 @@ def add_parser(sub) -> None:
     a.add_argument("--out", required=True, help="the new checkpoint (.pt); never the original")
     a.add_argument("--steps", type=POSITIVE_INT, default=None, help="optimizer steps (default 150)")
     a.add_argument("--lr", type=POSITIVE_FLOAT, default=None,
-                   help="learning rate of the new persona (default: twice the method's latent learning rate)")
+                   help="learning rate of the new persona (default: the method's, e.g. Pionono 0.1, else twice its "
+                        "latent learning rate)")
     a.add_argument("--seed", type=SEED, default=0, help="seed of the held-out split and the fit")
     a.set_defaults(func=_persona_add)
     p.set_defaults(func=lambda args: fail("choose an action: multirater persona add ... (see multirater persona --help)"))
