@@ -118,7 +118,8 @@ def test_queue_target_raters_and_blind_repeats_from_the_dock(make_napari_viewer,
     entries = [panel.queue_list.item(i).text() for i in range(panel.queue_list.count())]
     # ann saved 2 cases: one repeat is due after 1 other case -> it comes first, then new cases
     assert len(entries) == 4 + 1 and "repeat (blind)" in entries[0] and "repeat" not in entries[1]
-    assert not any("ben" in e for e in entries)  # blind: no other rater's name, no mask
+    assert not any("ben" in e or "disagreement" in e for e in entries)  # blind: the order only
+    assert entries[1].endswith("lung2 — needs raters")
     # the repeat first: one of ann's own cases, opened empty and blind even with blind mode off
     dock.blind_box.setChecked(False)
     panel.next_btn.click()

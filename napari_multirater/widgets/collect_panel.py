@@ -241,9 +241,14 @@ class CollectPanel(QWidget):
             self.queue_list.clear()
             if not ready:
                 return
+            blind = c.annotate.blind  # blind: the order only, no scores computed from others' masks
             for e in c.refresh_queue():
-                text = (f"{e.rank}. {REPEAT_MARK} {e.case_id} — repeat (blind)" if e.repeat
-                        else f"{e.rank}. {e.case_id} — {e.reason}")
+                if e.repeat:
+                    text = f"{e.rank}. {REPEAT_MARK} {e.case_id} — repeat (blind)"
+                elif blind:
+                    text = f"{e.rank}. {e.case_id}" + (" — needs raters" if e.needs_raters else "")
+                else:
+                    text = f"{e.rank}. {e.case_id} — {e.reason}"
                 item = QListWidgetItem(text)
                 item.setData(Qt.UserRole, e.rank)
                 self.queue_list.addItem(item)
