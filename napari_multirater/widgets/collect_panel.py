@@ -188,6 +188,9 @@ class CollectPanel(QWidget):
                 lines.append(f"{name}: Dice {d:.3f}")
             self.result_label.setText("\n".join(lines))
             return
+        if report.get("final_loss") is not None:
+            self.loss_label.setText(f"done: {report['steps']} steps, final loss {report['final_loss']:.4f}, "
+                                    f"{report.get('wall_seconds', 0):.0f} s")
         rows = [f"{n}: {d:.3f}" + ("  ← new" if n == report["persona"] else "")
                 for n, d in report["held_out_dice"].items()]
         self.result_label.setText(report["text"] + "\n" + "\n".join(rows) + f"\nsaved as model "
