@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 __all__ = ["Progress", "run_to_completion"]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -23,7 +26,7 @@ class Progress:
     message: str = ""
 
 
-def run_to_completion(gen: Generator, on_progress: Callable[[Progress], None] | None = None):
+def run_to_completion(gen: Generator[Any, Any, T], on_progress: Callable[[Progress], None] | None = None) -> T:
     """Drive a progress generator synchronously (scripts, CLI, tests); returns its result."""
     while True:
         try:

@@ -161,7 +161,7 @@ class JobRunner:
                 if not ends.error(exc, reraise=True):
                     raise
                 return
-            if not ends.done(result, reraise=True):
+            if not ends.done(result, reraise=True) and job.error is not None:
                 raise job.error
         finally:
             ends.finished()

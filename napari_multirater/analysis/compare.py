@@ -53,11 +53,11 @@ def compare_masks(
     masks = np.asarray(masks) != 0
     names = list(names)
     k = masks.shape[0]
-    valid = np.ones(k, bool) if valid is None else np.asarray(valid, bool)
-    pairs = [(i, j) for i in range(k) for j in range(i + 1, k) if valid[i] and valid[j]]
+    ok = np.ones(k, bool) if valid is None else np.asarray(valid, bool)
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k) if ok[i] and ok[j]]
     total = (len(pairs) if distances else 1) + 4
     done = 0
-    pw = pairwise_overlap(masks, valid, spacing_zyx, names, distances=False)
+    pw = pairwise_overlap(masks, ok, spacing_zyx, names, distances=False)
     if distances:
         for i, j in pairs:
             hd, msd = surface_distances(masks[i], masks[j], spacing_zyx)
@@ -68,22 +68,22 @@ def compare_masks(
     else:
         done += 1
         yield Progress(done, total, "overlap")
-    st = staple(masks, valid)
+    st = staple(masks, ok)
     done += 1
     yield Progress(done, total, "STAPLE")
-    maj = majority_vote(masks, valid)
-    agree = agreement_map(masks, valid)
+    maj = majority_vote(masks, ok)
+    agree = agreement_map(masks, ok)
     done += 1
     yield Progress(done, total, "majority vote")
     if case is None:
         geo = Geometry(tuple(float(s) for s in spacing_zyx[::-1]), (0.0,) * len(spacing_zyx),
                        tuple(np.eye(len(spacing_zyx)).ravel().tolist()))
         case = MultiRaterCase("viewer", np.zeros(masks.shape[1:], np.uint8), masks.astype(np.uint8),
-                              valid, names, geo)
-    style = case_style(case, consensus=consensus) if valid.sum() >= 2 else []
+                              ok, names, geo)
+    style = case_style(case, consensus=consensus) if ok.sum() >= 2 else []
     done += 1
     yield Progress(done, total, "rater style")
-    model_rows = model_vs_raters(masks, valid, names, outputs or {})
+    model_rows = model_vs_raters(masks, ok, names, outputs or {})
     done += 1
     yield Progress(done, total, "model vs raters")
     msgs = []
