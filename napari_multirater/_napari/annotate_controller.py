@@ -364,7 +364,7 @@ class AnnotateController:
         """Blind mode: hide rater layers of this case that this controller did not create, and every
         layer computed from raters (``mr agreement``, ``mr consensus: ...``)."""
         hidden = []
-        if not self.blind:
+        if not self.blind and not self.repeat:  # a repeat is always drawn blind
             return hidden
         for ly in self.viewer.layers:
             md = ly.metadata or {}
