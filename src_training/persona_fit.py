@@ -347,6 +347,8 @@ def iter_add_persona(checkpoint, project, rater: str, out, steps: int = DEFAULT_
                               "choose a new file")
     if out.suffix != ".pt":
         raise PersonaFitError(f"--out {out} must end in .pt")
+    if out.exists():
+        raise PersonaFitError(f"--out {out} exists; the result is always a new file: choose another name")
     try:
         store = AnnotationStore(project)
         cases = load_rater_cases(store, rater)

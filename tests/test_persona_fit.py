@@ -132,6 +132,7 @@ def test_method_without_personas_refuses_with_nearest_persona_report(project, tm
     ("persona add --checkpoint phantom_pionono --data {missing} --rater newbie --out {o}", "dataset.json"),
     ("persona add --checkpoint {src} --data {p} --rater newbie --out {src}", "original"),
     ("persona add --checkpoint phantom_pionono --data {p} --rater newbie --out {o}.txt", ".pt"),
+    ("persona add --checkpoint phantom_pionono --data {p} --rater newbie --out {old}", "exists"),
     ("persona add --checkpoint lidc_unet --data {p} --rater newbie --out {o}", "no personas"),
     ("queue --data {missing} --rater newbie", "dataset.json"),
     ("queue --data {p} --rater 'a b'", "rater id"),
@@ -145,7 +146,9 @@ def test_cli_bad_input_is_one_line_exit_2(args, needle, project, tmp_path, capsy
     src = find_model("phantom_pionono")
     before = _sha(src)
     out = tmp_path / "out" / "new.pt"
-    argv = shlex.split(args.format(p=project, o=out, missing=tmp_path / "missing", src=src))
+    old = tmp_path / "old.pt"
+    old.write_bytes(b"a model the user keeps")
+    argv = shlex.split(args.format(p=project, o=out, missing=tmp_path / "missing", src=src, old=old))
     try:
         rc = cli.main(argv)
     except SystemExit as e:
@@ -156,6 +159,7 @@ def test_cli_bad_input_is_one_line_exit_2(args, needle, project, tmp_path, capsy
     assert len([ln for ln in cap.err.splitlines() if "error:" in ln]) == 1, cap.err
     assert needle.lower() in cap.err.lower(), cap.err
     assert not (tmp_path / "out").exists() and _sha(src) == before
+    assert old.read_bytes() == b"a model the user keeps"
 
 
 def test_proseg_new_classifier_row_is_fitted_and_nothing_else_changes():
