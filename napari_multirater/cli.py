@@ -14,6 +14,7 @@ SUBCOMMANDS = (
     "napari_multirater.commands.import_data",
     "napari_multirater.commands.export_dataset",
     "napari_multirater.analysis.cli_raters",
+    "napari_multirater.commands.persona",
     "src_training.cli",
     "napari_multirater.inference.predict_cli",
     "src_training.tools.bench",

@@ -7,6 +7,8 @@
    LIDC model pre-selected with the ROI as default, one click on the nodule, four personas.
    Needs ``../shared/data/lidc-ct`` (skipped with a message where it is absent).
 3. ``screenshot_prefill.png``: an annotation project, a model run on the case image, Pre-fill.
+4. ``screenshot_learn_style.png``: the Collect dock's Next-case queue and a Learn my style result
+   (a phantom rater with the unseen style generous_2, 8 cases, Pionono, a short fit).
 
 Look at the images before committing them.
 """
@@ -135,13 +137,54 @@ def prefill(out: Path) -> None:
     viewer.close()
 
 
+def learn_style(out: Path) -> None:
+    import os
+
+    import napari
+    from qtpy.QtWidgets import QScrollArea
+
+    from napari_multirater.annotation import AnnotationStore
+    from napari_multirater.datasets.phantom import make_phantom_case
+
+    tmp = Path(tempfile.mkdtemp(prefix="mr-shots-"))
+    os.environ["NAPARI_MULTIRATER_CONFIG"] = str(tmp / "config")
+    os.environ["NAPARI_MULTIRATER_MODELS"] = str(tmp / "models")  # the new model goes here, not to the user's
+    os.environ["MULTIRATER_NOTHREADS"] = "1"
+    store = AnnotationStore.create_project(tmp / "project", "phantoms", intensity_window=(-1000, 400))
+    for k in range(10):
+        case = make_phantom_case(k, seed=11, ndim=2, n_raters=8)
+        cid = store.add_case(case.image, case.geometry, f"lung{k}")
+        if k < 8:
+            store.save_mask(cid, "newbie", case.masks[case.rater_names.index("generous_2")], provenance={"kind": "drawn"})
+        store.save_mask(cid, "tight", case.masks[0], provenance={"kind": "drawn"})
+    viewer = napari.Viewer(title="napari-multirater: learn my style, next case")
+    _window(viewer)
+    _, adock = viewer.window.add_plugin_dock_widget(PLUGIN, "Collect annotations")
+    adock.rater_edit.setText("newbie")
+    adock.rater_btn.click()
+    adock.open_project(store.root)
+    panel = adock.collect_panel
+    panel.model_combo.setCurrentText("phantom_pionono")
+    panel.steps_spin.setValue(40)
+    panel.learn_btn.click()
+    panel.open_next()
+    area = panel.parentWidget()
+    while area is not None and not isinstance(area, QScrollArea):
+        area = area.parentWidget()
+    if area is not None:
+        _settle()
+        area.ensureWidgetVisible(panel.result_label, 0, 10)
+    _shot(viewer, out / "screenshot_learn_style.png")
+    viewer.close()
+
+
 def main(argv=None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(ROOT / "docs"))
-    p.add_argument("--only", choices=("demo", "lidc_roi", "prefill"), action="append")
+    p.add_argument("--only", choices=("demo", "lidc_roi", "prefill", "learn_style"), action="append")
     args = p.parse_args(argv)
     try:
         import napari._qt.qt_main_window as qmw
@@ -151,7 +194,7 @@ def main(argv=None) -> int:
         pass
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in args.only or ("demo", "lidc_roi", "prefill"):
+    for name in args.only or ("demo", "lidc_roi", "prefill", "learn_style"):
         globals()[name](out)
     return 0
 

@@ -125,6 +125,7 @@ class AnnotateController:
         self._removing_own = False
         self._rescued_sha: str | None = None  # checksum of the mask last kept in an emergency copy
         self.at_risk = False  # the last save and its emergency copy both failed
+        self.repeat = False  # the open case is an intra-rater repeat (saved next to the first mask, blind)
         self.last_rescue: str | None = None  # path of the last emergency / conflict copy
         self.on_edit: Callable[[], None] | None = None  # the view refreshes its "unsaved" marker
         self.notify: Callable[[str], None] = _notify_error  # errors that must not go unnoticed
@@ -250,11 +251,13 @@ class AnnotateController:
             self.load_case(cid)
         return cid
 
-    def load_case(self, case_id: str, save_first: bool = True) -> None:
-        """Show ``case_id``: image, the rater's own mask (editable) and, unblinded, the others."""
+    def load_case(self, case_id: str, save_first: bool = True, repeat: bool = False) -> None:
+        """Show ``case_id``: image, the rater's own mask (editable) and, unblinded, the others.
+        ``repeat``: redo one's own case blind (first mask and others hidden; saved as a repeat)."""
         store = self._need_store()
         if save_first:
             self.save_if_dirty("saved on case switch")
+        self.repeat = bool(repeat)
         image, geometry, info = store.load_image(case_id)
         own, sidecar, own_error = self._load_own(case_id) if self.rater else (None, None, None)
         self._close_case()
@@ -266,7 +269,7 @@ class AnnotateController:
         window = store.manifest.get("intensity_window") or display_window(image)
         self.image_layer = self.viewer.add_image(image, name=layer_name("image", case_id), metadata=meta,
                                                  colormap="gray", contrast_limits=tuple(window), **kw)
-        if not self.blind:
+        if not self.blind and not self.repeat:
             self._add_other_raters(case_id)
         self._hide_foreign_raters(case_id)
         if self.rater:
@@ -284,10 +287,12 @@ class AnnotateController:
         """``(mask, sidecar, message)``: an unreadable own mask is moved to ``raters/.broken``
         first (so saving the fresh one never destroys it) and the message says where."""
         try:
-            return (*self.store.load_mask(case_id, self.rater), None)
+            return (*self._own_io()[0](case_id, self.rater), None)
         except LockTimeout as e:
             raise AnnotateError(f"your annotation of {case_id} is being saved elsewhere; try again ({e})") from None
         except DatasetError as e:
+            if self.repeat:  # never quarantine the first mask because the repeat is unreadable
+                raise AnnotateError(f"your repeat of {case_id} cannot be loaded: {e}") from None
             error = e
         try:
             moved = self.store.quarantine(case_id, self.rater)
@@ -298,6 +303,16 @@ class AnnotateController:
         return None, None, (f"your saved annotation could not be loaded ({error}); the broken files were "
                             f"moved to {where}; starting from an empty mask")
 
+    def _own_io(self):
+        """``(load, save)`` of the rater's own mask: the first mask, or the repeat in repeat mode."""
+        if not self.repeat:
+            return self.store.load_mask, self.store.save_mask
+        from functools import partial
+
+        from ..annotation.repeats import load_repeat, save_repeat
+
+        return partial(load_repeat, self.store), partial(save_repeat, self.store)
+
     def _rater_index(self, rater: str) -> int:
         raters = self.store.raters() if self.store is not None else []
         return raters.index(rater) if rater in raters else len(raters)
@@ -305,9 +320,10 @@ class AnnotateController:
     def _add_own_layer(self, case_id: str, mask: np.ndarray, sidecar: dict | None) -> None:
         kw = transform_kwargs(self.image_layer)
         kw["metadata"].update({ROLE_KEY: "rater", "rater": self.rater, "case_id": case_id, OWNER_KEY: True,
-                               "annotation": True, "sidecar": sidecar or {}})
+                               "annotation": True, "sidecar": sidecar or {}, "repeat": self.repeat})
         self._saved_sha = image_checksum((mask != 0).astype(np.uint8))
-        layer = self.viewer.add_labels(mask.astype(np.uint8), name=layer_name("annotation", self.rater),
+        who = f"{self.rater} (repeat)" if self.repeat else self.rater
+        layer = self.viewer.add_labels(mask.astype(np.uint8), name=layer_name("annotation", who),
                                        colormap=binary_colormap(rater_color(self._rater_index(self.rater))),
                                        opacity=0.6, **kw)
         layer.selected_label = 1
@@ -348,7 +364,7 @@ class AnnotateController:
         """Blind mode: hide rater layers of this case that this controller did not create, and every
         layer computed from raters (``mr agreement``, ``mr consensus: ...``)."""
         hidden = []
-        if not self.blind:
+        if not self.blind and not self.repeat:  # a repeat is always drawn blind
             return hidden
         for ly in self.viewer.layers:
             md = ly.metadata or {}
@@ -385,7 +401,7 @@ class AnnotateController:
                 if (ly.metadata or {}).get(UNBLINDED_KEY):
                     self.viewer.layers.remove(ly)
             self._hide_foreign_raters(self.case_id)
-        else:
+        elif not self.repeat:
             self._add_other_raters(self.case_id)
             if self.annotation_layer is not None:  # keep painting on one's own layer
                 self.viewer.layers.selection.active = self.annotation_layer
@@ -499,8 +515,8 @@ class AnnotateController:
         mask = self._current_mask()
         geo = geometry_from_layer(layer)
         try:
-            sidecar = self.store.save_mask(self.case_id, self.rater, mask, geometry=geo, lock_timeout=lock_timeout,
-                                           **self.session.save_kwargs())
+            sidecar = self._own_io()[1](self.case_id, self.rater, mask, geometry=geo, lock_timeout=lock_timeout,
+                                        **self.session.save_kwargs())
         except LockTimeout as e:
             if lock_timeout is not None:
                 raise AutosavePostponed(f"autosave postponed: {e}") from None
@@ -528,7 +544,7 @@ class AnnotateController:
         """After a :class:`ConflictError`: save this session's mask over the newer revision (the
         user said so; the other version stays in its sidecar history only as that revision)."""
         self._need_annotation_layer()
-        mask, sidecar = self.store.load_mask(self.case_id, self.rater)
+        mask, sidecar = self._own_io()[0](self.case_id, self.rater)
         self.session.revision = loaded_revision(mask, sidecar)
         return self.save("saved (overwrote the other session's version)")
 

@@ -116,5 +116,24 @@ def run(args: argparse.Namespace) -> int:
         return 2
     paths = write_style_report(report, args.out)
     print(style_markdown(report))
+    _self_agreement(args)
     print(f"report written to {paths['raters_md'].parent}")
     return 0
+
+
+def _self_agreement(args) -> None:
+    """Annotation projects with intra-rater repeats: self-agreement next to agreement with others."""
+    from .self_agreement import (
+        project_self_agreement,
+        self_agreement_markdown,
+        write_self_agreement,
+    )
+
+    try:
+        rows = project_self_agreement(args.data)
+    except DatasetError as exc:
+        print(f"warning: intra-rater agreement skipped: {exc}", file=sys.stderr)
+        return
+    if rows:
+        write_self_agreement(rows, args.out)
+        print("\n" + self_agreement_markdown(rows))

@@ -66,4 +66,10 @@ def dataset_report(dataset_dir, out_dir=None, consensus: str = "staple", max_cas
             break
         yield Progress(min(item.done, total), total + 1, item.message)
     yield Progress(total + 1, total + 1, "writing report")
-    return report, write_style_report(report, out), problems
+    paths = write_style_report(report, out)
+    from .self_agreement import project_self_agreement, write_self_agreement
+
+    rows = project_self_agreement(dataset_dir)  # intra-rater repeats: self-agreement next to the others
+    if rows:
+        paths.update(write_self_agreement(rows, out))
+    return report, paths, problems

@@ -219,6 +219,10 @@ class AnnotateDock(QWidget):
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
         lay.addWidget(self.status)
+        from .collect_panel import CollectPanel  # Next case queue + Learn my style (issue 15)
+
+        self.collect_panel = CollectPanel(self)
+        lay.addWidget(self.collect_panel)
         self._refresh_prefill_sources()
 
     # --- helpers ---------------------------------------------------------------------------------
@@ -485,6 +489,7 @@ class AnnotateDock(QWidget):
         self.no_lesion_box.setChecked(bool(c.session is not None and c.session.provenance.get("no_lesion")))
         self._refresh_prefill_sources()  # Pre-fill stays disabled while there is nothing to start from
         self._refresh_save_status()
+        self.collect_panel.refresh()
 
     def _refresh_save_status(self) -> None:
         c = self.controller

@@ -184,6 +184,11 @@ class CompareDock(QWidget):
         self.model_table = _table()
         self.model_tab_index = self.tabs.addTab(self.model_table, "Model vs raters")
         self.tabs.setTabEnabled(self.model_tab_index, False)
+        self.self_label = QLabel("")  # intra-rater repeats (dataset report of an annotation project)
+        self.self_label.setTextFormat(Qt.MarkdownText)
+        self.self_label.setWordWrap(True)
+        self.self_tab_index = self.tabs.addTab(self.self_label, "Self-agreement")
+        self.tabs.setTabEnabled(self.self_tab_index, False)
         self.tabs.setMinimumHeight(170)
         lay.addWidget(self.tabs, 1)
 
@@ -410,6 +415,9 @@ class CompareDock(QWidget):
         self._fill_style(rows)
         self._show_figure(pairwise_heatmap_figure(report.pairwise_dice, report.rater_names,
                                                   f"Mean pairwise Dice ({report.n_cases} cases)"))
+        md = paths.get("self_agreement_md")
+        self.self_label.setText(md.read_text(encoding="utf-8").split("\n", 2)[-1] if md else "")
+        self.tabs.setTabEnabled(self.self_tab_index, bool(md))
         msg = f"Dataset report of {report.n_cases} cases written to {paths['raters_md'].parent}"
         if problems:
             more = f" (+{len(problems) - 3} more, see the report)" if len(problems) > 3 else ""

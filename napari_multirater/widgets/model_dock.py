@@ -93,6 +93,9 @@ class ModelDock(QWidget):
         self.refresh_layers()
         self.refresh_models()
         self._update_enabled()
+        from .._napari.collect_controller import on_new_model
+
+        on_new_model(self.show_new_model)  # Learn my style: the new model appears here at once
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
@@ -309,6 +312,15 @@ class ModelDock(QWidget):
         self.model_combo.blockSignals(False)
         self._preselect_model()
         self._model_choice_changed()
+
+    def show_new_model(self, name: str) -> None:
+        """A model was just written (Learn my style): list it, pick it and load it, so its personas
+        (the new one included) are in the persona picker."""
+        self.refresh_models()
+        if self.model_combo.findText(name) >= 0:
+            self._user_chose_model = True
+            self.model_combo.setCurrentText(name)
+            self.load_model()
 
     def _model_chosen_by_user(self, *_) -> None:
         self._user_chose_model = True

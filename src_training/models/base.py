@@ -193,6 +193,28 @@ class MultiRaterModel(nn.Module):
         raise NotImplementedError(
             f"method {self.method!r} does not support persona blending (capabilities.blend is False)")
 
+    # ------------------------------------------------------------------ learning a new persona
+    def persona_tensors(self) -> dict[str, bool]:
+        """``{state_dict key: fitted}`` of every tensor holding one block per rater along dim 0.
+
+        Learning a new rater's style (:mod:`src_training.persona_fit`) appends one block to each:
+        ``fitted`` ones are trained for the new persona, the others are copied from the persona it
+        starts from and stay frozen; every other weight stays frozen too. Empty (the default): the
+        method has no personas to add to.
+        """
+        return {}
+
+    def finish_new_persona(self, steps: int = 200) -> None:
+        """After the last persona was fitted: fit whatever of its own blocks needs all personas at
+        once (ProSeg: its rater-classifier row). Only the last persona's blocks may change."""
+
+    def config_with_persona(self, name: str) -> dict:
+        """This model's config with one more rater called ``name`` (see :meth:`persona_tensors`)."""
+        cfg = copy.deepcopy(self.config)
+        cfg["num_raters"] = self.num_raters + 1
+        cfg["rater_names"] = self.rater_names + [str(name)]
+        return cfg
+
     def _check_rater(self, i: int) -> int:
         i = int(i)
         if not 0 <= i < self.num_raters:

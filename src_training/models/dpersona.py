@@ -92,11 +92,11 @@ class DPersona(ProbUNet):
                 "key_proj", nn.Parameter(torch.eye(self.latent_dim).repeat(self.num_raters, 1, 1)))
         if self.config["posterior_target"] == "mask+index":  # per-rater code added to the posterior mean
             g = torch.Generator().manual_seed(int(self.config.get("seed", 0)))
-            self.rater_code = nn.Parameter(torch.randn(self.num_raters, self.latent_dim, generator=g))
+            self.rater_code = nn.Parameter(torch.randn(self.stage1_raters, self.latent_dim, generator=g))
         if float(self.config["loss"].get("identity_weight", 0.0)) > 0:  # stage-I rater classifier on mu_q
             if self.config["posterior_target"] not in ("mask", "mask+index"):
                 raise ValueError("loss.identity_weight needs posterior_target 'mask' or 'mask+index' (the rater must be visible to q)")
-            self.rater_head = nn.Linear(self.latent_dim, self.num_raters)
+            self.rater_head = nn.Linear(self.latent_dim, self.stage1_raters)
         if self.stage == 2:
             for m in self._frozen_modules():
                 m.requires_grad_(False)
@@ -106,8 +106,25 @@ class DPersona(ProbUNet):
         else:
             self.heads.requires_grad_(False)  # heads are not part of the stage-I objective
 
+    @property
+    def stage1_raters(self) -> int:
+        """Raters the stage-I posterior saw (``posterior_raters``: set when a persona was added later)."""
+        return int(self.config.get("posterior_raters") or self.config["num_raters"])
+
+    def persona_tensors(self):
+        """Stage II: a new expert (projection head / query over the prior bank; its key map if any)."""
+        if self.stage != 2:
+            return {}
+        out = {f"heads.{k}": True for k, _ in self.heads.named_parameters()}
+        return out
+
+    def config_with_persona(self, name):
+        cfg = super().config_with_persona(name)
+        cfg["posterior_raters"] = self.stage1_raters  # the frozen stage-I parts keep their shapes
+        return cfg
+
     def _posterior_extra_channels(self) -> int:
-        k = int(self.config["num_raters"])
+        k = int(self.config.get("posterior_raters") or self.config["num_raters"])
         target = {False: 0, None: 0, "none": 0, "mask": 1, "mask+index": 1}
         if self.config["posterior_target"] not in target:
             raise ValueError(f"posterior_target must be false, 'mask' or 'mask+index', not {self.config['posterior_target']!r}")
