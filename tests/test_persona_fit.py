@@ -14,7 +14,7 @@ import torch
 from napari_multirater import cli
 from napari_multirater.inference import find_model
 from src_training.checkpoint import load_checkpoint
-from src_training.persona_fit import (
+from napari_multirater.inference.persona_fit import (
     NoPersonas,
     PersonaFitError,
     add_persona,

@@ -157,7 +157,7 @@ class CollectController:
         """Generator: fit the rater's persona into a new model (see :func:`iter_add_persona`);
         returns the report. A model without personas returns the nearest-persona report with
         ``refused`` set. Cancel stops at the next step, writing nothing."""
-        from src_training.persona_fit import (
+        from ..inference.persona_fit import (
             NoPersonas,
             PersonaFitError,
             iter_add_persona,

@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
 
 
 def _persona_add(args) -> int:
-    from src_training.persona_fit import (
+    from ..inference.persona_fit import (
         DEFAULT_STEPS,
         NoPersonas,
         PersonaFitError,

@@ -197,7 +197,7 @@ class MultiRaterModel(nn.Module):
     def persona_tensors(self) -> dict[str, bool]:
         """``{state_dict key: fitted}`` of every tensor holding one block per rater along dim 0.
 
-        Learning a new rater's style (:mod:`src_training.persona_fit`) appends one block to each:
+        Learning a new rater's style (:mod:`napari_multirater.inference.persona_fit`) appends one block to each:
         ``fitted`` ones are trained for the new persona, the others are copied from the persona it
         starts from and stay frozen; every other weight stays frozen too. Empty (the default): the
         method has no personas to add to.

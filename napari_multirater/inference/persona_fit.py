@@ -30,10 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_multirater.progress import Progress, run_to_completion
+from src_training.checkpoint import load_checkpoint, save_checkpoint
+from src_training.models.registry import build_model
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .models.registry import build_model
+from ..progress import Progress, run_to_completion
+
 
 __all__ = ["NoPersonas", "PersonaFitError", "RaterCase", "add_persona", "held_out_split", "iter_add_persona",
            "iter_fit_persona", "load_rater_cases", "nearest_persona_report", "persona_dice"]
@@ -78,7 +79,7 @@ class _Fitted:
 def load_rater_cases(store, rater: str) -> list[RaterCase]:
     """Every case of ``store`` (an :class:`~napari_multirater.annotation.AnnotationStore`) that
     ``rater`` saved a mask for (only the first mask, never a repeat)."""
-    from napari_multirater.datasets.case_folder import image_checksum
+    from ..datasets.case_folder import image_checksum
 
     out = []
     for cid in store.case_ids():
@@ -170,7 +171,7 @@ def _persona_dice_tensors(model, data: dict) -> np.ndarray:
 def persona_dice(engine, cases: list[RaterCase], seed: int = 0) -> dict[str, float]:
     """Identity Dice of every persona of ``engine`` against the rater: per case on the whole image /
     volume (both empty = 1), mean over ``cases``. Uses the normal inference path."""
-    from napari_multirater.analysis.overlap import dice
+    from ..analysis.overlap import dice
 
     scores: dict[str, list[float]] = {name: [] for name in engine.rater_names}
     for c in cases:
@@ -331,9 +332,9 @@ def iter_add_persona(checkpoint, project, rater: str, out, steps: int = DEFAULT_
     ``best_existing`` (name, Dice), ``improvement``, ``text``). Raises :class:`NoPersonas` (with
     ``.report``, the nearest-persona report) or :class:`PersonaFitError`; nothing is written then,
     nor when the generator is closed (Cancel)."""
-    from napari_multirater.annotation.store import AnnotationStore
-    from napari_multirater.datasets.case import DatasetError
-    from napari_multirater.inference.engine import InferenceEngine, ModelLoadError
+    from ..annotation.store import AnnotationStore
+    from ..datasets.case import DatasetError
+    from .engine import InferenceEngine, ModelLoadError
 
     t0 = time.perf_counter()
     out = Path(out).expanduser()
@@ -401,7 +402,7 @@ def _checkpoint_path(checkpoint) -> Path | None:
     if p.is_file():
         return p
     try:
-        from napari_multirater.inference import find_model
+        from ..modelfiles.registry import find_model
 
         return Path(find_model(str(checkpoint)))
     except FileNotFoundError:
@@ -409,7 +410,7 @@ def _checkpoint_path(checkpoint) -> Path | None:
 
 
 def _card(engine, report, cases, project, src, lr, batch_size, seed) -> dict:
-    from napari_multirater.datasets.case_folder import now_iso
+    from ..datasets.case_folder import now_iso
 
     card = copy.deepcopy(engine.card)
     by_id = {c.case_id: c for c in cases}
