@@ -11,8 +11,17 @@ import argparse
 import math
 import sys
 
-__all__ = ["OneLineParser", "int_at_least", "float_range", "POSITIVE_INT", "NONNEG_INT", "SEED",
-           "POSITIVE_FLOAT", "int_list", "float_list"]
+__all__ = [
+    "OneLineParser",
+    "int_at_least",
+    "float_range",
+    "POSITIVE_INT",
+    "NONNEG_INT",
+    "SEED",
+    "POSITIVE_FLOAT",
+    "int_list",
+    "float_list",
+]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -39,13 +48,16 @@ def int_at_least(lo: int, what: str = "an integer"):
     return parse
 
 
-def float_range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-                hi_open: bool = False):
+def float_range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False):
     """argparse type: a finite float in [lo, hi] (``lo_open``/``hi_open``: bound excluded)."""
     lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo:g}"
     hi_s = "" if hi is None else f"{'<' if hi_open else '<='} {hi:g}"
-    want = "a finite number" + (f" {lo_s}" if lo_s else "") + (" and" if lo_s and hi_s else "") + \
-        (f" {hi_s}" if hi_s else "")
+    want = (
+        "a finite number"
+        + (f" {lo_s}" if lo_s else "")
+        + (" and" if lo_s and hi_s else "")
+        + (f" {hi_s}" if hi_s else "")
+    )
 
     def parse(text: str) -> float:
         try:

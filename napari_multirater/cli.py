@@ -21,7 +21,18 @@ SUBCOMMANDS = (
 )
 
 # what the `napari` / `pyqt5` extras bring; the base install lacks them
-PLUGIN_EXTRA_MODULES = ("napari", "magicgui", "qtpy", "npe2", "superqt", "vispy", "PyQt5", "PyQt6", "PySide2", "PySide6")
+PLUGIN_EXTRA_MODULES = (
+    "napari",
+    "magicgui",
+    "qtpy",
+    "npe2",
+    "superqt",
+    "vispy",
+    "PyQt5",
+    "PyQt6",
+    "PySide2",
+    "PySide6",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +61,11 @@ def main(argv=None) -> int:
     except ModuleNotFoundError as e:  # a base (training-only) install has no napari / Qt: one line
         if (e.name or "").split(".")[0] not in PLUGIN_EXTRA_MODULES:
             raise
-        print(f"error: '{parser.prog} {args.command}' needs the napari plugin ({e.name} is not installed): "
-              "pip install 'napari-multirater[pyqt5]'", file=sys.stderr)
+        print(
+            f"error: '{parser.prog} {args.command}' needs the napari plugin ({e.name} is not installed): "
+            "pip install 'napari-multirater[pyqt5]'",
+            file=sys.stderr,
+        )
         return 2
     except OSError as e:  # unwritable --out, disk full, missing folder...: one line, no traceback
         print("error: " + " ".join(str(e).split()), file=sys.stderr)

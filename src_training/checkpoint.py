@@ -3,6 +3,7 @@
 Everything stored is ``torch.load(weights_only=True)``-safe (tensors, dicts, lists, numbers, strings,
 None). Writes go through the project's verified atomic writer (:mod:`napari_multirater.io.atomic`).
 """
+
 from __future__ import annotations
 
 import io
@@ -25,8 +26,9 @@ class CheckpointError(ValueError):
     """The file is not a usable napari-multirater checkpoint."""
 
 
-def save_checkpoint(path, model: MultiRaterModel, model_card: dict, extra: dict | None = None,
-                    fp16: bool = False) -> Path:
+def save_checkpoint(
+    path, model: MultiRaterModel, model_card: dict, extra: dict | None = None, fp16: bool = False
+) -> Path:
     """Write ``model`` (config + weights) and its card; ``fp16`` halves float tensors on disk."""
     extra = dict(extra or {})
     clash = _RESERVED & set(extra)
@@ -35,8 +37,13 @@ def save_checkpoint(path, model: MultiRaterModel, model_card: dict, extra: dict 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if fp16:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    payload = {"format_version": FORMAT_VERSION, "config": model.config, "model_card": dict(model_card or {}),
-               "state_dict": state, **extra}
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "config": model.config,
+        "model_card": dict(model_card or {}),
+        "state_dict": state,
+        **extra,
+    }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -52,8 +59,10 @@ def _load_error(path: Path, exc: Exception) -> str:
     text = str(exc)
     m = re.search(r"(?:unsupported|Unsupported)(?: global:)? GLOBAL ([\w.]+)|Unsupported class ([\w.]+)", text)
     if m:
-        return (f"refused: it holds Python objects (a reference to {m.group(1) or m.group(2)}); a checkpoint may "
-                "only hold tensors and plain data, anything else could run code when loaded")
+        return (
+            f"refused: it holds Python objects (a reference to {m.group(1) or m.group(2)}); a checkpoint may "
+            "only hold tensors and plain data, anything else could run code when loaded"
+        )
     try:
         size = f"{path.stat().st_size} bytes on disk"
     except OSError:
@@ -69,14 +78,18 @@ def load_checkpoint_dict(path, map_location="cpu") -> dict:
     try:
         data = torch.load(path, weights_only=True, map_location=map_location)
     except Exception as exc:  # noqa: BLE001 - pickle / zip errors, unsafe globals ...: the raw code means nothing to a user
-        raise CheckpointError(f"{path} is not a readable napari-multirater checkpoint: {_load_error(path, exc)}") from None
+        raise CheckpointError(
+            f"{path} is not a readable napari-multirater checkpoint: {_load_error(path, exc)}"
+        ) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not a napari-multirater checkpoint (got {type(data).__name__})")
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise CheckpointError(f"{path} is missing checkpoint keys {missing} (not a napari-multirater checkpoint?)")
     if int(data["format_version"]) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format_version {data['format_version']}; this code reads <= {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path} has format_version {data['format_version']}; this code reads <= {FORMAT_VERSION}"
+        )
     return data
 
 

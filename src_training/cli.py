@@ -30,11 +30,17 @@ def add_train_parser(sub) -> None:
     p.add_argument("--save-every", type=POSITIVE_INT, help="save last.pt every N steps (and every epoch)")
     p.add_argument("--val-every", type=POSITIVE_INT, help="also validate (and keep the best on val) every N steps")
     p.add_argument("--no-augment", action="store_true", help="disable flips/rotations/intensity augmentation")
-    p.add_argument("--precision", choices=PRECISION_CHOICES,
-                   help="auto (default: bf16 autocast + channels_last on CPUs with native bf16 and on CUDA, "
-                        "else fp32), fp32, bf16")
-    p.add_argument("--rank-raters", choices=["auto", "on", "off"],
-                   help="sort raters by area (LIDC convention; auto = on for LIDC shards)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        help="auto (default: bf16 autocast + channels_last on CPUs with native bf16 and on CUDA, "
+        "else fp32), fp32, bf16",
+    )
+    p.add_argument(
+        "--rank-raters",
+        choices=["auto", "on", "off"],
+        help="sort raters by area (LIDC convention; auto = on for LIDC shards)",
+    )
     p.set_defaults(func=_train)
 
 
@@ -42,22 +48,35 @@ def add_evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="all multi-rater metrics of a checkpoint on a split, as JSON + table")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--checkpoint", help="checkpoint file, or the name of a bundled / cached model")
-    what.add_argument("--human-reference", action="store_true",
-                      help="score every rater against the other raters (leave-one-rater-out) instead of a model")
+    what.add_argument(
+        "--human-reference",
+        action="store_true",
+        help="score every rater against the other raters (leave-one-rater-out) instead of a model",
+    )
     p.add_argument("--data", required=True)
-    p.add_argument("--split", default=None, help="val, train or all (default: the data's declared val split, "
-                                                  "else all of it; the summary says which and how many)")
+    p.add_argument(
+        "--split",
+        default=None,
+        help="val, train or all (default: the data's declared val split, "
+        "else all of it; the summary says which and how many)",
+    )
     p.add_argument("--samples", type=POSITIVE_INT, default=None, help="diverse samples per image (default 10)")
     p.add_argument("--json", help="write the metrics JSON here")
     p.add_argument("--max-images", type=POSITIVE_INT)
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
-                   help="model precision: auto (bf16 where the CPU/GPU computes it natively), fp32, bf16; "
-                        "metrics are always fp32")
-    p.add_argument("--paper-protocol", action="store_true",
-                   help="the papers' protocol: only slices every rater marked, each method's reference output "
-                        "set feeding every metric, Hungarian per-expert Dice (see the README)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        default="auto",
+        help="model precision: auto (bf16 where the CPU/GPU computes it natively), fp32, bf16; metrics are always fp32",
+    )
+    p.add_argument(
+        "--paper-protocol",
+        action="store_true",
+        help="the papers' protocol: only slices every rater marked, each method's reference output "
+        "set feeding every metric, Hungarian per-expert Dice (see the README)",
+    )
     p.set_defaults(func=_evaluate)
 
 
@@ -89,12 +108,29 @@ def _export(args) -> int:
         except (OSError, json.JSONDecodeError) as e:
             print(f"error: cannot read {args.eval_json}: {e}", file=sys.stderr)
             return 2
-        keep = ("ged", "ged_dpersona", "dice_soft", "dice_max", "dice_max_reverse", "dice_match", "dice_each_identity",
-                "dice_each_matched", "persona_rater_dice", "per_bucket", "n_images", "n_samples", "split", "data",
-                "conventions", "seed")
+        keep = (
+            "ged",
+            "ged_dpersona",
+            "dice_soft",
+            "dice_max",
+            "dice_max_reverse",
+            "dice_match",
+            "dice_each_identity",
+            "dice_each_matched",
+            "persona_rater_dice",
+            "per_bucket",
+            "n_images",
+            "n_samples",
+            "split",
+            "data",
+            "conventions",
+            "seed",
+        )
         card["evaluation"] = {k: ev[k] for k in keep if k in ev}
-        card["evaluation"]["command"] = (f"multirater evaluate --checkpoint {Path(args.out).stem} --data {ev.get('data')} "
-                                         f"--split {ev.get('split')} --samples {ev.get('n_samples')} --seed {ev.get('seed', 0)}")
+        card["evaluation"]["command"] = (
+            f"multirater evaluate --checkpoint {Path(args.out).stem} --data {ev.get('data')} "
+            f"--split {ev.get('split')} --samples {ev.get('n_samples')} --seed {ev.get('seed', 0)}"
+        )
     if args.note:
         card["notes"] = list(card.get("notes") or []) + list(args.note)
     card["exported_from"] = Path(args.checkpoint).name
@@ -110,8 +146,11 @@ def add_results_parser(sub) -> None:
     p = sub.add_parser("results", help="markdown results tables from several `evaluate --json` files")
     p.add_argument("json", nargs="+", help="evaluate JSON files, one table row each (in this order)")
     p.add_argument("--personas", action="store_true", help="persona x rater Dice matrix per file instead")
-    p.add_argument("--paper-protocol", action="store_true",
-                   help="table of `evaluate --paper-protocol` files next to the published D-Persona LIDC figures")
+    p.add_argument(
+        "--paper-protocol",
+        action="store_true",
+        help="table of `evaluate --paper-protocol` files next to the published D-Persona LIDC figures",
+    )
     p.set_defaults(func=_results)
 
 

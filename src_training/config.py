@@ -44,7 +44,9 @@ def load_config_file(path) -> dict:
     if "model" in raw:
         return {"model": dict(raw["model"]), "train": dict(raw.get("train", {}))}
     train = dict(raw.get("train", raw.get("training", {})))
-    model = {k: v for k, v in raw.items() if k not in ("train", "training", "description", "notes") and not k.startswith("_")}
+    model = {
+        k: v for k, v in raw.items() if k not in ("train", "training", "description", "notes") and not k.startswith("_")
+    }
     return {"model": model, "train": train}
 
 
@@ -68,11 +70,18 @@ def resolve_config(args) -> dict:
         cfg = deep_merge(cfg, load_config_file(args.config))
     cfg["model"]["method"] = args.method
     flags = {
-        "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size, "lr": args.lr,
-        "seed": args.seed, "stage1": getattr(args, "stage1", None),
-        "val_samples": getattr(args, "val_samples", None), "val_max_images": getattr(args, "val_max_images", None),
-        "select_metric": getattr(args, "select_metric", None), "save_every": getattr(args, "save_every", None),
-        "val_every": getattr(args, "val_every", None), "precision": getattr(args, "precision", None),
+        "epochs": args.epochs,
+        "max_steps": args.max_steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "stage1": getattr(args, "stage1", None),
+        "val_samples": getattr(args, "val_samples", None),
+        "val_max_images": getattr(args, "val_max_images", None),
+        "select_metric": getattr(args, "select_metric", None),
+        "save_every": getattr(args, "save_every", None),
+        "val_every": getattr(args, "val_every", None),
+        "precision": getattr(args, "precision", None),
     }
     cfg["train"].update({k: v for k, v in flags.items() if v is not None})
     if getattr(args, "no_augment", False):
@@ -92,6 +101,7 @@ _NONE_OR_AT_LEAST_ONE = ("max_steps", "val_max_images", "val_every")
 def check_train_values(train: dict) -> None:
     """Range-check the merged training values (flags are checked by the parser already; this
     catches a --config file): ValueError naming the key."""
+
     def bad(key, want):
         flag = "--" + key.replace("_", "-")
         return ValueError(f"train.{key} (config file or {flag}) must be {want}, got {train[key]!r}")

@@ -117,8 +117,10 @@ class SliceDataset(torch.utils.data.Dataset):
                 split = getattr(dataset, "split", None)
                 for p in self.problems:
                     print(f"warning: {p}", file=sys.stderr)
-                print("warning: " + problems_summary(self.problems, n, f"{where}" + (f" ({split})" if split else "")),
-                      file=sys.stderr)
+                print(
+                    "warning: " + problems_summary(self.problems, n, f"{where}" + (f" ({split})" if split else "")),
+                    file=sys.stderr,
+                )
         self.n_cases = n
         rng = np.random.default_rng(seed)
         self.index: list[SliceIndex] = []
@@ -139,7 +141,9 @@ class SliceDataset(torch.utils.data.Dataset):
         if not self.index:
             where = getattr(dataset, "root", None) or getattr(dataset, "files", None) or "the dataset"
             split = getattr(dataset, "split", None)
-            raise DatasetError(f"{where}{f' (split {split!r})' if split else ''}: no usable slices (is the split empty?)")
+            raise DatasetError(
+                f"{where}{f' (split {split!r})' if split else ''}: no usable slices (is the split empty?)"
+            )
         self.patients = sorted({self._patient(i) for i in range(n)})
 
     def _patient(self, i: int) -> str:

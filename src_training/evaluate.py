@@ -28,7 +28,9 @@ LOWER_IS_BETTER = {"ged", "ged_dpersona"}
 
 SAMPLE_KEYS = ("ged", "ged_dpersona", "dice_soft", "dice_max", "dice_max_reverse", "dice_match")
 LOWER_IS_BETTER |= {f"experts_{k}" for k in ("ged", "ged_dpersona")}
-SELECTABLE = SAMPLE_KEYS + ("dice_each_identity_mean", "dice_each_matched_mean") + tuple(f"experts_{k}" for k in SAMPLE_KEYS)
+SELECTABLE = (
+    SAMPLE_KEYS + ("dice_each_identity_mean", "dice_each_matched_mean") + tuple(f"experts_{k}" for k in SAMPLE_KEYS)
+)
 EXPERT_ROWS_LABEL = "stage II: the K expert outputs"
 SAMPLE_ROWS_LABEL = "stage I: prior samples"
 
@@ -61,8 +63,9 @@ def metric_value(result: dict, name: str) -> float:
 
 
 @torch.inference_mode()
-def predict_batch(model, images: torch.Tensor, n_samples: int, generator: torch.Generator | None,
-                  precision: Precision = FP32):
+def predict_batch(
+    model, images: torch.Tensor, n_samples: int, generator: torch.Generator | None, precision: Precision = FP32
+):
     """Sigmoid probabilities: samples (B, n, H, W) and personas (B, K, H, W), as numpy float32.
     The model runs under ``precision`` (autocast); probabilities and metrics are always fp32."""
     images = prepare_input(images, precision)
@@ -72,8 +75,18 @@ def predict_batch(model, images: torch.Tensor, n_samples: int, generator: torch.
     return torch.sigmoid(samples.float()).cpu().numpy(), torch.sigmoid(personas.float()).cpu().numpy()
 
 
-def evaluate_items(model, items: SliceDataset, *, n_samples: int = 10, device="cpu", batch_size: int = 16,
-                   max_images: int | None = None, seed: int = 0, progress=None, precision: Precision = FP32) -> dict:
+def evaluate_items(
+    model,
+    items: SliceDataset,
+    *,
+    n_samples: int = 10,
+    device="cpu",
+    batch_size: int = 16,
+    max_images: int | None = None,
+    seed: int = 0,
+    progress=None,
+    precision: Precision = FP32,
+) -> dict:
     """Per-slice metrics over a SliceDataset (used for validation during training)."""
     was_training = model.training
     model.eval()
@@ -122,8 +135,10 @@ def _with_experts(agg: dict, experts: list[dict], diags: list, buckets) -> dict:
     agg["experts"]["per_bucket"] = {b: {key: v[key] for key in SAMPLE_KEYS} for b, v in e["per_bucket"].items()}
     agg.update({f"experts_{key}": float(e[key]) for key in SAMPLE_KEYS})
     agg["row_labels"] = {"samples": SAMPLE_ROWS_LABEL, "experts": EXPERT_ROWS_LABEL}
-    agg["conventions"]["experts"] = (f"experts_* ({EXPERT_ROWS_LABEL}): the diverse-sample metrics computed on the "
-                                     "K personalized outputs as the sample set (the reference's stage-II evaluation)")
+    agg["conventions"]["experts"] = (
+        f"experts_* ({EXPERT_ROWS_LABEL}): the diverse-sample metrics computed on the "
+        "K personalized outputs as the sample set (the reference's stage-II evaluation)"
+    )
     total = sum(w for w, _ in diags)
     if total:
         for key in diags[0][1]:
@@ -131,7 +146,8 @@ def _with_experts(agg: dict, experts: list[dict], diags: list, buckets) -> dict:
         agg["conventions"]["diagnostics"] = (
             "diag_q_norm_k = |q_k|; diag_attn_entropy_k = attention entropy / log N (1 = uniform over the N "
             "prior codes, 0 = one code); diag_attn_max_k = largest weight; diag_z_spread = mean pairwise "
-            "distance of the K attended codes / |prior sigma| (0 = every persona uses the same code)")
+            "distance of the K attended codes / |prior sigma| (0 = every persona uses the same code)"
+        )
     return agg
 
 
@@ -163,9 +179,20 @@ def _crop_slices(padded_hw, hw):
     return slice(ph // 2, ph // 2 + hw[0]), slice(pw // 2, pw // 2 + hw[1])
 
 
-def evaluate_volumes(model, dataset, window, *, rank_raters: bool, n_samples: int, device="cpu",
-                     batch_size: int = 16, max_images: int | None = None, seed: int = 0, progress=None,
-                     precision: Precision = FP32) -> dict:
+def evaluate_volumes(
+    model,
+    dataset,
+    window,
+    *,
+    rank_raters: bool,
+    n_samples: int,
+    device="cpu",
+    batch_size: int = 16,
+    max_images: int | None = None,
+    seed: int = 0,
+    progress=None,
+    precision: Precision = FP32,
+) -> dict:
     """Per-volume metrics: every slice predicted, stacked, scored as one volume."""
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -202,8 +229,12 @@ def evaluate_volumes(model, dataset, window, *, rank_raters: bool, n_samples: in
 
 def markdown_table(result: dict, title: str = "") -> str:
     """The evaluation as a markdown table with the metric conventions stated under it."""
-    rows = [f"### {title}" if title else "", "", "| metric | all |" + "".join(f" {b} rater(s) |" for b in result["per_bucket"]),
-            "|---|---|" + "---|" * len(result["per_bucket"])]
+    rows = [
+        f"### {title}" if title else "",
+        "",
+        "| metric | all |" + "".join(f" {b} rater(s) |" for b in result["per_bucket"]),
+        "|---|---|" + "---|" * len(result["per_bucket"]),
+    ]
     experts = result.get("experts")
     for key in SAMPLE_KEYS + ("dice_each_identity_mean", "dice_each_matched_mean"):
         cells = [_f(result.get(key))] + [_f(b.get(key)) for b in result["per_bucket"].values()]
@@ -212,14 +243,21 @@ def markdown_table(result: dict, title: str = "") -> str:
     for key in SAMPLE_KEYS if experts else ():
         cells = [_f(experts.get(key))] + [_f(experts["per_bucket"].get(b, {}).get(key)) for b in result["per_bucket"]]
         rows.append(f"| {key} ({EXPERT_ROWS_LABEL}) | " + " | ".join(cells) + " |")
-    rows.append("| n_images | " + " | ".join([str(result["n_images"])] + [str(b["n_images"]) for b in result["per_bucket"].values()]) + " |")
+    rows.append(
+        "| n_images | "
+        + " | ".join([str(result["n_images"])] + [str(b["n_images"]) for b in result["per_bucket"].values()])
+        + " |"
+    )
     for key in ("dice_each_identity", "dice_each_matched"):
         rows.append(f"\n{key} per rater: " + ", ".join(_f(v) for v in result.get(key, [])))
     matrix = result.get("persona_rater_dice")
     if matrix:
         names = result.get("rater_names") or [str(i + 1) for i in range(len(matrix))]
-        rows += ["\npersona (row) x rater (column) Dice:\n", "| persona \\ rater | " + " | ".join(names) + " |",
-                 "|---|" + "---|" * len(names)]
+        rows += [
+            "\npersona (row) x rater (column) Dice:\n",
+            "| persona \\ rater | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
         rows += [f"| {name} | " + " | ".join(_f(v) for v in row) + " |" for name, row in zip(names, matrix)]
     diag = {k[5:]: v for k, v in result.items() if k.startswith("diag_")}
     if diag:
@@ -266,11 +304,19 @@ def run_human_reference(args) -> int:
     items = SliceDataset(dataset, window, rank_raters=rank, augment=None, max_cases=args.max_images)
     result = human_reference(items)
     where = split_summary(split, how, result["n_images"], count_all(args.data), "image")
-    result.update({"data": str(args.data), "split": split, "split_note": where,
-                   "method": "human reference (leave-one-rater-out)",
-                   "scored_per": "image", "raters_ranked_by_area": rank,
-                   "rater_names": [f"expert_{k + 1}" for k in range(len(items.rater_names))] if rank
-                   else list(items.rater_names)})
+    result.update(
+        {
+            "data": str(args.data),
+            "split": split,
+            "split_note": where,
+            "method": "human reference (leave-one-rater-out)",
+            "scored_per": "image",
+            "raters_ranked_by_area": rank,
+            "rater_names": [f"expert_{k + 1}" for k in range(len(items.rater_names))]
+            if rank
+            else list(items.rater_names),
+        }
+    )
     return _report(result, args, rank, f"human reference on {args.data}, {where}")
 
 
@@ -325,24 +371,47 @@ def run_evaluate(args) -> int:
     volumetric = len(dataset) and dataset[0].image.ndim == 3
     if getattr(args, "paper_protocol", False):
         if volumetric:
-            raise ValueError("--paper-protocol scores 2D slices (the papers' LIDC protocol); this dataset holds volumes")
+            raise ValueError(
+                "--paper-protocol scores 2D slices (the papers' LIDC protocol); this dataset holds volumes"
+            )
         from .paper_protocol import evaluate_paper_protocol
 
         items = SliceDataset(dataset, window, rank_raters=rank, augment=None, max_cases=args.max_images)
-        result = evaluate_paper_protocol(model, items, device=device, seed=args.seed, progress=progress,
-                                         precision=precision)
+        result = evaluate_paper_protocol(
+            model, items, device=device, seed=args.seed, progress=progress, precision=precision
+        )
     elif volumetric:
-        result = evaluate_volumes(model, dataset, window, rank_raters=rank, n_samples=n_samples, device=device,
-                                  max_images=args.max_images, seed=args.seed, progress=progress, precision=precision)
+        result = evaluate_volumes(
+            model,
+            dataset,
+            window,
+            rank_raters=rank,
+            n_samples=n_samples,
+            device=device,
+            max_images=args.max_images,
+            seed=args.seed,
+            progress=progress,
+            precision=precision,
+        )
     else:
         items = SliceDataset(dataset, window, rank_raters=rank, augment=None, max_cases=args.max_images)
-        result = evaluate_items(model, items, n_samples=n_samples, device=device, seed=args.seed, progress=progress,
-                                precision=precision)
-    result.update({
-        "checkpoint": str(args.checkpoint), "data": str(args.data), "split": split, "method": card.get("method"),
-        "stage": card.get("stage"), "scored_per": "volume" if volumetric else "image", "raters_ranked_by_area": rank, "seed": args.seed,
-        "rater_names": list(model.rater_names), "precision": precision.describe(),
-    })
+        result = evaluate_items(
+            model, items, n_samples=n_samples, device=device, seed=args.seed, progress=progress, precision=precision
+        )
+    result.update(
+        {
+            "checkpoint": str(args.checkpoint),
+            "data": str(args.data),
+            "split": split,
+            "method": card.get("method"),
+            "stage": card.get("stage"),
+            "scored_per": "volume" if volumetric else "image",
+            "raters_ranked_by_area": rank,
+            "seed": args.seed,
+            "rater_names": list(model.rater_names),
+            "precision": precision.describe(),
+        }
+    )
     result["conventions"]["scored_per"] = "volume (all slices together)" if volumetric else "2D image"
     result["split_note"] = split_summary(split, how, result["n_images"], count_all(args.data), result["scored_per"])
     return _report(result, args, rank, f"{card.get('method')} on {args.data}, {result['split_note']}")

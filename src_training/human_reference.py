@@ -18,10 +18,10 @@ from .data import SliceDataset
 
 CONVENTIONS = {
     "human_reference": "leave-one-rater-out: per image, each valid rater's mask is ONE sample scored against the "
-                       "other valid raters as labels; metrics averaged over the held-out raters, then over images. "
-                       "With one sample the GED's sample-diversity term E d(S,S') is 0",
+    "other valid raters as labels; metrics averaged over the held-out raters, then over images. "
+    "With one sample the GED's sample-diversity term E d(S,S') is 0",
     "dice_each_identity": "human reference: column k = mean Dice (threshold 0.5, both empty = 1) of every other "
-                          "valid rater's mask with rater k",
+    "valid rater's mask with rater k",
     "dice_each_matched": "not defined for the human reference (n/a)",
 }
 
@@ -44,8 +44,15 @@ def human_reference_image(masks: np.ndarray, valid: np.ndarray) -> dict | None:
     ident = [float("nan")] * k
     for a, r in enumerate(idx):
         ident[int(r)] = float(np.delete(d[a], a).mean())
-    out.update({"dice_each_identity": ident, "dice_each_matched": [float("nan")] * k,
-                "n_marked": M.n_marked(masks, valid), "n_valid": int(valid.sum()), "n_samples": 1})
+    out.update(
+        {
+            "dice_each_identity": ident,
+            "dice_each_matched": [float("nan")] * k,
+            "n_marked": M.n_marked(masks, valid),
+            "n_valid": int(valid.sum()),
+            "n_samples": 1,
+        }
+    )
     return out
 
 

@@ -4,6 +4,7 @@ Conventions: ``probs``/``logits``/``target`` are (B, C, *spatial). ``weight`` is
 non-negative tensor broadcastable to that shape; it multiplies every pixel's contribution
 (0 removes a pixel / channel / image entirely, e.g. missing raters or images without raters).
 """
+
 from __future__ import annotations
 
 import functools
@@ -52,8 +53,13 @@ def _weight_like(x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
 
 
 @fp32_loss
-def generalized_dice_loss(probs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
-                          per_image: bool = False, eps: float = 1e-6) -> torch.Tensor:
+def generalized_dice_loss(
+    probs: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    per_image: bool = False,
+    eps: float = 1e-6,
+) -> torch.Tensor:
     """Generalized Dice loss exactly as the reference code (pytorch-3dunet ``GeneralizedDiceLoss``).
 
     Batch level (default): every channel is flattened over batch and space, (C, B*H*W). If C == 1 a
@@ -88,8 +94,9 @@ def generalized_dice_loss(probs: torch.Tensor, target: torch.Tensor, weight: tor
 
 
 @fp32_loss
-def bce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
-             reduction: str = "mean") -> torch.Tensor:
+def bce_loss(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, reduction: str = "mean"
+) -> torch.Tensor:
     """Binary cross-entropy with logits.
 
     ``reduction="mean"``: weighted mean over pixels (sum w*bce / sum w).
@@ -107,8 +114,13 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
 
 
 @fp32_loss
-def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
-                   smooth: float = 1.0, per_image: bool = True) -> torch.Tensor:
+def soft_dice_loss(
+    probs: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    smooth: float = 1.0,
+    per_image: bool = True,
+) -> torch.Tensor:
     """Soft Dice loss ``1 - (2 sum(w p t) + s) / (sum(w (p + t)) + s)``.
 
     Per (image, channel) then averaged over entries with non-zero weight (``per_image=True``), or
@@ -141,8 +153,9 @@ def union_intersection(masks: torch.Tensor, valid: torch.Tensor | None = None):
 
 
 @fp32_loss
-def bound_loss(sample_logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor | None = None,
-               per_image: bool = False) -> torch.Tensor:
+def bound_loss(
+    sample_logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor | None = None, per_image: bool = False
+) -> torch.Tensor:
     """D-Persona bound loss: GDL(sigmoid([max_j s_j, min_j s_j]), [union, intersection]).
 
     ``sample_logits`` (B, P, *spatial) are P (differentiable) prior samples; the pixelwise max/min
@@ -158,10 +171,11 @@ def bound_loss(sample_logits: torch.Tensor, masks: torch.Tensor, valid: torch.Te
 
 
 @fp32_loss
-def kl_gaussian_diag(mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tensor,
-                     sigma_p: torch.Tensor) -> torch.Tensor:
+def kl_gaussian_diag(
+    mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tensor, sigma_p: torch.Tensor
+) -> torch.Tensor:
     """Analytic KL(N(mu_q, sigma_q^2) || N(mu_p, sigma_p^2)) for diagonal Gaussians, summed over the last dim."""
-    var_q, var_p = sigma_q ** 2, sigma_p ** 2
+    var_q, var_p = sigma_q**2, sigma_p**2
     kl = torch.log(sigma_p / sigma_q) + (var_q + (mu_q - mu_p) ** 2) / (2 * var_p) - 0.5
     return kl.sum(-1)
 
@@ -171,8 +185,8 @@ def kl_gaussian_tril_isotropic(mu: torch.Tensor, scale_tril: torch.Tensor, prior
     """Analytic KL(N(mu, L L^T) || N(0, prior_sigma^2 I)); mu (..., d), scale_tril (..., d, d)."""
     d = mu.shape[-1]
     var_p = float(prior_sigma) ** 2
-    trace = (scale_tril ** 2).sum((-2, -1)) / var_p
-    maha = (mu ** 2).sum(-1) / var_p
+    trace = (scale_tril**2).sum((-2, -1)) / var_p
+    maha = (mu**2).sum(-1) / var_p
     logdet_q = 2 * torch.log(torch.diagonal(scale_tril, dim1=-2, dim2=-1).abs()).sum(-1)
     return 0.5 * (trace + maha - d + d * torch.log(torch.tensor(var_p, dtype=mu.dtype)) - logdet_q)
 
@@ -182,8 +196,13 @@ def kl_dirichlet(alpha_q: torch.Tensor, alpha_p: torch.Tensor) -> torch.Tensor:
     """Analytic KL(Dir(alpha_q) || Dir(alpha_p)) over the last dim (broadcasting)."""
     alpha_p = alpha_p.to(alpha_q.dtype).expand_as(alpha_q)
     a0, b0 = alpha_q.sum(-1), alpha_p.sum(-1)
-    return (torch.lgamma(a0) - torch.lgamma(alpha_q).sum(-1) - torch.lgamma(b0) + torch.lgamma(alpha_p).sum(-1)
-            + ((alpha_q - alpha_p) * (torch.digamma(alpha_q) - torch.digamma(a0).unsqueeze(-1))).sum(-1))
+    return (
+        torch.lgamma(a0)
+        - torch.lgamma(alpha_q).sum(-1)
+        - torch.lgamma(b0)
+        + torch.lgamma(alpha_p).sum(-1)
+        + ((alpha_q - alpha_p) * (torch.digamma(alpha_q) - torch.digamma(a0).unsqueeze(-1))).sum(-1)
+    )
 
 
 def l2_regularisation(*modules: nn.Module | Iterable[torch.Tensor]) -> torch.Tensor:
@@ -228,4 +247,3 @@ def group_dice_loss(num, den, marked, valid, group, scope: str = "marked", smoot
     per = (1 - (num + smooth) / (den + smooth)) * marked
     per_img = per.sum(1) / marked.sum(1).clamp(min=1)
     return (per_img * g[:, 0]).sum() / g.sum().clamp(min=1)
-

@@ -4,6 +4,7 @@ Per image: ``labels`` (K, ...) binary (> 0.5 is foreground), ``valid`` (K,) bool
 ever enter a metric), ``preds`` (S, ...) probabilities. 2D and 3D alike: each image / volume is
 flattened as a whole. Values undefined for an image are NaN and skipped (not zeroed) when averaging.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -20,20 +21,20 @@ _CHUNK = 1 << 18  # voxels per matmul chunk: float32 0/1 counts stay exact
 CONVENTIONS = {
     "binarize": "predictions: prob > 0.5 (strict); labels: value > 0.5; only valid raters enter any metric",
     "ged": "GED = 2 E d(Y,S) - E d(Y,Y') - E d(S,S'), d = 1 - IoU (threshold 0.5); d(empty, empty) = 0 "
-           "(Kohl / PHiSeg / MedicalMatting); V-statistic: all pairs incl. self-pairs (diagonal)",
+    "(Kohl / PHiSeg / MedicalMatting); V-statistic: all pairs incl. self-pairs (diagonal)",
     "ged_dpersona": "as coded in D-Persona/ProSeg: IoU = |a&b| / (|a|b| + 1e-8), so d(empty, empty) = 1; "
-                    "V-statistic incl. self-pairs",
+    "V-statistic incl. self-pairs",
     "dice_soft": "mean prob over S samples vs mean over valid raters, each binarized at t in "
-                 "{0.1,0.3,0.5,0.7,0.9} (strict >), Dice = (2|a&b| + 1e-8)/(|a|+|b| + 1e-8) (empty-empty = 1), "
-                 "averaged over thresholds",
+    "{0.1,0.3,0.5,0.7,0.9} (strict >), Dice = (2|a&b| + 1e-8)/(|a|+|b| + 1e-8) (empty-empty = 1), "
+    "averaged over thresholds",
     "dice_max": "Dice matrix D[k,s] (valid rater k vs sample s at 0.5, same smoothing); mean over samples of "
-                "max over raters (precision-like)",
+    "max over raters (precision-like)",
     "dice_max_reverse": "mean over valid raters of max over samples (coverage-like)",
     "dice_match": "Hungarian matching (scipy linear_sum_assignment on 1 - D, rectangular allowed); mean Dice "
-                  "over matched pairs (min(K_valid, S) pairs)",
+    "over matched pairs (min(K_valid, S) pairs)",
     "dice_each_identity": "personalized output k vs rater k (no matching); NaN for invalid raters",
     "dice_each_matched": "Hungarian-matched Dice of rater k (the papers' Dice_each convention, "
-                         "permutation-invariant); NaN for invalid / unmatched raters",
+    "permutation-invariant); NaN for invalid / unmatched raters",
     "per_bucket": "images grouped by how many raters marked them (valid and non-empty)",
     "aggregation": "per-image values averaged with NaN skipped (nanmean); lists averaged per rater",
 }
@@ -57,7 +58,7 @@ def _intersections(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """|a_i & b_j| for boolean (n, P) and (m, P) -> (n, m) float64 (exact counts)."""
     out = np.zeros((a.shape[0], b.shape[0]), np.float64)
     for s in range(0, a.shape[1], _CHUNK):
-        out += (a[:, s:s + _CHUNK].astype(np.float32) @ b[:, s:s + _CHUNK].astype(np.float32).T).astype(np.float64)
+        out += (a[:, s : s + _CHUNK].astype(np.float32) @ b[:, s : s + _CHUNK].astype(np.float32).T).astype(np.float64)
     return out
 
 
@@ -203,11 +204,17 @@ def evaluate_image(labels, preds, valid=None, personal=None, thresh: float = THR
     else:
         dmax = dmax_r = dmatch = float("nan")
     return {
-        "ged": g, "ged_dpersona": gd, "dice_soft": dice_soft(lab, preds, valid),
-        "dice_max": dmax, "dice_max_reverse": dmax_r, "dice_match": dmatch,
+        "ged": g,
+        "ged_dpersona": gd,
+        "dice_soft": dice_soft(lab, preds, valid),
+        "dice_max": dmax,
+        "dice_max_reverse": dmax_r,
+        "dice_match": dmatch,
         "dice_each_identity": dice_each_identity(lab, personal, valid, thresh),
         "dice_each_matched": dice_each_matched(lab, personal, valid, thresh),
-        "n_marked": n_marked(lab, valid), "n_valid": int(valid.sum()), "n_samples": int(np.shape(preds)[0]),
+        "n_marked": n_marked(lab, valid),
+        "n_valid": int(valid.sum()),
+        "n_samples": int(np.shape(preds)[0]),
     }
 
 

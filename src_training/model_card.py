@@ -18,7 +18,9 @@ LIDC_ATTRIBUTION = (
 )
 
 
-def build_model_card(cfg: dict, meta: dict, step: int, epoch: int, wall_seconds: float, val_metrics: dict | None) -> dict:
+def build_model_card(
+    cfg: dict, meta: dict, step: int, epoch: int, wall_seconds: float, val_metrics: dict | None
+) -> dict:
     """A JSON-able description of the model (weights_only-safe: str, numbers, lists, dicts)."""
     train_items, val_items = meta["train_items"], meta["val_items"]
     is_lidc = getattr(train_items.dataset, "patient", None) is not None
@@ -63,7 +65,11 @@ def build_model_card(cfg: dict, meta: dict, step: int, epoch: int, wall_seconds:
         "val_metrics": {k: v for k, v in (val_metrics or {}).items() if isinstance(v, (int, float, list, str, dict))},
         "select_metric": cfg["train"]["select_metric"],
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "software": {"napari-multirater": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
+        "software": {
+            "napari-multirater": __version__,
+            "torch": str(torch.__version__),
+            "python": platform.python_version(),
+        },
     }
     if is_lidc:
         from napari_multirater.modelfiles.intensity import LIDC_HU_MAPPING
@@ -95,8 +101,11 @@ def _field_of_view(train_items, is_lidc: bool):
     if not shapes:
         return None
     size = [int(v) for v in np.median(np.array(shapes, float), axis=0)]
-    centred = ("one lung nodule (nodule-centred crops of axial CT slices)" if is_lidc
-               else "whole images of the training dataset, as stored")
+    centred = (
+        "one lung nodule (nodule-centred crops of axial CT slices)"
+        if is_lidc
+        else "whole images of the training dataset, as stored"
+    )
     return {"size_px": size, "pixel_size_mm": _pixel_size(train_items, is_lidc), "centred": centred}
 
 

@@ -26,8 +26,10 @@ PAPER_KEYS = ("ged_dpersona", "dice_soft", "dice_max", "dice_max_reverse", "dice
 
 # D-Persona on LIDC as reported by later work (K = 50 for stage I); keys as PAPER_KEYS.
 PUBLISHED = (
-    ("D-Persona stage I, published (K=50)", {"ged_dpersona": 0.136, "dice_soft": 0.905, "dice_max": 0.914,
-                                             "dice_match": 0.913}),
+    (
+        "D-Persona stage I, published (K=50)",
+        {"ged_dpersona": 0.136, "dice_soft": 0.905, "dice_max": 0.914, "dice_match": 0.913},
+    ),
     ("D-Persona stage II, published", {"dice_match": 0.892}),
 )
 PROTOCOL_DIFFERENCES = (
@@ -54,8 +56,17 @@ def reference_probabilities(model, images: torch.Tensor, generator, precision: P
     return torch.sigmoid(logits.float()).cpu().numpy()
 
 
-def evaluate_paper_protocol(model, items: SliceDataset, *, device="cpu", batch_size: int = 4, seed: int = 0,
-                            max_images: int | None = None, progress=None, precision: Precision = FP32) -> dict:
+def evaluate_paper_protocol(
+    model,
+    items: SliceDataset,
+    *,
+    device="cpu",
+    batch_size: int = 4,
+    seed: int = 0,
+    max_images: int | None = None,
+    progress=None,
+    precision: Precision = FP32,
+) -> dict:
     """The papers' protocol on the images of ``items`` that every rater marked (see module doc)."""
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -76,14 +87,17 @@ def evaluate_paper_protocol(model, items: SliceDataset, *, device="cpu", batch_s
         if progress:
             progress(min(start + batch_size, len(keep)), len(keep))
     agg = M.aggregate(results)
-    agg.update({"protocol": "paper", "n_outputs": int(n_outputs), "n_images_considered": int(n_all),
-                "n_images": len(results)})
+    agg.update(
+        {"protocol": "paper", "n_outputs": int(n_outputs), "n_images_considered": int(n_all), "n_images": len(results)}
+    )
     agg["conventions"] = dict(agg.get("conventions") or {})
-    agg["conventions"].update({
-        "protocol": "the papers' protocol: only images every rater marked; one output set per image feeds every "
-                    "metric (model.reference_outputs: the set the method's reference code scores)",
-        "dice_each_matched": "per-expert Dice = the Hungarian-matched Dice of each rater against the output set "
-                             "(the reference's Dice_each); it does not check that output k is rater k's",
-        "ged_dpersona": "GED with d(empty, empty) = 1 and the diagonal included (the reference's convention)",
-    })
+    agg["conventions"].update(
+        {
+            "protocol": "the papers' protocol: only images every rater marked; one output set per image feeds every "
+            "metric (model.reference_outputs: the set the method's reference code scores)",
+            "dice_each_matched": "per-expert Dice = the Hungarian-matched Dice of each rater against the output set "
+            "(the reference's Dice_each); it does not check that output k is rater k's",
+            "ged_dpersona": "GED with d(empty, empty) = 1 and the diagonal included (the reference's convention)",
+        }
+    )
     return agg

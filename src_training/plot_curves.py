@@ -27,8 +27,13 @@ def read_column(run: Path, column: str, file: str = "log.csv") -> tuple[list[int
     return steps, values
 
 
-def plot_panels(panels: list[tuple[str, list[tuple[str, Path]]]], column: str, out: Path, file: str = "log.csv",
-                ylabel: str | None = None) -> Path:
+def plot_panels(
+    panels: list[tuple[str, list[tuple[str, Path]]]],
+    column: str,
+    out: Path,
+    file: str = "log.csv",
+    ylabel: str | None = None,
+) -> Path:
     """One subplot per ``(title, [(label, run), ...])``; writes ``out`` (PNG)."""
     import matplotlib
 
@@ -47,7 +52,7 @@ def plot_panels(panels: list[tuple[str, list[tuple[str, Path]]]], column: str, o
         ax.set_ylabel(ylabel or column)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
     out = Path(out)
@@ -58,10 +63,18 @@ def plot_panels(panels: list[tuple[str, list[tuple[str, Path]]]], column: str, o
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m src_training.plot_curves", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--panel", action="append", required=True, metavar="TITLE:LABEL=RUN,LABEL=RUN",
-                   help="one subplot: a title, then label=run-folder pairs (repeatable)")
+    p = argparse.ArgumentParser(
+        prog="python -m src_training.plot_curves",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--panel",
+        action="append",
+        required=True,
+        metavar="TITLE:LABEL=RUN,LABEL=RUN",
+        help="one subplot: a title, then label=run-folder pairs (repeatable)",
+    )
     p.add_argument("--column", default="loss", help="column to plot (default loss)")
     p.add_argument("--file", default="log.csv", help="log.csv (train losses) or val.csv (val metrics)")
     p.add_argument("--out", required=True, help="PNG to write")

@@ -24,8 +24,15 @@ from .precision import FP32, prepare_model, resolve_precision
 HEADLINE = ("ged", "ged_dpersona", "dice_soft", "dice_max", "dice_max_reverse", "dice_match")
 
 
-def compare(model, items: SliceDataset, n_samples: int, seed: int = 0, batch_size: int = 16,
-            max_images: int | None = None, progress=None) -> dict:
+def compare(
+    model,
+    items: SliceDataset,
+    n_samples: int,
+    seed: int = 0,
+    batch_size: int = 16,
+    max_images: int | None = None,
+    progress=None,
+) -> dict:
     """Agreement of fp32 and bf16 masks at 0.5, and the metrics of both, over ``items``."""
     bf16 = resolve_precision("bf16", "cpu")
     m32 = prepare_model(model.eval(), FP32)
@@ -55,18 +62,29 @@ def compare(model, items: SliceDataset, n_samples: int, seed: int = 0, batch_siz
     k = range(1, len(items.rater_names) + 1)
     agg = {p: M.aggregate(r, buckets=k) for p, r in res.items()}
     return {
-        "n_images": n, "n_samples": n_samples, "seed": seed,
+        "n_images": n,
+        "n_samples": n_samples,
+        "seed": seed,
         "mask_agreement": {key: v[0] / max(v[1], 1) for key, v in same.items()},
         "max_abs_prob_diff": max_prob_diff,
-        "metrics": {m: {"fp32": float(agg["fp32"][m]), "bf16": float(agg["bf16"][m]),
-                        "diff": float(agg["bf16"][m] - agg["fp32"][m])} for m in HEADLINE},
+        "metrics": {
+            m: {
+                "fp32": float(agg["fp32"][m]),
+                "bf16": float(agg["bf16"][m]),
+                "diff": float(agg["bf16"][m] - agg["fp32"][m]),
+            }
+            for m in HEADLINE
+        },
         "bf16": bf16.describe(),
     }
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m src_training.precision_check", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m src_training.precision_check",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--checkpoint", required=True, help="checkpoint file or bundled model name")
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="val")
@@ -87,8 +105,14 @@ def main(argv=None) -> int:
     rank = bool(card.get("raters_ranked_by_area", False))
     align_raters(dataset, list(model.rater_names), rank)
     items = SliceDataset(dataset, window, rank_raters=rank, augment=None, max_cases=args.max_images)
-    out = compare(model, items, args.samples, args.seed, max_images=args.max_images,
-                  progress=lambda d, t: print(f"{d}/{t}", file=sys.stderr, flush=True) if d % 320 == 0 or d == t else None)
+    out = compare(
+        model,
+        items,
+        args.samples,
+        args.seed,
+        max_images=args.max_images,
+        progress=lambda d, t: print(f"{d}/{t}", file=sys.stderr, flush=True) if d % 320 == 0 or d == t else None,
+    )
     out.update({"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split})
     text = json.dumps(out, indent=2)
     if args.json:

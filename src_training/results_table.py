@@ -9,8 +9,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-SUMMARY = ("ged", "ged_dpersona", "dice_soft", "dice_max", "dice_max_reverse", "dice_match",
-           "dice_each_identity_mean", "dice_each_matched_mean")
+SUMMARY = (
+    "ged",
+    "ged_dpersona",
+    "dice_soft",
+    "dice_max",
+    "dice_max_reverse",
+    "dice_match",
+    "dice_each_identity_mean",
+    "dice_each_matched_mean",
+)
 BUCKET_METRICS = ("ged", "ged_dpersona", "dice_soft", "dice_match", "dice_each_identity_mean")
 
 
@@ -71,10 +79,13 @@ def per_expert_table(rows) -> str:
 
 def per_bucket_table(rows) -> str:
     buckets = sorted({b for _, ev in rows for b in ev["per_bucket"]}, key=int)
-    counts = {b: next((ev["per_bucket"][b].get("n_images") for _, ev in rows if b in ev["per_bucket"]), "?")
-              for b in buckets}
-    lines = ["| method | metric | " + " | ".join(f"{b} rater(s), n={counts[b]}" for b in buckets) + " |",
-             "|" + "---|" * (len(buckets) + 2)]
+    counts = {
+        b: next((ev["per_bucket"][b].get("n_images") for _, ev in rows if b in ev["per_bucket"]), "?") for b in buckets
+    }
+    lines = [
+        "| method | metric | " + " | ".join(f"{b} rater(s), n={counts[b]}" for b in buckets) + " |",
+        "|" + "---|" * (len(buckets) + 2),
+    ]
     for label, ev in rows:
         for m in BUCKET_METRICS:
             cells = [_f(ev["per_bucket"].get(b, {}).get(m)) for b in buckets]
@@ -103,17 +114,24 @@ def paper_protocol_table(rows) -> str:
     not_paper = [label for label, ev in rows if ev.get("protocol") != "paper"]
     if not_paper:
         raise ResultsError(f"{not_paper[0]}: not an `evaluate --paper-protocol` file")
-    lines = ["| method | outputs per image | images | " + " | ".join(PAPER_KEYS) + " |",
-             "|" + "---|" * (len(PAPER_KEYS) + 3)]
+    lines = [
+        "| method | outputs per image | images | " + " | ".join(PAPER_KEYS) + " |",
+        "|" + "---|" * (len(PAPER_KEYS) + 3),
+    ]
     for label, ev in rows:
-        lines.append(f"| {label} | {ev.get('n_outputs', 'n/a')} | {ev.get('n_images')} | "
-                     + " | ".join(_f(ev.get(k)) for k in PAPER_KEYS) + " |")
+        lines.append(
+            f"| {label} | {ev.get('n_outputs', 'n/a')} | {ev.get('n_images')} | "
+            + " | ".join(_f(ev.get(k)) for k in PAPER_KEYS)
+            + " |"
+        )
     for label, published in PUBLISHED:
         lines.append(f"| {label} | | 1,609 (4 folds) | " + " | ".join(_f(published.get(k)) for k in PAPER_KEYS) + " |")
     first = rows[0][1]
-    head = (f"Data: {first.get('data')} (split {first.get('split')}): the {first.get('n_images')} of "
-            f"{first.get('n_images_considered')} images every rater marked; one output set per image feeds every "
-            "metric; dice_each_matched_mean = Hungarian-matched per-expert Dice; GED in the reference's convention.")
+    head = (
+        f"Data: {first.get('data')} (split {first.get('split')}): the {first.get('n_images')} of "
+        f"{first.get('n_images_considered')} images every rater marked; one output set per image feeds every "
+        "metric; dice_each_matched_mean = Hungarian-matched per-expert Dice; GED in the reference's convention."
+    )
     return "\n\n".join([head, "\n".join(lines), "Published rows: " + PROTOCOL_DIFFERENCES])
 
 
@@ -124,6 +142,8 @@ def render(paths, personas: bool = False, paper: bool = False) -> str:
     if personas:
         return "\n\n".join(f"**{label}**\n\n{persona_matrix_table(ev)}" for label, ev in rows)
     first = rows[0][1]
-    head = (f"Data: {first.get('data')} (split {first.get('split')}), {first.get('n_images')} images, "
-            f"scored per {first.get('scored_per', 'image')}.")
+    head = (
+        f"Data: {first.get('data')} (split {first.get('split')}), {first.get('n_images')} images, "
+        f"scored per {first.get('scored_per', 'image')}."
+    )
     return "\n\n".join([head, summary_table(rows), per_expert_table(rows), per_bucket_table(rows)])

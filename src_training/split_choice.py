@@ -62,5 +62,7 @@ def choose_split(path, split: str | None) -> tuple[str, str]:
 def split_summary(split: str, how: str, n_scored: int, n_total: int, unit: str) -> str:
     """e.g. ``split val (the data's declared val split): 1552 of 12471 images``."""
     if split == "all":
-        return f"all {n_total} {unit}s" if n_scored == n_total else f"{n_scored} of all {n_total} {unit}s (--max-images)"
+        return (
+            f"all {n_total} {unit}s" if n_scored == n_total else f"{n_scored} of all {n_total} {unit}s (--max-images)"
+        )
     return f"split {split} ({how}): {n_scored} of {n_total} {unit}s"

@@ -95,7 +95,9 @@ def _gather_rng_states(dist) -> list:
     import torch.distributed as tdist
 
     states = [None] * dist.world
-    tdist.all_gather_object(states, {k: [t.cpu() for t in v] if isinstance(v, list) else v.cpu() for k, v in state.items()})
+    tdist.all_gather_object(
+        states, {k: [t.cpu() for t in v] if isinstance(v, list) else v.cpu() for k, v in state.items()}
+    )
     return states
 
 
@@ -122,8 +124,13 @@ class TrainRequest:
     @classmethod
     def from_args(cls, args) -> TrainRequest:
         """From the ``multirater train`` arguments (the config merges shipped, --config and flags)."""
-        return cls(config=resolve_config(args), data=str(args.data), out=Path(args.out),
-                   device=args.device or "auto", resume=bool(args.resume))
+        return cls(
+            config=resolve_config(args),
+            data=str(args.data),
+            out=Path(args.out),
+            device=args.device or "auto",
+            resume=bool(args.resume),
+        )
 
 
 class TrainingRun:
@@ -157,43 +164,71 @@ class TrainingRun:
         augment = tcfg["augment"] if tcfg["augment"].get("enabled", True) else None
         aug = {k: v for k, v in (augment or {}).items() if k != "enabled"}
         self.train_items = SliceDataset(train_ds, window, rank_raters=rank_raters, augment=aug, seed=tcfg["seed"])
-        self.val_items = SliceDataset(val_ds, window, rank_raters=rank_raters, augment=None, seed=tcfg["seed"],
-                                      max_cases=tcfg.get("val_max_images"))
+        self.val_items = SliceDataset(
+            val_ds,
+            window,
+            rank_raters=rank_raters,
+            augment=None,
+            seed=tcfg["seed"],
+            max_cases=tcfg.get("val_max_images"),
+        )
         if set(self.train_items.patients) & set(self.val_items.patients):
             raise ValueError("train and val share patients: refusing to train on a leaky split")
 
         rater_names = (
-            [f"expert_{k + 1}" for k in range(len(self.train_items.rater_names))] if rank_raters
+            [f"expert_{k + 1}" for k in range(len(self.train_items.rater_names))]
+            if rank_raters
             else self.train_items.rater_names
         )
         mcfg = dict(self.cfg["model"])
         mcfg.update({"num_raters": len(rater_names), "rater_names": rater_names, "in_channels": 1})
         if mcfg.get("stage") == 2:
             if "dice_each_identity_mean" not in tcfg["select_metric"].split("+"):
-                raise ValueError(f"D-Persona stage II selects on dice_each_identity_mean (alone or in a sum), not "
-                                 f"{tcfg['select_metric']!r}: a persona swap or collapse must not be selectable")
+                raise ValueError(
+                    f"D-Persona stage II selects on dice_each_identity_mean (alone or in a sum), not "
+                    f"{tcfg['select_metric']!r}: a persona swap or collapse must not be selectable"
+                )
             model = _stage2_from_stage1(tcfg, mcfg)
         else:
             model = build_model(mcfg)
         self.model = model.to(device)
-        self.precision = resolve_precision("fp32" if tcfg.get("amp") is False else tcfg.get("precision", "auto"), device)
+        self.precision = resolve_precision(
+            "fp32" if tcfg.get("amp") is False else tcfg.get("precision", "auto"), device
+        )
         prepare_model(model, self.precision)
         n_train = len(self.train_items)
         if n_train // dist.world < tcfg["batch_size"]:  # no full batch: the loop would never step
-            raise ValueError(f"--batch-size {tcfg['batch_size']} is larger than the {n_train} training slices "
-                             f"of {request.data}" + (f" per process ({dist.world} processes)" if dist.world > 1 else ""))
+            raise ValueError(
+                f"--batch-size {tcfg['batch_size']} is larger than the {n_train} training slices "
+                f"of {request.data}" + (f" per process ({dist.world} processes)" if dist.world > 1 else "")
+            )
         steps_per_epoch = max(1, n_train // dist.world // tcfg["batch_size"])
         self.total_steps = tcfg["max_steps"] or steps_per_epoch * tcfg["epochs"]
-        self.trainer = Trainer(model, lr=tcfg["lr"], z_lr=tcfg.get("z_lr"), weight_decay=tcfg.get("weight_decay", 0.0),
-                               total_steps=self.total_steps, device=device, precision=self.precision, dist=dist)
+        self.trainer = Trainer(
+            model,
+            lr=tcfg["lr"],
+            z_lr=tcfg.get("z_lr"),
+            weight_decay=tcfg.get("weight_decay", 0.0),
+            total_steps=self.total_steps,
+            device=device,
+            precision=self.precision,
+            dist=dist,
+        )
         if self.main:
             print(f"precision: {self.precision.describe()}")
         self.epoch, self.pos, self.best, self.wall_before = 0, 0, None, 0.0
         self.select = tcfg["select_metric"]
         self.meta = {
-            "window": window, "rank_raters": rank_raters, "train_items": self.train_items,
-            "val_items": self.val_items, "device": device, "dist": dist, "total_steps": self.total_steps,
-            "data": str(request.data), "rater_names": rater_names, "window_source": window_source,
+            "window": window,
+            "rank_raters": rank_raters,
+            "train_items": self.train_items,
+            "val_items": self.val_items,
+            "device": device,
+            "dist": dist,
+            "total_steps": self.total_steps,
+            "data": str(request.data),
+            "rater_names": rater_names,
+            "window_source": window_source,
             "precision": self.precision.describe(),
         }
         self.t_start = time.time()
@@ -220,8 +255,11 @@ class TrainingRun:
         self.best = state.get("best_metric")
         self.wall_before = float(state.get("wall_seconds", 0.0))
         if main and state.get("precision", self.precision.name) != self.precision.name:
-            print(f"note: last.pt was trained in {state['precision']}, continuing in {self.precision.name} "
-                  "(an exact resume needs the same precision)", file=sys.stderr)
+            print(
+                f"note: last.pt was trained in {state['precision']}, continuing in {self.precision.name} "
+                "(an exact resume needs the same precision)",
+                file=sys.stderr,
+            )
         _set_rng_state(state["rng"], self.dist.rank)
         if main:
             print(f"resumed from {last} at step {self.step} (epoch {self.epoch}, batch {self.pos})")
@@ -231,34 +269,55 @@ class TrainingRun:
         if not self.main:
             return
         card = build_model_card(self.cfg, self.meta, self.step, self.epoch, self._wall(), None)
-        save_checkpoint(self.out / "last.pt", self.model, card, extra={
-            **self.trainer.state_dict(), "epoch": self.epoch, "batch_in_epoch": self.pos, "best_metric": self.best,
-            "rng": rng, "wall_seconds": self._wall(),
-        })
+        save_checkpoint(
+            self.out / "last.pt",
+            self.model,
+            card,
+            extra={
+                **self.trainer.state_dict(),
+                "epoch": self.epoch,
+                "batch_in_epoch": self.pos,
+                "best_metric": self.best,
+                "rng": rng,
+                "wall_seconds": self._wall(),
+            },
+        )
 
     def validate(self) -> None:
         """Score the model on val (rank 0), log a val.csv row, write best.pt when it improves."""
         if not self.main:
             return
         tcfg, select, step, epoch = self.tcfg, self.select, self.step, self.epoch
-        metrics = evaluate_items(self.model, self.val_items, n_samples=tcfg["val_samples"], device=self.device,
-                                 max_images=tcfg.get("val_max_images"), precision=self.precision)
+        metrics = evaluate_items(
+            self.model,
+            self.val_items,
+            n_samples=tcfg["val_samples"],
+            device=self.device,
+            max_images=tcfg.get("val_max_images"),
+            precision=self.precision,
+        )
         score = metric_value(metrics, select)
         improved = self.best is None or (score > self.best if higher_is_better(select) else score < self.best)
         row = {"step": step, "epoch": epoch, select: round(score, 6), "best": improved}
         row.update({k: round(v, 6) for k, v in metrics.items() if isinstance(v, float)})
         _append_csv(self.out / "val.csv", row)
-        print(f"\nval epoch {epoch} step {step}: {select}={score:.4f}"
-              f"{' (best)' if improved else ''} | ged={metrics['ged']:.4f} dice_match={metrics['dice_match']:.4f}"
-              f"{_experts_summary(metrics)}")
+        print(
+            f"\nval epoch {epoch} step {step}: {select}={score:.4f}"
+            f"{' (best)' if improved else ''} | ged={metrics['ged']:.4f} dice_match={metrics['dice_match']:.4f}"
+            f"{_experts_summary(metrics)}"
+        )
         if improved:
             self.best = score
             card = build_model_card(self.cfg, self.meta, step, epoch, self._wall(), metrics)
             save_checkpoint(self.out / "best.pt", self.model, card)
 
     def _log_train(self, losses: dict, rate: float, writer) -> None:
-        row = {"step": self.step, "epoch": self.epoch, "lr": self.trainer.sched.get_last_lr()[0],
-               "samples_per_s": round(rate, 2)}
+        row = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "lr": self.trainer.sched.get_last_lr()[0],
+            "samples_per_s": round(rate, 2),
+        }
         row.update({k: round(float(v.detach()) if torch.is_tensor(v) else float(v), 6) for k, v in losses.items()})
         _append_csv(self.out / "log.csv", row)
         if writer:
@@ -317,8 +376,10 @@ class TrainingRun:
                 self.save_last()
         except KeyboardInterrupt:  # a second Ctrl-C: the step may be half done, keep the last clean save
             if main:
-                print(f"stopped immediately; {out / 'last.pt'} holds the last completed save. Continue with --resume.",
-                      file=sys.stderr)
+                print(
+                    f"stopped immediately; {out / 'last.pt'} holds the last completed save. Continue with --resume.",
+                    file=sys.stderr,
+                )
             shutdown_distributed(dist)
             return 130
         finally:
@@ -330,12 +391,16 @@ class TrainingRun:
         if interrupted:
             self.save_last()
             if main:
-                print(f"interrupted at step {self.step}; saved {out / 'last.pt'}. Continue with --resume.",
-                      file=sys.stderr)
+                print(
+                    f"interrupted at step {self.step}; saved {out / 'last.pt'}. Continue with --resume.",
+                    file=sys.stderr,
+                )
             shutdown_distributed(dist)
             return 130
         if main:
-            print(f"done: {self.step} steps, {self.epoch} epochs in {self._wall():.0f} s; best {self.select}={self.best}")
+            print(
+                f"done: {self.step} steps, {self.epoch} epochs in {self._wall():.0f} s; best {self.select}={self.best}"
+            )
             print(f"checkpoints: {out / 'best.pt'} (best on val), {out / 'last.pt'} (resume point)")
         shutdown_distributed(dist)
         return 0
@@ -351,11 +416,14 @@ def _experts_summary(metrics: dict) -> str:
     if "experts_dice_match" not in metrics:
         return ""
     k = len(metrics.get("dice_each_identity", []))
-    return (f" | experts: dice_match={metrics['experts_dice_match']:.4f} identity="
-            f"[{' '.join(f'{v:.3f}' for v in metrics['dice_each_identity'])}] |q|=["
-            + " ".join(f"{metrics.get(f'diag_q_norm_{i + 1}', float('nan')):.3g}" for i in range(k))
-            + "] entropy/logN=[" + " ".join(f"{metrics.get(f'diag_attn_entropy_{i + 1}', float('nan')):.2f}"
-                                          for i in range(k)) + "]")
+    return (
+        f" | experts: dice_match={metrics['experts_dice_match']:.4f} identity="
+        f"[{' '.join(f'{v:.3f}' for v in metrics['dice_each_identity'])}] |q|=["
+        + " ".join(f"{metrics.get(f'diag_q_norm_{i + 1}', float('nan')):.3g}" for i in range(k))
+        + "] entropy/logN=["
+        + " ".join(f"{metrics.get(f'diag_attn_entropy_{i + 1}', float('nan')):.2f}" for i in range(k))
+        + "]"
+    )
 
 
 def _stage2_from_stage1(tcfg: dict, mcfg: dict):
@@ -368,7 +436,9 @@ def _stage2_from_stage1(tcfg: dict, mcfg: dict):
     if stage1["config"].get("method") != "dpersona":
         raise ValueError(f"{tcfg['stage1']} is a {stage1['config'].get('method')} checkpoint, not D-Persona stage I")
     if stage1["config"]["rater_names"] != mcfg["rater_names"]:
-        raise ValueError(f"stage I raters {stage1['config']['rater_names']} differ from the data's {mcfg['rater_names']}")
+        raise ValueError(
+            f"stage I raters {stage1['config']['rater_names']} differ from the data's {mcfg['rater_names']}"
+        )
     overrides = {k: mcfg[k] for k in ("heads", "rater_names", "num_raters") if k in mcfg}
     return dpersona_stage2_from_stage1(stage1["state_dict"], stage1["config"], overrides)
 

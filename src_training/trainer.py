@@ -28,8 +28,18 @@ class Trainer:
     ``total_steps``, the precision's autocast and gradient scaler. :meth:`step` is one optimisation
     step; the training loop and ``multirater bench`` both call it."""
 
-    def __init__(self, model, *, lr: float, total_steps: int, device, precision=FP32, z_lr: float | None = None,
-                 weight_decay: float = 0.0, dist=None):
+    def __init__(
+        self,
+        model,
+        *,
+        lr: float,
+        total_steps: int,
+        device,
+        precision=FP32,
+        z_lr: float | None = None,
+        weight_decay: float = 0.0,
+        dist=None,
+    ):
         self.model, self.device, self.precision, self.total_steps = model, device, precision, int(total_steps)
         self.net = _LossModule(model)
         if dist is not None and dist.enabled:
@@ -39,7 +49,8 @@ class Trainer:
         self.optim = torch.optim.Adam(model.param_groups(lr, z_lr), weight_decay=weight_decay)
         total = self.total_steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.optim, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+            self.optim, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+        )
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision.name == "fp16")
         self.steps_done = 0
 
@@ -61,8 +72,13 @@ class Trainer:
         return losses
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optim.state_dict(), "scheduler": self.sched.state_dict(),
-                "scaler": self.scaler.state_dict(), "step": self.steps_done, "precision": self.precision.name}
+        return {
+            "optimizer": self.optim.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.steps_done,
+            "precision": self.precision.name,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.optim.load_state_dict(state["optimizer"])

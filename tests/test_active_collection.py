@@ -9,13 +9,18 @@ import numpy as np
 import pytest
 
 from napari_multirater import cli
-from napari_multirater.annotation.queue import (build_queue, collection_settings, enough_raters,
-                                                iter_model_disagreement, repeat_candidates, set_collection_settings)
+from napari_multirater.annotation.queue import (
+    build_queue,
+    collection_settings,
+    enough_raters,
+    iter_model_disagreement,
+    repeat_candidates,
+    set_collection_settings,
+)
 from napari_multirater.annotation.repeats import has_repeat, load_repeat, save_repeat
 from napari_multirater.annotation.store import SaveConflict
 from napari_multirater.datasets.case import DatasetError
 from napari_multirater.progress import run_to_completion
-
 from tests.conftest import make_annotation_project
 
 DRAWN = {"kind": "drawn"}

@@ -28,7 +28,7 @@ from napari_multirater.io.geometry import Geometry
 
 def square(shape=(30, 30), y=(8, 18), x=(8, 18)):
     m = np.zeros(shape, np.uint8)
-    m[y[0]:y[1], x[0]:x[1]] = 1
+    m[y[0] : y[1], x[0] : x[1]] = 1
     return m
 
 
@@ -123,9 +123,14 @@ def test_staple_degenerate_and_missing():
 # --- style ----------------------------------------------------------------------------------------
 def _case(masks, valid=None, spacing_xy=(0.5, 1.0)):
     k = len(masks)
-    return MultiRaterCase("c0", np.zeros(masks[0].shape, np.int16), np.stack(masks).astype(np.uint8),
-                          np.ones(k, bool) if valid is None else np.asarray(valid), [f"r{i}" for i in range(k)],
-                          Geometry(spacing_xy, (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)))
+    return MultiRaterCase(
+        "c0",
+        np.zeros(masks[0].shape, np.int16),
+        np.stack(masks).astype(np.uint8),
+        np.ones(k, bool) if valid is None else np.asarray(valid),
+        [f"r{i}" for i in range(k)],
+        Geometry(spacing_xy, (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)),
+    )
 
 
 def test_case_style_hand_computed():
@@ -176,8 +181,14 @@ def test_phantom_style_recovery(phantom_report):
 
 def test_report_files(phantom_report, tmp_path):
     paths = write_style_report(phantom_report, tmp_path / "rep")
-    for key in ("raters_csv", "raters_per_case_csv", "raters_md", "pairwise_dice_png", "volume_bias_png",
-                "boundary_distance_png"):
+    for key in (
+        "raters_csv",
+        "raters_per_case_csv",
+        "raters_md",
+        "pairwise_dice_png",
+        "volume_bias_png",
+        "boundary_distance_png",
+    ):
         assert paths[key].exists() and paths[key].stat().st_size > 0
     rows = list(csv.DictReader(open(paths["raters_csv"])))
     assert [r["rater"] for r in rows] == phantom_report.rater_names
@@ -197,8 +208,9 @@ def test_cli_raters(tmp_path, capsys):
     root = generate_phantom_dataset(tmp_path / "ds", 3)
     parser = argparse.ArgumentParser()
     cli_raters.add_parser(parser.add_subparsers(dest="cmd"))
-    args = parser.parse_args(["raters", "--data", str(root), "--out", str(tmp_path / "out"), "--max-cases", "2",
-                              "--consensus", "majority"])
+    args = parser.parse_args(
+        ["raters", "--data", str(root), "--out", str(tmp_path / "out"), "--max-cases", "2", "--consensus", "majority"]
+    )
     assert args.func(args) == 0
     assert "| generous |" in capsys.readouterr().out and (tmp_path / "out" / "raters.csv").exists()
     bad = parser.parse_args(["raters", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o2")])

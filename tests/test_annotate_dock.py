@@ -53,9 +53,11 @@ def _paint(layer, rows, cols):
 
 
 def _labels_holding(viewer, mask) -> list[str]:
-    return [ly.name for ly in viewer.layers
-            if ly.__class__.__name__ == "Labels" and ly.data.shape == mask.shape
-            and np.array_equal(ly.data != 0, mask != 0)]
+    return [
+        ly.name
+        for ly in viewer.layers
+        if ly.__class__.__name__ == "Labels" and ly.data.shape == mask.shape and np.array_equal(ly.data != 0, mask != 0)
+    ]
 
 
 def test_two_raters_annotate_the_same_case_blind(make_napari_viewer, qtbot, project, config):
@@ -177,8 +179,12 @@ def test_next_not_annotated_autosave_and_prefill(project, collect_dock):
 
     # pre-fill from a model output; other raters' layers are never offered
     case = make_phantom_case(1, seed=3, ndim=2)
-    persona = viewer.add_labels(case.masks[1], name="persona generous", scale=ctl.image_layer.scale,
-                                metadata={ROLE_KEY: "persona", "model": "dpersona-tiny", "persona": "generous"})
+    persona = viewer.add_labels(
+        case.masks[1],
+        name="persona generous",
+        scale=ctl.image_layer.scale,
+        metadata={ROLE_KEY: "persona", "model": "dpersona-tiny", "persona": "generous"},
+    )
     viewer.add_labels(case.masks[0], name="someone else", metadata={ROLE_KEY: "rater", "rater": "x"})
     dock.refresh()
     offered = [dock.prefill_combo.itemText(i) for i in range(dock.prefill_combo.count())]
@@ -222,8 +228,11 @@ def test_new_project_from_open_image_and_foreign_layers_hidden(make_napari_viewe
     np.testing.assert_array_equal(store.load_image(image.name)[0], image.data)
     np.testing.assert_allclose(ctl.annotation_layer.scale, image.scale)
     # the sample's rater layers belong to the same image: hidden in blind mode
-    sample_raters = [ly for ly in viewer.layers if (ly.metadata or {}).get(ROLE_KEY) == "rater"
-                     and not (ly.metadata or {}).get(OWNER_KEY)]
+    sample_raters = [
+        ly
+        for ly in viewer.layers
+        if (ly.metadata or {}).get(ROLE_KEY) == "rater" and not (ly.metadata or {}).get(OWNER_KEY)
+    ]
     assert len(sample_raters) == 4
     assert all(not ly.visible for ly in sample_raters if ly.metadata.get("case_id") == image.metadata.get("case_id"))
     _paint(ctl.annotation_layer, slice(5, 9), slice(5, 9))

@@ -119,8 +119,13 @@ def spawn(tmp_path, *args, lock_mode: str = "") -> subprocess.Popen:
     script = tmp_path / "child.py"
     if not script.exists():
         script.write_text(CHILD_SRC)
-    return subprocess.Popen([sys.executable, str(script), *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=child_env(lock_mode))
+    return subprocess.Popen(
+        [sys.executable, str(script), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(lock_mode),
+    )
 
 
 def visible_rater_files(store: AnnotationStore, case: str) -> list[str]:
@@ -144,8 +149,15 @@ def test_save_and_reload_identical_mask_and_geometry(tmp_path, geometry, shape):
     image, geo, info = store.load_image(case)
     assert geo.matches(geometry) and image.shape == shape
     mask = pattern(1, "alice/case0", shape)
-    side = store.save_mask(case, "alice", mask, provenance={"kind": "drawn"}, active_seconds=12.34,
-                           image_sha256=info["image_sha256"], geometry=geo)
+    side = store.save_mask(
+        case,
+        "alice",
+        mask,
+        provenance={"kind": "drawn"},
+        active_seconds=12.34,
+        image_sha256=info["image_sha256"],
+        geometry=geo,
+    )
     assert side["rater"] == "alice" and side["case_id"] == case and side["active_seconds"] == 12.3
     assert side["image_sha256"] == image_checksum(image) and side["provenance"] == {"kind": "drawn"}
 
@@ -338,11 +350,11 @@ def test_short_lock_timeout_for_autosave(tmp_path):
     store.save_mask("case0", "alice", pattern(1, "t", (40, 48)), provenance={"kind": "drawn"})
     with store._rater_lock("case0", "alice"):
         with pytest.raises(LockTimeout, match=r"more than 0\.05 s"):
-            store.save_mask("case0", "alice", pattern(2, "t", (40, 48)), provenance={"kind": "drawn"},
-                            lock_timeout=0.05)
+            store.save_mask(
+                "case0", "alice", pattern(2, "t", (40, 48)), provenance={"kind": "drawn"}, lock_timeout=0.05
+            )
     with store._project_lock():  # a known rater needs no project lock
-        store.save_mask("case0", "alice", pattern(3, "t", (40, 48)), provenance={"kind": "drawn"},
-                        lock_timeout=0.05)
+        store.save_mask("case0", "alice", pattern(3, "t", (40, 48)), provenance={"kind": "drawn"}, lock_timeout=0.05)
     np.testing.assert_array_equal(store.load_mask("case0", "alice")[0], pattern(3, "t", (40, 48)))
 
 

@@ -36,8 +36,18 @@ def test_dicom_gap_is_reported_by_the_reader(gappy_series):
 
 def test_predict_refuses_a_gappy_series_unless_allowed(gappy_series, tmp_path, capsys):
     out = tmp_path / "out"
-    base = ["predict", "--checkpoint", "phantom_pionono", "--image", str(gappy_series), "--samples", "1",
-            "--slice", "2", "--no-uncertainty"]
+    base = [
+        "predict",
+        "--checkpoint",
+        "phantom_pionono",
+        "--image",
+        str(gappy_series),
+        "--samples",
+        "1",
+        "--slice",
+        "2",
+        "--no-uncertainty",
+    ]
     assert cli.main([*base, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "--allow-nonuniform" in err and "slice0003.dcm" in err and not out.exists()

@@ -13,8 +13,25 @@ def test_bench_quick_writes_json_and_markdown(tmp_path, capsys):
     ckpt = make_tiny_checkpoint(tmp_path / "tiny.pt", method="dpersona")
     out = tmp_path / "bench"
     # one thread: tiny tensors, and robust when the CPU is shared (several threads thrash then)
-    rc = cli_main(["bench", "--quick", "--skip-3d", "--device", "cpu", "--repeats", "1", "--threads", "1",
-                   "--checkpoint", str(ckpt), "--train-configs", "unet,dpersona_stage2", "--out", str(out)])
+    rc = cli_main(
+        [
+            "bench",
+            "--quick",
+            "--skip-3d",
+            "--device",
+            "cpu",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--checkpoint",
+            str(ckpt),
+            "--train-configs",
+            "unet,dpersona_stage2",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     res = json.loads((out / "bench.json").read_text(encoding="utf-8"))
     assert res["schema"] == bench.SCHEMA
@@ -40,17 +57,27 @@ def test_bench_quick_writes_json_and_markdown(tmp_path, capsys):
         assert [r["config"] for r in cpu["training"]["rows"]] == ["unet", "dpersona_stage2"]
     assert any("--skip-3d" in s for s in res["skipped"])
     assert [m["after"] for m in res["memory"]] == ["start (model and test volume built)"] + [
-        f"{k}: {s}" for k in runs for s in ("1 sampling", "2 interactive", "3 training")]
+        f"{k}: {s}" for k in runs for s in ("1 sampling", "2 interactive", "3 training")
+    ]
     assert all(m["peak_rss_mb"] > 0 for m in res["memory"])
-    assert {t["target"] for t in res["targets"]} == {"sampling N=100 costs <= 3x N=1",
-                                                     "marginal cost per sample <= 0.06 ms ((N=100 - N=1) / 99)",
-                                                     "vectorized >= 8x faster than naive at N=100",
-                                                     "one latent re-decode < 10 ms"}
+    assert {t["target"] for t in res["targets"]} == {
+        "sampling N=100 costs <= 3x N=1",
+        "marginal cost per sample <= 0.06 ms ((N=100 - N=1) / 99)",
+        "vectorized >= 8x faster than naive at N=100",
+        "one latent re-decode < 10 ms",
+    }
     assert all(t["result"] == "PASS" or t["result"].startswith("MISS by") for t in res["targets"])
 
     md = (out / "bench.md").read_text(encoding="utf-8")
-    for heading in ("## Targets", "## Precision side by side", "### 1. Sampling latency", "### 2. Interactive operations", "### 3. Training step",
-                    "## 4. Peak resident memory", "| N | vectorized `sample` |"):
+    for heading in (
+        "## Targets",
+        "## Precision side by side",
+        "### 1. Sampling latency",
+        "### 2. Interactive operations",
+        "### 3. Training step",
+        "## 4. Peak resident memory",
+        "| N | vectorized `sample` |",
+    ):
         assert heading in md
     assert md.strip() in capsys.readouterr().out
 

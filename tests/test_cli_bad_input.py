@@ -54,10 +54,21 @@ def inputs(tmp_path_factory):
     torch.save({"format_version": 1, "x": _Evil()}, d / "evil.pt")
     (d / "bad.json").write_text("{not json")
     (d / "a_file").write_text("x")
-    return {"ds": str(ds), "img": str(d / "ct.nii.gz"), "nan": str(d / "nan.nii.gz"), "inf": str(d / "inf.nrrd"),
-            "trunc": str(d / "truncated.nii.gz"), "txt": str(d / "notes.txt"), "garbage": str(d / "garbage.pt"),
-            "truncpt": str(d / "truncated.pt"), "evil": str(d / "evil.pt"), "badjson": str(d / "bad.json"),
-            "file": str(d / "a_file"), "ckpt": CKPT, "ckptfile": str(find_model(CKPT))}
+    return {
+        "ds": str(ds),
+        "img": str(d / "ct.nii.gz"),
+        "nan": str(d / "nan.nii.gz"),
+        "inf": str(d / "inf.nrrd"),
+        "trunc": str(d / "truncated.nii.gz"),
+        "txt": str(d / "notes.txt"),
+        "garbage": str(d / "garbage.pt"),
+        "truncpt": str(d / "truncated.pt"),
+        "evil": str(d / "evil.pt"),
+        "badjson": str(d / "bad.json"),
+        "file": str(d / "a_file"),
+        "ckpt": CKPT,
+        "ckptfile": str(find_model(CKPT)),
+    }
 
 
 T = "train --method unet --data {ds} --out {out} "
@@ -199,14 +210,23 @@ def test_parser_errors_are_one_line(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args,needle", [
-    (["train", "--method", "unet", "--data", "x", "--out", "y", "--max-steps", "-5"], "--max-steps"),
-    (["evaluate", "--checkpoint", CKPT, "--data", "x", "--samples", "-3"], "--samples"),
-    (["predict", "--checkpoint", CKPT, "--image", "/nonexistent.nii.gz", "--out", "o", "--roi", "a,b"], "--roi"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["train", "--method", "unet", "--data", "x", "--out", "y", "--max-steps", "-5"], "--max-steps"),
+        (["evaluate", "--checkpoint", CKPT, "--data", "x", "--samples", "-3"], "--samples"),
+        (["predict", "--checkpoint", CKPT, "--image", "/nonexistent.nii.gz", "--out", "o", "--roi", "a,b"], "--roi"),
+    ],
+)
 def test_console_script_bad_input_subprocess(args, needle, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = subprocess.run([sys.executable, "-m", "napari_multirater.cli", *args], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "napari_multirater.cli", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())

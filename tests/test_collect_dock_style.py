@@ -85,8 +85,7 @@ def test_cancel_learn_my_style_writes_nothing(make_napari_viewer, qtbot, tmp_pat
     _settle(qtbot, panel)
 
 
-def test_method_without_personas_is_refused_with_the_nearest_persona(make_napari_viewer, qtbot, tmp_path,
-                                                                     monkeypatch):
+def test_method_without_personas_is_refused_with_the_nearest_persona(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     monkeypatch.setenv("MULTIRATER_NOTHREADS", "1")
     store = make_style_project(tmp_path / "proj", 6)
     viewer = make_napari_viewer()

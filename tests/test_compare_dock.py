@@ -127,10 +127,12 @@ def test_model_outputs_are_matched_to_raters(make_napari_viewer, qtbot):
     viewer, dock = _open(make_napari_viewer)
     tight = viewer.layers["mr rater: tight"]
     generous = viewer.layers["mr rater: generous"]
-    viewer.add_labels(tight.data.copy(), name="persona A", metadata={ROLE_KEY: "persona", "persona": "A"},
-                      scale=tight.scale)
-    viewer.add_labels(generous.data.copy(), name="persona B", metadata={ROLE_KEY: "persona", "persona": "B"},
-                      scale=tight.scale)
+    viewer.add_labels(
+        tight.data.copy(), name="persona A", metadata={ROLE_KEY: "persona", "persona": "A"}, scale=tight.scale
+    )
+    viewer.add_labels(
+        generous.data.copy(), name="persona B", metadata={ROLE_KEY: "persona", "persona": "B"}, scale=tight.scale
+    )
     assert {ly.name for ly in dock.selected_layers()} == {ly.name for ly in rater_layers(viewer)}
     result = _run(qtbot, dock)
     rows = {r["rater"]: r for r in result.model_rows}

@@ -220,8 +220,11 @@ def test_corrupt_mask_strict_raises_non_strict_marks_the_rater_invalid(tmp_path)
         CaseFolderDataset(root).load_case(case.case_id)
     with pytest.raises(DatasetError, match=r"c\.nii\.gz"):
         next(iter(CaseFolderDataset(root)))
-    for loaded in (CaseFolderDataset(root).load_case(case.case_id, strict=False),
-                   CaseFolderDataset(root, strict=False)[0], next(iter(CaseFolderDataset(root, strict=False)))):
+    for loaded in (
+        CaseFolderDataset(root).load_case(case.case_id, strict=False),
+        CaseFolderDataset(root, strict=False)[0],
+        next(iter(CaseFolderDataset(root, strict=False))),
+    ):
         assert loaded.valid.tolist() == [True, True, False] and not loaded.masks[2].any()
         np.testing.assert_array_equal(loaded.masks[:2], case.masks[:2])
         assert len(loaded.meta["problems"]) == 1 and "c.nii.gz" in loaded.meta["problems"][0]
@@ -271,7 +274,12 @@ def test_suffix_lists_have_one_source():
 
     assert case_folder.IMAGE_SUFFIXES is medical.WRITABLE_SUFFIXES
     assert set(medical.SINGLE_FILE_SUFFIXES) <= set(medical.WRITABLE_SUFFIXES) < set(medical.SUPPORTED_SUFFIXES)
-    assert not [k for k, v in vars(store).items() if isinstance(v, tuple) and ".nii.gz" in v
-                and v not in (medical.SUPPORTED_SUFFIXES, medical.SINGLE_FILE_SUFFIXES)]
+    assert not [
+        k
+        for k, v in vars(store).items()
+        if isinstance(v, tuple)
+        and ".nii.gz" in v
+        and v not in (medical.SUPPORTED_SUFFIXES, medical.SINGLE_FILE_SUFFIXES)
+    ]
     for suffix in medical.SUPPORTED_SUFFIXES:
         assert store.case_id_from_path(f"/x/scan_01{suffix}") == "scan_01"

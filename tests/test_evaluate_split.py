@@ -17,8 +17,12 @@ def npz(tmp_path):
     masks[:, :, 10:20, 10:20] = 1
     masks[:, 3, 10:14] = 0  # one rater differs
     path = tmp_path / "test.npz"
-    np.savez(path, images=rng.integers(0, 255, (n, 32, 32)).astype(np.uint8), masks=masks,
-             patient_id=np.array([f"p{i // 2:02d}" for i in range(n)]))
+    np.savez(
+        path,
+        images=rng.integers(0, 255, (n, 32, 32)).astype(np.uint8),
+        masks=masks,
+        patient_id=np.array([f"p{i // 2:02d}" for i in range(n)]),
+    )
     return path
 
 

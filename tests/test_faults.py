@@ -102,8 +102,15 @@ def test_size_limit_during_json_and_checkpoint_writes(tmp_path):
     assert load_checkpoint(ckpt)[1]["name"] == "good"
 
 
-@pytest.mark.parametrize("code,reason", [(errno.ENOSPC, "disk full"), (errno.EROFS, "read-only"),
-                                         (errno.EACCES, "permission denied"), (errno.EFBIG, "size limit")])
+@pytest.mark.parametrize(
+    "code,reason",
+    [
+        (errno.ENOSPC, "disk full"),
+        (errno.EROFS, "read-only"),
+        (errno.EACCES, "permission denied"),
+        (errno.EFBIG, "size limit"),
+    ],
+)
 def test_every_os_failure_becomes_one_error_naming_file_and_reason(tmp_path, monkeypatch, code, reason):
     path = tmp_path / "m.nii.gz"
     write_image(path, _mask(0), GEO, label=True)
@@ -207,15 +214,37 @@ def test_size_limit_during_predict_exits_2_with_complete_files_only(tmp_path):
     write_image(img, np.random.default_rng(0).normal(-500, 200, (3, 64, 64)).astype(np.float32), GEO)
     out = tmp_path / "out"
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+    }
 
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, resource.RLIM_INFINITY))
 
-    r = subprocess.run([sys.executable, "-m", "napari_multirater.cli", "predict", "--checkpoint", "phantom_pionono",
-                        "--image", str(img), "--out", str(out), "--samples", "2", "--float-maps"],
-                       env=env, capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "napari_multirater.cli",
+            "predict",
+            "--checkpoint",
+            "phantom_pionono",
+            "--image",
+            str(img),
+            "--out",
+            str(out),
+            "--samples",
+            "2",
+            "--float-maps",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "cannot write" in errors[0] and "size limit" in errors[0]

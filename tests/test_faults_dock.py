@@ -22,9 +22,9 @@ import pytest
 from napari_multirater._napari.annotate_controller import CLOSE_CHOICES, ConflictError, decide_close
 from napari_multirater.annotation import AnnotationStore
 from napari_multirater.annotation import lock as lock_module
-from tests.conftest import make_annotation_project
 from napari_multirater.io import atomic
 from napari_multirater.io.medical import read_label_image
+from tests.conftest import make_annotation_project
 
 PLUGIN = "napari-multirater"
 
@@ -67,6 +67,7 @@ def readonly(folder: Path, monkeypatch, tmp: Path, mode: str = "bind mount"):
             if dir is not None and inside(dir):
                 raise OSError(errno.EROFS, "Read-only file system", str(dir))
             return real(*args, dir=dir, **kw)
+
         return wrapped
 
     real_open = os.open

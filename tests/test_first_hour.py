@@ -14,8 +14,11 @@ from napari_multirater.inference.engine import InferenceEngine, ModelLoadError
 
 SERIES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lidc-ct" / "LIDC-IDRI-0006" / "series"
 LIDC_CARD = {"method": "dpersona", "training_data": {"path": "../shared/data/lidc-slices"}}
-PHANTOM_CARD = {"method": "pionono", "training_data": {"path": "/work/runs/phantom400"},
-                "input": {"pixel_size_mm": [0.7, 0.7]}}
+PHANTOM_CARD = {
+    "method": "pionono",
+    "training_data": {"path": "/work/runs/phantom400"},
+    "input": {"pixel_size_mm": [0.7, 0.7]},
+}
 
 
 def test_field_of_view_advice_and_model_choice():
@@ -252,18 +255,23 @@ def test_prefill_from_a_model_in_an_open_project(make_napari_viewer, project, co
 
     # blind mode (on by default): layers computed from other raters are hidden as they appear
     agree = viewer.add_image(np.zeros(mask.shape, np.float32), name="mr agreement", metadata={ROLE_KEY: "agreement"})
-    cons = viewer.add_labels(np.zeros(mask.shape, np.uint8), name="mr consensus: staple",
-                             metadata={ROLE_KEY: "consensus"})
+    cons = viewer.add_labels(
+        np.zeros(mask.shape, np.uint8), name="mr consensus: staple", metadata={ROLE_KEY: "consensus"}
+    )
     assert ctl.blind and not agree.visible and not cons.visible
     adock.blind_box.setChecked(False)
     agree.visible = True
     adock.blind_box.setChecked(True)
     assert not agree.visible
     # ... and outputs of a model trained on this project's raters (its card names the project folder)
-    leak = viewer.add_labels(np.zeros(mask.shape, np.uint8), name="mr persona: trained here",
-                             metadata={ROLE_KEY: "persona", "model": "m", "training_data": str(project.root)})
+    leak = viewer.add_labels(
+        np.zeros(mask.shape, np.uint8),
+        name="mr persona: trained here",
+        metadata={ROLE_KEY: "persona", "model": "m", "training_data": str(project.root)},
+    )
     assert not leak.visible and "mr persona: trained here" not in [
-        adock.prefill_combo.itemText(i) for i in range(adock.prefill_combo.count())]
+        adock.prefill_combo.itemText(i) for i in range(adock.prefill_combo.count())
+    ]
 
 
 @pytest.mark.gui
@@ -356,7 +364,7 @@ def test_patient_folder_with_the_series_inside(tmp_path):
     case = make_phantom_case(0, ndim=3)
     write_dicom_series(tmp_path / "patient" / "study" / "ct", case.image.astype(np.int16), case.geometry)
     reader = get_reader(str(tmp_path / "patient"))
-    (data, kw, kind), = reader(str(tmp_path / "patient"))
+    ((data, kw, kind),) = reader(str(tmp_path / "patient"))
     assert kind == "image" and data.shape == case.image.shape and kw["metadata"]["series_uid"]
     write_dicom_series(tmp_path / "patient" / "study" / "ct2", case.image.astype(np.int16), case.geometry)
     with pytest.raises(ValueError, match="holds 2 DICOM series .*open one of these folders"):
@@ -367,7 +375,10 @@ def test_patient_folder_with_the_series_inside(tmp_path):
 def test_each_dock_has_its_readme_section():
     from napari_multirater.help_text import dock_help
 
-    for title, words in (("Model & sampling", "field of view"), ("Compare raters", "STAPLE"),
-                         ("Collect annotations", "blind mode")):
+    for title, words in (
+        ("Model & sampling", "field of view"),
+        ("Compare raters", "STAPLE"),
+        ("Collect annotations", "blind mode"),
+    ):
         text = dock_help(title)
         assert text.startswith(f"**{title}**") and words in text

@@ -17,9 +17,20 @@ PACKAGES = ("napari_multirater", "src_training")
 
 # lowest first; a module belongs to the layer of its longest matching prefix
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("core", ("napari_multirater", "napari_multirater.io", "napari_multirater.datasets",
-              "napari_multirater.annotation", "napari_multirater.analysis", "napari_multirater.modelfiles",
-              "napari_multirater.progress", "napari_multirater.argtypes", "napari_multirater.help_text")),
+    (
+        "core",
+        (
+            "napari_multirater",
+            "napari_multirater.io",
+            "napari_multirater.datasets",
+            "napari_multirater.annotation",
+            "napari_multirater.analysis",
+            "napari_multirater.modelfiles",
+            "napari_multirater.progress",
+            "napari_multirater.argtypes",
+            "napari_multirater.help_text",
+        ),
+    ),
     ("training", ("src_training",)),
     ("inference", ("napari_multirater.inference",)),
     ("tools", ("src_training.tools",)),
@@ -28,8 +39,19 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("app", ("napari_multirater.cli", "napari_multirater.commands")),
 ]
 QT_FREE = ("core", "training", "inference", "tools")
-GUI_PACKAGES = ("napari", "qtpy", "magicgui", "superqt", "vispy", "npe2", "app_model",
-                "PyQt5", "PyQt6", "PySide2", "PySide6")
+GUI_PACKAGES = (
+    "napari",
+    "qtpy",
+    "magicgui",
+    "superqt",
+    "vispy",
+    "npe2",
+    "app_model",
+    "PyQt5",
+    "PyQt6",
+    "PySide2",
+    "PySide6",
+)
 
 
 def module_files(root: Path = ROOT, packages=PACKAGES) -> dict[str, Path]:
@@ -89,8 +111,12 @@ def project_graph(root: Path = ROOT) -> dict[str, set[str]]:
 
 def reverse_imports(graph: dict[str, set[str]]) -> list[str]:
     rank = {layer: i for i, (layer, _) in enumerate(LAYERS)}
-    return sorted(f"{m} ({layer_of(m)}) imports {d} ({layer_of(d)})" for m, deps in graph.items() for d in deps
-                  if rank[layer_of(d)] > rank[layer_of(m)])
+    return sorted(
+        f"{m} ({layer_of(m)}) imports {d} ({layer_of(d)})"
+        for m, deps in graph.items()
+        for d in deps
+        if rank[layer_of(d)] > rank[layer_of(m)]
+    )
 
 
 def layer_cycles(graph: dict[str, set[str]]) -> list[set[str]]:
@@ -131,22 +157,27 @@ def test_lower_layers_never_import_napari_or_qt():
     bad = []
     for name, path in module_files().items():
         if layer_of(name) in QT_FREE:
-            bad += [f"{name} imports {imp}" for imp in imported_names(name, path)
-                    if imp.split(".")[0] in GUI_PACKAGES]
+            bad += [f"{name} imports {imp}" for imp in imported_names(name, path) if imp.split(".")[0] in GUI_PACKAGES]
     assert bad == []
 
 
 def test_checker_catches_a_reverse_import(tmp_path):
     """The checks above can fail: a training module importing the plugin's engine is reported."""
-    for pkg, files in {"src_training": {"__init__.py": "", "train.py": "import napari_multirater.inference.engine\n"},
-                       "napari_multirater": {"__init__.py": "", "inference/__init__.py": "",
-                                             "inference/engine.py": "from src_training import train\n"}}.items():
+    for pkg, files in {
+        "src_training": {"__init__.py": "", "train.py": "import napari_multirater.inference.engine\n"},
+        "napari_multirater": {
+            "__init__.py": "",
+            "inference/__init__.py": "",
+            "inference/engine.py": "from src_training import train\n",
+        },
+    }.items():
         for rel, text in files.items():
             (tmp_path / pkg / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / pkg / rel).write_text(text)
     graph = project_graph(tmp_path)
     assert reverse_imports(graph) == [
-        "src_training.train (training) imports napari_multirater.inference.engine (inference)"]
+        "src_training.train (training) imports napari_multirater.inference.engine (inference)"
+    ]
     assert layer_cycles(graph) == [{"training", "inference"}]
 
 

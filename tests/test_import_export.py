@@ -29,7 +29,7 @@ def _cases():
             if cid == "c2" and r == "cy":
                 continue
             m = np.zeros(image.shape, np.uint8)
-            m[1 + i : 4 + i, 2 : 6 + k, 3 : 8] = 1
+            m[1 + i : 4 + i, 2 : 6 + k, 3:8] = 1
             masks[r] = m
         out[cid] = (image, masks)
     return out
@@ -77,8 +77,21 @@ def test_import_export_reimport_round_trip(tmp_path, capsys, layout):
     assert main(["import", "folder", str(src), "--out", str(tmp_path / "ds")]) == 0
     assert f"{layout} layout, 3 images, 3 raters" in capsys.readouterr().out  # auto-detected and said
     _assert_dataset(tmp_path / "ds", cases, _names(layout))
-    assert main(["export-dataset", str(tmp_path / "ds"), "--layout", "nnunet", "--labels", "all",
-                 "--out", str(tmp_path / "nn")]) == 0
+    assert (
+        main(
+            [
+                "export-dataset",
+                str(tmp_path / "ds"),
+                "--layout",
+                "nnunet",
+                "--labels",
+                "all",
+                "--out",
+                str(tmp_path / "nn"),
+            ]
+        )
+        == 0
+    )
     meta = json.loads((tmp_path / "nn" / "dataset.json").read_text())
     assert meta["numTraining"] == 3 and meta["file_ending"] == ".nii.gz" and meta["labels"]["background"] == 0
     assert main(["import", "folder", str(tmp_path / "nn"), "--layout", "nnunet", "--out", str(tmp_path / "again")]) == 0

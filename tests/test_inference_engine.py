@@ -55,9 +55,11 @@ def test_core_does_not_import_the_napari_layer():
     import subprocess
     import sys
 
-    code = ("import sys, napari_multirater.inference.engine, napari_multirater.inference.predict_cli; "
-            "bad = [m for m in sys.modules if m.startswith(('napari_multirater._napari', 'napari_multirater.widgets', "
-            "'napari.', 'qtpy')) or m == 'napari']; assert not bad, bad")
+    code = (
+        "import sys, napari_multirater.inference.engine, napari_multirater.inference.predict_cli; "
+        "bad = [m for m in sys.modules if m.startswith(('napari_multirater._napari', 'napari_multirater.widgets', "
+        "'napari.', 'qtpy')) or m == 'napari']; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     from napari_multirater._napari import workers
 
@@ -167,7 +169,7 @@ def test_batched_equals_per_slice(engines, case3, method):
     cur = eng.predict_volume(case3.image, case3.geometry, slice_index=z, **kw)
     assert cur.samples.shape == full.samples.shape and cur.region[0] == slice(z, z + 1)
     np.testing.assert_array_equal(cur.samples[:, z], full.samples[:, z])
-    assert cur.samples[:, :z].max() == 0 and cur.mean_prob[z + 1:].max() == 0
+    assert cur.samples[:, :z].max() == 0 and cur.mean_prob[z + 1 :].max() == 0
     for r in eng.rater_names:
         np.testing.assert_array_equal(cur.personas[r][z], full.personas[r][z])
     # a 2D run equals the batched 2D API (same slice key 0)
@@ -219,8 +221,9 @@ def test_blend(engines, case2):
 # ------------------------------------------------------------------ regions of interest
 def test_roi_rect_zero_outside(engines, case3):
     eng = engines["prob_unet"]
-    res = eng.predict_volume(case3.image, case3.geometry, samples=2, uncertainty=True,
-                             roi=ROI.rect((5, 9), 10, 20, 50, 70))
+    res = eng.predict_volume(
+        case3.image, case3.geometry, samples=2, uncertainty=True, roi=ROI.rect((5, 9), 10, 20, 50, 70)
+    )
     assert res.region == (slice(5, 9), slice(10, 50), slice(20, 70))
     inside = np.zeros(case3.image.shape, bool)
     inside[res.region] = True
@@ -254,8 +257,8 @@ def test_roi_resampled_to_target_spacing(engines, case3):
 
 
 def _disc_image(shape=(128, 160), centre=(50, 80), radius=14.0):
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
-    disc = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    disc = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
     return np.where(disc, 100.0, -1000.0).astype(np.float32), disc
 
 
@@ -268,6 +271,7 @@ def _input_following_sampler(eng, monkeypatch, seen):
         seen.append(tuple(x.shape))
         orig(x, n, generator)
         return ((x[:, :1] - 0.4) * 40).expand(x.shape[0], int(n), *x.shape[-2:])
+
     monkeypatch.setattr(eng.model, "sample", sample)
 
 
@@ -363,7 +367,7 @@ def test_intensity_mapping_reproduces_lidc_shards(shared_data):
     for u8 in (imgs[2], imgs[7]):
         ncc, z, y, x = _best_match(vol, u8, crop_in_big=True)
         assert ncc > 0.999
-        hu = vol[z, y:y + 128, x:x + 128]
+        hu = vol[z, y : y + 128, x : x + 128]
         exact = np.round(hu_to_lidc_uint8(hu, "minmax"))
         assert np.abs(exact - u8).max() <= 1 and np.mean(exact == u8) > 0.99
         err = np.abs(hu_to_lidc_uint8(hu, "fixed") - u8)
@@ -380,14 +384,33 @@ def test_predict_cli_writes_outputs_with_geometry(tmp_path, ckpts, ndim, fmt, ca
     write_image(src, case.image, case.geometry)
     out = tmp_path / "out"
     roi = ["--roi", "4,10,10,12,60,70"] if ndim == 3 else ["--roi-point", "0,0", "--roi-size-mm", "30"]
-    rc = main(["predict", "--checkpoint", str(ckpts["dpersona"]), "--image", str(src), "--out", str(out),
-               "--samples", "2", "--personas", "--format", fmt, "--seed", "3", *roi])
+    rc = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(ckpts["dpersona"]),
+            "--image",
+            str(src),
+            "--out",
+            str(out),
+            "--samples",
+            "2",
+            "--personas",
+            "--format",
+            fmt,
+            "--seed",
+            "3",
+            *roi,
+        ]
+    )
     assert rc == 0
     ext = "." + fmt
-    expected = {f"sample_0{i}{ext}" for i in range(2)} | {f"persona_{r}{ext}" for r in
-                                                          ("tight", "generous", "smooth", "misses_faint")}
-    expected |= {f"mean_prob{ext}"} | {f"uncertainty_{k}{ext}" for k in
-                                       ("entropy", "variance", "mutual_information", "persona_disagreement")}
+    expected = {f"sample_0{i}{ext}" for i in range(2)} | {
+        f"persona_{r}{ext}" for r in ("tight", "generous", "smooth", "misses_faint")
+    }
+    expected |= {f"mean_prob{ext}"} | {
+        f"uncertainty_{k}{ext}" for k in ("entropy", "variance", "mutual_information", "persona_disagreement")
+    }
     assert expected <= {p.name for p in out.iterdir()}
     for name in (f"sample_00{ext}", f"mean_prob{ext}"):
         arr, geo, _ = read_image(out / name)
@@ -402,10 +425,36 @@ def test_predict_cli_errors(tmp_path, ckpts):
     case = make_phantom_case(0, ndim=2)
     src = tmp_path / "img.nii.gz"
     write_image(src, case.image, case.geometry)
-    assert main(["predict", "--checkpoint", str(tmp_path / "nope.pt"), "--image", str(src), "--out", str(tmp_path / "o")]) == 2
-    assert main(["predict", "--checkpoint", str(ckpts["unet"]), "--image", str(tmp_path / "nope.nrrd"),
-                 "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["predict", "--checkpoint", str(tmp_path / "nope.pt"), "--image", str(src), "--out", str(tmp_path / "o")])
+        == 2
+    )
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(ckpts["unet"]),
+                "--image",
+                str(tmp_path / "nope.nrrd"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     with pytest.raises(SystemExit) as info:  # refused by the parser (exit code 2), before any work
-        main(["predict", "--checkpoint", str(ckpts["unet"]), "--image", str(src), "--out", str(tmp_path / "o"),
-              "--roi", "1,2,3"])
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(ckpts["unet"]),
+                "--image",
+                str(src),
+                "--out",
+                str(tmp_path / "o"),
+                "--roi",
+                "1,2,3",
+            ]
+        )
     assert info.value.code == 2

@@ -22,11 +22,13 @@ def _xml(uids, series_uid) -> str:
 
     big = f"<unblindedReadNodule><noduleID>1</noduleID>{roi(uids[1], SQUARE)}</unblindedReadNodule>"
     small = f"<unblindedReadNodule><noduleID>2</noduleID>{roi(uids[2], [(10, 3)])}</unblindedReadNodule>"
-    return (f'<LidcReadMessage xmlns="http://www.nih.gov"><ResponseHeader><SeriesInstanceUid>{series_uid}'
-            f"</SeriesInstanceUid></ResponseHeader>"
-            f"<readingSession><servicingRadiologistID>111</servicingRadiologistID>{big}{small}</readingSession>"
-            f"<readingSession><servicingRadiologistID>222</servicingRadiologistID>{big}</readingSession>"
-            "</LidcReadMessage>")
+    return (
+        f'<LidcReadMessage xmlns="http://www.nih.gov"><ResponseHeader><SeriesInstanceUid>{series_uid}'
+        f"</SeriesInstanceUid></ResponseHeader>"
+        f"<readingSession><servicingRadiologistID>111</servicingRadiologistID>{big}{small}</readingSession>"
+        f"<readingSession><servicingRadiologistID>222</servicingRadiologistID>{big}</readingSession>"
+        "</LidcReadMessage>"
+    )
 
 
 @pytest.fixture
@@ -51,8 +53,9 @@ def test_lidc_found_from_folder_xml_and_parent(patient, tmp_path):
     assert get_reader(str(patient / "series")).__name__ == "read_medical"  # the series alone: just the CT
     (tmp_path / "p2").mkdir()
     (tmp_path / "p2" / "series").symlink_to(patient / "series")
-    (tmp_path / "p2" / "x.xml").write_text((patient / "069.xml").read_text().replace("</SeriesInstanceUid>",
-                                                                                       "9</SeriesInstanceUid>"))
+    (tmp_path / "p2" / "x.xml").write_text(
+        (patient / "069.xml").read_text().replace("</SeriesInstanceUid>", "9</SeriesInstanceUid>")
+    )
     assert find_lidc(tmp_path) is None  # two readings: a collection, not one reading
 
 
@@ -106,8 +109,12 @@ def test_import_lidc_cli_writes_cases_with_reader_provenance(patient, tmp_path, 
     from napari_multirater.datasets.case_folder import CaseFolderDataset
 
     out = tmp_path / "ds"
-    assert main(["import", "lidc", "--dicom", str(patient / "series"), "--xml", str(patient / "069.xml"),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["import", "lidc", "--dicom", str(patient / "series"), "--xml", str(patient / "069.xml"), "--out", str(out)]
+        )
+        == 0
+    )
     assert "1 case (the whole series); 2 readers (reader1=111, reader2=222)" in capsys.readouterr().out
     ds = CaseFolderDataset(out)
     case = ds[0]
@@ -120,8 +127,21 @@ def test_import_lidc_cli_writes_cases_with_reader_provenance(patient, tmp_path, 
     crops = CaseFolderDataset(tmp_path / "crops")
     assert len(crops) == 1 and crops[0].image.shape == (2, 6, 6)
     assert crops[0].geometry.origin[2] == pytest.approx(-10.0) and crops[0].masks.any()
-    assert main(["import", "lidc", "--dicom", str(patient / "series"), "--xml", str(patient / "notes.xml"),
-                 "--out", str(tmp_path / "bad")]) == 2
+    assert (
+        main(
+            [
+                "import",
+                "lidc",
+                "--dicom",
+                str(patient / "series"),
+                "--xml",
+                str(patient / "notes.xml"),
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )
     assert "notes.xml: not an LIDC reader XML" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
@@ -130,8 +150,23 @@ def test_import_real_lidc_reading_as_nodule_crops(shared_data, tmp_path, capsys)
     from napari_multirater.datasets.case_folder import CaseFolderDataset
 
     folder = shared_data / "lidc-ct" / "LIDC-IDRI-0006"
-    assert main(["import", "lidc", "--dicom", str(folder / "series"), "--xml", str(folder / "078.xml"),
-                 "--crop-mm", "40", "--out", str(tmp_path / "ds")]) == 0
+    assert (
+        main(
+            [
+                "import",
+                "lidc",
+                "--dicom",
+                str(folder / "series"),
+                "--xml",
+                str(folder / "078.xml"),
+                "--crop-mm",
+                "40",
+                "--out",
+                str(tmp_path / "ds"),
+            ]
+        )
+        == 0
+    )
     assert "3 nodule crops of 40 mm; 4 readers" in capsys.readouterr().out
     ds = CaseFolderDataset(tmp_path / "ds")
     assert ds.check() == [] and ds.case_ids == [f"LIDC-IDRI-0006_nodule0{j}" for j in (1, 2, 3)]

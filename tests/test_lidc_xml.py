@@ -18,8 +18,10 @@ NS = "http://www.nih.gov"
 
 def _roi(z, uid, pts, inclusion=True):
     edges = "".join(f"<edgeMap><xCoord>{x}</xCoord><yCoord>{y}</yCoord></edgeMap>" for x, y in pts)
-    return (f"<roi><imageZposition>{z}</imageZposition><imageSOP_UID>{uid}</imageSOP_UID>"
-            f"<inclusion>{'TRUE' if inclusion else 'FALSE'}</inclusion>{edges}</roi>")
+    return (
+        f"<roi><imageZposition>{z}</imageZposition><imageSOP_UID>{uid}</imageSOP_UID>"
+        f"<inclusion>{'TRUE' if inclusion else 'FALSE'}</inclusion>{edges}</roi>"
+    )
 
 
 @pytest.fixture
@@ -33,18 +35,22 @@ def series(tmp_path):
 def test_synthetic_xml(tmp_path, series, namespaced):
     d, uids = series
     square, hole = [(2, 2), (8, 2), (8, 8), (2, 8)], [(4, 4), (6, 4), (6, 6), (4, 6)]
-    nodule = "".join([
-        _roi(-8.0, uids[1], square),
-        _roi(-8.0, uids[1], hole, inclusion=False),
-        _roi(-5.7, "1.2.3.unknown", square),  # z fallback -> slice 2 (z = -6)
-        _roi(50.0, "1.2.3.elsewhere", square),  # not in the folder -> skipped
-    ])
+    nodule = "".join(
+        [
+            _roi(-8.0, uids[1], square),
+            _roi(-8.0, uids[1], hole, inclusion=False),
+            _roi(-5.7, "1.2.3.unknown", square),  # z fallback -> slice 2 (z = -6)
+            _roi(50.0, "1.2.3.elsewhere", square),  # not in the folder -> skipped
+        ]
+    )
     xmlns = f' xmlns="{NS}"' if namespaced else ""
-    xml = (f"<LidcReadMessage{xmlns}><readingSession>"
-           f"<unblindedReadNodule><noduleID>1</noduleID>{nodule}</unblindedReadNodule>"
-           f"<unblindedReadNodule><noduleID>2</noduleID>{_roi(-10.0, uids[0], [(10, 3)])}"
-           "</unblindedReadNodule>"
-           "</readingSession><readingSession/></LidcReadMessage>")
+    xml = (
+        f"<LidcReadMessage{xmlns}><readingSession>"
+        f"<unblindedReadNodule><noduleID>1</noduleID>{nodule}</unblindedReadNodule>"
+        f"<unblindedReadNodule><noduleID>2</noduleID>{_roi(-10.0, uids[0], [(10, 3)])}"
+        "</unblindedReadNodule>"
+        "</readingSession><readingSession/></LidcReadMessage>"
+    )
     (tmp_path / "r.xml").write_text(xml)
     image, masks, names, geom, info = import_lidc_xml(tmp_path / "r.xml", d)
     assert names == ["reader1", "reader2"] and masks.shape == (2, 4, 12, 12) and masks.dtype == np.uint8
@@ -101,8 +107,10 @@ def test_real_lidc_masks_on_matching_sop_slices(lidc):
     expected = np.zeros(masks.shape[:2], bool)
     for k, sess in enumerate(root.iter(f"{{{NS}}}readingSession")):
         for roi in sess.iter(f"{{{NS}}}roi"):
-            pts = [(int(e.findtext(f"{{{NS}}}yCoord")), int(e.findtext(f"{{{NS}}}xCoord")))
-                   for e in roi.iter(f"{{{NS}}}edgeMap")]
+            pts = [
+                (int(e.findtext(f"{{{NS}}}yCoord")), int(e.findtext(f"{{{NS}}}xCoord")))
+                for e in roi.iter(f"{{{NS}}}edgeMap")
+            ]
             uid = roi.findtext(f"{{{NS}}}imageSOP_UID").strip()
             if len(pts) > 1 and uid in sop:
                 z = sop.index(uid)

@@ -1,4 +1,5 @@
 """Hand-computed checks of src_training.losses (CPU, fast)."""
+
 import math
 
 import pytest
@@ -82,15 +83,19 @@ def test_gaussian_kls():
     assert L.kl_gaussian_diag(z, 2 * one, z, one).item() == pytest.approx(3 * (math.log(0.5) + 1.5))
     mu = torch.tensor([0.3, -1.0, 2.0])
     tril = torch.tensor([[1.5, 0, 0], [0.2, 0.7, 0], [-0.4, 0.1, 2.5]])
-    ref = torch.distributions.kl_divergence(torch.distributions.MultivariateNormal(mu, scale_tril=tril),
-                                            torch.distributions.MultivariateNormal(torch.zeros(3), 4 * torch.eye(3)))
+    ref = torch.distributions.kl_divergence(
+        torch.distributions.MultivariateNormal(mu, scale_tril=tril),
+        torch.distributions.MultivariateNormal(torch.zeros(3), 4 * torch.eye(3)),
+    )
     assert L.kl_gaussian_tril_isotropic(mu, tril, 2.0).item() == pytest.approx(ref.item(), rel=1e-5)
 
 
 def test_dirichlet_kl():
     a = torch.tensor([[1.3, 0.7, 2.0], [1.0, 1.0, 1.0]])
     b = torch.ones(3)
-    ref = torch.distributions.kl_divergence(torch.distributions.Dirichlet(a), torch.distributions.Dirichlet(b.expand(2, 3)))
+    ref = torch.distributions.kl_divergence(
+        torch.distributions.Dirichlet(a), torch.distributions.Dirichlet(b.expand(2, 3))
+    )
     assert torch.allclose(L.kl_dirichlet(a, b), ref, atol=1e-5)
     assert L.kl_dirichlet(a[1:], b).item() == pytest.approx(0.0, abs=1e-6)
 

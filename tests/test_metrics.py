@@ -1,4 +1,5 @@
 """Hand-computed checks of src_training.metrics (numpy, fast)."""
+
 import json
 import math
 
@@ -103,8 +104,20 @@ def test_evaluate_and_aggregate_nan_safe_buckets():
     r2 = M.evaluate_image(labels2, np.stack([a, a]), personal=np.stack([a, a, a, a]))
     assert r2["n_marked"] == 1
     agg = M.aggregate([r1, r2])
-    for key in ("ged", "ged_dpersona", "dice_soft", "dice_max", "dice_max_reverse", "dice_match",
-                "dice_each_identity", "dice_each_matched", "per_bucket", "n_images", "n_samples", "conventions"):
+    for key in (
+        "ged",
+        "ged_dpersona",
+        "dice_soft",
+        "dice_max",
+        "dice_max_reverse",
+        "dice_match",
+        "dice_each_identity",
+        "dice_each_matched",
+        "per_bucket",
+        "n_images",
+        "n_samples",
+        "conventions",
+    ):
         assert key in agg
     assert agg["n_images"] == 2 and agg["n_samples"] == 2
     # rater 3 (index 2): NaN in image 1 skipped -> only image 2's value (empty vs a -> ~0)
@@ -119,8 +132,16 @@ def test_evaluate_and_aggregate_nan_safe_buckets():
 
 
 def test_conventions_documented():
-    for key in ("ged", "ged_dpersona", "dice_soft", "dice_max", "dice_max_reverse", "dice_match",
-                "dice_each_identity", "dice_each_matched"):
+    for key in (
+        "ged",
+        "ged_dpersona",
+        "dice_soft",
+        "dice_max",
+        "dice_max_reverse",
+        "dice_match",
+        "dice_each_identity",
+        "dice_each_matched",
+    ):
         assert key in M.CONVENTIONS
 
 

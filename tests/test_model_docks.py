@@ -1,4 +1,4 @@
-""""Model & sampling" dock driven as a user would (headless via pytest-xvfb).
+""" "Model & sampling" dock driven as a user would (headless via pytest-xvfb).
 
 Screenshots of the viewer with the dock in use go to tests/_screenshots/ (git-ignored).
 """
@@ -198,7 +198,10 @@ def test_3d_current_slice_and_roi(make_napari_viewer, qtbot, ckpt_dir):
     viewer, dock = _setup(make_napari_viewer, qtbot, ckpt_dir / "umanet.pt", sample="phantom_3d", show=True)
     img = _image(viewer)
     assert [dock.scope_combo.itemText(i) for i in range(dock.scope_combo.count())] == [
-        "current slice", "all slices", "region of interest"]
+        "current slice",
+        "all slices",
+        "region of interest",
+    ]
     viewer.dims.set_current_step(0, 10)
     dock.scope_combo.setCurrentText("current slice")
     dock.n_spin.setValue(3)
@@ -273,7 +276,9 @@ def test_errors_become_notifications(make_napari_viewer, qtbot, ckpt_dir, tmp_pa
     assert not dock.load_model(sync=True) and seen[-1][0] == "error" and "Cannot load model" in seen[-1][1]
     dock.path_edit.setText(str(ckpt_dir / "umanet.pt"))
     assert dock.load_model(sync=True)
-    assert not dock.explorer_panel.explore_btn.isEnabled() and not dock.blend_box.isEnabled()  # UMA-Net: no latent, no blend
+    assert (
+        not dock.explorer_panel.explore_btn.isEnabled() and not dock.blend_box.isEnabled()
+    )  # UMA-Net: no latent, no blend
     dock.units_combo.setCurrentText("raw")
     assert dock.controller.engine.normalizer.image_units == "raw"
     dock.scope_combo.setCurrentText("region of interest")
@@ -295,6 +300,7 @@ def _wrap_calls(monkeypatch, obj, name, calls):
     def wrapped(*args, **kwargs):
         calls.append(args)
         return orig(*args, **kwargs)
+
     monkeypatch.setattr(obj, name, wrapped)
 
 
@@ -312,6 +318,7 @@ def test_results_stay_with_the_image_they_were_run_on(make_napari_viewer, qtbot,
     def wait():
         qtbot.waitUntil(lambda: not dock.controller.jobs.busy, timeout=60_000)
         QApplication.processEvents()
+
     # the Image combo changes during the run: the result goes on the grid it was computed for
     assert dock.run("samples") is not None  # (no events processed before the switch below)
     dock.image_combo.setCurrentText("other")

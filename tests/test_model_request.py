@@ -15,12 +15,15 @@ def test_request_defaults_and_plain_strings():
     assert RunKind("personas") == "personas"  # str enums: the dock's texts and scripts' strings
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"n_samples": 0}, "at least 1"),
-    ({"kind": "sample"}, "unknown kind 'sample'"),
-    ({"scope": "everything"}, "unknown scope 'everything'"),
-    ({"batch_slices": 0}, "at least 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"n_samples": 0}, "at least 1"),
+        ({"kind": "sample"}, "unknown kind 'sample'"),
+        ({"scope": "everything"}, "unknown scope 'everything'"),
+        ({"batch_slices": 0}, "at least 1"),
+    ],
+)
 def test_bad_requests_are_refused_with_a_clear_message(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RunRequest(**{"kind": "samples", **kwargs})
@@ -31,5 +34,4 @@ def test_each_kind_asks_the_engine_only_for_what_it_shows():
     assert out(RunRequest("samples", n_samples=5)) == {"samples": 5}
     assert out(RunRequest("personas", n_samples=5)) == {"samples": 0, "personas": True}
     # uncertainty maps from n samples, but no binary samples are kept for nobody to see
-    assert out(RunRequest("uncertainty", n_samples=5)) == {"samples": 0, "uncertainty": True,
-                                                           "uncertainty_samples": 5}
+    assert out(RunRequest("uncertainty", n_samples=5)) == {"samples": 0, "uncertainty": True, "uncertainty_samples": 5}

@@ -1,5 +1,6 @@
 """Model interface tests: shapes, determinism, training signal, missing raters, D-Persona stage II,
 checkpoints (CPU, tiny widths, no Qt / napari)."""
+
 import copy
 import math
 
@@ -13,12 +14,19 @@ from src_training.tools.naive_sampling import has_naive_loop, sample_naive
 torch.set_num_threads(1)  # tiny tensors; robust when the CPU is shared
 
 TINY = {
-    "in_channels": 1, "num_raters": 3, "rater_names": ["a", "b", "c"],
+    "in_channels": 1,
+    "num_raters": 3,
+    "rater_names": ["a", "b", "c"],
     "backbone": {"widths": [8, 16], "features": 8, "norm": "batch", "convs_per_block": 1},
     "prior": {"widths": [8, 16], "convs_per_block": 1},
     "heads": {"widths": [8, 8], "n_train": 20, "n_infer": 30},
-    "stat_hidden": [8, 8], "z_channels": 8, "head": {"hidden": 8}, "fcomb": {"hidden": 8},
-    "head_hidden": 8, "auem": {"hidden": 8}, "classifier_hidden": 8,
+    "stat_hidden": [8, 8],
+    "z_channels": 8,
+    "head": {"hidden": 8},
+    "fcomb": {"hidden": 8},
+    "head_hidden": 8,
+    "auem": {"hidden": 8},
+    "classifier_hidden": 8,
 }
 VARIANTS = [(m, 1) for m in METHODS] + [("dpersona", 2)]
 IDS = [f"{m}{'_s2' if s == 2 else ''}" for m, s in VARIANTS]
@@ -45,10 +53,13 @@ def disk_batch(n=4, size=32, k=3, seed=0):
         cy, cx = (torch.randint(10, size - 10, (2,), generator=g)).tolist()
         r0 = 4 + 3 * torch.rand((), generator=g).item()
         d2 = (yy - cy) ** 2 + (xx - cx) ** 2
-        imgs.append((d2 <= r0 ** 2).float() + 0.1 * torch.randn(size, size, generator=g))
+        imgs.append((d2 <= r0**2).float() + 0.1 * torch.randn(size, size, generator=g))
         masks.append(torch.stack([(d2 <= (r0 - 2 + 2 * r) ** 2).float() for r in range(k)]))
-    return {"image": torch.stack(imgs)[:, None], "masks": torch.stack(masks),
-            "mask_valid": torch.ones(n, k, dtype=torch.bool)}
+    return {
+        "image": torch.stack(imgs)[:, None],
+        "masks": torch.stack(masks),
+        "mask_valid": torch.ones(n, k, dtype=torch.bool),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +166,9 @@ def test_loss_decreases(method, stage, batch):
 def test_missing_raters_masked(method, stage, batch):
     model = make(method, stage).train()
     b = dict(batch)
-    b["mask_valid"] = torch.tensor([[True, False, True], [False, False, True], [True, True, True],
-                                    [False, False, False]])
+    b["mask_valid"] = torch.tensor(
+        [[True, False, True], [False, False, True], [True, True, True], [False, False, False]]
+    )
     torch.manual_seed(5)
     out = model.loss(b, 0)
     assert torch.isfinite(out["loss"])
@@ -185,7 +197,9 @@ def test_dpersona_stage2_only_heads_train_and_bn_frozen(batch):
     model = dpersona_stage2_from_stage1(s1.state_dict(), s1.config)
     assert model.stage == 2 and model.capabilities.personalized
     head_names = {n for n, _ in model.named_parameters() if n.startswith("heads.")}
-    assert {id(p) for p in model.trainable_parameters()} == {id(p) for n, p in model.named_parameters() if n in head_names}
+    assert {id(p) for p in model.trainable_parameters()} == {
+        id(p) for n, p in model.named_parameters() if n in head_names
+    }
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     assert not model.backbone.training and not model.prior.training and not model.fcomb.training
@@ -204,8 +218,10 @@ def test_dpersona_stage2_only_heads_train_and_bn_frozen(batch):
         dpersona_stage2_from_stage1(make("prob_unet").state_dict(), s1.config)
 
 
-PERSONALIZING = {"posterior_target": "mask+index", "heads": {**TINY["heads"], "query_relu": False, "scale": True,
-                                                  "key_proj": True}}
+PERSONALIZING = {
+    "posterior_target": "mask+index",
+    "heads": {**TINY["heads"], "query_relu": False, "scale": True, "key_proj": True},
+}
 
 
 def _stage2(batch, **extra):
@@ -319,16 +335,19 @@ def test_umanet_quality_split_and_annotation_uncertainty(batch):
     assert not math.isnan(float(model.uncertainty(batch["image"])["quality"].mean()))
 
 
-@pytest.mark.parametrize("method,extra", [
-    ("proseg", {"sample_z": "rater_sample", "recon_branch": True, "loss": {"recon_weight": 0.1}}),
-    ("pionono", {"personalize_mode": "mc", "sample_mode": "prior"}),
-    ("umanet", {"loss": {"penalty_type": "linear"}, "quality": {"split": "threshold"}}),
-    ("umanet", {"loss": {"penalty_type": "log"}, "backbone": {"norm": "group"}}),
-    ("unet", {"target": "mean", "loss": {"type": "bce"}}),
-    ("unet", {"target": "majority"}),
-    ("prob_unet", {"loss": {"recon": "bce"}, "rater_sampling": "per_batch"}),
-    ("dpersona", {"posterior_validity_channels": False, "heads": {"query_relu": False, "scale": True}}),
-])
+@pytest.mark.parametrize(
+    "method,extra",
+    [
+        ("proseg", {"sample_z": "rater_sample", "recon_branch": True, "loss": {"recon_weight": 0.1}}),
+        ("pionono", {"personalize_mode": "mc", "sample_mode": "prior"}),
+        ("umanet", {"loss": {"penalty_type": "linear"}, "quality": {"split": "threshold"}}),
+        ("umanet", {"loss": {"penalty_type": "log"}, "backbone": {"norm": "group"}}),
+        ("unet", {"target": "mean", "loss": {"type": "bce"}}),
+        ("unet", {"target": "majority"}),
+        ("prob_unet", {"loss": {"recon": "bce"}, "rater_sampling": "per_batch"}),
+        ("dpersona", {"posterior_validity_channels": False, "heads": {"query_relu": False, "scale": True}}),
+    ],
+)
 def test_config_options(method, extra, batch):
     model = make(method, **extra)
     out = model.loss(batch, 0)

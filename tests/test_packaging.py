@@ -20,8 +20,12 @@ GUI = ("napari", "magicgui", "qtpy", "pyqt5", "pyqt6", "pyside2", "pyside6", "su
 
 @pytest.mark.slow
 def test_wheel_carries_manifest_and_configs(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "-o", str(tmp_path), str(ROOT)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "-o", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     wheel = next(tmp_path.glob("napari_multirater-*.whl"))
     assert wheel.name.startswith(f"napari_multirater-{napari_multirater.__version__}-")

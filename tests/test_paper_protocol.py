@@ -1,5 +1,6 @@
 """The papers' evaluation protocol: each method's reference output set, 4-rater slices only,
 and the results table next to the published figures (CPU, tiny models, no Qt)."""
+
 import json
 import subprocess
 import sys
@@ -15,8 +16,15 @@ from tests.test_models import disk_batch, make, tiny_config
 torch.set_num_threads(1)
 
 # method, stage -> number of outputs the reference code scores per image (3 raters in TINY)
-EXPECTED_OUTPUTS = [("prob_unet", 1, 50), ("dpersona", 1, 50), ("dpersona", 2, 3), ("pionono", 1, 3),
-                    ("proseg", 1, 39), ("unet", 1, 50), ("umanet", 1, 50)]
+EXPECTED_OUTPUTS = [
+    ("prob_unet", 1, 50),
+    ("dpersona", 1, 50),
+    ("dpersona", 2, 3),
+    ("pionono", 1, 3),
+    ("proseg", 1, 39),
+    ("unet", 1, 50),
+    ("umanet", 1, 50),
+]
 
 
 @pytest.mark.parametrize("method,stage,n", EXPECTED_OUTPUTS)
@@ -34,8 +42,10 @@ def test_pionono_reference_output_is_each_raters_mc_mean():
     x = disk_batch(n=1, size=32)["image"]
     ref = model.reference_outputs(x, generator=torch.Generator().manual_seed(3))
     ctx = model.encode(x)
-    z = model._rater_draws(torch.arange(3).repeat_interleave(20)[None],
-                           torch.randn((1, 60, model.latent_dim), generator=torch.Generator().manual_seed(3)))
+    z = model._rater_draws(
+        torch.arange(3).repeat_interleave(20)[None],
+        torch.randn((1, 60, model.latent_dim), generator=torch.Generator().manual_seed(3)),
+    )
     manual = model.decode(ctx, z).view(1, 3, 20, 32, 32).mean(2)
     assert torch.allclose(ref, manual, atol=1e-5)
 
@@ -61,11 +71,25 @@ def test_evaluate_and_results_paper_protocol(lidc_fixture, tmp_path):
     from src_training.checkpoint import save_checkpoint
 
     cfg = tiny_config("pionono", num_raters=4, rater_names=[f"expert_{k}" for k in range(1, 5)])
-    ckpt = save_checkpoint(tmp_path / "tiny.pt", build_model(cfg), {"method": "pionono",
-                                                                   "raters_ranked_by_area": True})
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", build_model(cfg), {"method": "pionono", "raters_ranked_by_area": True})
     out = tmp_path / "paper.json"
-    cmd = [sys.executable, "-m", "napari_multirater.cli", "evaluate", "--checkpoint", str(ckpt),
-           "--data", str(lidc_fixture), "--split", "all", "--paper-protocol", "--json", str(out), "--precision", "fp32"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "napari_multirater.cli",
+        "evaluate",
+        "--checkpoint",
+        str(ckpt),
+        "--data",
+        str(lidc_fixture),
+        "--split",
+        "all",
+        "--paper-protocol",
+        "--json",
+        str(out),
+        "--precision",
+        "fp32",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     ev = json.loads(out.read_text())
@@ -74,13 +98,32 @@ def test_evaluate_and_results_paper_protocol(lidc_fixture, tmp_path):
     assert set(ev["per_bucket"]) == {"4"}  # only slices all four raters marked
     assert ev["dice_each_matched_mean"] == pytest.approx(ev["dice_match"], abs=1e-6)  # 4 outputs, 4 raters
 
-    r = subprocess.run([sys.executable, "-m", "napari_multirater.cli", "results", "--paper-protocol", str(out)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "napari_multirater.cli", "results", "--paper-protocol", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "D-Persona stage I, published (K=50)" in r.stdout and "selected on the test fold" in r.stdout
     assert f"| {ev['n_outputs']} | {ev['n_images']} |" in r.stdout
 
-    bad = subprocess.run([sys.executable, "-m", "napari_multirater.cli", "evaluate", "--checkpoint", str(ckpt),
-                          "--data", str(lidc_fixture), "--paper-protocol", "--samples", "5"],
-                         capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "napari_multirater.cli",
+            "evaluate",
+            "--checkpoint",
+            str(ckpt),
+            "--data",
+            str(lidc_fixture),
+            "--paper-protocol",
+            "--samples",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--samples" in bad.stderr

@@ -13,7 +13,6 @@ import torch
 
 from napari_multirater import cli
 from napari_multirater.inference import find_model
-from src_training.checkpoint import load_checkpoint
 from napari_multirater.inference.persona_fit import (
     NoPersonas,
     PersonaFitError,
@@ -22,6 +21,7 @@ from napari_multirater.inference.persona_fit import (
     held_out_split,
     iter_add_persona,
 )
+from src_training.checkpoint import load_checkpoint
 
 NEW_STYLE = "generous_2"  # the phantom generator's stronger variant: no shipped model has seen it
 
@@ -123,23 +123,26 @@ def test_method_without_personas_refuses_with_nearest_persona_report(project, tm
     assert not (tmp_path / "x.pt").exists()
 
 
-@pytest.mark.parametrize("args, needle", [
-    ("persona add --checkpoint phantom_pionono --data {p} --rater newbie --out {o} --steps 0", "--steps"),
-    ("persona add --checkpoint phantom_pionono --data {p} --rater nobody --out {o}", "no saved masks"),
-    ("persona add --checkpoint phantom_pionono --data {p} --rater newbie --out {o} --lr -1", "--lr"),
-    ("persona add --checkpoint phantom_pionono --data {p} --rater 'a b' --out {o}", "rater id"),
-    ("persona add --checkpoint nonexistent_model --data {p} --rater newbie --out {o}", "no model named"),
-    ("persona add --checkpoint phantom_pionono --data {missing} --rater newbie --out {o}", "dataset.json"),
-    ("persona add --checkpoint {src} --data {p} --rater newbie --out {src}", "original"),
-    ("persona add --checkpoint phantom_pionono --data {p} --rater newbie --out {o}.txt", ".pt"),
-    ("persona add --checkpoint phantom_pionono --data {p} --rater newbie --out {old}", "exists"),
-    ("persona add --checkpoint lidc_unet --data {p} --rater newbie --out {o}", "no personas"),
-    ("queue --data {missing} --rater newbie", "dataset.json"),
-    ("queue --data {p} --rater 'a b'", "rater id"),
-    ("queue --data {p} --rater newbie --checkpoint {missing}", "not found"),
-    ("queue --data {p} --rater newbie --limit 0", "--limit"),
-    ("persona", "choose an action"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        ("persona add --checkpoint phantom_pionono --data {p} --rater newbie --out {o} --steps 0", "--steps"),
+        ("persona add --checkpoint phantom_pionono --data {p} --rater nobody --out {o}", "no saved masks"),
+        ("persona add --checkpoint phantom_pionono --data {p} --rater newbie --out {o} --lr -1", "--lr"),
+        ("persona add --checkpoint phantom_pionono --data {p} --rater 'a b' --out {o}", "rater id"),
+        ("persona add --checkpoint nonexistent_model --data {p} --rater newbie --out {o}", "no model named"),
+        ("persona add --checkpoint phantom_pionono --data {missing} --rater newbie --out {o}", "dataset.json"),
+        ("persona add --checkpoint {src} --data {p} --rater newbie --out {src}", "original"),
+        ("persona add --checkpoint phantom_pionono --data {p} --rater newbie --out {o}.txt", ".pt"),
+        ("persona add --checkpoint phantom_pionono --data {p} --rater newbie --out {old}", "exists"),
+        ("persona add --checkpoint lidc_unet --data {p} --rater newbie --out {o}", "no personas"),
+        ("queue --data {missing} --rater newbie", "dataset.json"),
+        ("queue --data {p} --rater 'a b'", "rater id"),
+        ("queue --data {p} --rater newbie --checkpoint {missing}", "not found"),
+        ("queue --data {p} --rater newbie --limit 0", "--limit"),
+        ("persona", "choose an action"),
+    ],
+)
 def test_cli_bad_input_is_one_line_exit_2(args, needle, project, tmp_path, capsys):
     import shlex
 

@@ -138,7 +138,10 @@ def test_case_folder_opens_as_image_plus_raters(make_napari_viewer, phantom_data
     viewer = make_napari_viewer()
     layers = viewer.open(str(phantom_dataset / "cases" / "phantom_0002"), plugin=PLUGIN)
     assert [lyr.name for lyr in layers][1:] == [
-        "mr rater: tight", "mr rater: generous", "mr rater: smooth", "mr rater: misses_faint"
+        "mr rater: tight",
+        "mr rater: generous",
+        "mr rater: smooth",
+        "mr rater: misses_faint",
     ]
 
 

@@ -1,5 +1,6 @@
 """Precision option (auto | fp32 | bf16): resolution per device, fp32 islands under bf16 autocast,
 bf16 training and inference that stay close to fp32 (CPU, tiny models, no Qt)."""
+
 import pytest
 import torch
 

@@ -8,13 +8,35 @@ from src_training.results_table import ResultsError, load_results, persona_matri
 
 
 def _ev(method, ged, checkpoint="run/best.pt"):
-    bucket = {"ged": ged, "ged_dpersona": 0.5, "dice_soft": 0.6, "dice_match": 0.7,
-              "dice_each_identity_mean": 0.4, "n_images": 3}
-    return {"method": method, "checkpoint": checkpoint, "ged": ged, "ged_dpersona": 0.25, "dice_soft": 0.6,
-            "dice_max": 0.8, "dice_max_reverse": 0.65, "dice_match": 0.7, "dice_each_identity": [0.1, 0.2],
-            "dice_each_identity_mean": 0.15, "dice_each_matched": [0.3, None], "dice_each_matched_mean": 0.3,
-            "n_images": 5, "n_samples": 10, "per_bucket": {"1": bucket, "2": dict(bucket, n_images=2)},
-            "rater_names": ["a", "b"], "persona_rater_dice": [[0.9, 0.2], [0.3, 0.8]], "data": "d", "split": "val"}
+    bucket = {
+        "ged": ged,
+        "ged_dpersona": 0.5,
+        "dice_soft": 0.6,
+        "dice_match": 0.7,
+        "dice_each_identity_mean": 0.4,
+        "n_images": 3,
+    }
+    return {
+        "method": method,
+        "checkpoint": checkpoint,
+        "ged": ged,
+        "ged_dpersona": 0.25,
+        "dice_soft": 0.6,
+        "dice_max": 0.8,
+        "dice_max_reverse": 0.65,
+        "dice_match": 0.7,
+        "dice_each_identity": [0.1, 0.2],
+        "dice_each_identity_mean": 0.15,
+        "dice_each_matched": [0.3, None],
+        "dice_each_matched_mean": 0.3,
+        "n_images": 5,
+        "n_samples": 10,
+        "per_bucket": {"1": bucket, "2": dict(bucket, n_images=2)},
+        "rater_names": ["a", "b"],
+        "persona_rater_dice": [[0.9, 0.2], [0.3, 0.8]],
+        "data": "d",
+        "split": "val",
+    }
 
 
 def test_results_tables_copy_the_json_numbers(tmp_path):

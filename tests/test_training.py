@@ -70,9 +70,28 @@ def _run(args, **kw):
 
 
 def _train_args(data, out, method="prob_unet", steps=6, extra=()):
-    return ["train", "--method", method, "--data", str(data), "--out", str(out), "--max-steps", str(steps),
-            "--batch-size", "4", "--val-max-images", "6", "--val-samples", "4", "--seed", "1",
-            "--config", str(_write_tiny_config(out.parent, method)), *extra]
+    return [
+        "train",
+        "--method",
+        method,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--max-steps",
+        str(steps),
+        "--batch-size",
+        "4",
+        "--val-max-images",
+        "6",
+        "--val-samples",
+        "4",
+        "--seed",
+        "1",
+        "--config",
+        str(_write_tiny_config(out.parent, method)),
+        *extra,
+    ]
 
 
 def _write_tiny_config(folder: Path, method: str) -> Path:
@@ -99,20 +118,59 @@ def test_train_cli_contract_evaluate_json_and_export(train_data, tmp_path):
     assert card["intensity"]["window"] and card["training_data"]["split"].startswith("by patient")
     fov = card["input"]["field_of_view"]  # what one training image showed (the docks compare inputs to it)
     assert len(fov["size_px"]) == 2 and min(fov["size_px"]) > 0 and fov["centred"]
-    r = _run(["evaluate", "--checkpoint", str(out / "best.pt"), "--data", str(train_data), "--split", "val",
-              "--samples", "4", "--json", str(tmp_path / "ev.json"), "--max-images", "6"])
+    r = _run(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(out / "best.pt"),
+            "--data",
+            str(train_data),
+            "--split",
+            "val",
+            "--samples",
+            "4",
+            "--json",
+            str(tmp_path / "ev.json"),
+            "--max-images",
+            "6",
+        ]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     ev = json.loads((tmp_path / "ev.json").read_text())
-    for key in ("ged", "ged_dpersona", "dice_soft", "dice_max", "dice_max_reverse", "dice_match",
-                "dice_each_identity", "dice_each_matched", "per_bucket", "n_images", "n_samples", "conventions"):
+    for key in (
+        "ged",
+        "ged_dpersona",
+        "dice_soft",
+        "dice_max",
+        "dice_max_reverse",
+        "dice_match",
+        "dice_each_identity",
+        "dice_each_matched",
+        "per_bucket",
+        "n_images",
+        "n_samples",
+        "conventions",
+    ):
         assert key in ev, key
     assert len(ev["dice_each_identity"]) == 4 and ev["n_samples"] == 4
     assert "| ged |" in r.stdout and "d(empty, empty) = 0" in r.stdout
 
     # export: a lean fp16 copy whose card carries the evaluation, and which predicts like the original
     shipped = tmp_path / "models" / "tiny_prob_unet.pt"
-    r = _run(["export", "--checkpoint", str(out / "best.pt"), "--out", str(shipped), "--fp16",
-              "--eval-json", str(tmp_path / "ev.json"), "--note", "test export"])
+    r = _run(
+        [
+            "export",
+            "--checkpoint",
+            str(out / "best.pt"),
+            "--out",
+            str(shipped),
+            "--fp16",
+            "--eval-json",
+            str(tmp_path / "ev.json"),
+            "--note",
+            "test export",
+        ]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert shipped.stat().st_size < (out / "best.pt").stat().st_size
     lean, lean_card = load_checkpoint(shipped)
@@ -154,8 +212,12 @@ def test_interrupt_then_resume_matches_uninterrupted_run(train_data, tmp_path):
     ref = tmp_path / "ref"
     assert _run(_train_args(train_data, ref, steps=steps)).returncode == 0
     run = tmp_path / "run"
-    proc = subprocess.Popen(MULTIRATER + _train_args(train_data, run, steps=steps),
-                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        MULTIRATER + _train_args(train_data, run, steps=steps),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stderr:
         if line.startswith("step 4/"):
             proc.send_signal(signal.SIGINT)
@@ -187,8 +249,17 @@ def test_torchrun_two_cpu_processes_gloo(tmp_path):
     data = generate_phantom_dataset(tmp_path / "ph", 29)  # 23 train + 6 val cases
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "napari_multirater.cli", *_train_args(data, out, steps=8)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "napari_multirater.cli",
+        *_train_args(data, out, steps=8),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-4000:]
     from src_training.checkpoint import load_checkpoint, load_checkpoint_dict
@@ -211,20 +282,55 @@ def test_dpersona_stage2_from_stage1_cli(train_data, tmp_path):
     model, card = load_checkpoint(s2 / "best.pt")
     assert card["stage"] == 2 and model.capabilities.personalized
     val = (s2 / "val.csv").read_text().splitlines()[0].split(",")  # collapse diagnostics are logged
-    assert {"dice_each_identity_mean", "dice_each_identity_1", "experts_dice_match", "diag_q_norm_1",
-            "diag_attn_entropy_4", "diag_z_spread"} <= set(val)
+    assert {
+        "dice_each_identity_mean",
+        "dice_each_identity_1",
+        "experts_dice_match",
+        "diag_q_norm_1",
+        "diag_attn_entropy_4",
+        "diag_z_spread",
+    } <= set(val)
     assert {"q_norm_1", "attn_entropy_4", "z_spread"} <= set((s2 / "log.csv").read_text().splitlines()[0].split(","))
-    r = _run(["evaluate", "--checkpoint", str(s2 / "best.pt"), "--data", str(train_data), "--split", "val",
-              "--samples", "3", "--max-images", "4", "--json", str(tmp_path / "s2.json")])
+    r = _run(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(s2 / "best.pt"),
+            "--data",
+            str(train_data),
+            "--split",
+            "val",
+            "--samples",
+            "3",
+            "--max-images",
+            "4",
+            "--json",
+            str(tmp_path / "s2.json"),
+        ]
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "s2.json").read_text())
     assert set(res["experts"]) >= {"ged", "dice_match"} and res["n_samples"] == 3  # both row sets, labelled
     assert "stage II: the K expert outputs" in r.stdout and "stage I: prior samples" in r.stdout
-    r = _run(_train_args(train_data, tmp_path / "s2b", method="dpersona", steps=3,
-                         extra=["--stage1", str(s1 / "best.pt"), "--select-metric", "dice_match"]))
+    r = _run(
+        _train_args(
+            train_data,
+            tmp_path / "s2b",
+            method="dpersona",
+            steps=3,
+            extra=["--stage1", str(s1 / "best.pt"), "--select-metric", "dice_match"],
+        )
+    )
     assert r.returncode == 2 and "dice_each_identity_mean" in r.stderr  # a collapse must not be selectable
-    r = _run(_train_args(train_data, tmp_path / "bad", method="dpersona", steps=3,
-                         extra=["--stage1", str(tmp_path / "s1" / "config.json")]))
+    r = _run(
+        _train_args(
+            train_data,
+            tmp_path / "bad",
+            method="dpersona",
+            steps=3,
+            extra=["--stage1", str(tmp_path / "s1" / "config.json")],
+        )
+    )
     assert r.returncode == 2 and "error:" in r.stderr
 
 

@@ -1,5 +1,6 @@
 """UMA-Net ablation options (issue: UMA-Net below U-Net on few-rater slices) and U-Net with
 UMA-Net's base loss; CPU, tiny models."""
+
 import torch
 
 from src_training import losses as L

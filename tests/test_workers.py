@@ -27,11 +27,13 @@ def _count(n: int, log: list, fail_at: int | None = None, exc=ValueError):
 
 
 def _callbacks(events: list) -> dict:
-    return {"on_progress": lambda p: events.append(("progress", p.done)),
-            "on_done": lambda r: events.append(("done", r)),
-            "on_error": lambda e: events.append(("error", str(e))),
-            "on_cancelled": lambda: events.append(("cancelled",)),
-            "on_finished": lambda: events.append(("finished",))}
+    return {
+        "on_progress": lambda p: events.append(("progress", p.done)),
+        "on_done": lambda r: events.append(("done", r)),
+        "on_error": lambda e: events.append(("error", str(e))),
+        "on_cancelled": lambda: events.append(("cancelled",)),
+        "on_finished": lambda: events.append(("finished",)),
+    }
 
 
 def test_sync_job_runs_callbacks_in_order_and_is_not_busy_at_the_end():
@@ -56,6 +58,7 @@ def test_a_second_job_is_refused_while_one_runs():
             with pytest.raises(JobBusyError, match="count is still running"):
                 runner.start(_count(2, other), label="other")
             refused.append(True)
+
     runner.start(_count(2, log), label="count", on_progress=progress, on_done=events.append)
     assert refused and events == ["result"]
     assert other == []  # the refused generator never ran
@@ -92,6 +95,7 @@ def test_a_failing_on_done_is_the_jobs_error():
 
     def done(result):
         raise RuntimeError(f"cannot show {result}")
+
     job = runner.start(_count(1, []), label="count", on_done=done, on_error=lambda e: events.append(str(e)))
     assert job.state == "failed" and events == ["cannot show result"] and not runner.busy
 
@@ -105,13 +109,15 @@ def test_environment_switch_and_per_call_override(monkeypatch):
 
 
 def test_sync_runner_and_moved_analysis_import_no_qt():
-    code = ("import sys\nfrom napari_multirater._napari.workers import JobRunner, Progress\n"
-            "import napari_multirater.analysis.compare, napari_multirater.analysis.dataset_report\n"
-            "import napari_multirater.analysis.contours, napari_multirater._napari.model_request\n"
-            "def gen():\n    yield Progress(1, 1)\n    return 7\n"
-            "out = []\nJobRunner(sync=True).start(gen(), label='x', on_done=out.append)\n"
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'superqt')]\n"
-            "assert out == [7] and not bad, bad\n")
+    code = (
+        "import sys\nfrom napari_multirater._napari.workers import JobRunner, Progress\n"
+        "import napari_multirater.analysis.compare, napari_multirater.analysis.dataset_report\n"
+        "import napari_multirater.analysis.contours, napari_multirater._napari.model_request\n"
+        "def gen():\n    yield Progress(1, 1)\n    return 7\n"
+        "out = []\nJobRunner(sync=True).start(gen(), label='x', on_done=out.append)\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'superqt')]\n"
+        "assert out == [7] and not bad, bad\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
 
@@ -132,6 +138,7 @@ def test_threaded_job_busy_cancel_and_error(qtbot):
             return "never"
         finally:
             log.append("closed")
+
     job = runner.start(waiting(), label="wait", **_callbacks(events))
     assert job.threaded and runner.busy and runner.job is job
     with pytest.raises(JobBusyError):

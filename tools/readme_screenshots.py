@@ -155,7 +155,9 @@ def learn_style(out: Path) -> None:
         case = make_phantom_case(k, seed=11, ndim=2, n_raters=8)
         cid = store.add_case(case.image, case.geometry, f"lung{k}")
         if k < 8:
-            store.save_mask(cid, "newbie", case.masks[case.rater_names.index("generous_2")], provenance={"kind": "drawn"})
+            store.save_mask(
+                cid, "newbie", case.masks[case.rater_names.index("generous_2")], provenance={"kind": "drawn"}
+            )
         store.save_mask(cid, "tight", case.masks[0], provenance={"kind": "drawn"})
     viewer = napari.Viewer(title="napari-multirater: learn my style, next case")
     _window(viewer)

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..annotation.lock import AUTOSAVE_TIMEOUT, LockTimeout
 from ..annotation.session import AnnotationSession
-from ..annotation.store import AnnotationStore, RaterIdentity, SaveConflict, case_id_from_path, loaded_revision
+from ..annotation.store import AnnotationStore, RaterIdentity, SaveConflict, loaded_revision
 from ..datasets.case import DatasetError
 from ..datasets.case_folder import check_identifier, image_checksum, now_iso, write_json
 from ..io.geometry import geometry_from_layer
@@ -51,8 +51,16 @@ from .layers import (
     transform_kwargs,
 )
 
-__all__ = ["AnnotateController", "AnnotateError", "AutosavePostponed", "ConflictError", "CLOSE_CHOICES",
-           "OWNER_KEY", "UNBLINDED_KEY", "decide_close"]
+__all__ = [
+    "AnnotateController",
+    "AnnotateError",
+    "AutosavePostponed",
+    "ConflictError",
+    "CLOSE_CHOICES",
+    "OWNER_KEY",
+    "UNBLINDED_KEY",
+    "decide_close",
+]
 
 OWNER_KEY = "multirater_annotate"
 UNBLINDED_KEY = "unblinded_view"  # other raters' masks this controller loaded for unblinded viewing
@@ -106,8 +114,15 @@ def _notify_error(message: str) -> None:
 class AnnotateController:
     """Layer logic of annotation collection; every public method is callable without Qt."""
 
-    def __init__(self, viewer, *, autosave_interval: float = 30.0, blind: bool = True,
-                 clock: Callable[[], float] = time.monotonic, identity_path=None):
+    def __init__(
+        self,
+        viewer,
+        *,
+        autosave_interval: float = 30.0,
+        blind: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        identity_path=None,
+    ):
         self.viewer = viewer
         self.store: AnnotationStore | None = None
         self.rater: str | None = None
@@ -264,18 +279,30 @@ class AnnotateController:
         self.case_id = case_id
         self.last_save_reason = ""
         kw = geometry.layer_kwargs(str(info.get("source_path", "")) or None)
-        meta = {**kw.pop("metadata"), ROLE_KEY: "image", "case_id": case_id, OWNER_KEY: True,
-                "image_sha256": info["image_sha256"]}
+        meta = {
+            **kw.pop("metadata"),
+            ROLE_KEY: "image",
+            "case_id": case_id,
+            OWNER_KEY: True,
+            "image_sha256": info["image_sha256"],
+        }
         window = store.manifest.get("intensity_window") or display_window(image)
-        self.image_layer = self.viewer.add_image(image, name=layer_name("image", case_id), metadata=meta,
-                                                 colormap="gray", contrast_limits=tuple(window), **kw)
+        self.image_layer = self.viewer.add_image(
+            image,
+            name=layer_name("image", case_id),
+            metadata=meta,
+            colormap="gray",
+            contrast_limits=tuple(window),
+            **kw,
+        )
         if not self.blind and not self.repeat:
             self._add_other_raters(case_id)
         self._hide_foreign_raters(case_id)
         if self.rater:
             self.session = AnnotationSession(self.rater, autosave_interval=self.autosave_interval, clock=self.clock)
-            self.session.start_case(case_id, image_sha256=info["image_sha256"], sidecar=sidecar,
-                                    revision=loaded_revision(own, sidecar))
+            self.session.start_case(
+                case_id, image_sha256=info["image_sha256"], sidecar=sidecar, revision=loaded_revision(own, sidecar)
+            )
             self._add_own_layer(case_id, own if own is not None else np.zeros(image.shape, np.uint8), sidecar)
         else:
             self.session = None
@@ -297,11 +324,19 @@ class AnnotateController:
         try:
             moved = self.store.quarantine(case_id, self.rater)
         except (OSError, DatasetError) as e:
-            raise AnnotateError(f"your saved annotation of {case_id} cannot be loaded ({error}) nor moved "
-                                f"aside ({e}); not opening it for editing") from None
+            raise AnnotateError(
+                f"your saved annotation of {case_id} cannot be loaded ({error}) nor moved "
+                f"aside ({e}); not opening it for editing"
+            ) from None
         where = ", ".join(str(m) for m in moved) or "nowhere (already gone)"
-        return None, None, (f"your saved annotation could not be loaded ({error}); the broken files were "
-                            f"moved to {where}; starting from an empty mask")
+        return (
+            None,
+            None,
+            (
+                f"your saved annotation could not be loaded ({error}); the broken files were "
+                f"moved to {where}; starting from an empty mask"
+            ),
+        )
 
     def _own_io(self):
         """``(load, save)`` of the rater's own mask: the first mask, or the repeat in repeat mode."""
@@ -319,13 +354,26 @@ class AnnotateController:
 
     def _add_own_layer(self, case_id: str, mask: np.ndarray, sidecar: dict | None) -> None:
         kw = transform_kwargs(self.image_layer)
-        kw["metadata"].update({ROLE_KEY: "rater", "rater": self.rater, "case_id": case_id, OWNER_KEY: True,
-                               "annotation": True, "sidecar": sidecar or {}, "repeat": self.repeat})
+        kw["metadata"].update(
+            {
+                ROLE_KEY: "rater",
+                "rater": self.rater,
+                "case_id": case_id,
+                OWNER_KEY: True,
+                "annotation": True,
+                "sidecar": sidecar or {},
+                "repeat": self.repeat,
+            }
+        )
         self._saved_sha = image_checksum((mask != 0).astype(np.uint8))
         who = f"{self.rater} (repeat)" if self.repeat else self.rater
-        layer = self.viewer.add_labels(mask.astype(np.uint8), name=layer_name("annotation", who),
-                                       colormap=binary_colormap(rater_color(self._rater_index(self.rater))),
-                                       opacity=0.6, **kw)
+        layer = self.viewer.add_labels(
+            mask.astype(np.uint8),
+            name=layer_name("annotation", who),
+            colormap=binary_colormap(rater_color(self._rater_index(self.rater))),
+            opacity=0.6,
+            **kw,
+        )
         layer.selected_label = 1
         layer.brush_size = max(3, int(min(mask.shape[-2:]) // 40))
         layer.events.paint.connect(self._on_edit)
@@ -351,10 +399,23 @@ class AnnotateController:
             if mask is None:
                 continue
             kw = transform_kwargs(self.image_layer)
-            kw["metadata"].update({ROLE_KEY: "rater", "rater": other, "case_id": case_id, OWNER_KEY: True,
-                                   UNBLINDED_KEY: True, "sidecar": sidecar or {}})
-            layer = self.viewer.add_labels(mask, name=layer_name("rater", other), opacity=0.8,
-                                           colormap=binary_colormap(rater_color(self._rater_index(other))), **kw)
+            kw["metadata"].update(
+                {
+                    ROLE_KEY: "rater",
+                    "rater": other,
+                    "case_id": case_id,
+                    OWNER_KEY: True,
+                    UNBLINDED_KEY: True,
+                    "sidecar": sidecar or {},
+                }
+            )
+            layer = self.viewer.add_labels(
+                mask,
+                name=layer_name("rater", other),
+                opacity=0.8,
+                colormap=binary_colormap(rater_color(self._rater_index(other))),
+                **kw,
+            )
             layer.contour = 1
             layer.editable = False
             names.append(layer.name)
@@ -371,8 +432,13 @@ class AnnotateController:
             if (md.get(ROLE_KEY) in _DERIVED_FROM_RATERS or self._trained_here(md)) and ly.visible:
                 ly.visible = False
                 hidden.append(ly.name)
-            elif (md.get(ROLE_KEY) == "rater" and md.get("case_id") == case_id and not md.get(OWNER_KEY)
-                    and md.get("rater") != self.rater and ly.visible):
+            elif (
+                md.get(ROLE_KEY) == "rater"
+                and md.get("case_id") == case_id
+                and not md.get(OWNER_KEY)
+                and md.get("rater") != self.rater
+                and ly.visible
+            ):
                 ly.visible = False
                 hidden.append(ly.name)
         return hidden
@@ -408,10 +474,13 @@ class AnnotateController:
 
     def other_rater_layers(self) -> list:
         """Layers showing another rater's mask of the current case (visible or not)."""
-        return [ly for ly in self.viewer.layers
-                if (ly.metadata or {}).get(ROLE_KEY) == "rater"
-                and (ly.metadata or {}).get("case_id") == self.case_id
-                and (ly.metadata or {}).get("rater") != self.rater]
+        return [
+            ly
+            for ly in self.viewer.layers
+            if (ly.metadata or {}).get(ROLE_KEY) == "rater"
+            and (ly.metadata or {}).get("case_id") == self.case_id
+            and (ly.metadata or {}).get("rater") != self.rater
+        ]
 
     def _close_case(self) -> None:
         self._removing_own = True
@@ -459,11 +528,14 @@ class AnnotateController:
         if same_layer(source, layer):
             raise AnnotateError("cannot pre-fill the annotation from itself")
         if (source.metadata or {}).get(ROLE_KEY) in _NOT_PREFILL_ROLES:
-            raise AnnotateError(f"layer {source.name!r} is another rater's annotation or a consensus; "
-                                "pre-fill from a model output or your own labels")
+            raise AnnotateError(
+                f"layer {source.name!r} is another rater's annotation or a consensus; "
+                "pre-fill from a model output or your own labels"
+            )
         if tuple(source.data.shape) != tuple(layer.data.shape):
-            raise AnnotateError(f"layer {source.name!r} has shape {tuple(source.data.shape)}, "
-                                f"the case has {tuple(layer.data.shape)}")
+            raise AnnotateError(
+                f"layer {source.name!r} has shape {tuple(source.data.shape)}, the case has {tuple(layer.data.shape)}"
+            )
         md = source.metadata or {}
         info = {"layer": source.name}
         for key in _PROVENANCE_KEYS:
@@ -473,8 +545,9 @@ class AnnotateController:
         role = md.get(ROLE_KEY)
         if role:
             info["source_role"] = str(role)
-        info.setdefault("output", f"{role} {md.get('persona') or md.get('rater') or source.name}".strip()
-                        if role else source.name)
+        info.setdefault(
+            "output", f"{role} {md.get('persona') or md.get('rater') or source.name}".strip() if role else source.name
+        )
         self._suppress_edits = True
         try:
             set_labels_undoable(layer, (np.asarray(source.data) != 0).astype(layer.data.dtype))
@@ -515,8 +588,9 @@ class AnnotateController:
         mask = self._current_mask()
         geo = geometry_from_layer(layer)
         try:
-            sidecar = self._own_io()[1](self.case_id, self.rater, mask, geometry=geo, lock_timeout=lock_timeout,
-                                        **self.session.save_kwargs())
+            sidecar = self._own_io()[1](
+                self.case_id, self.rater, mask, geometry=geo, lock_timeout=lock_timeout, **self.session.save_kwargs()
+            )
         except LockTimeout as e:
             if lock_timeout is not None:
                 raise AutosavePostponed(f"autosave postponed: {e}") from None
@@ -525,14 +599,17 @@ class AnnotateController:
             self.session.postpone()
             self._rescued_sha = image_checksum(mask)
             self.last_rescue = str(e.copy_path) if e.copy_path else None
-            msg = (f"{e}. Nothing was overwritten: reload the case to continue from the newer version, "
-                   "or use 'overwrite' to replace it with yours")
+            msg = (
+                f"{e}. Nothing was overwritten: reload the case to continue from the newer version, "
+                "or use 'overwrite' to replace it with yours"
+            )
             self.notify(msg)
             raise ConflictError(msg) from None
         except (DatasetError, OSError) as e:
             self.session.postpone()
-            raise AnnotateError(self.rescue(str(e) if str(e).startswith("case ") else f"not saved: {e}",
-                                            mask)) from None
+            raise AnnotateError(
+                self.rescue(str(e) if str(e).startswith("case ") else f"not saved: {e}", mask)
+            ) from None
         self.session.mark_saved(sidecar)
         self._saved_sha = sidecar.get("mask_sha256") or image_checksum(mask)
         self.at_risk = False
@@ -561,8 +638,10 @@ class AnnotateController:
             path = self.store.save_emergency_copy(self.case_id, self.rater, mask, geo, record)
         except (DatasetError, OSError) as e:
             self.at_risk = True
-            msg = (f"{error}. The emergency copy failed too ({e}); your annotation is still open here: "
-                   "free some disk space and save again, or save the layer elsewhere")
+            msg = (
+                f"{error}. The emergency copy failed too ({e}); your annotation is still open here: "
+                "free some disk space and save again, or save the layer elsewhere"
+            )
         else:
             self._rescued_sha, self.last_rescue, self.at_risk = sha, str(path), False
             msg = f"{error}. Your unsaved annotation was kept as {path} (and is still open here)"
@@ -676,9 +755,16 @@ class AnnotateController:
         try:
             write_image(p, self._current_mask(), geometry_from_layer(layer), label=True)
             stem = p.name[: -len(".nii.gz")] if p.name.lower().endswith(".nii.gz") else p.stem
-            write_json(p.with_name(stem + ".json"), {**self.session.save_kwargs(), "rater": self.rater,
-                                                     "case_id": self.case_id, "saved": now_iso(),
-                                                     "project": str(self.store.root)})
+            write_json(
+                p.with_name(stem + ".json"),
+                {
+                    **self.session.save_kwargs(),
+                    "rater": self.rater,
+                    "case_id": self.case_id,
+                    "saved": now_iso(),
+                    "project": str(self.store.root),
+                },
+            )
         except (MedicalIOError, OSError) as e:
             raise AnnotateError(f"could not save your annotation as {p}: {e}") from None
         self.at_risk = False

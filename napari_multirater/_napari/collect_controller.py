@@ -8,6 +8,7 @@ them in a napari worker (or synchronously with ``MULTIRATER_NOTHREADS=1``). A ne
 to the user model folder, so it appears in every model list; listeners registered with
 :func:`on_new_model` (the Model dock) are told at once.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -218,9 +219,14 @@ class CollectController:
                 on_finished()
             _disconnect(getattr(holder.get("job"), "_worker", None))
 
-        job = self.runner.start(gen, label=desc, on_progress=lambda item: on_progress(item) if on_progress and
-                                isinstance(item, Progress) else None, on_done=on_done, on_error=on_error,
-                                on_finished=finished)
+        job = self.runner.start(
+            gen,
+            label=desc,
+            on_progress=lambda item: on_progress(item) if on_progress and isinstance(item, Progress) else None,
+            on_done=on_done,
+            on_error=on_error,
+            on_finished=finished,
+        )
         holder["job"] = job
         return job
 

@@ -85,11 +85,21 @@ class CompareController:
         (shape) of an open grey image that is not a model output, a comparison result or an ROI /
         annotation helper: rater masks opened from files, ``mr rater: ...`` layers of an import."""
         raters = [ly for ly in rater_layers(self.viewer) if _is_labels(ly)]
-        grids = {tuple(ly.data.shape) for ly in self.viewer.layers if ly.__class__.__name__ == "Image"
-                 and not getattr(ly, "rgb", False) and _role(ly) not in ("mean_probability", "uncertainty")}
-        others = [ly for ly in self.candidate_layers() if not any(same_layer(ly, r) for r in raters)
-                  and _role(ly) not in MODEL_ROLES + _NOT_RATER_ROLES and tuple(ly.data.shape) in grids
-                  and (_role(ly) == "rater" or not ly.name.startswith("mr ") or ly.name.startswith("mr rater: "))]
+        grids = {
+            tuple(ly.data.shape)
+            for ly in self.viewer.layers
+            if ly.__class__.__name__ == "Image"
+            and not getattr(ly, "rgb", False)
+            and _role(ly) not in ("mean_probability", "uncertainty")
+        }
+        others = [
+            ly
+            for ly in self.candidate_layers()
+            if not any(same_layer(ly, r) for r in raters)
+            and _role(ly) not in MODEL_ROLES + _NOT_RATER_ROLES
+            and tuple(ly.data.shape) in grids
+            and (_role(ly) == "rater" or not ly.name.startswith("mr ") or ly.name.startswith("mr rater: "))
+        ]
         return raters + others
 
     def model_layers(self, shape=None) -> list:
@@ -124,8 +134,10 @@ class CompareController:
                 continue
             used.append(ly)
         if len(used) < 2:
-            raise ValueError("select at least two Labels layers of the same shape to compare" +
-                             (f" ({'; '.join(messages)})" if messages else ""))
+            raise ValueError(
+                "select at least two Labels layers of the same shape to compare"
+                + (f" ({'; '.join(messages)})" if messages else "")
+            )
         names = []
         for ly in used:
             name = (ly.metadata or {}).get("rater") or ly.name
@@ -139,23 +151,42 @@ class CompareController:
         image = np.asarray(ref.data) if ref.__class__.__name__ == "Image" else np.zeros(ref_shape, np.uint8)
         case_id = str((used[0].metadata or {}).get("case_id", "viewer"))
         case = MultiRaterCase(case_id, image, masks.astype(np.uint8), np.ones(len(used), bool), names, geo)
-        outputs = {ly.name: np.asarray(ly.data) != 0 for ly in self.model_layers(ref_shape)
-                   if not any(same_layer(ly, u) for u in used)}
+        outputs = {
+            ly.name: np.asarray(ly.data) != 0
+            for ly in self.model_layers(ref_shape)
+            if not any(same_layer(ly, u) for u in used)
+        }
         return CompareInput(masks, names, spacing, case, ref, outputs, messages)
 
     # --- running -------------------------------------------------------------------------------
     def generator(self, inp: CompareInput, distances: bool = True, consensus: str = "staple"):
-        return compare_masks(inp.masks, inp.names, inp.spacing, case=inp.case, distances=distances,
-                             consensus=consensus, outputs=inp.outputs)
+        return compare_masks(
+            inp.masks,
+            inp.names,
+            inp.spacing,
+            case=inp.case,
+            distances=distances,
+            consensus=consensus,
+            outputs=inp.outputs,
+        )
 
-    def compute(self, layers: Sequence | None = None, distances: bool = True, consensus: str = "staple") -> CompareResult:
+    def compute(
+        self, layers: Sequence | None = None, distances: bool = True, consensus: str = "staple"
+    ) -> CompareResult:
         """Synchronous comparison (tests, scripts, the demo): gather, compute, add layers."""
         inp = self.gather(layers)
         result = run_to_completion(self.generator(inp, distances, consensus))
         return self.apply(inp, result)
 
-    def start(self, layers: Sequence | None = None, distances: bool = True, consensus: str = "staple",
-              on_done=None, sync: bool | None = None, **callbacks) -> Job:
+    def start(
+        self,
+        layers: Sequence | None = None,
+        distances: bool = True,
+        consensus: str = "staple",
+        on_done=None,
+        sync: bool | None = None,
+        **callbacks,
+    ) -> Job:
         """Compare as a job; ``on_done(result)`` on the GUI thread after the layers were added.
         ``callbacks``: the other :meth:`JobRunner.start` callbacks. Returns the :class:`Job`."""
         if self.jobs.busy:
@@ -166,11 +197,14 @@ class CompareController:
             self.apply(inp, result)
             if on_done is not None:
                 on_done(result)
-        return self.jobs.start(self.generator(inp, distances, consensus), label="Comparing raters",
-                               on_done=_done, sync=sync, **callbacks)
 
-    def start_report(self, dataset_dir, out_dir=None, consensus: str = "staple", on_done=None,
-                     sync: bool | None = None, **callbacks) -> Job:
+        return self.jobs.start(
+            self.generator(inp, distances, consensus), label="Comparing raters", on_done=_done, sync=sync, **callbacks
+        )
+
+    def start_report(
+        self, dataset_dir, out_dir=None, consensus: str = "staple", on_done=None, sync: bool | None = None, **callbacks
+    ) -> Job:
         """The rater-style report of a dataset folder as a job (see
         :func:`~napari_multirater.analysis.dataset_report.dataset_report`); ``on_done((report,
         paths, problems))``; a dataset that cannot be opened goes to ``on_error`` like any failure."""
@@ -186,18 +220,32 @@ class CompareController:
         like = inp.reference
         k = max(len(result.names), 1)
         active = self.viewer.layers.selection.active
-        upsert_layer(self.viewer, AGREEMENT, result.agreement, "image", like=like,
-                     metadata={ROLE_KEY: "agreement", "raters": list(result.names)},
-                     colormap="inferno", contrast_limits=(0, k), opacity=0.5, blending="additive")
+        upsert_layer(
+            self.viewer,
+            AGREEMENT,
+            result.agreement,
+            "image",
+            like=like,
+            metadata={ROLE_KEY: "agreement", "raters": list(result.names)},
+            colormap="inferno",
+            contrast_limits=(0, k),
+            opacity=0.5,
+            blending="additive",
+        )
         if AGREEMENT in self.viewer.layers:
             self.viewer.layers[AGREEMENT].contrast_limits = (0, k)
         for method, data in (("majority", result.majority), ("staple", result.staple.consensus)):
             name = CONSENSUS_MAJORITY if method == "majority" else CONSENSUS_STAPLE
             created = name not in self.viewer.layers
-            layer = upsert_layer(self.viewer, name, data.astype(np.uint8), "labels", like=like,
-                                 metadata={ROLE_KEY: "consensus", "method": method, "raters": list(result.names)},
-                                 **({"colormap": binary_colormap(CONSENSUS_COLORS[method]), "opacity": 0.9}
-                                    if created else {}))
+            layer = upsert_layer(
+                self.viewer,
+                name,
+                data.astype(np.uint8),
+                "labels",
+                like=like,
+                metadata={ROLE_KEY: "consensus", "method": method, "raters": list(result.names)},
+                **({"colormap": binary_colormap(CONSENSUS_COLORS[method]), "opacity": 0.9} if created else {}),
+            )
             if created:
                 layer.contour = 1
         if active is not None and any(same_layer(active, ly) for ly in self.viewer.layers):  # keep it selected

@@ -55,8 +55,7 @@ class ExplorerController:
         self.start(mode, seed, on_done=out.append, sync=True)
         return out[0]
 
-    def start(self, mode: str = "axes", seed: int = 0, *, on_done=None, sync: bool | None = None,
-              **callbacks) -> Job:
+    def start(self, mode: str = "axes", seed: int = 0, *, on_done=None, sync: bool | None = None, **callbacks) -> Job:
         """Encode, compute the slider directions (``principal``: n full-slice decodes) and decode the
         prior mean as a job with progress; the explorer is installed on the GUI thread, then
         ``on_done(explorer)``. ``callbacks``: the other :meth:`JobRunner.start` callbacks."""
@@ -71,7 +70,8 @@ class ExplorerController:
 
         def done(ex):
             m.dropped = m._stale(target[0], full_shape) or (
-                None if same_layer(target[0], m.image_layer) else "another image was chosen meanwhile")
+                None if same_layer(target[0], m.image_layer) else "another image was chosen meanwhile"
+            )
             if m.dropped:
                 _warn(f"latent explorer: not started: {m.dropped}")
                 return
@@ -111,8 +111,15 @@ class ExplorerController:
         """Write a decoded mask into ``mr latent explorer`` (a live preview: not in the undo history)."""
         m = self.model
         region = m._slice_region(self.explorer.z_index, mask.shape)
-        return m._labels(EXPLORER, region, mask, undo=False, colormap=binary_colormap("#00ff7f"), opacity=0.7,
-                         metadata=m._meta("latent_explorer"))
+        return m._labels(
+            EXPLORER,
+            region,
+            mask,
+            undo=False,
+            colormap=binary_colormap("#00ff7f"),
+            opacity=0.7,
+            metadata=m._meta("latent_explorer"),
+        )
 
 
 def iter_explorer(engine, image, z, mode: str, seed: int):

@@ -8,14 +8,18 @@ import numpy as np
 from ..io.geometry import METADATA_KEY
 from .layers import ROLE_KEY, unit_name
 
-REOPEN_HINT = ("reopen it with File > Open (or File > Open Folder for a DICOM series) and pick the "
-               "napari-multirater reader, or from the console: viewer.open(path, plugin='napari-multirater')")
-OPEN_HINT = ("open a 2D or 3D grey-value image: File > Open (a NIfTI / NRRD / MHA file), File > Open Folder "
-             "(a DICOM series) or File > Open Sample > Multi-rater segmentation")
+REOPEN_HINT = (
+    "reopen it with File > Open (or File > Open Folder for a DICOM series) and pick the "
+    "napari-multirater reader, or from the console: viewer.open(path, plugin='napari-multirater')"
+)
+OPEN_HINT = (
+    "open a 2D or 3D grey-value image: File > Open (a NIfTI / NRRD / MHA file), File > Open Folder "
+    "(a DICOM series) or File > Open Sample > Multi-rater segmentation"
+)
 
 
 def is_grey_image(layer) -> bool:
-    return (layer.__class__.__name__ == "Image" and not getattr(layer, "rgb", False) and layer.ndim in (2, 3))
+    return layer.__class__.__name__ == "Image" and not getattr(layer, "rgb", False) and layer.ndim in (2, 3)
 
 
 def is_source_image(layer) -> bool:
@@ -31,16 +35,21 @@ def spacing_known(layer) -> bool:
     if layer is None:
         return True
     md = layer.metadata or {}
-    return (METADATA_KEY in md or any(unit_name(u) != "pixel" for u in layer.units)
-            or not np.allclose(np.asarray(layer.scale, float), 1.0))
+    return (
+        METADATA_KEY in md
+        or any(unit_name(u) != "pixel" for u in layer.units)
+        or not np.allclose(np.asarray(layer.scale, float), 1.0)
+    )
 
 
 def spacing_warning(layer) -> str | None:
     """One sentence when ``layer`` has no physical spacing (mm sizes and model resolution are then guesses)."""
     if layer is None or spacing_known(layer):
         return None
-    return (f"{layer.name!r} has no physical spacing (scale 1, no geometry: a plain reader opened it), so "
-            f"sizes in mm are pixels and the model runs at the image's own pixel size. To fix this, {REOPEN_HINT}.")
+    return (
+        f"{layer.name!r} has no physical spacing (scale 1, no geometry: a plain reader opened it), so "
+        f"sizes in mm are pixels and the model runs at the image's own pixel size. To fix this, {REOPEN_HINT}."
+    )
 
 
 def unsupported_images(viewer) -> list[str]:
@@ -61,8 +70,10 @@ def missing_image_hint(viewer, what: str = "image") -> str:
     bad = unsupported_images(viewer)
     text = f"No {what} to work on: {OPEN_HINT}."
     if bad:
-        text += (f" Not usable: {', '.join(bad)}: only single-channel 2D or 3D images are supported "
-                 "(split colour channels or pick one time point / channel first).")
+        text += (
+            f" Not usable: {', '.join(bad)}: only single-channel 2D or 3D images are supported "
+            "(split colour channels or pick one time point / channel first)."
+        )
     return text
 
 

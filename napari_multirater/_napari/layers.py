@@ -76,7 +76,13 @@ def case_layer_data(case: MultiRaterCase, contour: bool = False) -> list[tuple]:
     image_meta.update({ROLE_KEY: "image", "case_id": case.case_id})
     img_kw = {k: v for k, v in geo_kw.items() if k != "metadata"}
     lo, hi = display_window(case.image)
-    layers = [(case.image, {**img_kw, "name": case.case_id, "metadata": image_meta, "contrast_limits": (lo, hi), "colormap": "gray"}, "image")]
+    layers = [
+        (
+            case.image,
+            {**img_kw, "name": case.case_id, "metadata": image_meta, "contrast_limits": (lo, hi), "colormap": "gray"},
+            "image",
+        )
+    ]
     for k, rater in enumerate(case.rater_names):
         if not case.valid[k]:
             continue
@@ -114,8 +120,9 @@ def rater_layers(viewer, case_id: str | None = None) -> list:
     return out
 
 
-def upsert_layer(viewer, name: str, data, layer_type: str, like=None, *, region=None, shape=None,
-                 undo: bool = True, **kwargs):
+def upsert_layer(
+    viewer, name: str, data, layer_type: str, like=None, *, region=None, shape=None, undo: bool = True, **kwargs
+):
     """Create the layer ``name`` or reuse it (a fixed ``mr ...`` name is never duplicated).
 
     ``data`` is the whole layer; or, with ``region`` (a tuple of slices) and ``shape``, what goes

@@ -44,23 +44,41 @@ def lidc_layer_data(case, info: dict, contour: int = 1) -> list[tuple]:
     reader_ids = case.meta.get("reader_ids", {})
     for data, kw, kind in layers[1:]:
         rater = kw["metadata"]["rater"]
-        kw["metadata"].update({CONTOUR_KEY: contour, "reader_id": reader_ids.get(rater, ""),
-                               "provenance": {"kind": "imported", "source": "LIDC-IDRI reader XML"}})
+        kw["metadata"].update(
+            {
+                CONTOUR_KEY: contour,
+                "reader_id": reader_ids.get(rater, ""),
+                "provenance": {"kind": "imported", "source": "LIDC-IDRI reader XML"},
+            }
+        )
         kw["opacity"] = 1.0
     points = info.get("small_nodule_points") or []
     if points:
-        img_kw = {k: v for k, v in layers[0][1].items()
-                  if k in ("scale", "translate", "rotate", "units")}
+        img_kw = {k: v for k, v in layers[0][1].items() if k in ("scale", "translate", "rotate", "units")}
         order = list(case.rater_names)
         coords = np.array([p[1:] for p in points], float)
         readers = [p[0] for p in points]
         colors = np.array([_hex_rgba(rater_color(order.index(r))) for r in readers])
-        layers.append((coords, {
-            **img_kw, "name": POINTS_NAME, "size": 12, "symbol": "ring", "face_color": colors,
-            "border_width": 0, "features": {"reader": readers},
-            "metadata": {ROLE_KEY: "points", "case_id": case.case_id,
-                         "note": "LIDC nodules under 3 mm: one point per reader, not rasterised"},
-        }, "points"))
+        layers.append(
+            (
+                coords,
+                {
+                    **img_kw,
+                    "name": POINTS_NAME,
+                    "size": 12,
+                    "symbol": "ring",
+                    "face_color": colors,
+                    "border_width": 0,
+                    "features": {"reader": readers},
+                    "metadata": {
+                        ROLE_KEY: "points",
+                        "case_id": case.case_id,
+                        "note": "LIDC nodules under 3 mm: one point per reader, not rasterised",
+                    },
+                },
+                "points",
+            )
+        )
     return layers
 
 
@@ -93,6 +111,8 @@ def summary_line(case, info: dict) -> str:
     """One line: readers, nodules, small nodules, skipped rois."""
     nod = sum(info["nodule_counts"].values())
     small = len(info.get("small_nodule_points") or [])
-    return (f"{case.case_id}: {info['n_sessions']} reading sessions ({', '.join(case.rater_names)}), "
-            f"{nod} nodule outlines >= 3 mm, {small} small nodules as points, "
-            f"{info['skipped_rois']} contours on slices not in the series skipped")
+    return (
+        f"{case.case_id}: {info['n_sessions']} reading sessions ({', '.join(case.rater_names)}), "
+        f"{nod} nodule outlines >= 3 mm, {small} small nodules as points, "
+        f"{info['skipped_rois']} contours on slices not in the series skipped"
+    )

@@ -37,10 +37,12 @@ MEAN_PROB = layer_name("mean probability")
 BLEND = layer_name("persona blend")
 UNC_CONTOUR = layer_name("uncertainty contour")
 # output families by layer role: a run shows its own family and hides the others (one click brings them back)
-FAMILIES = {"samples": ("sample", "mean_probability", "sample_contours"),
-            "personas": ("persona",),
-            "uncertainty": ("uncertainty", "uncertainty_contour"),
-            "explorer": ("latent_explorer",)}
+FAMILIES = {
+    "samples": ("sample", "mean_probability", "sample_contours"),
+    "personas": ("persona",),
+    "uncertainty": ("uncertainty", "uncertainty_contour"),
+    "explorer": ("latent_explorer",),
+}
 
 
 __all__ = ["ALL_EXPERTS", "ModelController", "RunKind", "RunRequest", "Scope", "threads_disabled"]
@@ -115,8 +117,16 @@ class ModelController:
         self._set_engine(InferenceEngine.load(name_or_path, device=device, **kwargs))
         return self.engine
 
-    def start_load(self, name_or_path, device: str = "auto", *, options: dict | None = None, on_done=None,
-                   sync: bool | None = None, **callbacks) -> Job:
+    def start_load(
+        self,
+        name_or_path,
+        device: str = "auto",
+        *,
+        options: dict | None = None,
+        on_done=None,
+        sync: bool | None = None,
+        **callbacks,
+    ) -> Job:
         """Load a model as a job with progress (reading, moving to the device); the engine is
         swapped in on the GUI thread, then ``on_done(engine)``. ``options`` go to
         :meth:`InferenceEngine.iter_load` (image_units, lidc_mapping, precision); ``callbacks`` are
@@ -127,8 +137,10 @@ class ModelController:
             self._set_engine(engine)
             if on_done is not None:
                 on_done(engine)
-        return self._launch(InferenceEngine.iter_load(name_or_path, device, **(options or {})), "load model",
-                            done, callbacks, sync)
+
+        return self._launch(
+            InferenceEngine.iter_load(name_or_path, device, **(options or {})), "load model", done, callbacks, sync
+        )
 
     def _set_engine(self, engine) -> None:
         self.engine = engine
@@ -254,8 +266,11 @@ class ModelController:
         engine, layer = self.require()
         self._require_idle()
         kw = {**self.scope_kwargs(request), **self.output_kwargs(request)}
-        kw.update(seed=request.seed, batch_slices=request.batch_slices,
-                  source=str(layer.metadata.get("source_path") or f"image layer {layer.name!r}"))
+        kw.update(
+            seed=request.seed,
+            batch_slices=request.batch_slices,
+            source=str(layer.metadata.get("source_path") or f"image layer {layer.name!r}"),
+        )
         if not self.spacing_known():
             kw["target_spacing_mm"] = "native"
         image, geometry = self.image_data(), self.geometry()
@@ -275,8 +290,9 @@ class ModelController:
             if on_done is not None:
                 on_done(result)
 
-        return self._launch(engine.iter_predict_volume(image, geometry, **kw), f"model {kind.value}", done,
-                            callbacks, sync)
+        return self._launch(
+            engine.iter_predict_volume(image, geometry, **kw), f"model {kind.value}", done, callbacks, sync
+        )
 
     def _stale(self, layer, shape) -> str | None:
         """Why results computed for ``layer`` at ``shape`` can no longer be shown (None: they can)."""
@@ -309,8 +325,12 @@ class ModelController:
     # ------------------------------------------------------------------ layers
     def _meta(self, role: str, **extra) -> dict:
         td = ((self.engine.card if self.engine else {}) or {}).get("training_data") or {}
-        meta = {ROLE_KEY: role, "model": self.engine.name if self.engine else None,
-                "image_layer": self._out_layer.name, **extra}
+        meta = {
+            ROLE_KEY: role,
+            "model": self.engine.name if self.engine else None,
+            "image_layer": self._out_layer.name,
+            **extra,
+        }
         if td.get("path"):  # blind mode hides outputs of a model trained on the open project's raters
             meta["training_data"] = str(td["path"])
         return meta
@@ -322,14 +342,32 @@ class ModelController:
         shape = tuple(arr.shape[:lead]) + tuple(np.shape(self._out_layer.data))
         region = (slice(None),) * lead + tuple(result_region)
         region = tuple(slice(r.start or 0, n if r.stop is None else r.stop) for r, n in zip(region, shape))
-        return upsert_layer(self.viewer, name, arr, "labels", like=like_kw or self._out_kw(), region=region,
-                            shape=shape, undo=undo, **kwargs)
+        return upsert_layer(
+            self.viewer,
+            name,
+            arr,
+            "labels",
+            like=like_kw or self._out_kw(),
+            region=region,
+            shape=shape,
+            undo=undo,
+            **kwargs,
+        )
 
     def _image(self, name, region, arr, **kwargs):
         """Create or update a float Image layer on the output image's grid (region replaced,
         contrast fixed to 0..1 when created)."""
-        return upsert_layer(self.viewer, name, arr, "image", like=self._out_kw(), region=tuple(region),
-                            shape=np.shape(self._out_layer.data), contrast_limits=(0.0, 1.0), **kwargs)
+        return upsert_layer(
+            self.viewer,
+            name,
+            arr,
+            "image",
+            like=self._out_kw(),
+            region=tuple(region),
+            shape=np.shape(self._out_layer.data),
+            contrast_limits=(0.0, 1.0),
+            **kwargs,
+        )
 
     def hide_other_families(self, family: str) -> list[str]:
         """Hide the visible output layers of the other families (older runs); remembered in
@@ -368,17 +406,39 @@ class ModelController:
     def show_samples(self, result: PredictionResult, contours: bool = False) -> list:
         out = []
         if result.samples_region is not None:
-            layer = self._labels(SAMPLES, result.region, result.samples_region, lead=1,
-                                 like_kw=_extend_transforms(self._out_kw()), opacity=0.6,
-                                 metadata=self._meta("sample", seed=result.info.get("seed")),
-                                 colormap=binary_colormap("#ffd700"))
+            layer = self._labels(
+                SAMPLES,
+                result.region,
+                result.samples_region,
+                lead=1,
+                like_kw=_extend_transforms(self._out_kw()),
+                opacity=0.6,
+                metadata=self._meta("sample", seed=result.info.get("seed")),
+                colormap=binary_colormap("#ffd700"),
+            )
             out.append(layer)
         if result.mean_prob_region is not None:
-            out.append(self._image(MEAN_PROB, result.region, result.mean_prob_region, colormap="magma",
-                                   blending="additive", opacity=0.8, metadata=self._meta("mean_probability")))
+            out.append(
+                self._image(
+                    MEAN_PROB,
+                    result.region,
+                    result.mean_prob_region,
+                    colormap="magma",
+                    blending="additive",
+                    opacity=0.8,
+                    metadata=self._meta("mean_probability"),
+                )
+            )
         if contours and result.samples_region is not None:
-            out.append(self._labels(SAMPLE_CONTOURS, result.region, sample_contours(result.samples_region),
-                                    metadata=self._meta("sample_contours"), opacity=0.9))
+            out.append(
+                self._labels(
+                    SAMPLE_CONTOURS,
+                    result.region,
+                    sample_contours(result.samples_region),
+                    metadata=self._meta("sample_contours"),
+                    opacity=0.9,
+                )
+            )
         for name, visible in ((SAMPLE_CONTOURS, contours), (SAMPLES, not contours)):
             if name in self.viewer.layers:
                 self.viewer.layers[name].visible = visible
@@ -395,9 +455,14 @@ class ModelController:
                 if lname in self.viewer.layers:
                     self.viewer.layers[lname].visible = False
                 continue
-            layer = self._labels(lname, result.region, result.personas_region[rater],
-                                 colormap=binary_colormap(persona_color(k)), opacity=0.9,
-                                 metadata=self._meta("persona", rater=rater, color=persona_color(k)))
+            layer = self._labels(
+                lname,
+                result.region,
+                result.personas_region[rater],
+                colormap=binary_colormap(persona_color(k)),
+                opacity=0.9,
+                metadata=self._meta("persona", rater=rater, color=persona_color(k)),
+            )
             layer.contour = MODEL_CONTOUR if expert == ALL_EXPERTS else 0  # model: thick (raters: thin)
             layer.visible = True
             out.append(layer)
@@ -411,8 +476,17 @@ class ModelController:
         for k in result.uncertainty_region:
             name = uncertainty_layer_name(k)
             if k == kind:
-                out.append(self._image(name, result.region, result.uncertainty_region[k], colormap="inferno",
-                                       blending="additive", opacity=0.8, metadata=self._meta("uncertainty", kind=k)))
+                out.append(
+                    self._image(
+                        name,
+                        result.region,
+                        result.uncertainty_region[k],
+                        colormap="inferno",
+                        blending="additive",
+                        opacity=0.8,
+                        metadata=self._meta("uncertainty", kind=k),
+                    )
+                )
                 out[-1].visible = True
                 _show_colorbar(out[-1], True)
             elif name in self.viewer.layers:
@@ -428,8 +502,13 @@ class ModelController:
             raise ValueError(f"compute the {kind} map first")
         mask = (np.asarray(self.viewer.layers[name].data) >= float(threshold)).astype(np.uint8)
         region = tuple(slice(0, s) for s in mask.shape)
-        layer = self._labels(UNC_CONTOUR, region, mask, colormap=binary_colormap("#00e5ff"),
-                             metadata=self._meta("uncertainty_contour", kind=kind, threshold=float(threshold)))
+        layer = self._labels(
+            UNC_CONTOUR,
+            region,
+            mask,
+            colormap=binary_colormap("#00e5ff"),
+            metadata=self._meta("uncertainty_contour", kind=kind, threshold=float(threshold)),
+        )
         layer.contour = 1
         layer.visible = True
         return layer
@@ -441,9 +520,16 @@ class ModelController:
         mask = (engine.blend(image, i, j, t, seed=seed) > 0.5).astype(np.uint8)
         region = self._slice_region(z, mask.shape)
         names = engine.rater_names
-        layer = self._labels(BLEND, region, mask, colormap=binary_colormap("#ffffff"), opacity=0.8,
-                             metadata=self._meta("persona", rater=f"{names[i]}~{names[j]}@{t:.2f}",
-                                                 blend=[names[i], names[j], float(t)]))
+        layer = self._labels(
+            BLEND,
+            region,
+            mask,
+            colormap=binary_colormap("#ffffff"),
+            opacity=0.8,
+            metadata=self._meta(
+                "persona", rater=f"{names[i]}~{names[j]}@{t:.2f}", blend=[names[i], names[j], float(t)]
+            ),
+        )
         layer.contour = 1
         layer.visible = True
         self._select_image()

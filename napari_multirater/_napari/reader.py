@@ -34,7 +34,7 @@ def get_reader(path):
         if p.suffix.lower() == ".xml":
             return read_lidc if find_lidc(p) is not None else None
         return read_medical if is_supported_file(p) else None
-    except Exception:  # get_reader must not raise: napari then offers other readers
+    except Exception:  # noqa: BLE001 - get_reader must not raise: napari then offers other readers
         return None
 
 
@@ -66,8 +66,11 @@ def _series_inside(folder: Path):
 
     def refuse(path):
         names = ", ".join(str(s.relative_to(folder)) for s in subs[:8])
-        raise ValueError(f"{folder} holds {len(subs)} DICOM series ({names}{', ...' if len(subs) > 8 else ''}): "
-                         "open one of these folders (File > Open Folder)")
+        raise ValueError(
+            f"{folder} holds {len(subs)} DICOM series ({names}{', ...' if len(subs) > 8 else ''}): "
+            "open one of these folders (File > Open Folder)"
+        )
+
     return refuse
 
 

@@ -246,7 +246,7 @@ class _Ends:
             return True
         try:
             self.on_done(result)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failing on_done callback fails the job, reported like any error
             self.job.state = FAILED
             return self._report(exc, reraise)
         return True

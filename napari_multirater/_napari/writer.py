@@ -18,8 +18,14 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
     full transform (scale, translate, rotate, shear and ``affine``: layers opened by other readers
     keep their geometry there). A transform with shear cannot be stored and raises ValueError."""
     try:
-        geometry = geometry_from_layer(meta.get("scale"), meta.get("translate"), meta.get("metadata"),
-                                       meta.get("rotate"), shear=meta.get("shear"), affine=meta.get("affine"))
+        geometry = geometry_from_layer(
+            meta.get("scale"),
+            meta.get("translate"),
+            meta.get("metadata"),
+            meta.get("rotate"),
+            shear=meta.get("shear"),
+            affine=meta.get("affine"),
+        )
         if geometry.ndim != data.ndim:
             raise ValueError(f"layer has {data.ndim} dimensions but its geometry has {geometry.ndim}")
         return [str(write_image(path, data, geometry, label=True))]

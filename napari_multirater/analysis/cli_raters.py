@@ -27,8 +27,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory for the report")
     p.add_argument("--split", default=None, help="dataset split (e.g. train/val/test)")
     p.add_argument("--max-cases", type=POSITIVE_INT, default=None, help="analyse at most N cases")
-    p.add_argument("--consensus", choices=("staple", "majority"), default="staple",
-                   help="leave-one-out reference (default: staple)")
+    p.add_argument(
+        "--consensus",
+        choices=("staple", "majority"),
+        default="staple",
+        help="leave-one-out reference (default: staple)",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -43,20 +47,29 @@ def _progress(done: int, total: int | None, case_id: str) -> None:
     sys.stderr.flush()
 
 
-def style_report(dataset, *, consensus: str = "staple", max_cases: int | None = None,
-                 region_margin_mm: float = 5.0, progress=None, prepare=None):
+def style_report(
+    dataset,
+    *,
+    consensus: str = "staple",
+    max_cases: int | None = None,
+    region_margin_mm: float = 5.0,
+    progress=None,
+    prepare=None,
+):
     """``(StyleReport, problems)`` of ``dataset``, never stopped by one broken case or file.
 
     ``progress(done, total, case_id)`` counts skipped cases too; ``prepare(case)`` may shrink each
     case before the analysis. Problems go to the notes. See :func:`iter_style_report`.
     """
-    gen = iter_style_report(dataset, consensus=consensus, max_cases=max_cases,
-                            region_margin_mm=region_margin_mm, prepare=prepare)
+    gen = iter_style_report(
+        dataset, consensus=consensus, max_cases=max_cases, region_margin_mm=region_margin_mm, prepare=prepare
+    )
     return run_to_completion(gen, None if progress is None else lambda p: progress(p.done, p.total, p.message))
 
 
-def iter_style_report(dataset, *, consensus: str = "staple", max_cases: int | None = None,
-                      region_margin_mm: float = 5.0, prepare=None):
+def iter_style_report(
+    dataset, *, consensus: str = "staple", max_cases: int | None = None, region_margin_mm: float = 5.0, prepare=None
+):
     """Generator form of :func:`style_report`: one :class:`Progress` per case, analysed or skipped
     (message: the case id, or ``skipped <id>``), returns ``(StyleReport, problems)``. Closing it
     (Cancel) stops before the next case."""
@@ -99,8 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         dataset = open_dataset(args.data, split=args.split)
-        report, problems = style_report(dataset, progress=_progress, consensus=args.consensus,
-                                        max_cases=args.max_cases)
+        report, problems = style_report(dataset, progress=_progress, consensus=args.consensus, max_cases=args.max_cases)
     except DatasetError as exc:
         sys.stderr.write("\n")
         print(f"error: cannot read dataset {args.data}: {exc}", file=sys.stderr)

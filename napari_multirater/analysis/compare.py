@@ -76,10 +76,12 @@ def compare_masks(
     done += 1
     yield Progress(done, total, "majority vote")
     if case is None:
-        geo = Geometry(tuple(float(s) for s in spacing_zyx[::-1]), (0.0,) * len(spacing_zyx),
-                       tuple(np.eye(len(spacing_zyx)).ravel().tolist()))
-        case = MultiRaterCase("viewer", np.zeros(masks.shape[1:], np.uint8), masks.astype(np.uint8),
-                              ok, names, geo)
+        geo = Geometry(
+            tuple(float(s) for s in spacing_zyx[::-1]),
+            (0.0,) * len(spacing_zyx),
+            tuple(np.eye(len(spacing_zyx)).ravel().tolist()),
+        )
+        case = MultiRaterCase("viewer", np.zeros(masks.shape[1:], np.uint8), masks.astype(np.uint8), ok, names, geo)
     style = case_style(case, consensus=consensus) if ok.sum() >= 2 else []
     done += 1
     yield Progress(done, total, "rater style")

@@ -38,8 +38,9 @@ def default_report_dir(dataset_dir) -> Path:
     return ds.parent / f"{ds.name}-raters"
 
 
-def dataset_report(dataset_dir, out_dir=None, consensus: str = "staple", max_cases: int | None = None,
-                   region_margin_mm: float = 5.0):
+def dataset_report(
+    dataset_dir, out_dir=None, consensus: str = "staple", max_cases: int | None = None, region_margin_mm: float = 5.0
+):
     """Generator: rater-style report of a dataset folder, one :class:`Progress` per case.
 
     Returns ``(StyleReport, {name: path}, problems)``: the report is written to ``out_dir``
@@ -56,8 +57,13 @@ def dataset_report(dataset_dir, out_dir=None, consensus: str = "staple", max_cas
     ds = open_dataset(dataset_dir)
     out = Path(out_dir) if out_dir else default_report_dir(dataset_dir)
     total = len(ds) if max_cases is None else min(len(ds), max_cases)
-    gen = iter_style_report(ds, consensus=consensus, max_cases=max_cases, region_margin_mm=region_margin_mm,
-                            prepare=lambda case: _light_case(case, region_margin_mm))
+    gen = iter_style_report(
+        ds,
+        consensus=consensus,
+        max_cases=max_cases,
+        region_margin_mm=region_margin_mm,
+        prepare=lambda case: _light_case(case, region_margin_mm),
+    )
     while True:
         try:
             item = next(gen)

@@ -47,8 +47,16 @@ def model_vs_raters(
         outs[str(name)] = arr
     rows = []
     for r, rater in enumerate(names):
-        row = {"rater": rater, "valid": bool(valid[r]), "best_output": None, "best_dice": NAN,
-               "runner_up": None, "runner_up_dice": NAN, "margin": NAN, "dice": {o: NAN for o in outs}}
+        row = {
+            "rater": rater,
+            "valid": bool(valid[r]),
+            "best_output": None,
+            "best_dice": NAN,
+            "runner_up": None,
+            "runner_up_dice": NAN,
+            "margin": NAN,
+            "dice": {o: NAN for o in outs},
+        }
         if valid[r]:
             scores = {o: dice(masks[r], m) for o, m in outs.items()}
             ranked = sorted(scores, key=lambda o: -scores[o])  # stable: ties keep output order

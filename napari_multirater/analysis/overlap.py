@@ -52,8 +52,7 @@ def crop_box(any_mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
     if idx[0].size == 0:
         return None
     return tuple(
-        slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, n))
-        for i, n in zip(idx, any_mask.shape)
+        slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, n)) for i, n in zip(idx, any_mask.shape)
     )
 
 

@@ -53,8 +53,6 @@ def format_value(value, fmt: str | None) -> str:
     return "–" if not np.isfinite(v) else format(v, fmt)
 
 
-
-
 def style_markdown(report: StyleReport) -> str:
     """Markdown table (one row per rater, mean ± std) followed by the conventions."""
     head = ["Rater", "Cases", "Missing", "Empty"] + [title for _, title, _ in _MD_COLUMNS]
@@ -64,7 +62,9 @@ def style_markdown(report: StyleReport) -> str:
         cells = [name, str(s["n_cases"]), str(s["n_missing"]), str(s["n_empty"])]
         for key, _, fmt in _MD_COLUMNS:
             mean, std = s[f"{key}_mean"], s[f"{key}_std"]
-            cells.append(format_value(mean, fmt) + ("" if not np.isfinite(std) else " ± " + format_value(std, fmt.lstrip("+"))))
+            cells.append(
+                format_value(mean, fmt) + ("" if not np.isfinite(std) else " ± " + format_value(std, fmt.lstrip("+")))
+            )
         lines.append("| " + " | ".join(cells) + " |")
     conv = CONVENTIONS.format(consensus=report.consensus, margin=report.region_margin_mm, n_cases=report.n_cases)
     notes = "".join(f"\n- Note: {n}" for n in report.notes)
@@ -97,8 +97,15 @@ def pairwise_heatmap_figure(
         for j in range(k):
             v = m[i, j]
             color = "black" if np.isfinite(v) and v > mid else "white"
-            ax.text(j, i, format_value(v, fmt), ha="center", va="center", fontsize=9,
-                    color=color if np.isfinite(v) else "gray")
+            ax.text(
+                j,
+                i,
+                format_value(v, fmt),
+                ha="center",
+                va="center",
+                fontsize=9,
+                color=color if np.isfinite(v) else "gray",
+            )
     if title:
         ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
@@ -170,11 +177,17 @@ def write_style_report(report: StyleReport, out_dir: str | Path) -> dict[str, Pa
     atomic_write_text(paths["pairwise_dice_csv"], f.getvalue())
     atomic_write_text(paths["raters_md"], f"# Rater style report ({report.n_cases} cases)\n\n" + style_markdown(report))
     figs = {
-        "pairwise_dice_png": pairwise_heatmap_figure(report.pairwise_dice, report.rater_names,
-                                                     "Mean pairwise Dice", ".2f"),
+        "pairwise_dice_png": pairwise_heatmap_figure(
+            report.pairwise_dice, report.rater_names, "Mean pairwise Dice", ".2f"
+        ),
         "volume_bias_png": _strip_figure(report, [("volume_bias", "relative volume bias vs consensus")]),
-        "boundary_distance_png": _strip_figure(report, [("signed_boundary_mm", "signed boundary distance (mm)"),
-                                                        ("mean_boundary_mm", "mean boundary distance (mm)")]),
+        "boundary_distance_png": _strip_figure(
+            report,
+            [
+                ("signed_boundary_mm", "signed boundary distance (mm)"),
+                ("mean_boundary_mm", "mean boundary distance (mm)"),
+            ],
+        ),
     }
     for key, fig in figs.items():
         buf = io.BytesIO()

@@ -5,6 +5,7 @@ Conventions as :mod:`.overlap` (both empty: Dice 1, HD95 0; one empty: Dice 0, H
 HD95 is the 95th percentile of the symmetric contour-to-contour distances (mm). "Others" is
 the mean over every case the rater annotated and every other rater who annotated it.
 """
+
 from __future__ import annotations
 
 import csv
@@ -57,7 +58,7 @@ def self_agreement(store, raters=None) -> list[dict]:
                 geo = store._image_info(cid).geometry
             except DatasetError:
                 continue
-            spacing = tuple(abs(float(s)) for s in geo.scale_zyx)[-first.ndim:]
+            spacing = tuple(abs(float(s)) for s in geo.scale_zyx)[-first.ndim :]
             try:
                 rep, _ = load_repeat(store, cid, r)
             except DatasetError:
@@ -75,8 +76,17 @@ def self_agreement(store, raters=None) -> list[dict]:
                 if m is not None:
                     oth_d.append(dice(first, m))
                     oth_h.append(hd95(first, m, spacing))
-        rows.append({"rater": r, "n_repeats": len(self_d), "self_dice": _mean(self_d), "self_hd95_mm": _mean(self_h),
-                     "n_pairs_others": len(oth_d), "others_dice": _mean(oth_d), "others_hd95_mm": _mean(oth_h)})
+        rows.append(
+            {
+                "rater": r,
+                "n_repeats": len(self_d),
+                "self_dice": _mean(self_d),
+                "self_hd95_mm": _mean(self_h),
+                "n_pairs_others": len(oth_d),
+                "others_dice": _mean(oth_d),
+                "others_hd95_mm": _mean(oth_h),
+            }
+        )
     return rows
 
 
@@ -86,13 +96,19 @@ def _f(v, fmt=".3f") -> str:
 
 def self_agreement_markdown(rows: list[dict]) -> str:
     """Markdown table: self-agreement next to agreement with the others."""
-    lines = ["| Rater | Repeats | Self Dice | Self HD95 (mm) | Dice vs others | HD95 vs others (mm) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| Rater | Repeats | Self Dice | Self HD95 (mm) | Dice vs others | HD95 vs others (mm) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['rater']} | {r['n_repeats']} | {_f(r['self_dice'])} | {_f(r['self_hd95_mm'], '.2f')} | "
-                     f"{_f(r['others_dice'])} | {_f(r['others_hd95_mm'], '.2f')} |")
-    return "\n".join(lines) + ("\n\nSelf: each repeat (drawn again blind) against the rater's first mask of the "
-                               "case. Others: the rater's first masks against every other rater on the same cases.\n")
+        lines.append(
+            f"| {r['rater']} | {r['n_repeats']} | {_f(r['self_dice'])} | {_f(r['self_hd95_mm'], '.2f')} | "
+            f"{_f(r['others_dice'])} | {_f(r['others_hd95_mm'], '.2f')} |"
+        )
+    return "\n".join(lines) + (
+        "\n\nSelf: each repeat (drawn again blind) against the rater's first mask of the "
+        "case. Others: the rater's first masks against every other rater on the same cases.\n"
+    )
 
 
 def write_self_agreement(rows: list[dict], out_dir) -> dict[str, Path]:

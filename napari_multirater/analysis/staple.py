@@ -60,8 +60,9 @@ def staple(
         return StapleResult(prob, prob.astype(np.uint8), sens, spec, used, note="all valid raters empty")
     if idx.size == 1:
         prob[:] = masks[idx[0]]
-        return StapleResult(prob, masks[idx[0]].astype(np.uint8), sens, spec, used,
-                            note="single valid rater: consensus is that rater")
+        return StapleResult(
+            prob, masks[idx[0]].astype(np.uint8), sens, spec, used, note="single valid rater: consensus is that rater"
+        )
     f = sitk.STAPLEImageFilter()
     f.SetForegroundValue(1)
     f.SetMaximumIterations(int(max_iterations))

@@ -94,8 +94,12 @@ def case_style(case: MultiRaterCase, consensus: str = "staple", region_margin_mm
     voxel_mm3 = float(np.prod(spacing))
     rows = []
     for r, name in enumerate(names):
-        row = {"case_id": case.case_id, "rater": name, "valid": bool(valid[r]),
-               "empty": bool(valid[r] and not masks[r].any())}
+        row = {
+            "case_id": case.case_id,
+            "rater": name,
+            "valid": bool(valid[r]),
+            "empty": bool(valid[r] and not masks[r].any()),
+        }
         row.update({m: NAN for m in METRICS})
         row.update({"volume_mm3": NAN, "consensus_volume_mm3": NAN, "n_reference_raters": 0})
         for o, other in enumerate(names):
@@ -155,8 +159,10 @@ def dataset_style(
     ``progress(done, total_or_None, case_id)`` is called after each case. Raters are matched by
     name (order of first appearance); std is the sample std (ddof=1).
     """
-    return run_to_completion(iter_dataset_style(cases, consensus, region_margin_mm, max_cases),
-                             None if progress is None else lambda p: progress(p.done, p.total, p.message))
+    return run_to_completion(
+        iter_dataset_style(cases, consensus, region_margin_mm, max_cases),
+        None if progress is None else lambda p: progress(p.done, p.total, p.message),
+    )
 
 
 def iter_dataset_style(
@@ -184,7 +190,7 @@ def iter_dataset_style(
                 names.append(row["rater"])
             for key, v in row.items():
                 if key.startswith("dice_vs_") and np.isfinite(v):
-                    pair = (row["rater"], key[len("dice_vs_"):])
+                    pair = (row["rater"], key[len("dice_vs_") :])
                     dsum[pair] = dsum.get(pair, 0.0) + v
                     dn[pair] = dn.get(pair, 0) + 1
             if row["valid"]:

@@ -58,8 +58,14 @@ class FileLock:
     ``excl``); ``False`` forces the portable lock-file mode (the tests exercise both).
     """
 
-    def __init__(self, path, timeout: float = DEFAULT_TIMEOUT, poll: float = 0.02, stale_after: float = 120.0,
-                 use_flock: bool | None = None):
+    def __init__(
+        self,
+        path,
+        timeout: float = DEFAULT_TIMEOUT,
+        poll: float = 0.02,
+        stale_after: float = 120.0,
+        use_flock: bool | None = None,
+    ):
         self.path = Path(path)
         self.timeout = float(timeout)
         self.poll = float(poll)

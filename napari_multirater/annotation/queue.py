@@ -16,6 +16,7 @@ model and image checksum), or without a model the disagreement among the raters 
 case (1 - mean pairwise Dice). The entries carry no mask and no rater name, so blind mode stays
 blind: a rater sees only the order.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,16 @@ from ..datasets.case_folder import MANIFEST, read_json, validate_manifest, write
 from ..progress import Progress
 from .repeats import has_repeat
 
-__all__ = ["DEFAULT_SETTINGS", "QueueEntry", "build_queue", "collection_settings", "enough_raters",
-           "iter_model_disagreement", "rater_disagreement", "set_collection_settings"]
+__all__ = [
+    "DEFAULT_SETTINGS",
+    "QueueEntry",
+    "build_queue",
+    "collection_settings",
+    "enough_raters",
+    "iter_model_disagreement",
+    "rater_disagreement",
+    "set_collection_settings",
+]
 
 SETTINGS_KEY = "collection"
 DEFAULT_SETTINGS = {"target_raters": 3, "repeat_fraction": 0.1, "repeat_gap": 5}
@@ -140,12 +149,21 @@ def image_disagreement(engine, image, geometry, samples: int = 8) -> float:
     """Model disagreement on one image/volume: mean inter-persona disagreement (personalized
     models) or sample variance (others) over the pixels any output marks as lesion."""
     personas = engine.capabilities.personalized
-    res = engine.predict_volume(image, geometry, samples=0 if personas else samples, personas=personas,
-                                uncertainty=True, uncertainty_samples=samples)
+    res = engine.predict_volume(
+        image,
+        geometry,
+        samples=0 if personas else samples,
+        personas=personas,
+        uncertainty=True,
+        uncertainty_samples=samples,
+    )
     unc = res.uncertainty
     kind = "persona_disagreement" if personas and "persona_disagreement" in unc else "variance"
-    region = (np.stack(list(res.personas.values())).any(0) if personas
-              else (res.mean_prob if res.mean_prob is not None else unc[kind]) > 0.05)
+    region = (
+        np.stack(list(res.personas.values())).any(0)
+        if personas
+        else (res.mean_prob if res.mean_prob is not None else unc[kind]) > 0.05
+    )
     if not region.any():
         return 0.0
     return float(np.asarray(unc[kind])[region].mean())
@@ -195,8 +213,11 @@ class QueueEntry:
 
 def _own_cases_in_order(store, rater: str) -> list[str]:
     """The rater's annotated cases, oldest save first (sidecar ``created``)."""
-    rows = [(_created(store.case_dir(cid) / "raters" / f"{rater}.json"), cid) for cid in store.case_ids()
-            if store.has_mask(cid, rater)]
+    rows = [
+        (_created(store.case_dir(cid) / "raters" / f"{rater}.json"), cid)
+        for cid in store.case_ids()
+        if store.has_mask(cid, rater)
+    ]
     return [c for _, c in sorted(rows)]
 
 
@@ -211,10 +232,17 @@ def _saved_since_last_repeat(store, rater: str) -> int:
     """How many cases the rater annotated after their last repeat (all of them before the first)."""
     from .repeats import REPEAT_DIR
 
-    last = max((_created(store.case_dir(c) / "raters" / REPEAT_DIR / f"{rater}.json")
-                for c in store.case_ids() if has_repeat(store, c, rater)), default="")
-    own = [_created(store.case_dir(c) / "raters" / f"{rater}.json") for c in store.case_ids()
-           if store.has_mask(c, rater)]
+    last = max(
+        (
+            _created(store.case_dir(c) / "raters" / REPEAT_DIR / f"{rater}.json")
+            for c in store.case_ids()
+            if has_repeat(store, c, rater)
+        ),
+        default="",
+    )
+    own = [
+        _created(store.case_dir(c) / "raters" / f"{rater}.json") for c in store.case_ids() if store.has_mask(c, rater)
+    ]
     return sum(t > last for t in own)
 
 
@@ -262,8 +290,16 @@ def build_queue(store, rater: str, model_scores: dict | None = None) -> list[Que
     gap = int(s["repeat_gap"])
     first = max(gap - _saved_since_last_repeat(store, rater), 0)
     for i, cid in enumerate(repeat_candidates(store, rater, s)):
-        rep = QueueEntry(cid, 0, len(store.annotated_raters(cid)), False, None, "none", True,
-                         "repeat of one of your cases (drawn again blind; your first mask stays as it is)")
+        rep = QueueEntry(
+            cid,
+            0,
+            len(store.annotated_raters(cid)),
+            False,
+            None,
+            "none",
+            True,
+            "repeat of one of your cases (drawn again blind; your first mask stays as it is)",
+        )
         entries.insert(min(first + i * (gap + 1), len(entries)), rep)
     for i, e in enumerate(entries):
         e.rank = i + 1

@@ -12,6 +12,7 @@ a crash leaves either the previous repeat or the new one, never a mix, and the f
 never opened for writing. Same keyword arguments and errors as
 :meth:`~napari_multirater.annotation.store.AnnotationStore.save_mask`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -74,9 +75,20 @@ def load_repeat(store, case_id: str, rater: str) -> tuple[np.ndarray | None, dic
     return (np.asarray(mask) != 0).astype(np.uint8), sidecar
 
 
-def save_repeat(store, case_id: str, rater: str, mask, *, provenance: dict, active_seconds: float = 0.0,
-                created: str | None = None, image_sha256: str | None = None, geometry=None,
-                lock_timeout: float | None = None, expected_revision: int | None = None) -> dict:
+def save_repeat(
+    store,
+    case_id: str,
+    rater: str,
+    mask,
+    *,
+    provenance: dict,
+    active_seconds: float = 0.0,
+    created: str | None = None,
+    image_sha256: str | None = None,
+    geometry=None,
+    lock_timeout: float | None = None,
+    expected_revision: int | None = None,
+) -> dict:
     """Save ``rater``'s repeat of ``case_id`` (they must have a first mask); returns the sidecar."""
     check_identifier(rater, "rater id")
     where = f"case {case_id}, rater {rater}, repeat"
@@ -99,15 +111,26 @@ def save_repeat(store, case_id: str, rater: str, mask, *, provenance: dict, acti
                 current = read_json(rdir / f"{rater}.json", "repeat sidecar")
             revision = loaded_revision(None, current)
             if expected_revision is not None and int(expected_revision) != revision:
-                raise SaveConflict(f"{where}: not saved: another session saved this repeat meanwhile "
-                                   f"(revision {revision}; you started from {expected_revision})", None, revision)
+                raise SaveConflict(
+                    f"{where}: not saved: another session saved this repeat meanwhile "
+                    f"(revision {revision}; you started from {expected_revision})",
+                    None,
+                    revision,
+                )
             if created is None and current:
                 created = current.get("created")
-            sidecar = annotation_sidecar(rater, case_id, img.sha256, dict(provenance), created=created,
-                                         active_seconds=active_seconds)
-            sidecar.update({"mask_sha256": image_checksum(mask), "mask_file": f"{rater}.r{revision + 1}.nii.gz",
-                            "revision": revision + 1, "repeat_of": f"{rater}.nii.gz",
-                            "note": "intra-rater repeat, drawn blind; the first mask is never changed"})
+            sidecar = annotation_sidecar(
+                rater, case_id, img.sha256, dict(provenance), created=created, active_seconds=active_seconds
+            )
+            sidecar.update(
+                {
+                    "mask_sha256": image_checksum(mask),
+                    "mask_file": f"{rater}.r{revision + 1}.nii.gz",
+                    "revision": revision + 1,
+                    "repeat_of": f"{rater}.nii.gz",
+                    "note": "intra-rater repeat, drawn blind; the first mask is never changed",
+                }
+            )
             write_image(rdir / sidecar["mask_file"], mask, img.geometry, label=True, fsync=True)
             write_json(rdir / f"{rater}.json", sidecar)  # commit point
             if current and current.get("mask_file") and current["mask_file"] != sidecar["mask_file"]:

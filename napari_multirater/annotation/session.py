@@ -48,8 +48,15 @@ class AnnotationSession:
         self._last_save_t: float | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
-    def start_case(self, case_id: str, *, image_sha256: str | None = None, sidecar: dict | None = None,
-                   now: float | None = None, revision: int | None = None) -> None:
+    def start_case(
+        self,
+        case_id: str,
+        *,
+        image_sha256: str | None = None,
+        sidecar: dict | None = None,
+        now: float | None = None,
+        revision: int | None = None,
+    ) -> None:
         """Begin (or resume) annotating ``case_id``; ``sidecar`` is the rater's saved one, if any;
         ``revision`` the saved revision loaded (saves over a newer one are refused)."""
         now = self.clock() if now is None else now
@@ -86,8 +93,12 @@ class AnnotationSession:
         """The mask was replaced by a copy of ``source`` (e.g. a model output); later edits set
         ``edited`` to True. ``source`` holds e.g. ``model``, ``output``, ``layer``."""
         now = self.clock() if now is None else now
-        self.provenance = {"kind": "prefilled", **{k: v for k, v in source.items() if k != "kind"},
-                           "prefilled_at": now_iso(), "edited": False}
+        self.provenance = {
+            "kind": "prefilled",
+            **{k: v for k, v in source.items() if k != "kind"},
+            "prefilled_at": now_iso(),
+            "edited": False,
+        }
         self.dirty = True
         self._last_event = now
 

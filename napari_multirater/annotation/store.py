@@ -207,8 +207,14 @@ class AnnotationStore:
         lock_timeout: float = DEFAULT_TIMEOUT,
     ) -> AnnotationStore:
         """Create an empty project (refuses to overwrite an existing ``dataset.json``)."""
-        manifest = new_manifest(name, list(raters), modality=modality, labels=labels,
-                                intensity_window=intensity_window, description=description)
+        manifest = new_manifest(
+            name,
+            list(raters),
+            modality=modality,
+            labels=labels,
+            intensity_window=intensity_window,
+            description=description,
+        )
         create_dataset(project_dir, manifest)
         return cls(project_dir, lock_timeout=lock_timeout)
 
@@ -297,12 +303,14 @@ class AnnotationStore:
                 shutil.rmtree(cdir, ignore_errors=True)
                 raise DatasetError(str(e)) from None
             record = dict(info or {})
-            record.update({
-                "case_id": cid,
-                "patient_id": patient_id or record.get("patient_id") or cid,
-                "image_sha256": image_checksum(image),
-                "added": now_iso(),
-            })
+            record.update(
+                {
+                    "case_id": cid,
+                    "patient_id": patient_id or record.get("patient_id") or cid,
+                    "image_sha256": image_checksum(image),
+                    "added": now_iso(),
+                }
+            )
             if source:
                 record["source"] = str(source)
             write_json(cdir / "case.json", record)
@@ -335,7 +343,9 @@ class AnnotationStore:
             raise DatasetError(f"case {case_id}: no image file in {cdir} (expected image.nii.gz or similar)")
         return p
 
-    def _image_info(self, case_id: str, array: np.ndarray | None = None, geometry: Geometry | None = None) -> _ImageInfo:
+    def _image_info(
+        self, case_id: str, array: np.ndarray | None = None, geometry: Geometry | None = None
+    ) -> _ImageInfo:
         """Checksum/shape/geometry of the image on disk, re-read whenever the file changed."""
         p = self.image_path(case_id)
         st = p.stat()
@@ -479,16 +489,37 @@ class AnnotationStore:
         Disk full, read-only folder, permissions...: :class:`SaveError`, previous files intact.
         """
         try:
-            return self._save_mask(case_id, rater, mask, provenance=provenance, active_seconds=active_seconds,
-                                   created=created, image_sha256=image_sha256, geometry=geometry,
-                                   lock_timeout=lock_timeout, expected_revision=expected_revision)
+            return self._save_mask(
+                case_id,
+                rater,
+                mask,
+                provenance=provenance,
+                active_seconds=active_seconds,
+                created=created,
+                image_sha256=image_sha256,
+                geometry=geometry,
+                lock_timeout=lock_timeout,
+                expected_revision=expected_revision,
+            )
         except (OSError, MedicalIOError) as e:
             if isinstance(e, DatasetError):
                 raise
             raise SaveError(f"case {case_id}, rater {rater}: not saved: {e}") from None
 
-    def _save_mask(self, case_id, rater, mask, *, provenance, active_seconds, created, image_sha256, geometry,
-                   lock_timeout, expected_revision) -> dict:
+    def _save_mask(
+        self,
+        case_id,
+        rater,
+        mask,
+        *,
+        provenance,
+        active_seconds,
+        created,
+        image_sha256,
+        geometry,
+        lock_timeout,
+        expected_revision,
+    ) -> dict:
         check_identifier(rater, "rater id")
         if not isinstance(provenance, dict) or "kind" not in provenance:
             raise DatasetError("provenance must be a dict with a 'kind' (e.g. {'kind': 'drawn'})")
@@ -531,11 +562,15 @@ class AnnotationStore:
                 raise SaveConflict(
                     f"{where}: not saved: another session saved this annotation meanwhile (revision "
                     f"{revision}, {(current or {}).get('saved', 'time unknown')}; you started from revision "
-                    f"{expected_revision}); your version was kept as {copy}", copy, revision)
+                    f"{expected_revision}); your version was kept as {copy}",
+                    copy,
+                    revision,
+                )
             if created is None and current:
                 created = current.get("created")
-            sidecar = annotation_sidecar(rater, case_id, img.sha256, dict(provenance),
-                                         created=created, active_seconds=active_seconds)
+            sidecar = annotation_sidecar(
+                rater, case_id, img.sha256, dict(provenance), created=created, active_seconds=active_seconds
+            )
             sidecar["mask_sha256"] = image_checksum(mask)
             sidecar["mask_file"] = f"{rater}{suffix}"
             sidecar["revision"] = revision + 1
@@ -552,8 +587,7 @@ class AnnotationStore:
             self._recover(case_id, rater)  # rename both into place
         return sidecar
 
-    def _conflict_copy(self, rdir: Path, rater: str, mask, geometry: Geometry, provenance: dict,
-                       revision: int) -> Path:
+    def _conflict_copy(self, rdir: Path, rater: str, mask, geometry: Geometry, provenance: dict, revision: int) -> Path:
         """Keep a refused (conflicting) save as ``raters/.conflicts/<rater>-<time>.nii.gz`` + ``.json``
         (once per mask: a retry of the same mask, e.g. by autosave, returns the existing copy)."""
         dest = rdir / CONFLICT_DIR
@@ -569,10 +603,17 @@ class AnnotationStore:
                 return copy
         path = _free_name(dest, f"{rater}-{_stamp()}", DEFAULT_MASK_SUFFIX)
         write_image(path, mask, geometry, label=True)
-        write_json(path.with_name(path.name[: -len(DEFAULT_MASK_SUFFIX)] + ".json"),
-                   {"rater": rater, "saved": now_iso(), "provenance": dict(provenance),
-                    "mask_sha256": sha, "newer_revision_on_disk": revision,
-                    "note": "conflict copy: another session saved a newer version of this annotation first"})
+        write_json(
+            path.with_name(path.name[: -len(DEFAULT_MASK_SUFFIX)] + ".json"),
+            {
+                "rater": rater,
+                "saved": now_iso(),
+                "provenance": dict(provenance),
+                "mask_sha256": sha,
+                "newer_revision_on_disk": revision,
+                "note": "conflict copy: another session saved a newer version of this annotation first",
+            },
+        )
         return path
 
     def quarantine(self, case_id: str, rater: str) -> list[Path]:
@@ -608,8 +649,7 @@ class AnnotationStore:
         (``<config>/unsaved/<project>/<case>``, independent of a full or read-only project),
         then ``raters/.pending`` in the project."""
         project = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.root.resolve().name) or "project"
-        return [config_path().parent / "unsaved" / project / case_id,
-                self.case_dir(case_id) / "raters" / PENDING_DIR]
+        return [config_path().parent / "unsaved" / project / case_id, self.case_dir(case_id) / "raters" / PENDING_DIR]
 
     def save_emergency_copy(self, case_id: str, rater: str, mask, geometry: Geometry, record: dict) -> Path:
         """Write a mask that could not be saved normally as ``<rater>.unsaved-<time>.nii.gz``
@@ -617,9 +657,16 @@ class AnnotationStore:
         without locks or checks. Raises :class:`DatasetError` when no copy could be written."""
         check_identifier(rater, "rater id")
         mask = (np.asarray(mask) != 0).astype(np.uint8)
-        record = {**record, "rater": rater, "case_id": case_id, "saved": now_iso(),
-                  "mask_sha256": image_checksum(mask), "project": str(self.root.resolve()),
-                  "geometry": geometry.to_dict(), "note": "emergency copy: the normal save failed"}
+        record = {
+            **record,
+            "rater": rater,
+            "case_id": case_id,
+            "saved": now_iso(),
+            "mask_sha256": image_checksum(mask),
+            "project": str(self.root.resolve()),
+            "geometry": geometry.to_dict(),
+            "note": "emergency copy: the normal save failed",
+        }
         errors = []
         for folder in self.emergency_folders(case_id):
             try:
@@ -654,7 +701,9 @@ class AnnotationStore:
                 return cid
         return None
 
-    def previous_case(self, current: str | None, rater: str | None = None, unannotated_only: bool = False) -> str | None:
+    def previous_case(
+        self, current: str | None, rater: str | None = None, unannotated_only: bool = False
+    ) -> str | None:
         """The case before ``current`` (see :meth:`next_case`)."""
         ids = self.case_ids()
         if not ids:

@@ -11,8 +11,11 @@ def add_parser(sub) -> None:
     p.add_argument("dataset", help="the case-folder dataset (a folder with dataset.json)")
     p.add_argument("--out", required=True, help="new folder (must not exist or be empty)")
     p.add_argument("--layout", choices=["nnunet"], default="nnunet", help="output layout (nnunet)")
-    p.add_argument("--labels", default="consensus",
-                   help="consensus (STAPLE, default), majority, rater:NAME, or all (labelsTr/<rater>/ per rater)")
+    p.add_argument(
+        "--labels",
+        default="consensus",
+        help="consensus (STAPLE, default), majority, rater:NAME, or all (labelsTr/<rater>/ per rater)",
+    )
     p.add_argument("--split", help="export one split of dataset.json only (default: every case)")
     p.set_defaults(func=run)
 
@@ -23,8 +26,9 @@ def run(args) -> int:
     from ..io.medical import MedicalIOError
 
     try:
-        summary = export_nnunet(Path(args.dataset).expanduser(), Path(args.out).expanduser(), args.labels,
-                                split=args.split)
+        summary = export_nnunet(
+            Path(args.dataset).expanduser(), Path(args.out).expanduser(), args.labels, split=args.split
+        )
     except (DatasetError, MedicalIOError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -34,7 +38,12 @@ def run(args) -> int:
     for problem in summary["problems"]:
         print(f"  skipped: {problem}", file=sys.stderr)
     left = summary["left_out"]
-    print(f"exported {summary['cases']} cases (labels: {args.labels}) to {summary['out']}"
-          + (f"; {len(left)} cases without that rater left out ({', '.join(left[:5])}{' ...' if len(left) > 5 else ''})"
-             if left else ""))
+    print(
+        f"exported {summary['cases']} cases (labels: {args.labels}) to {summary['out']}"
+        + (
+            f"; {len(left)} cases without that rater left out ({', '.join(left[:5])}{' ...' if len(left) > 5 else ''})"
+            if left
+            else ""
+        )
+    )
     return 0

@@ -12,19 +12,28 @@ from ..argtypes import POSITIVE_FLOAT, POSITIVE_INT, SEED, fail
 def add_parser(sub) -> None:
     p = sub.add_parser("persona", help="learn a rater's style as a new persona of a model")
     psub = p.add_subparsers(dest="persona_command", metavar="ACTION")
-    a = psub.add_parser("add", help="fit one new persona from a rater's masks in an annotation project "
-                                    "(everything else frozen) and write it as a NEW checkpoint")
+    a = psub.add_parser(
+        "add",
+        help="fit one new persona from a rater's masks in an annotation project "
+        "(everything else frozen) and write it as a NEW checkpoint",
+    )
     a.add_argument("--checkpoint", required=True, help="checkpoint file, or the name of a bundled / cached model")
     a.add_argument("--data", required=True, help="annotation project (case folder with dataset.json)")
     a.add_argument("--rater", required=True, help="the rater id whose saved masks define the style")
     a.add_argument("--out", required=True, help="the new checkpoint (.pt); never the original")
     a.add_argument("--steps", type=POSITIVE_INT, default=None, help="optimizer steps (default 150)")
-    a.add_argument("--lr", type=POSITIVE_FLOAT, default=None,
-                   help="learning rate of the new persona (default: the method's, e.g. Pionono 0.1, else twice its "
-                        "latent learning rate)")
+    a.add_argument(
+        "--lr",
+        type=POSITIVE_FLOAT,
+        default=None,
+        help="learning rate of the new persona (default: the method's, e.g. Pionono 0.1, else twice its "
+        "latent learning rate)",
+    )
     a.add_argument("--seed", type=SEED, default=0, help="seed of the held-out split and the fit")
     a.set_defaults(func=_persona_add)
-    p.set_defaults(func=lambda args: fail("choose an action: multirater persona add ... (see multirater persona --help)"))
+    p.set_defaults(
+        func=lambda args: fail("choose an action: multirater persona add ... (see multirater persona --help)")
+    )
 
     q = sub.add_parser("queue", help="the cases a rater should annotate next, most useful first")
     q.add_argument("--data", required=True, help="annotation project (case folder with dataset.json)")
@@ -35,15 +44,14 @@ def add_parser(sub) -> None:
 
 
 def _persona_add(args) -> int:
+    from ..datasets.case import DatasetError
+    from ..datasets.case_folder import check_identifier
     from ..inference.persona_fit import (
         DEFAULT_STEPS,
         NoPersonas,
         PersonaFitError,
         iter_add_persona,
     )
-
-    from ..datasets.case import DatasetError
-    from ..datasets.case_folder import check_identifier
     from ..progress import run_to_completion
 
     try:
@@ -57,8 +65,9 @@ def _persona_add(args) -> int:
             print(f"  {p.message}", file=sys.stderr, flush=True)
 
     try:
-        report = run_to_completion(iter_add_persona(args.checkpoint, args.data, args.rater, args.out, steps,
-                                                    seed=args.seed, lr=args.lr), show)
+        report = run_to_completion(
+            iter_add_persona(args.checkpoint, args.data, args.rater, args.out, steps, seed=args.seed, lr=args.lr), show
+        )
     except NoPersonas as e:
         rep = getattr(e, "report", None)
         if rep:

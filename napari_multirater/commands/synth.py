@@ -14,7 +14,9 @@ def add_parser(sub) -> None:
     p.add_argument("--raters", type=POSITIVE_INT, default=4, help="number of simulated raters (default 4)")
     p.add_argument("--3d", dest="three_d", action="store_true", help="3D volumes instead of 2D slices")
     p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--val-fraction", type=float_range(0, 1, hi_open=True), default=0.2, help="fraction of cases in the val split")
+    p.add_argument(
+        "--val-fraction", type=float_range(0, 1, hi_open=True), default=0.2, help="fraction of cases in the val split"
+    )
     p.add_argument("--format", choices=["nii.gz", "nrrd", "mha"], default="nii.gz")
     p.add_argument("--overwrite", action="store_true", help="allow writing into an existing dataset")
     p.set_defaults(func=run)

@@ -145,7 +145,10 @@ def validate_manifest(m: dict, where: str) -> None:
         raise DatasetError(f"{where}: 'labels' must map label values to names and include '1'")
     win = m.get("intensity_window")
     if win is not None and (
-        not isinstance(win, list) or len(win) != 2 or not all(isinstance(v, (int, float)) for v in win) or win[0] >= win[1]
+        not isinstance(win, list)
+        or len(win) != 2
+        or not all(isinstance(v, (int, float)) for v in win)
+        or win[0] >= win[1]
     ):
         raise DatasetError(f"{where}: 'intensity_window' must be [low, high] with low < high, got {win!r}")
     splits = m.get("splits", {})
@@ -295,8 +298,10 @@ class CaseFolderDataset(Sequence):
             if drawn_on:
                 image_sha = image_sha or image_checksum(image)
                 if drawn_on != image_sha:  # the image changed after this annotation was made
-                    problems.append(f"rater {rater} left out: {side} says the mask was drawn on another image "
-                                    f"(image checksum {str(drawn_on)[:12]}... vs {image_sha[:12]}... now)")
+                    problems.append(
+                        f"rater {rater} left out: {side} says the mask was drawn on another image "
+                        f"(image checksum {str(drawn_on)[:12]}... vs {image_sha[:12]}... now)"
+                    )
                     continue
             valid[k] = True
         meta = {"patient_id": info.get("patient_id", case_id), "case_dir": str(cdir), "image_path": str(img_path)}
@@ -361,8 +366,10 @@ def problems_summary(problems: Sequence[str], n_cases: int, where) -> str:
     skipped = sum(" skipped: " in p for p in problems)
     left_out = sum(" left out: " in p for p in problems)
     other = len(problems) - skipped - left_out
-    return (f"{where}: {skipped} case(s) skipped, {left_out} rater annotation(s) left out, {other} other "
-            f"problem(s); {n_cases} case(s) used (see the warnings above)")
+    return (
+        f"{where}: {skipped} case(s) skipped, {left_out} rater annotation(s) left out, {other} other "
+        f"problem(s); {n_cases} case(s) used (see the warnings above)"
+    )
 
 
 def write_case(

@@ -29,7 +29,7 @@ def parse_labels(spec: str, raters: list[str]) -> tuple[str, str | None]:
     if spec in ("consensus", "majority", "all"):
         return spec, None
     if spec.startswith("rater:"):
-        name = spec[len("rater:"):]
+        name = spec[len("rater:") :]
         if name not in raters:
             raise DatasetError(f"--labels {spec}: no rater {name!r} in this dataset (raters: {', '.join(raters)})")
         return "rater", name
@@ -89,8 +89,10 @@ def export_nnunet(
             if progress is not None:
                 progress(i, len(ds))
         if n == 0:
-            raise DatasetError(f"{dataset_root}: no case to export with --labels {labels}"
-                               + (f" ({'; '.join(problems)})" if problems else ""))
+            raise DatasetError(
+                f"{dataset_root}: no case to export with --labels {labels}"
+                + (f" ({'; '.join(problems)})" if problems else "")
+            )
         write_json(tmp / "dataset.json", _dataset_json(ds, n, kind, rater, labels))
     return {"cases": n, "left_out": left_out, "problems": problems, "out": str(out), "labels": labels}
 

@@ -63,8 +63,10 @@ class Scan:
 
     def describe(self) -> str:
         n_masks = sum(len(s.masks) for s in self.sources)
-        return (f"{self.root}: {self.layout} layout, {len(self.sources)} images, {len(self.raters)} raters "
-                f"({', '.join(self.raters)}), {n_masks} masks")
+        return (
+            f"{self.root}: {self.layout} layout, {len(self.sources)} images, {len(self.raters)} raters "
+            f"({', '.join(self.raters)}), {n_masks} masks"
+        )
 
 
 def _stem(path: Path) -> str | None:
@@ -161,16 +163,18 @@ def scan_nnunet(root: Path) -> Scan:
     sources = []
     for cid, ch in sorted(channels.items()):
         if sorted(ch) != [0]:
-            problems.append(f"{images_dir}: case {cid} has channels {sorted(ch)}; only single-channel images "
-                            "(_0000) are supported")
+            problems.append(
+                f"{images_dir}: case {cid} has channels {sorted(ch)}; only single-channel images (_0000) are supported"
+            )
             continue
         if not _valid_id(cid, "case id", ch[0], problems):
             continue
         sources.append(Source(cid, ch[0], {r: files[cid] for r, files in label_sets.items() if cid in files}))
     for r, files in label_sets.items():
         _valid_id(r, "rater id", labels_dir / r, problems)
-        problems += [f"{f}: label without an image {cid}_0000 in imagesTr" for cid, f in files.items()
-                     if cid not in channels]
+        problems += [
+            f"{f}: label without an image {cid}_0000 in imagesTr" for cid, f in files.items() if cid not in channels
+        ]
     scan = _finish("nnunet", root, sources, problems)
     names = meta.get("channel_names") or meta.get("modality") or {}
     scan.modality = str(names.get("0")) if isinstance(names, dict) and names.get("0") else None
@@ -272,16 +276,23 @@ def import_scan(
     modality = modality or scan.modality or "unknown"
     written, missing = 0, 0
     with staged_folder(out) as tmp:
-        manifest = new_manifest(name or Path(out).name, scan.raters, modality=modality,
-                                description=f"imported from {scan.root} ({scan.layout} layout)")
+        manifest = new_manifest(
+            name or Path(out).name,
+            scan.raters,
+            modality=modality,
+            description=f"imported from {scan.root} ({scan.layout} layout)",
+        )
         create_dataset(tmp, manifest)
         for i, src in enumerate(scan.sources, start=1):
             case = load_source(src, scan.raters, problems)
             if problems and not skip_bad:
                 continue  # keep reading to report every problem; nothing will be kept
             if case is not None and case.valid.any():
-                prov = {r: {"kind": "imported", "layout": scan.layout, "source_file": str(src.masks[r])}
-                        for k, r in enumerate(case.rater_names) if case.valid[k]}
+                prov = {
+                    r: {"kind": "imported", "layout": scan.layout, "source_file": str(src.masks[r])}
+                    for k, r in enumerate(case.rater_names)
+                    if case.valid[k]
+                }
                 write_imported_case(tmp, case, prov)
                 written += 1
                 missing += int((~case.valid).sum())
@@ -293,5 +304,13 @@ def import_scan(
             raise ImportProblems(problems)
         if written == 0:
             raise ImportProblems(problems or ["no case could be imported"])
-    return {"layout": scan.layout, "cases": written, "raters": list(scan.raters), "missing_masks": missing,
-            "skipped": problems, "notes": scan.notes, "out": str(out), "modality": modality}
+    return {
+        "layout": scan.layout,
+        "cases": written,
+        "raters": list(scan.raters),
+        "missing_masks": missing,
+        "skipped": problems,
+        "notes": scan.notes,
+        "out": str(out),
+        "modality": modality,
+    }

@@ -175,9 +175,22 @@ def crop_nodules(case: MultiRaterCase, size_mm: float) -> tuple[list[MultiRaterC
             notes.append(f"nodule {j} ({'x'.join(map(str, extent))} voxels) is larger than the {size_mm:g} mm box")
         origin = case.geometry.index_to_physical(start)[::-1]
         geom = Geometry(case.geometry.spacing, tuple(float(v) for v in origin), case.geometry.direction)
-        meta = {**case.meta, "patient_id": case.patient_id, "nodule": j, "crop_start_zyx": start.tolist(),
-                "crop_mm": float(size_mm)}
-        crops.append(MultiRaterCase(f"{case.case_id}_nodule{j:02d}", case.image[window].copy(),
-                                    case.masks[(slice(None), *window)].copy(), case.valid.copy(),
-                                    list(case.rater_names), geom, meta))
+        meta = {
+            **case.meta,
+            "patient_id": case.patient_id,
+            "nodule": j,
+            "crop_start_zyx": start.tolist(),
+            "crop_mm": float(size_mm),
+        }
+        crops.append(
+            MultiRaterCase(
+                f"{case.case_id}_nodule{j:02d}",
+                case.image[window].copy(),
+                case.masks[(slice(None), *window)].copy(),
+                case.valid.copy(),
+                list(case.rater_names),
+                geom,
+                meta,
+            )
+        )
     return crops, notes

@@ -54,9 +54,7 @@ def _load_npz(path: Path) -> dict:
         raise DatasetError(f"{path}: not a readable npz file ({e})") from None
     images, masks = out["images"], out["masks"]
     if images.ndim != 3 or masks.ndim != 4 or masks.shape[0] != images.shape[0] or masks.shape[2:] != images.shape[1:]:
-        raise DatasetError(
-            f"{path}: expected images (N,H,W) and masks (N,K,H,W), got {images.shape} and {masks.shape}"
-        )
+        raise DatasetError(f"{path}: expected images (N,H,W) and masks (N,K,H,W), got {images.shape} and {masks.shape}")
     if masks.max(initial=0) > 1:
         raise DatasetError(f"{path}: masks must be binary 0/1, found max {masks.max()}")
     return out
@@ -96,7 +94,9 @@ class LidcNpzDataset(Sequence):
         cid = f"{self.patient[i]}_n{int(self.nodule[i])}_s{int(self.slice[i])}"
         meta = {"patient_id": str(self.patient[i]), "nodule_id": int(self.nodule[i]), "slice_id": int(self.slice[i])}
         k = len(self.rater_names)
-        return MultiRaterCase(cid, self.images[i], self.masks[i], np.ones(k, bool), list(self.rater_names), Geometry.identity(2), meta)
+        return MultiRaterCase(
+            cid, self.images[i], self.masks[i], np.ones(k, bool), list(self.rater_names), Geometry.identity(2), meta
+        )
 
     def patient_ids(self) -> list[str]:
         return [str(p) for p in self.patient]

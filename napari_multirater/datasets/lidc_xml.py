@@ -100,8 +100,14 @@ def import_lidc_xml(
     points: list[list] = []  # [reader, slice, row, col] of each small nodule (point) on this series
     skipped = fallback = 0
     for i, (name, sess) in enumerate(zip(names, sessions, strict=True)):
-        st = {"radiologist_id": text(sess, "servicingRadiologistID"), "nodules": 0, "nodules_in_series": 0,
-              "small_nodules": 0, "non_nodules": len(sess.findall(f"{ns}nonNodule")), "rois_drawn": 0}
+        st = {
+            "radiologist_id": text(sess, "servicingRadiologistID"),
+            "nodules": 0,
+            "nodules_in_series": 0,
+            "small_nodules": 0,
+            "non_nodules": len(sess.findall(f"{ns}nonNodule")),
+            "rois_drawn": 0,
+        }
         for nod in sess.findall(f"{ns}unblindedReadNodule"):
             rois = nod.findall(f"{ns}roi")
             small = all(len(r.findall(f"{ns}edgeMap")) <= 1 for r in rois)

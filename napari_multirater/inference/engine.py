@@ -57,7 +57,8 @@ def check_finite(image, what: str = "input image", source: str | None = None) ->
     where = f"{source}: " if source else ""
     raise NonFiniteInputError(
         f"{where}{what} has {bad} non-finite voxel(s) of {arr.size} ({n_nan} NaN, {bad - n_nan} inf); "
-        "the model cannot run on them (they would make every output pixel NaN): fill or mask them first")
+        "the model cannot run on them (they would make every output pixel NaN): fill or mask them first"
+    )
 
 
 def spacing_pair(value, what: str = "pixel size") -> tuple[float, float] | None:
@@ -92,9 +93,11 @@ def sample_uncertainty(probs: torch.Tensor) -> dict[str, torch.Tensor]:
     """entropy of the mean, variance x4 and mutual information from sample probabilities (n, H, W)."""
     mean = probs.mean(0)
     h_mean = binary_entropy(mean)
-    return {"entropy": h_mean,
-            "variance": (probs.var(0, unbiased=False) * 4).clamp(0, 1),
-            "mutual_information": (h_mean - binary_entropy(probs).mean(0)).clamp(0, 1)}
+    return {
+        "entropy": h_mean,
+        "variance": (probs.var(0, unbiased=False) * 4).clamp(0, 1),
+        "mutual_information": (h_mean - binary_entropy(probs).mean(0)).clamp(0, 1),
+    }
 
 
 @contextmanager
@@ -148,14 +151,23 @@ class Encoded:
 class InferenceEngine:
     """A loaded model plus everything needed to feed it raw images (see module docstring)."""
 
-    def __init__(self, model, card: dict, device="auto", name: str = "model", image_units: str = "auto",
-                 lidc_mapping: str = "fixed", target_spacing_mm: float | tuple | str | None = None,
-                 precision: str = "auto"):
+    def __init__(
+        self,
+        model,
+        card: dict,
+        device="auto",
+        name: str = "model",
+        image_units: str = "auto",
+        lidc_mapping: str = "fixed",
+        target_spacing_mm: float | tuple | str | None = None,
+        precision: str = "auto",
+    ):
         self.model = model.eval()
         self.card = dict(card or {})
         self.name = name
-        self.device, self.device_message = resolve_device(device) if isinstance(device, str) else (
-            torch.device(device), str(device))
+        self.device, self.device_message = (
+            resolve_device(device) if isinstance(device, str) else (torch.device(device), str(device))
+        )
         self.warnings: list[str] = []
         self.normalizer = InputNormalizer.from_card(self.card, image_units, lidc_mapping)
         inp = self.card.get("input") or {}
@@ -167,8 +179,9 @@ class InferenceEngine:
                 raise ValueError(f"target spacing must be mm or 'native', got {target_spacing_mm!r}")
             self.target_spacing_mm = None
         else:
-            self.target_spacing_mm = spacing_pair(target_spacing_mm if target_spacing_mm is not None
-                                                  else inp.get("pixel_size_mm"), "input.pixel_size_mm")
+            self.target_spacing_mm = spacing_pair(
+                target_spacing_mm if target_spacing_mm is not None else inp.get("pixel_size_mm"), "input.pixel_size_mm"
+            )
         self.precision_choice = precision
         self.precision = resolve_precision(precision, self.device)
         self._call(lambda dev: None)  # moves the model (falls back to CPU if the GPU refuses)
@@ -227,16 +240,30 @@ class InferenceEngine:
         if "train_slices" in td:
             data += f" ({td['train_slices']} slices, {td.get('train_patients', '?')} patients)"
         caps = self.capabilities
-        can = [w for w, v in (("varied samples", caps.diverse), ("one outline per rater", caps.personalized),
-                              ("blends between raters", caps.blend),
-                              ("a latent space to explore", caps.latent_dim > 0)) if v]
-        out = {"name": self.name, "for": mi.purpose(c, self.name), "method": c.get("method", self.model.method),
-               "raters": ", ".join(self.rater_names),
-               "trained on": mi.describe_fov(mi.field_of_view(c), spacing_yx),
-               "training data": data, "validation": mi.plain_metrics(c),
-               "intensity": self.normalizer.describe(), "resolution": self.describe_resolution(),
-               "can show": ", ".join(can) or "one prediction",
-               "device": self.device_message, "precision": self.precision.describe()}
+        can = [
+            w
+            for w, v in (
+                ("varied samples", caps.diverse),
+                ("one outline per rater", caps.personalized),
+                ("blends between raters", caps.blend),
+                ("a latent space to explore", caps.latent_dim > 0),
+            )
+            if v
+        ]
+        out = {
+            "name": self.name,
+            "for": mi.purpose(c, self.name),
+            "method": c.get("method", self.model.method),
+            "raters": ", ".join(self.rater_names),
+            "trained on": mi.describe_fov(mi.field_of_view(c), spacing_yx),
+            "training data": data,
+            "validation": mi.plain_metrics(c),
+            "intensity": self.normalizer.describe(),
+            "resolution": self.describe_resolution(),
+            "can show": ", ".join(can) or "one prediction",
+            "device": self.device_message,
+            "precision": self.precision.describe(),
+        }
         note = mi.rater_note(c)
         if note:
             out["raters"] += f" ({note})"
@@ -262,6 +289,7 @@ class InferenceEngine:
     # ------------------------------------------------------------------ device handling
     def _call(self, fn):
         """Run ``fn(device)`` under inference mode; a GPU failure moves the model to CPU and retries."""
+
         def run(dev):
             if next(self.model.parameters()).device != dev:
                 self.model.to(dev)
@@ -299,7 +327,7 @@ class InferenceEngine:
     @staticmethod
     def _unpad(t: torch.Tensor, pad) -> torch.Tensor:
         top, bottom, left, right = pad
-        return t[..., top:t.shape[-2] - bottom, left:t.shape[-1] - right]
+        return t[..., top : t.shape[-2] - bottom, left : t.shape[-1] - right]
 
     @staticmethod
     def _as_batch(image) -> tuple[np.ndarray, bool]:
@@ -337,7 +365,12 @@ class InferenceEngine:
 
         def fn(dev):
             x, pad = self._prepare(batch, dev)
-            return torch.stack([self._sample_probs(x[b:b + 1], n, seed, b, pad) for b in range(len(batch))]).cpu().numpy()
+            return (
+                torch.stack([self._sample_probs(x[b : b + 1], n, seed, b, pad) for b in range(len(batch))])
+                .cpu()
+                .numpy()
+            )
+
         out = self._call(fn)
         return out[0] if single else out
 
@@ -347,7 +380,10 @@ class InferenceEngine:
 
         def fn(dev):
             x, pad = self._prepare(batch, dev)
-            return torch.stack([self._persona_probs(x[b:b + 1], seed, b, pad) for b in range(len(batch))]).cpu().numpy()
+            return (
+                torch.stack([self._persona_probs(x[b : b + 1], seed, b, pad) for b in range(len(batch))]).cpu().numpy()
+            )
+
         out = self._call(fn)
         return out[0] if single else out
 
@@ -376,6 +412,7 @@ class InferenceEngine:
             x, pad = self._prepare(np.asarray(image)[None], dev)
             logits = self.model.blend(x, int(i), int(j), float(t), generator=_generator(seed, 0, 2))
             return self._unpad(torch.sigmoid(logits[0, 0].float()), pad).cpu().numpy()
+
         return self._call(fn)
 
     # ------------------------------------------------------------------ latent explorer
@@ -387,6 +424,7 @@ class InferenceEngine:
         def fn(dev):
             x, pad = self._prepare(arr[None], dev)
             return Encoded(self.model.encode(x), arr.shape, pad, dev)
+
         return self._call(fn)
 
     def latent_prior(self, enc: Encoded):
@@ -407,6 +445,7 @@ class InferenceEngine:
                 enc.device = dev
             logits = self.model.decode(enc.ctx, zt[None].to(dev))
             return self._unpad(torch.sigmoid(logits[0].float()), enc.pad).cpu().numpy()
+
         return self._call(fn)
 
     def latent_samples(self, enc: Encoded, n: int, seed: int = 0, key: int = 0) -> np.ndarray:
@@ -424,8 +463,7 @@ class InferenceEngine:
         """
         return run_to_completion(self.iter_latent_directions(enc, mode, n, seed))
 
-    def iter_latent_directions(self, enc: Encoded, mode: str = "axes", n: int = 64, seed: int = 0,
-                               chunk: int = 8):
+    def iter_latent_directions(self, enc: Encoded, mode: str = "axes", n: int = 64, seed: int = 0, chunk: int = 8):
         """Generator form of :meth:`latent_directions`: one :class:`Progress` per ``chunk`` decodes
         (cancellable in a worker); the result is identical to the one-shot computation."""
         mu, sigma = self._prior_or_raise(enc)
@@ -440,7 +478,7 @@ class InferenceEngine:
         parts = []
         yield Progress(0, n, f"principal directions: {n} decodes")
         for c0 in range(0, n, chunk):
-            parts.append(self.decode(enc, z[c0:c0 + chunk]).reshape(len(z[c0:c0 + chunk]), -1))
+            parts.append(self.decode(enc, z[c0 : c0 + chunk]).reshape(len(z[c0 : c0 + chunk]), -1))
             yield Progress(min(c0 + chunk, n), n, f"decode {min(c0 + chunk, n)}/{n}")
         y = np.concatenate(parts)
         jac, *_ = np.linalg.lstsq(eps - eps.mean(0), y - y.mean(0), rcond=None)
@@ -486,7 +524,9 @@ class InferenceEngine:
             x, pad = self._prepare(images, dev, size)
             out = {"samples": None, "mean_prob": None, "personas": None, "uncertainty": {}, "scores": {}}
             if n_eff:
-                probs = torch.stack([self._sample_probs(x[b:b + 1], n_eff, seed, keys[b], pad) for b in range(len(keys))])
+                probs = torch.stack(
+                    [self._sample_probs(x[b : b + 1], n_eff, seed, keys[b], pad) for b in range(len(keys))]
+                )
                 out["samples"] = back((probs > 0.5).to(torch.uint8), "nearest").to(torch.uint8)
                 out["mean_prob"] = back(probs.mean(1, keepdim=True), "linear")[:, 0]
                 if uncertainty:
@@ -494,7 +534,7 @@ class InferenceEngine:
                     for k in SAMPLE_KINDS:
                         out["uncertainty"][k] = back(torch.stack([m[k] for m in maps])[:, None], "linear")[:, 0]
             if personas or (uncertainty and self.capabilities.personalized):
-                pp = torch.stack([self._persona_probs(x[b:b + 1], seed, keys[b], pad) for b in range(len(keys))])
+                pp = torch.stack([self._persona_probs(x[b : b + 1], seed, keys[b], pad) for b in range(len(keys))])
                 if personas:
                     out["personas"] = back((pp > 0.5).to(torch.uint8), "nearest").to(torch.uint8)
                 if uncertainty and self.capabilities.personalized:
@@ -505,13 +545,25 @@ class InferenceEngine:
                 out["uncertainty"].update({k: back(v[:, None], "linear")[:, 0] for k, v in maps.items()})
                 out["scores"] = scores
             return _to_numpy(out)
+
         return self._call(fn)
 
-    def iter_predict_volume(self, volume, geometry: Geometry | None = None, *, samples: int = DEFAULT_SAMPLES,
-                            personas: bool = False, uncertainty: bool = False, seed: int = 0,
-                            batch_slices: int = 8, roi: ROI | None = None, slice_index: int | None = None,
-                            target_spacing_mm: float | tuple | str | None = None, uncertainty_samples: int = DEFAULT_SAMPLES,
-                            source: str | None = None):
+    def iter_predict_volume(
+        self,
+        volume,
+        geometry: Geometry | None = None,
+        *,
+        samples: int = DEFAULT_SAMPLES,
+        personas: bool = False,
+        uncertainty: bool = False,
+        seed: int = 0,
+        batch_slices: int = 8,
+        roi: ROI | None = None,
+        slice_index: int | None = None,
+        target_spacing_mm: float | tuple | str | None = None,
+        uncertainty_samples: int = DEFAULT_SAMPLES,
+        source: str | None = None,
+    ):
         """Generator: yields :class:`Progress` per chunk of slices, returns a :class:`PredictionResult`.
 
         ``volume``: a 2D image (H, W) or a volume (Z, Y, X) in raw units. ``slice_index`` restricts
@@ -538,22 +590,28 @@ class InferenceEngine:
                 raise ValueError(f"slice {z} is outside the region of interest / volume (0..{vol3.shape[0] - 1})")
             region = (slice(z, z + 1), *region[1:])
         zs = list(range(region[0].start, region[0].stop))
-        check_finite(vol3[region], "input image" if _region_is_full(region, vol3.shape) else
-                     "the region of the input image to predict", source)
+        check_finite(
+            vol3[region],
+            "input image" if _region_is_full(region, vol3.shape) else "the region of the input image to predict",
+            source,
+        )
         crop_h, crop_w = region[1].stop - region[1].start, region[2].stop - region[2].start
         size = self._model_size((crop_h, crop_w), geometry if has_geometry else None, target_spacing_mm)
         n = int(samples) if samples else (int(uncertainty_samples) if uncertainty else 0)
         rshape = (len(zs), crop_h, crop_w)
-        res = {"samples": np.zeros((n, *rshape), np.uint8) if samples else None,
-               "mean_prob": np.zeros(rshape, np.float32) if n else None,
-               "personas": {r: np.zeros(rshape, np.uint8) for r in self.rater_names} if personas else {},
-               "uncertainty": {}, "scores": {}}
+        res = {
+            "samples": np.zeros((n, *rshape), np.uint8) if samples else None,
+            "mean_prob": np.zeros(rshape, np.float32) if n else None,
+            "personas": {r: np.zeros(rshape, np.uint8) for r in self.rater_names} if personas else {},
+            "uncertainty": {},
+            "scores": {},
+        }
         batch_slices = max(int(batch_slices), 1)
         yield Progress(0, len(zs), f"{len(zs)} slice(s), {n} sample(s) on {self.device.type}")
         t_start = time.perf_counter()
         for c0 in range(0, len(zs), batch_slices):
-            keys = zs[c0:c0 + batch_slices]
-            imgs = vol3[keys[0]:keys[-1] + 1, region[1], region[2]]
+            keys = zs[c0 : c0 + batch_slices]
+            imgs = vol3[keys[0] : keys[-1] + 1, region[1], region[2]]
             out = self._stack(imgs, keys, n, personas, uncertainty, seed, size)
             sl = slice(c0, c0 + len(keys))
             if res["samples"] is not None:
@@ -568,8 +626,11 @@ class InferenceEngine:
                 res["scores"].setdefault(k, np.zeros(len(zs), np.float32))[sl] = v
             done = c0 + len(keys)
             left = (time.perf_counter() - t_start) / done * (len(zs) - done)
-            yield Progress(done, len(zs), slices_text(keys, vol3.shape[0] if not is2d else 1)
-                           + (f", {eta_text(left)}" if done < len(zs) else ""))
+            yield Progress(
+                done,
+                len(zs),
+                slices_text(keys, vol3.shape[0] if not is2d else 1) + (f", {eta_text(left)}" if done < len(zs) else ""),
+            )
         return self._result(res, vol.shape, region, is2d, geometry, size, seed, n)
 
     def predict_volume(self, volume, geometry=None, on_progress=None, **kwargs) -> PredictionResult:
@@ -597,15 +658,27 @@ class InferenceEngine:
             if a is None or not is2d:
                 return a
             return a[(slice(None),) * lead + (0,)]
+
         return PredictionResult(
-            shape=tuple(shape), region=region[1:] if is2d else region,
-            samples_region=sq(res["samples"], 1), mean_prob_region=sq(res["mean_prob"]),
+            shape=tuple(shape),
+            region=region[1:] if is2d else region,
+            samples_region=sq(res["samples"], 1),
+            mean_prob_region=sq(res["mean_prob"]),
             personas_region={k: sq(v) for k, v in res["personas"].items()},
             uncertainty_region={k: sq(v) for k, v in res["uncertainty"].items()},
-            scores=dict(res["scores"]), geometry=geometry,
-            info={"model": self.name, "method": self.model.method, "seed": int(seed), "samples": n,
-                  "device": self.device_message, "warnings": list(self.warnings),
-                  "intensity": self.normalizer.describe(), "model_size": size})
+            scores=dict(res["scores"]),
+            geometry=geometry,
+            info={
+                "model": self.name,
+                "method": self.model.method,
+                "seed": int(seed),
+                "samples": n,
+                "device": self.device_message,
+                "warnings": list(self.warnings),
+                "intensity": self.normalizer.describe(),
+                "model_size": size,
+            },
+        )
 
 
 def _region_is_full(region, shape) -> bool:

@@ -12,23 +12,32 @@ from pathlib import Path
 
 import numpy as np
 
-LIDC_NOTE = ("LIDC readers are anonymous: 'expert k' is the k-th smallest of the (up to) 4 outlines of a "
-             "nodule, not a particular radiologist")
+LIDC_NOTE = (
+    "LIDC readers are anonymous: 'expert k' is the k-th smallest of the (up to) 4 outlines of a "
+    "nodule, not a particular radiologist"
+)
 
 # training data -> what the model saw (the bundled models' cards predate input.field_of_view)
 KNOWN_TRAINING_DATA = {
     "lidc-slices": {
-        "field_of_view": {"size_px": [128, 128], "pixel_size_mm": None, "typical_pixel_mm": [0.5, 0.9],
-                          "centred": "one lung nodule (nodule-centred crops of axial CT slices)"},
+        "field_of_view": {
+            "size_px": [128, 128],
+            "pixel_size_mm": None,
+            "typical_pixel_mm": [0.5, 0.9],
+            "centred": "one lung nodule (nodule-centred crops of axial CT slices)",
+        },
         "purpose": "outlines of a lung nodule on CT, as 4 anonymous LIDC readers drew them",
         "data_kind": "ct",
         "note": LIDC_NOTE,
     },
     "phantom": {
-        "field_of_view": {"size_px": [128, 128], "pixel_size_mm": [0.7, 0.7],
-                          "centred": "a whole 2D synthetic chest phantom (the lesion lies anywhere inside)"},
+        "field_of_view": {
+            "size_px": [128, 128],
+            "pixel_size_mm": [0.7, 0.7],
+            "centred": "a whole 2D synthetic chest phantom (the lesion lies anywhere inside)",
+        },
         "purpose": "the synthetic phantoms of the demo and their 4 simulated rater styles (tight, generous, "
-                   "smooth, misses faint edges)",
+        "smooth, misses faint edges)",
         "data_kind": "phantom",
         "note": "",
     },
@@ -141,9 +150,11 @@ def input_advice(fov: dict | None, shape_yx, spacing_yx=None, factor: float = 2.
         fov_text = f"{ph} x {pw} px"
     if ratio <= factor:
         return None
-    return (f"This image ({size}) is {ratio:.0f}x wider than what the model was trained on ({fov_text}, "
-            f"{fov.get('centred', '')}): on the whole image it marks unrelated structures. Use a region of "
-            "interest: click the lesion in the 'mr roi point' layer and run.")
+    return (
+        f"This image ({size}) is {ratio:.0f}x wider than what the model was trained on ({fov_text}, "
+        f"{fov.get('centred', '')}): on the whole image it marks unrelated structures. Use a region of "
+        "interest: click the lesion in the 'mr roi point' layer and run."
+    )
 
 
 def roi_size_mm(fov: dict | None, spacing_yx=None, default: float = 40.0) -> float:

@@ -17,6 +17,7 @@ persona's Dice on the same cases. :func:`iter_add_persona` is a progress generat
 written); it writes a NEW checkpoint (the original is never modified) whose model card names the
 rater, the cases and their checksums, the steps and the held-out scores.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,9 +36,18 @@ from src_training.models.registry import build_model
 
 from ..progress import Progress, run_to_completion
 
-
-__all__ = ["NoPersonas", "PersonaFitError", "RaterCase", "add_persona", "held_out_split", "iter_add_persona",
-           "iter_fit_persona", "load_rater_cases", "nearest_persona_report", "persona_dice"]
+__all__ = [
+    "NoPersonas",
+    "PersonaFitError",
+    "RaterCase",
+    "add_persona",
+    "held_out_split",
+    "iter_add_persona",
+    "iter_fit_persona",
+    "load_rater_cases",
+    "nearest_persona_report",
+    "persona_dice",
+]
 
 HOLD_OUT_FRACTION = 0.2
 MIN_HELD_OUT = 3
@@ -93,15 +103,18 @@ def load_rater_cases(store, rater: str) -> list[RaterCase]:
     return out
 
 
-def held_out_split(case_ids, fraction: float = HOLD_OUT_FRACTION, min_held: int = MIN_HELD_OUT,
-                   min_fit: int = MIN_FIT, seed: int = 0) -> tuple[list[str], list[str]]:
+def held_out_split(
+    case_ids, fraction: float = HOLD_OUT_FRACTION, min_held: int = MIN_HELD_OUT, min_fit: int = MIN_FIT, seed: int = 0
+) -> tuple[list[str], list[str]]:
     """``(fit ids, held-out ids)``: ``fraction`` (at least ``min_held``) held out, chosen by a seeded
     shuffle of the sorted ids (the same cases give the same split)."""
     ids = sorted(case_ids)
     n_held = max(int(min_held), math.ceil(float(fraction) * len(ids)))
     if len(ids) < n_held + int(min_fit):
-        raise PersonaFitError(f"need at least {n_held + int(min_fit)} annotated cases ({n_held} held out to score "
-                              f"the persona honestly + {int(min_fit)} to fit it), this rater has {len(ids)}")
+        raise PersonaFitError(
+            f"need at least {n_held + int(min_fit)} annotated cases ({n_held} held out to score "
+            f"the persona honestly + {int(min_fit)} to fit it), this rater has {len(ids)}"
+        )
     order = np.random.default_rng(int(seed)).permutation(len(ids))
     held = sorted(ids[i] for i in order[:n_held])
     return [c for c in ids if c not in held], held
@@ -159,9 +172,9 @@ def _persona_dice_tensors(model, data: dict) -> np.ndarray:
     total, n = None, 0
     for x, y, inside in data.values():
         for s in range(0, len(x), DEFAULT_BATCH):
-            logits = model.personalize(x[s:s + DEFAULT_BATCH], torch.Generator().manual_seed(0))
-            pred = (logits > 0).float() * inside[s:s + DEFAULT_BATCH]
-            yy = y[s:s + DEFAULT_BATCH, 0]
+            logits = model.personalize(x[s : s + DEFAULT_BATCH], torch.Generator().manual_seed(0))
+            pred = (logits > 0).float() * inside[s : s + DEFAULT_BATCH]
+            yy = y[s : s + DEFAULT_BATCH, 0]
             d = torch.stack([_dice_t(pred[:, k], yy) for k in range(pred.shape[1])], 1).sum(0)
             total = d if total is None else total + d
             n += len(yy)
@@ -188,8 +201,11 @@ def nearest_persona_report(engine, cases: list[RaterCase]) -> dict:
     nearest = max(d, key=lambda k: (d[k], k)) if d else None
     personalized = engine.capabilities.personalized
     what = "persona" if personalized else "output (the same for every rater: the model has no personas)"
-    text = (f"closest {what}: {nearest} (Dice {d[nearest]:.3f} on {len(cases)} of your cases)" if nearest
-            else "no cases to compare")
+    text = (
+        f"closest {what}: {nearest} (Dice {d[nearest]:.3f} on {len(cases)} of your cases)"
+        if nearest
+        else "no cases to compare"
+    )
     return {"dice": d, "nearest": nearest, "n_cases": len(cases), "text": text}
 
 
@@ -218,7 +234,7 @@ def grow_model(model, name: str, source: int):
             if t.shape[0] % k:
                 raise PersonaFitError(f"{key}: {t.shape[0]} rows are not {k} per-rater blocks")
             b = t.shape[0] // k
-            t = torch.cat([t, t[source * b:(source + 1) * b]], 0)
+            t = torch.cat([t, t[source * b : (source + 1) * b]], 0)
         if key not in target or tuple(target[key].shape) != tuple(t.shape):
             raise PersonaFitError(f"{key}: cannot grow to {k + 1} personas (shape {tuple(t.shape)})")
         state[key] = t.clone()
@@ -237,7 +253,7 @@ def solo_model(grown, per: dict):
     state = {}
     for key, t in grown.state_dict().items():
         if key in per:
-            t = t[(k - 1) * (t.shape[0] // k):]
+            t = t[(k - 1) * (t.shape[0] // k) :]
         state[key] = t.clone()
     solo.load_state_dict(state, strict=True)
     return solo
@@ -250,11 +266,18 @@ def _copy_back(solo, grown, per: dict) -> None:
         for key, t in solo.state_dict().items():
             if key in per:
                 p = target[key]
-                p[(k - 1) * (p.shape[0] // k):] = t
+                p[(k - 1) * (p.shape[0] // k) :] = t
 
 
-def iter_fit_persona(model, name: str, train_data: dict, steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH,
-                     lr: float | None = None, seed: int = 0):
+def iter_fit_persona(
+    model,
+    name: str,
+    train_data: dict,
+    steps: int = DEFAULT_STEPS,
+    batch_size: int = DEFAULT_BATCH,
+    lr: float | None = None,
+    seed: int = 0,
+):
     """Generator: grow ``model`` by persona ``name`` (starting from the persona closest on
     ``train_data``) and fit only its own blocks; yields Progress (step, loss), returns :class:`_Fitted`."""
     if not model.capabilities.personalized or not model.persona_tensors():
@@ -284,8 +307,9 @@ def iter_fit_persona(model, name: str, train_data: dict, steps: int = DEFAULT_ST
         key = keys[int(rng.choice(len(keys), p=sizes / sizes.sum()))]
         x, y, _ = train_data[key]
         idx = torch.from_numpy(rng.choice(len(x), size=min(int(batch_size), len(x)), replace=False))
-        out = solo.loss({"image": x[idx], "masks": y[idx], "mask_valid": torch.ones(len(idx), 1, dtype=torch.bool)},
-                        step)
+        out = solo.loss(
+            {"image": x[idx], "masks": y[idx], "mask_valid": torch.ones(len(idx), 1, dtype=torch.bool)}, step
+        )
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
@@ -309,7 +333,7 @@ def _check_frozen(grown, before: dict, per: dict) -> None:
         old = before[key]
         if per.get(key):
             b = t.shape[0] // k
-            t, old = t[:(k - 1) * b], old[:(k - 1) * b]
+            t, old = t[: (k - 1) * b], old[: (k - 1) * b]
         if not torch.equal(t, old):
             raise PersonaFitError(f"internal error: {key} changed while fitting the new persona")
 
@@ -323,8 +347,17 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def iter_add_persona(checkpoint, project, rater: str, out, steps: int = DEFAULT_STEPS, *, seed: int = 0,
-                     lr: float | None = None, batch_size: int = DEFAULT_BATCH):
+def iter_add_persona(
+    checkpoint,
+    project,
+    rater: str,
+    out,
+    steps: int = DEFAULT_STEPS,
+    *,
+    seed: int = 0,
+    lr: float | None = None,
+    batch_size: int = DEFAULT_BATCH,
+):
     """Generator: fit ``rater``'s persona from ``project`` into a new checkpoint ``out``.
 
     ``checkpoint``: a path or a bundled / cached model name. Yields Progress; returns a report dict
@@ -344,8 +377,9 @@ def iter_add_persona(checkpoint, project, rater: str, out, steps: int = DEFAULT_
         raise PersonaFitError(str(e)) from None
     src = _checkpoint_path(checkpoint)
     if src is not None and out.resolve() == src.resolve():
-        raise PersonaFitError(f"--out {out} is the original checkpoint; the original is never modified: "
-                              "choose a new file")
+        raise PersonaFitError(
+            f"--out {out} is the original checkpoint; the original is never modified: choose a new file"
+        )
     if out.suffix != ".pt":
         raise PersonaFitError(f"--out {out} must end in .pt")
     if out.exists():
@@ -360,8 +394,10 @@ def iter_add_persona(checkpoint, project, rater: str, out, steps: int = DEFAULT_
         raise PersonaFitError(f"rater {rater!r} has no saved masks in {project} (raters: {known})")
     model = engine.model
     if not model.capabilities.personalized or not model.persona_tensors():
-        err = NoPersonas(f"{model.method} ({engine.name}) has no personas, so it cannot learn your style; "
-                         "it can only say how close its output is to your masks")
+        err = NoPersonas(
+            f"{model.method} ({engine.name}) has no personas, so it cannot learn your style; "
+            "it can only say how close its output is to your masks"
+        )
         yield Progress(0, None, "comparing the model's output with your masks")
         err.report = nearest_persona_report(engine, cases)
         raise err
@@ -378,11 +414,22 @@ def iter_add_persona(checkpoint, project, rater: str, out, steps: int = DEFAULT_
     existing = {k: v for k, v in dice.items() if k != name}
     best = max(existing, key=lambda k: (existing[k], k))
     report = {
-        "out": str(out), "persona": name, "rater": rater, "method": model.method, "steps": int(steps),
-        "fit_cases": fit_ids, "held_out": held_ids, "held_out_dice": dice, "new_dice": dice[name],
-        "best_existing": [best, existing[best]], "improvement": dice[name] - existing[best],
-        "started_from": fitted.source, "final_loss": fitted.losses[-1] if fitted.losses else None, "lr": fitted.lr,
-        "wall_seconds": round(time.perf_counter() - t0, 1)}
+        "out": str(out),
+        "persona": name,
+        "rater": rater,
+        "method": model.method,
+        "steps": int(steps),
+        "fit_cases": fit_ids,
+        "held_out": held_ids,
+        "held_out_dice": dice,
+        "new_dice": dice[name],
+        "best_existing": [best, existing[best]],
+        "improvement": dice[name] - existing[best],
+        "started_from": fitted.source,
+        "final_loss": fitted.losses[-1] if fitted.losses else None,
+        "lr": fitted.lr,
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+    }
     report["text"] = summary_text(report)
     card = _card(engine, report, cases, project, src, fitted.lr, batch_size, seed)
     save_checkpoint(out, fitted.model, card)
@@ -393,8 +440,10 @@ def summary_text(r: dict) -> str:
     best, bd = r["best_existing"]
     diff = r["improvement"]
     verdict = f"improves on it by {diff:+.3f}" if diff > 0 else f"does not improve on it ({diff:+.3f})"
-    return (f"held-out Dice vs {r['rater']} on {len(r['held_out'])} case(s): your style is closest to persona "
-            f"{best} ({bd:.3f}); the new persona {r['persona']} ({r['new_dice']:.3f}) {verdict}")
+    return (
+        f"held-out Dice vs {r['rater']} on {len(r['held_out'])} case(s): your style is closest to persona "
+        f"{best} ({bd:.3f}); the new persona {r['persona']} ({r['new_dice']:.3f}) {verdict}"
+    )
 
 
 def _checkpoint_path(checkpoint) -> Path | None:
@@ -415,15 +464,30 @@ def _card(engine, report, cases, project, src, lr, batch_size, seed) -> dict:
     card = copy.deepcopy(engine.card)
     by_id = {c.case_id: c for c in cases}
     entry = {
-        "rater": report["rater"], "persona": report["persona"], "project": str(Path(project).resolve()),
-        "cases": [{"case_id": cid, "image_sha256": by_id[cid].image_sha256, "mask_sha256": by_id[cid].mask_sha256,
-                   "use": "held_out" if cid in report["held_out"] else "fit"} for cid in sorted(by_id)],
-        "steps": report["steps"], "batch_size": int(batch_size), "lr": lr, "seed": int(seed),
-        "started_from_persona": report["started_from"], "final_loss": report["final_loss"],
-        "held_out_identity_dice": report["held_out_dice"], "held_out_summary": report["text"],
+        "rater": report["rater"],
+        "persona": report["persona"],
+        "project": str(Path(project).resolve()),
+        "cases": [
+            {
+                "case_id": cid,
+                "image_sha256": by_id[cid].image_sha256,
+                "mask_sha256": by_id[cid].mask_sha256,
+                "use": "held_out" if cid in report["held_out"] else "fit",
+            }
+            for cid in sorted(by_id)
+        ],
+        "steps": report["steps"],
+        "batch_size": int(batch_size),
+        "lr": lr,
+        "seed": int(seed),
+        "started_from_persona": report["started_from"],
+        "final_loss": report["final_loss"],
+        "held_out_identity_dice": report["held_out_dice"],
+        "held_out_summary": report["text"],
         "frozen": "every weight of the base model; only the new persona's own blocks were fitted",
         "base_checkpoint": {"name": engine.name, "sha256": _sha256_file(src) if src is not None else None},
-        "created": now_iso(), "wall_seconds": report["wall_seconds"],
+        "created": now_iso(),
+        "wall_seconds": report["wall_seconds"],
     }
     card["rater_names"] = list(engine.rater_names) + [report["persona"]]
     card["personas_added"] = list(card.get("personas_added") or []) + [entry]

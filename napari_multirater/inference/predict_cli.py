@@ -37,40 +37,76 @@ def _spacing(text: str):
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("predict", help="run a model on an image / DICOM series and write samples, personas, uncertainty",
-                       description=__doc__)
+    p = sub.add_parser(
+        "predict",
+        help="run a model on an image / DICOM series and write samples, personas, uncertainty",
+        description=__doc__,
+    )
     p.add_argument("--checkpoint", required=True, help="checkpoint file or the name of a bundled/cached model")
     p.add_argument("--image", required=True, help="image file (.nii.gz, .nrrd, .mha, ...) or DICOM series folder")
     p.add_argument("--out", required=True, help="output folder (created)")
-    p.add_argument("--samples", type=NONNEG_INT, default=DEFAULT_SAMPLES,
-                   help=f"number of diverse samples (default {DEFAULT_SAMPLES}; 0 = none)")
+    p.add_argument(
+        "--samples",
+        type=NONNEG_INT,
+        default=DEFAULT_SAMPLES,
+        help=f"number of diverse samples (default {DEFAULT_SAMPLES}; 0 = none)",
+    )
     p.add_argument("--personas", action="store_true", help="also write one mask per rater persona")
     p.add_argument("--no-uncertainty", action="store_true", help="do not write uncertainty maps")
     roi = p.add_mutually_exclusive_group()
-    roi.add_argument("--roi", type=int_list(4, 6), help="box in voxel indices z0,y0,x0,z1,y1,x1 (end exclusive; 2D: y0,x0,y1,x1)")
-    roi.add_argument("--roi-point", type=float_list(2, 3), help="box centre in physical mm z,y,x (2D: y,x), with --roi-size-mm")
+    roi.add_argument(
+        "--roi", type=int_list(4, 6), help="box in voxel indices z0,y0,x0,z1,y1,x1 (end exclusive; 2D: y0,x0,y1,x1)"
+    )
+    roi.add_argument(
+        "--roi-point", type=float_list(2, 3), help="box centre in physical mm z,y,x (2D: y,x), with --roi-size-mm"
+    )
     p.add_argument("--roi-size-mm", type=POSITIVE_FLOAT, default=64.0, help="edge length of the --roi-point box (mm)")
     p.add_argument("--slice", type=NONNEG_INT, default=None, help="only this axial slice index of a volume")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="auto (default): bf16 autocast + channels_last where the CPU/GPU computes bf16 natively, "
-                        "else fp32")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="auto (default): bf16 autocast + channels_last where the CPU/GPU computes bf16 natively, else fp32",
+    )
     p.add_argument("--format", default="nii.gz", choices=FORMATS, help="output file format")
-    p.add_argument("--image-units", default="auto", choices=("auto", "HU", "raw"),
-                   help="auto: uint8 images are raw model units, others Hounsfield units")
-    p.add_argument("--lidc-mapping", default="fixed", choices=("fixed", "minmax"),
-                   help="HU -> LIDC 8-bit mapping for LIDC-trained models (see modelfiles.intensity)")
-    p.add_argument("--target-spacing-mm", type=_spacing, default=None,
-                   help="in-plane pixel size (mm) the model runs at, or 'native' (default: the model card's "
-                        "input.pixel_size_mm, i.e. the training resolution, else native spacing)")
-    p.add_argument("--batch-slices", type=POSITIVE_INT, default=1,
-                   help="slices per model call (default 1: progress and a time-left estimate after every slice)")
-    p.add_argument("--allow-nonuniform", action="store_true",
-                   help="run on a DICOM series with gaps / non-uniform slice spacing (outputs are then placed "
-                        "on a uniform grid and may be off by up to the gap); refused by default")
-    p.add_argument("--float-maps", action="store_true",
-                   help="write probability / uncertainty maps as float32 (default: 8-bit, value = round(255 p))")
+    p.add_argument(
+        "--image-units",
+        default="auto",
+        choices=("auto", "HU", "raw"),
+        help="auto: uint8 images are raw model units, others Hounsfield units",
+    )
+    p.add_argument(
+        "--lidc-mapping",
+        default="fixed",
+        choices=("fixed", "minmax"),
+        help="HU -> LIDC 8-bit mapping for LIDC-trained models (see modelfiles.intensity)",
+    )
+    p.add_argument(
+        "--target-spacing-mm",
+        type=_spacing,
+        default=None,
+        help="in-plane pixel size (mm) the model runs at, or 'native' (default: the model card's "
+        "input.pixel_size_mm, i.e. the training resolution, else native spacing)",
+    )
+    p.add_argument(
+        "--batch-slices",
+        type=POSITIVE_INT,
+        default=1,
+        help="slices per model call (default 1: progress and a time-left estimate after every slice)",
+    )
+    p.add_argument(
+        "--allow-nonuniform",
+        action="store_true",
+        help="run on a DICOM series with gaps / non-uniform slice spacing (outputs are then placed "
+        "on a uniform grid and may be off by up to the gap); refused by default",
+    )
+    p.add_argument(
+        "--float-maps",
+        action="store_true",
+        help="write probability / uncertainty maps as float32 (default: 8-bit, value = round(255 p))",
+    )
     p.set_defaults(func=run)
 
 
@@ -84,6 +120,7 @@ def _progress_printer():
             print("\r" + line.ljust(70), end="" if item.done < total else "\n", file=sys.stderr, flush=True)
         else:
             print(line, file=sys.stderr, flush=True)
+
     return show
 
 
@@ -97,8 +134,10 @@ def _roi(args, ndim: int):
         return ROI.box(*_ints(args.roi, 6, "--roi"))
     if args.roi_point:
         if len(args.roi_point) not in (ndim, 3):
-            raise ValueError(f"--roi-point needs {'z,y,x' if ndim == 3 else 'y,x'} in mm for a {ndim}D image, "
-                             f"got {len(args.roi_point)} numbers")
+            raise ValueError(
+                f"--roi-point needs {'z,y,x' if ndim == 3 else 'y,x'} in mm for a {ndim}D image, "
+                f"got {len(args.roi_point)} numbers"
+            )
         return ROI.point(list(args.roi_point), args.roi_size_mm)
     return None
 
@@ -109,9 +148,14 @@ def run(args) -> int:
     from .engine import InferenceEngine, ModelLoadError
 
     try:
-        engine = InferenceEngine.load(args.checkpoint, device=args.device, image_units=args.image_units,
-                                      lidc_mapping=args.lidc_mapping, target_spacing_mm=args.target_spacing_mm,
-                                      precision=args.precision)
+        engine = InferenceEngine.load(
+            args.checkpoint,
+            device=args.device,
+            image_units=args.image_units,
+            lidc_mapping=args.lidc_mapping,
+            target_spacing_mm=args.target_spacing_mm,
+            precision=args.precision,
+        )
     except (ModelLoadError, ValueError) as e:
         print(f"error: cannot load model: {e}", file=sys.stderr)
         return 2
@@ -122,18 +166,23 @@ def run(args) -> int:
         return 2
     read_warnings = [read_info["warning"]] if read_info.get("warning") else []
     if (read_info.get("nonuniform_spacing") or read_info.get("unreadable_files")) and not args.allow_nonuniform:
-        print(f"error: {args.image}: {read_info.get('warning')}; the outputs could be misplaced by up to the gap: "
-              "refusing (repair the series, or pass --allow-nonuniform)", file=sys.stderr)
+        print(
+            f"error: {args.image}: {read_info.get('warning')}; the outputs could be misplaced by up to the gap: "
+            "refusing (repair the series, or pass --allow-nonuniform)",
+            file=sys.stderr,
+        )
         return 2
     for w in read_warnings:
         print(f"warning: {w}", file=sys.stderr)
     if image.ndim not in (2, 3):
         print(f"error: {args.image}: expected a 2D or 3D scalar image, got shape {image.shape}", file=sys.stderr)
         return 2
-    print(f"predict: model {engine.name} ({engine.model.method}) on {engine.device_message}, "
-          f"{engine.precision.describe()}; "
-          f"image {image.shape}, intensity {engine.normalizer.describe(image)}, {engine.describe_resolution()}",
-          file=sys.stderr)
+    print(
+        f"predict: model {engine.name} ({engine.model.method}) on {engine.device_message}, "
+        f"{engine.precision.describe()}; "
+        f"image {image.shape}, intensity {engine.normalizer.describe(image)}, {engine.describe_resolution()}",
+        file=sys.stderr,
+    )
     t0 = time.perf_counter()
     flag = "--roi" if args.roi else "--roi-point" if args.roi_point else None
     try:
@@ -149,9 +198,18 @@ def run(args) -> int:
         return 2
     try:
         result = engine.predict_volume(
-            image, geometry, samples=args.samples, personas=args.personas, uncertainty=not args.no_uncertainty,
-            seed=args.seed, batch_slices=args.batch_slices, roi=roi, slice_index=args.slice,
-            source=str(args.image), on_progress=_progress_printer())
+            image,
+            geometry,
+            samples=args.samples,
+            personas=args.personas,
+            uncertainty=not args.no_uncertainty,
+            seed=args.seed,
+            batch_slices=args.batch_slices,
+            roi=roi,
+            slice_index=args.slice,
+            source=str(args.image),
+            on_progress=_progress_printer(),
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -180,12 +238,17 @@ def run(args) -> int:
     except MedicalIOError as e:
         print(f"error: cannot write outputs: {e}", file=sys.stderr)
         return 2
-    summary = {**result.info, "warnings": read_warnings + list(result.info.get("warnings", [])),
-               "image": str(args.image), "region": [[s.start, s.stop] for s in result.region],
-               "scores": {k: [float(v) for v in vals] for k, vals in result.scores.items()},
-               "files": written, "seconds": round(time.perf_counter() - t0, 3),
-               "map_encoding": "float32 in [0, 1]" if args.float_maps else "uint8: probability = value / 255",
-               "precision": engine.precision.describe()}
+    summary = {
+        **result.info,
+        "warnings": read_warnings + list(result.info.get("warnings", [])),
+        "image": str(args.image),
+        "region": [[s.start, s.stop] for s in result.region],
+        "scores": {k: [float(v) for v in vals] for k, vals in result.scores.items()},
+        "files": written,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "map_encoding": "float32 in [0, 1]" if args.float_maps else "uint8: probability = value / 255",
+        "precision": engine.precision.describe(),
+    }
     try:
         atomic_write_text(out / "prediction.json", json.dumps(summary, indent=2) + "\n")
     except OSError as e:

@@ -33,8 +33,10 @@ class ROI:
     def point(cls, center_zyx_mm, size_mm) -> ROI:
         """A box of ``size_mm`` (edge length; scalar = cube) centred on a physical point (z, y, x)
         in mm (world coordinates of the image layer); 2D images take (y, x)."""
-        return cls(center_mm=tuple(float(v) for v in center_zyx_mm),
-                   size_mm=size_mm if np.isscalar(size_mm) else tuple(float(v) for v in size_mm))
+        return cls(
+            center_mm=tuple(float(v) for v in center_zyx_mm),
+            size_mm=size_mm if np.isscalar(size_mm) else tuple(float(v) for v in size_mm),
+        )
 
     def resolve(self, shape: tuple[int, ...], geometry=None) -> tuple[slice, ...]:
         """Index slices (z, y, x) on a (Z, Y, X) grid (2D images: Z = 1), clipped to the grid."""
@@ -70,8 +72,9 @@ def _clip_box(rng, shape) -> tuple[slice, ...]:
     for (a, b), n, axis in zip(rng, shape, "zyx"):
         a, b = max(int(a), 0), min(int(b), n)
         if b <= a:
-            raise ValueError(f"region of interest is empty or outside the image along {axis} "
-                             f"({rng}, image shape {tuple(shape)})")
+            raise ValueError(
+                f"region of interest is empty or outside the image along {axis} ({rng}, image shape {tuple(shape)})"
+            )
         out.append(slice(a, b))
     return tuple(out)
 

@@ -193,8 +193,9 @@ def atomic_write(
             except Exception as e:  # noqa: BLE001
                 size = tmp.stat().st_size if tmp.exists() else 0
                 hint = _diagnose(folder, size)
-                raise WriteError(p, f"the written file is incomplete or wrong ({write_reason(e)})"
-                                    + (f": {hint}" if hint else "")) from e
+                raise WriteError(
+                    p, f"the written file is incomplete or wrong ({write_reason(e)})" + (f": {hint}" if hint else "")
+                ) from e
         try:
             for f in files:
                 os.replace(f, p if f == tmp else folder / f.name)

@@ -27,8 +27,7 @@ class Geometry:
         n = len(self.spacing)
         if len(self.origin) != n or len(self.direction) != n * n:
             raise ValueError(
-                f"inconsistent geometry: spacing {self.spacing}, origin {self.origin}, "
-                f"direction {self.direction}"
+                f"inconsistent geometry: spacing {self.spacing}, origin {self.origin}, direction {self.direction}"
             )
         if any(not np.isfinite(s) or s <= 0 for s in self.spacing):
             raise ValueError(f"spacing must be positive and finite, got {self.spacing}")
@@ -194,13 +193,16 @@ def geometry_from_matrix(matrix, atol: float = 1e-6) -> Geometry:
         raise ShearedGeometryError(
             "the layer transform (scale/rotate/shear/affine) has shear: its axes are at "
             f"{', '.join(f'{a:.2f}' for a in angles)} degrees instead of 90, which a medical image "
-            "file cannot store (spacing/origin/direction); remove the shear (layer.shear / layer.affine) first")
-    return Geometry(tuple(spacing[::-1].tolist()), tuple(m[:n, n][::-1].tolist()),
-                    tuple(direction[::-1, ::-1].ravel().tolist()))
+            "file cannot store (spacing/origin/direction); remove the shear (layer.shear / layer.affine) first"
+        )
+    return Geometry(
+        tuple(spacing[::-1].tolist()), tuple(m[:n, n][::-1].tolist()), tuple(direction[::-1, ::-1].ravel().tolist())
+    )
 
 
-def geometry_from_layer(scale, translate=None, metadata: dict | None = None, rotate=None, *,
-                        shear=None, affine=None) -> Geometry:
+def geometry_from_layer(
+    scale, translate=None, metadata: dict | None = None, rotate=None, *, shear=None, affine=None
+) -> Geometry:
     """Recover a Geometry from a napari layer's state; prefers the exact stored metadata.
 
     Call it with a layer (``geometry_from_layer(layer)``), or with the parts of its state (e.g. the
@@ -211,8 +213,14 @@ def geometry_from_layer(scale, translate=None, metadata: dict | None = None, rot
     """
     if hasattr(scale, "scale") and hasattr(scale, "metadata"):  # a layer
         layer = scale
-        return geometry_from_layer(layer.scale, layer.translate, layer.metadata, getattr(layer, "rotate", None),
-                                   shear=getattr(layer, "shear", None), affine=getattr(layer, "affine", None))
+        return geometry_from_layer(
+            layer.scale,
+            layer.translate,
+            layer.metadata,
+            getattr(layer, "rotate", None),
+            shear=getattr(layer, "shear", None),
+            affine=getattr(layer, "affine", None),
+        )
     if metadata and METADATA_KEY in metadata:
         return Geometry.from_dict(metadata[METADATA_KEY])
     return geometry_from_matrix(data_to_world_matrix(scale, translate, rotate, shear, affine))

@@ -75,8 +75,7 @@ def _check_image(img: sitk.Image, path: Path) -> sitk.Image:
         img = sitk.Extract(img, [*img.GetSize()[:3], 0], [0, 0, 0, 0])
     if img.GetDimension() not in (2, 3):
         raise MedicalIOError(
-            f"{path}: {img.GetDimension()}D image (size {img.GetSize()}) is not supported; "
-            "expected a 2D or 3D image"
+            f"{path}: {img.GetDimension()}D image (size {img.GetSize()}) is not supported; expected a 2D or 3D image"
         )
     return img
 
@@ -130,11 +129,14 @@ def _nifti_nonfinite(path: Path) -> tuple[int, int] | None:
     """``(NaN count, inf count)`` of a float NIfTI file's stored voxels, None when not float.
     ITK's NIfTI reader turns NaN into 0 silently, so they must be counted in the file itself."""
     gz = _suffix(path) == ".nii.gz"
-    with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+    with gzip.open(path, "rb") if gz else open(path, "rb") as f:
         header = f.read(540)
         for end in "<>":
             if struct.unpack(end + "i", header[:4])[0] == 348:
-                code, offset = struct.unpack(end + "h", header[70:72])[0], int(struct.unpack(end + "f", header[108:112])[0])
+                code, offset = (
+                    struct.unpack(end + "h", header[70:72])[0],
+                    int(struct.unpack(end + "f", header[108:112])[0]),
+                )
                 break
             if struct.unpack(end + "i", header[:4])[0] == 540:
                 code, offset = struct.unpack(end + "h", header[12:14])[0], struct.unpack(end + "q", header[168:176])[0]
@@ -154,8 +156,10 @@ def _nifti_nonfinite(path: Path) -> tuple[int, int] | None:
 
 
 def nonfinite_message(n_nan: int, n_inf: int, size: int) -> str:
-    return (f"{n_nan + n_inf} non-finite voxel(s) of {size} ({n_nan} NaN, {n_inf} inf); images with "
-            "NaN/inf are refused (they would silently become 0 or poison every result): fill or mask them first")
+    return (
+        f"{n_nan + n_inf} non-finite voxel(s) of {size} ({n_nan} NaN, {n_inf} inf); images with "
+        "NaN/inf are refused (they would silently become 0 or poison every result): fill or mask them first"
+    )
 
 
 def _check_finite(arr: np.ndarray, path: Path) -> None:
@@ -173,7 +177,7 @@ def _check_nifti_complete(path: Path) -> None:
     """SimpleITK silently zero-fills truncated NIfTI files (.nii and .nii.gz): check the size."""
     gz = _suffix(path) == ".nii.gz"
     try:
-        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if gz else open(path, "rb") as f:
             header = f.read(540)
     except (OSError, EOFError, zlib.error) as e:
         raise MedicalIOError(f"{path}: cannot read the NIfTI header (corrupt or truncated?): {e}") from e
@@ -189,9 +193,7 @@ def _check_nifti_complete(path: Path) -> None:
                 return
         size = _gunzip_size(path)  # slow path: every byte that decompresses (multi-member or damaged)
     if size < expected:
-        raise MedicalIOError(
-            f"{path}: truncated NIfTI file: {size} of {expected} bytes (header + voxel data) present"
-        )
+        raise MedicalIOError(f"{path}: truncated NIfTI file: {size} of {expected} bytes (header + voxel data) present")
 
 
 def _read_file(path: Path) -> tuple[sitk.Image, dict]:
@@ -254,19 +256,23 @@ def _read_dicom_dir(path: Path) -> tuple[sitk.Image, dict]:
     }
     warnings = []
     in_series = {Path(f).name for fs in files.values() for f in fs}
-    unread = sorted(p.name for p in path.iterdir() if p.is_file() and p.name not in in_series
-                    and not p.name.startswith(".") and _looks_like_dicom(p))
+    unread = sorted(
+        p.name
+        for p in path.iterdir()
+        if p.is_file() and p.name not in in_series and not p.name.startswith(".") and _looks_like_dicom(p)
+    )
     if unread:
-        warnings.append(f"{len(unread)} file(s) in the folder could not be read as DICOM slices "
-                        f"(damaged or not DICOM): {', '.join(unread[:5])}{' ...' if len(unread) > 5 else ''}")
+        warnings.append(
+            f"{len(unread)} file(s) in the folder could not be read as DICOM slices "
+            f"(damaged or not DICOM): {', '.join(unread[:5])}{' ...' if len(unread) > 5 else ''}"
+        )
         info_unreadable = unread
     else:
         info_unreadable = []
     if len(ids) > 1:
         others = ", ".join(f"{u} ({len(files[u])} slices)" for u in ids if u != uid)
         warnings.append(
-            f"folder has {len(ids)} DICOM series; loaded the largest (UID {uid}, {n} slices); "
-            f"others: {others}"
+            f"folder has {len(ids)} DICOM series; loaded the largest (UID {uid}, {n} slices); others: {others}"
         )
     if n > 2 and img.GetDimension() == 3:
         ipp = [tag(i, "0020|0032") for i in range(n)]
@@ -324,8 +330,7 @@ def _label_dtype(arr: np.ndarray, path, max_value: int) -> np.ndarray:
         bad = ~np.isfinite(arr) | (arr != np.round(arr))
         if bad.any():
             raise MedicalIOError(
-                f"{path}: non-integer label values (e.g. {float(arr[bad].flat[0])}); "
-                "a label image must hold integers"
+                f"{path}: non-integer label values (e.g. {float(arr[bad].flat[0])}); a label image must hold integers"
             )
     elif arr.dtype.kind not in "iu":
         raise MedicalIOError(f"{path}: pixel type {arr.dtype} cannot hold labels")
@@ -342,17 +347,13 @@ def _label_dtype(arr: np.ndarray, path, max_value: int) -> np.ndarray:
     raise AssertionError("unreachable")
 
 
-def read_label_image(
-    path, reference: Geometry | None = None, shape=None
-) -> tuple[np.ndarray, Geometry, dict]:
+def read_label_image(path, reference: Geometry | None = None, shape=None) -> tuple[np.ndarray, Geometry, dict]:
     """Like :func:`read_image` for a label map: integer values (float files only when every value is
     an integer), cast to uint8/uint16/uint32; checks ``shape`` and ``reference`` geometry if given."""
     arr, geom, info = read_image(path)
     arr = _label_dtype(arr, path, np.iinfo(np.uint32).max)
     if shape is not None and tuple(arr.shape) != tuple(shape):
-        raise MedicalIOError(
-            f"{path}: shape {tuple(arr.shape)} does not match the image shape {tuple(shape)}"
-        )
+        raise MedicalIOError(f"{path}: shape {tuple(arr.shape)} does not match the image shape {tuple(shape)}")
     if reference is not None:
         diff = reference.mismatch(geom)
         if diff is not None:
@@ -408,14 +409,10 @@ def write_image(path, array, geometry: Geometry, *, label: bool = False, fsync: 
     p = Path(path)
     suffix = _suffix(p)
     if suffix not in WRITABLE_SUFFIXES:
-        raise MedicalIOError(
-            f"{p}: cannot write {suffix or 'files without a suffix'}; use one of {WRITABLE_SUFFIXES}"
-        )
+        raise MedicalIOError(f"{p}: cannot write {suffix or 'files without a suffix'}; use one of {WRITABLE_SUFFIXES}")
     arr = np.asarray(array)
     if arr.ndim != geometry.ndim or arr.ndim not in (2, 3):
-        raise MedicalIOError(
-            f"{p}: array is {arr.ndim}D but the geometry is {geometry.ndim}D (2D or 3D expected)"
-        )
+        raise MedicalIOError(f"{p}: array is {arr.ndim}D but the geometry is {geometry.ndim}D (2D or 3D expected)")
     if label:
         arr = _label_dtype(arr, p, np.iinfo(np.uint16).max)
     elif arr.dtype == bool:
@@ -432,8 +429,7 @@ def write_image(path, array, geometry: Geometry, *, label: bool = False, fsync: 
         except RuntimeError as e:
             raise OSError(_short(e)) from None
 
-    return atomic_write(p, write, verify=lambda tmp: _verify_written(tmp, arr), extra_files=True,
-                        error=ImageWriteError)
+    return atomic_write(p, write, verify=lambda tmp: _verify_written(tmp, arr), extra_files=True, error=ImageWriteError)
 
 
 def _read_back_header(tmp: Path) -> sitk.ImageFileReader:

@@ -51,4 +51,5 @@ def find_model(name: str) -> Path:
         return models[key]
     known = ", ".join(sorted(models)) or "none installed"
     raise FileNotFoundError(
-        f"no model named {name!r} (searched {', '.join(str(d) for d in model_dirs())}; available: {known})")
+        f"no model named {name!r} (searched {', '.join(str(d) for d in model_dirs())}; available: {known})"
+    )

@@ -84,8 +84,15 @@ def settle_dock(widget, title: str) -> bool:
     win = dock.parentWidget()
     if isinstance(win, QMainWindow) and not dock.isFloating():
         area = win.dockWidgetArea(dock)
-        others = [d for d in list(_OURS) if d is not dock and _alive_in(d, win) and d.isVisible()
-                  and not d.isFloating() and win.dockWidgetArea(d) == area]
+        others = [
+            d
+            for d in list(_OURS)
+            if d is not dock
+            and _alive_in(d, win)
+            and d.isVisible()
+            and not d.isFloating()
+            and win.dockWidgetArea(d) == area
+        ]
         if others:
             win.tabifyDockWidget(others[0], dock)
             dock.raise_()

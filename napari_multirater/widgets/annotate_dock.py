@@ -1,4 +1,4 @@
-""""Collect annotations" dock: raters segment the cases of a project, one mask per rater.
+""" "Collect annotations" dock: raters segment the cases of a project, one mask per rater.
 
 A thin view over :class:`~napari_multirater._napari.annotate_controller.AnnotateController`.
 Painting stays locked until a rater id is set (the id is remembered across sessions); blind mode
@@ -13,7 +13,6 @@ import datetime as _dt
 from pathlib import Path
 
 import numpy as np
-
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -193,8 +192,10 @@ class AnnotateDock(QWidget):
         pre.addWidget(self.prefill_btn)
         wl.addRow("Start from:", pre)
         self.no_lesion_box = QCheckBox("No lesion in this case")
-        self.no_lesion_box.setToolTip("Save an empty mask on purpose; without this, Save refuses an empty mask "
-                                      "(an untouched case is not marked done by accident)")
+        self.no_lesion_box.setToolTip(
+            "Save an empty mask on purpose; without this, Save refuses an empty mask "
+            "(an untouched case is not marked done by accident)"
+        )
         wl.addRow(self.no_lesion_box)
         save_row = QHBoxLayout()
         self.save_btn = QPushButton("Save")
@@ -256,8 +257,7 @@ class AnnotateDock(QWidget):
 
     def new_project_from_layer(self, path, image_layer=None) -> None:
         layer = image_layer or self._current_image_layer()
-        self._run(lambda: self.controller.new_project_from_layer(path, layer),
-                  f"New project {path} with one case.")
+        self._run(lambda: self.controller.new_project_from_layer(path, layer), f"New project {path} with one case.")
 
     def import_images(self, paths) -> None:
         self._run(lambda: self.controller.import_images(paths), f"Added {len(paths)} image(s).")
@@ -270,12 +270,14 @@ class AnnotateDock(QWidget):
             cid = self.controller.next_case(unannotated_only)
             if cid is None:
                 raise AnnotateError("all cases are annotated by you" if unannotated_only else "this is the last case")
+
         self._run(go)
 
     def previous_case(self) -> None:
         def go():
             if self.controller.previous_case() is None:
                 raise AnnotateError("this is the first case")
+
         self._run(go)
 
     def save(self) -> None:
@@ -284,12 +286,17 @@ class AnnotateDock(QWidget):
         if c.session is not None and c.annotation_layer is not None:
             empty = not np.any(np.asarray(c.annotation_layer.data))
             if empty and not self.no_lesion_box.isChecked():
-                self.show_status("Nothing is painted: paint the lesion, or tick 'No lesion in this case' to "
-                                 "save an empty mask on purpose.", error=True)
+                self.show_status(
+                    "Nothing is painted: paint the lesion, or tick 'No lesion in this case' to "
+                    "save an empty mask on purpose.",
+                    error=True,
+                )
                 return
             if not empty and self.no_lesion_box.isChecked():
-                self.show_status("'No lesion in this case' is ticked but the mask is not empty: untick it or "
-                                 "clear the mask.", error=True)
+                self.show_status(
+                    "'No lesion in this case' is ticked but the mask is not empty: untick it or clear the mask.",
+                    error=True,
+                )
                 return
             if empty:
                 c.session.provenance["no_lesion"] = True
@@ -310,9 +317,13 @@ class AnnotateDock(QWidget):
 
     def ask_overwrite(self, message: str) -> bool:
         """Conflict: replace the other session's newer version with this one? (default No)."""
-        answer = QMessageBox.question(self, "Annotation changed elsewhere",
-                                      message + "\n\nOverwrite the other version with yours?",
-                                      QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        answer = QMessageBox.question(
+            self,
+            "Annotation changed elsewhere",
+            message + "\n\nOverwrite the other version with yours?",
+            QMessageBox.Yes | QMessageBox.No,
+            QMessageBox.No,
+        )
         return answer == QMessageBox.Yes
 
     def ask_close(self, message: str) -> tuple[str, str | None]:
@@ -324,8 +335,9 @@ class AnnotateDock(QWidget):
         box.addButton("Cancel", QMessageBox.RejectRole)
         box.exec_()
         if box.clickedButton() is save_as:
-            path, _ = QFileDialog.getSaveFileName(self, "Save your annotation as", "",
-                                                  "NIfTI (*.nii.gz);;NRRD (*.nrrd);;MetaImage (*.mha)")
+            path, _ = QFileDialog.getSaveFileName(
+                self, "Save your annotation as", "", "NIfTI (*.nii.gz);;NRRD (*.nrrd);;MetaImage (*.mha)"
+            )
             return ("save_as", path) if path else ("cancel", None)
         return ("discard", None) if box.clickedButton() is discard else ("cancel", None)
 
@@ -440,7 +452,8 @@ class AnnotateDock(QWidget):
 
     def _choose_images(self) -> None:
         files, _ = QFileDialog.getOpenFileNames(
-            self, "Add images as cases", "", "Medical images (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd);;All files (*)")
+            self, "Add images as cases", "", "Medical images (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd);;All files (*)"
+        )
         if files:
             self.import_images(files)
 
@@ -462,8 +475,10 @@ class AnnotateDock(QWidget):
         has_rater = bool(c.rater)
         has_project = c.store is not None
         self.lock_label.setText(
-            f"Annotating as <b>{c.rater}</b>." if has_rater else
-            "<b>Painting is locked</b> until you set your rater id.")
+            f"Annotating as <b>{c.rater}</b>."
+            if has_rater
+            else "<b>Painting is locked</b> until you set your rater id."
+        )
         self.project_label.setText(f"{c.store.name} — {c.store.root}" if has_project else "no project open")
         self.import_btn.setEnabled(has_project)
         self.case_list.blockSignals(True)
@@ -477,7 +492,8 @@ class AnnotateDock(QWidget):
         self.case_list.blockSignals(False)
         done, total = c.progress()
         self.progress_label.setText(
-            f"{done} of {total} cases done by {c.rater}" if has_rater else f"{total} cases (set your rater id)")
+            f"{done} of {total} cases done by {c.rater}" if has_rater else f"{total} cases (set your rater id)"
+        )
         self.progress_bar.setMaximum(max(total, 1))
         self.progress_bar.setValue(done)
         for b in (self.prev_btn, self.next_btn):
@@ -494,15 +510,19 @@ class AnnotateDock(QWidget):
     def _refresh_save_status(self) -> None:
         c = self.controller
         if c.session is None:
-            self.save_label.setText("Open a project, set your rater id, then paint with label 1."
-                                    if c.case_id is None or not c.rater else "")
+            self.save_label.setText(
+                "Open a project, set your rater id, then paint with label 1."
+                if c.case_id is None or not c.rater
+                else ""
+            )
             return
         s = c.session
         when = _local_time(s.last_saved)
         saved = f"{c.last_save_reason or 'last saved'} at {when}" if when else "not saved yet"
         state = "<b>unsaved edits</b>" if s.dirty else ("all saved" if when else "nothing painted yet")
-        self.save_label.setText(f"Case <b>{c.case_id}</b>: {state}; {saved}; "
-                                f"active time {s.total_active_seconds:.0f} s.")
+        self.save_label.setText(
+            f"Case <b>{c.case_id}</b>: {state}; {saved}; active time {s.total_active_seconds:.0f} s."
+        )
 
     def _refresh_prefill_sources(self, event=None) -> None:
         try:
@@ -516,9 +536,12 @@ class AnnotateDock(QWidget):
             self.prefill_combo.blockSignals(False)
             can = self.controller.annotation_layer is not None
             self.prefill_btn.setEnabled(can and bool(names))
-            self.prefill_btn.setToolTip("copy the chosen layer into your mask (undoable)" if names else
-                                        "nothing to start from yet: run a model on the case image "
-                                        "(Model & sampling dock, image 'mr image: ...') first")
+            self.prefill_btn.setToolTip(
+                "copy the chosen layer into your mask (undoable)"
+                if names
+                else "nothing to start from yet: run a model on the case image "
+                "(Model & sampling dock, image 'mr image: ...') first"
+            )
             if self.controller.blind and self.controller.case_id is not None:
                 self.controller._hide_foreign_raters(self.controller.case_id)  # also layers added later
             self._advise()

@@ -124,16 +124,24 @@ class CollectPanel(QWidget):
     def apply_settings(self) -> None:
         if self.ctrl.store is None:
             return
-        self._run(lambda: self.ctrl.set_settings(target_raters=self.target_spin.value(),
-                                                 repeat_fraction=self.repeat_spin.value() / 100.0,
-                                                 repeat_gap=self.gap_spin.value()))
+        self._run(
+            lambda: self.ctrl.set_settings(
+                target_raters=self.target_spin.value(),
+                repeat_fraction=self.repeat_spin.value() / 100.0,
+                repeat_gap=self.gap_spin.value(),
+            )
+        )
         self.refresh()
 
     def open_next(self) -> None:
         def go():
             entry = self.ctrl.open_next()
-            self.dock.show_status("nothing left to annotate" if entry is None else
-                                  f"{entry.case_id}: " + ("repeat, drawn blind" if entry.repeat else entry.reason))
+            self.dock.show_status(
+                "nothing left to annotate"
+                if entry is None
+                else f"{entry.case_id}: " + ("repeat, drawn blind" if entry.repeat else entry.reason)
+            )
+
         self._run(go)
         self.dock.refresh()
 
@@ -149,10 +157,14 @@ class CollectPanel(QWidget):
 
         def start():
             self.rank_btn.setEnabled(False)
-            self.ctrl.start(self.ctrl.iter_rank_by_model(model), "Ranking cases",
-                            on_done=lambda _q: self.refresh(),
-                            on_error=lambda e: self.dock.show_status(f"ranking failed: {e}", error=True),
-                            on_finished=lambda: self.rank_btn.setEnabled(True))
+            self.ctrl.start(
+                self.ctrl.iter_rank_by_model(model),
+                "Ranking cases",
+                on_done=lambda _q: self.refresh(),
+                on_error=lambda e: self.dock.show_status(f"ranking failed: {e}", error=True),
+                on_finished=lambda: self.rank_btn.setEnabled(True),
+            )
+
         self._run(start)
 
     def learn(self) -> None:
@@ -166,8 +178,15 @@ class CollectPanel(QWidget):
             self.learn_progress.setRange(0, steps)
             self.learn_progress.setValue(0)
             self.result_label.setText("")
-            self.ctrl.start(gen, "Learn my style", on_done=self._learned, on_error=self._learn_failed,
-                            on_progress=self._progress, on_finished=self._learn_finished)
+            self.ctrl.start(
+                gen,
+                "Learn my style",
+                on_done=self._learned,
+                on_error=self._learn_failed,
+                on_progress=self._progress,
+                on_finished=self._learn_finished,
+            )
+
         self._run(start)
 
     def _progress(self, item) -> None:
@@ -189,12 +208,16 @@ class CollectPanel(QWidget):
             self.result_label.setText("\n".join(lines))
             return
         if report.get("final_loss") is not None:
-            self.loss_label.setText(f"done: {report['steps']} steps, final loss {report['final_loss']:.4f}, "
-                                    f"{report.get('wall_seconds', 0):.0f} s")
-        rows = [f"{n}: {d:.3f}" + ("  ← new" if n == report["persona"] else "")
-                for n, d in report["held_out_dice"].items()]
-        self.result_label.setText(report["text"] + "\n" + "\n".join(rows) + f"\nsaved as model "
-                                  f"{report['out'].rsplit('/', 1)[-1][:-3]}")
+            self.loss_label.setText(
+                f"done: {report['steps']} steps, final loss {report['final_loss']:.4f}, "
+                f"{report.get('wall_seconds', 0):.0f} s"
+            )
+        rows = [
+            f"{n}: {d:.3f}" + ("  ← new" if n == report["persona"] else "") for n, d in report["held_out_dice"].items()
+        ]
+        self.result_label.setText(
+            report["text"] + "\n" + "\n".join(rows) + f"\nsaved as model {report['out'].rsplit('/', 1)[-1][:-3]}"
+        )
         self.refresh()
         self.ctrl.announce(report)  # the Model dock lists, picks and loads it
 
@@ -227,7 +250,9 @@ class CollectPanel(QWidget):
             self._fill_models(self.rank_combo, NO_MODEL)
             self._fill_models(self.model_combo)
             for w in (self.next_btn, self.rank_btn, self.target_spin, self.repeat_spin, self.gap_spin):
-                w.setEnabled(c.store is not None and (ready or w in (self.target_spin, self.repeat_spin, self.gap_spin)))
+                w.setEnabled(
+                    c.store is not None and (ready or w in (self.target_spin, self.repeat_spin, self.gap_spin))
+                )
             if c.job is None:
                 self.learn_btn.setEnabled(ready)
             if c.store is None:
@@ -235,8 +260,11 @@ class CollectPanel(QWidget):
                 self.queue_list.clear()
                 return
             s = c.settings()
-            for spin, v in ((self.target_spin, s["target_raters"]), (self.repeat_spin, round(100 * s["repeat_fraction"])),
-                            (self.gap_spin, s["repeat_gap"])):
+            for spin, v in (
+                (self.target_spin, s["target_raters"]),
+                (self.repeat_spin, round(100 * s["repeat_fraction"])),
+                (self.gap_spin, s["repeat_gap"]),
+            ):
                 spin.blockSignals(True)
                 spin.setValue(int(v))
                 spin.blockSignals(False)

@@ -1,4 +1,4 @@
-""""Compare raters" dock: agreement, consensus and style of the rater layers in the viewer.
+""" "Compare raters" dock: agreement, consensus and style of the rater layers in the viewer.
 
 A thin view over :class:`~napari_multirater._napari.compare_controller.CompareController`: it
 gathers options, starts the comparison as a job and shows the tables and a pairwise-Dice
@@ -52,7 +52,9 @@ HEATMAP_HEIGHT = 290
 READY_TEXT = "Select at least two rater layers and press Compute."
 
 
-def fill_table(table: QTableWidget, header: list[str], rows: list[list[str]], row_labels: list[str] | None = None) -> None:
+def fill_table(
+    table: QTableWidget, header: list[str], rows: list[list[str]], row_labels: list[str] | None = None
+) -> None:
     """Replace a table's content (read-only cells, numbers right-aligned)."""
     table.clear()
     table.setColumnCount(len(header))
@@ -201,8 +203,16 @@ class CompareDock(QWidget):
         self.figure.clear()
         ax = self.figure.add_subplot(111)
         ax.axis("off")
-        ax.text(0.5, 0.5, "Pairwise Dice heatmap\nappears here after Compute", ha="center", va="center",
-                color="gray", fontsize=10, transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "Pairwise Dice heatmap\nappears here after Compute",
+            ha="center",
+            va="center",
+            color="gray",
+            fontsize=10,
+            transform=ax.transAxes,
+        )
         self.canvas.draw_idle()
 
     def _show_figure(self, fig: Figure) -> None:
@@ -247,8 +257,10 @@ class CompareDock(QWidget):
         if not images:
             parts.append(guidance.missing_image_hint(self.viewer))
         elif self.layer_list.count() < 2:
-            parts.append("Open at least two rater masks (Labels layers on the image's grid): a case folder, "
-                         "an LIDC reading (File > Open the XML) or File > Open Sample > Multi-rater phantom.")
+            parts.append(
+                "Open at least two rater masks (Labels layers on the image's grid): a case folder, "
+                "an LIDC reading (File > Open the XML) or File > Open Sample > Multi-rater phantom."
+            )
         parts += [w for w in (guidance.spacing_warning(ly) for ly in images) if w]
         self.hint.setText("\n\n".join(parts))
         self.hint.setVisible(bool(parts))
@@ -275,8 +287,11 @@ class CompareDock(QWidget):
         self._checked[item.text()] = item.checkState() == Qt.Checked
 
     def selected_layers(self) -> list:
-        names = [self.layer_list.item(i).text() for i in range(self.layer_list.count())
-                 if self.layer_list.item(i).checkState() == Qt.Checked]
+        names = [
+            self.layer_list.item(i).text()
+            for i in range(self.layer_list.count())
+            if self.layer_list.item(i).checkState() == Qt.Checked
+        ]
         return [self.viewer.layers[n] for n in names if n in self.viewer.layers]
 
     def set_selected(self, names) -> None:
@@ -292,9 +307,16 @@ class CompareDock(QWidget):
         layers = self.selected_layers()
         try:
             self._set_running(True, f"Comparing {len(layers)} layers…")
-            self.controller.start(layers, self.distances.isChecked(), self.consensus.currentData(),
-                                  on_done=self._show_result, on_error=self._on_error, on_cancelled=self._on_cancelled,
-                                  on_finished=self._on_finished, sync=sync)
+            self.controller.start(
+                layers,
+                self.distances.isChecked(),
+                self.consensus.currentData(),
+                on_done=self._show_result,
+                on_error=self._on_error,
+                on_cancelled=self._on_cancelled,
+                on_finished=self._on_finished,
+                sync=sync,
+            )
         except (ValueError, RuntimeError) as e:
             self._set_running(self.controller.jobs.busy, str(e))
 
@@ -327,16 +349,35 @@ class CompareDock(QWidget):
         self.result = result
         self._show_pairwise()
         names = result.names
-        fill_table(self.staple_table, ["Rater", "Sensitivity", "Specificity"],
-                   [[n, format_value(result.staple.sensitivity[i], ".3f"), format_value(result.staple.specificity[i], ".3f")]
-                    for i, n in enumerate(names)])
+        fill_table(
+            self.staple_table,
+            ["Rater", "Sensitivity", "Specificity"],
+            [
+                [
+                    n,
+                    format_value(result.staple.sensitivity[i], ".3f"),
+                    format_value(result.staple.specificity[i], ".3f"),
+                ]
+                for i, n in enumerate(names)
+            ],
+        )
         self._fill_style(result.style_rows)
         if result.model_rows:
             outputs = list(result.model_rows[0]["dice"])
-            fill_table(self.model_table, ["Rater", "Best model output", "Dice", "Runner-up", "Margin"],
-                       [[r["rater"], r["best_output"] or "–", format_value(r["best_dice"], ".3f"),
-                         f"{r['runner_up']} ({format_value(r['runner_up_dice'], '.3f')})" if r["runner_up"] else "–",
-                         format_value(r["margin"], "+.3f")] for r in result.model_rows])
+            fill_table(
+                self.model_table,
+                ["Rater", "Best model output", "Dice", "Runner-up", "Margin"],
+                [
+                    [
+                        r["rater"],
+                        r["best_output"] or "–",
+                        format_value(r["best_dice"], ".3f"),
+                        f"{r['runner_up']} ({format_value(r['runner_up_dice'], '.3f')})" if r["runner_up"] else "–",
+                        format_value(r["margin"], "+.3f"),
+                    ]
+                    for r in result.model_rows
+                ],
+            )
             self.model_table.setToolTip("Model outputs compared: " + ", ".join(outputs))
         else:
             fill_table(self.model_table, ["Rater", "Best model output", "Dice"], [])
@@ -350,9 +391,17 @@ class CompareDock(QWidget):
         self.status.setText(" ".join(parts))
 
     def _fill_style(self, rows: list[dict]) -> None:
-        fill_table(self.style_table, [c[0] for c in STYLE_COLUMNS],
-                   [[format_value(r.get(key), fmt) if r.get("valid", True) or fmt is None else "missing"
-                     for _, key, fmt in STYLE_COLUMNS] for r in rows])
+        fill_table(
+            self.style_table,
+            [c[0] for c in STYLE_COLUMNS],
+            [
+                [
+                    format_value(r.get(key), fmt) if r.get("valid", True) or fmt is None else "missing"
+                    for _, key, fmt in STYLE_COLUMNS
+                ]
+                for r in rows
+            ],
+        )
 
     def _show_pairwise(self, *_) -> None:
         if self.result is None:
@@ -382,8 +431,9 @@ class CompareDock(QWidget):
         if out:
             ds = Path(dataset_dir).resolve()
             if Path(out).resolve() == ds or ds in Path(out).resolve().parents:
-                self.status.setText(f"Choose a report folder outside the dataset {ds} "
-                                    "(it may be shared, read-only data).")
+                self.status.setText(
+                    f"Choose a report folder outside the dataset {ds} (it may be shared, read-only data)."
+                )
                 return ""
         return out
 
@@ -391,16 +441,25 @@ class CompareDock(QWidget):
         """Rater-style report of a dataset folder as a job, written to ``out_dir`` (default
         :func:`default_report_dir`, outside the dataset); the heatmap then shows the dataset's
         mean pairwise Dice. Broken cases/rater files are skipped and listed."""
+
         def failed(exc):
             from napari.utils.notifications import show_error
 
             self.status.setText(f"Dataset report failed: {exc}")
             show_error(f"Dataset report failed: {exc}")
+
         try:
             self._set_running(True, f"Dataset report of {dataset_dir}…")
-            self.controller.start_report(dataset_dir, out_dir, self.consensus.currentData(), on_done=self._show_report,
-                                         on_error=failed, on_cancelled=self._on_cancelled,
-                                         on_finished=self._on_finished, sync=sync)
+            self.controller.start_report(
+                dataset_dir,
+                out_dir,
+                self.consensus.currentData(),
+                on_done=self._show_report,
+                on_error=failed,
+                on_cancelled=self._on_cancelled,
+                on_finished=self._on_finished,
+                sync=sync,
+            )
         except (ValueError, OSError, RuntimeError) as e:
             self._set_running(self.controller.jobs.busy, f"Dataset report failed: {e}")
 
@@ -410,11 +469,19 @@ class CompareDock(QWidget):
         rows = []
         for name in report.rater_names:
             s = report.summary[name]
-            rows.append({"rater": f"{name} (n={s['n_cases']})", "valid": True,
-                         **{key: s.get(f"{key}_mean", float('nan')) for _, key, fmt in STYLE_COLUMNS if fmt}})
+            rows.append(
+                {
+                    "rater": f"{name} (n={s['n_cases']})",
+                    "valid": True,
+                    **{key: s.get(f"{key}_mean", float("nan")) for _, key, fmt in STYLE_COLUMNS if fmt},
+                }
+            )
         self._fill_style(rows)
-        self._show_figure(pairwise_heatmap_figure(report.pairwise_dice, report.rater_names,
-                                                  f"Mean pairwise Dice ({report.n_cases} cases)"))
+        self._show_figure(
+            pairwise_heatmap_figure(
+                report.pairwise_dice, report.rater_names, f"Mean pairwise Dice ({report.n_cases} cases)"
+            )
+        )
         md = paths.get("self_agreement_md")
         self.self_label.setText(md.read_text(encoding="utf-8").split("\n", 2)[-1] if md else "")
         self.tabs.setTabEnabled(self.self_tab_index, bool(md))

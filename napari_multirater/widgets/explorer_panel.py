@@ -34,15 +34,23 @@ def _hslider(lo: int, hi: int, value: int = 0) -> QSlider:
 
 
 class ExplorerPanel(QGroupBox):
-    """"Latent explorer" group: works on the 2D image or the current slice of a volume.
+    """ "Latent explorer" group: works on the 2D image or the current slice of a volume.
 
     ``start_job(what, start, **callbacks)`` is the host dock's job launcher (progress bar, errors
     as notifications; returns the Job or None); ``seed()`` and ``n_samples()`` read the host's
     Diversity choices; ``status(text)`` writes the host's status line.
     """
 
-    def __init__(self, controller: ExplorerController, *, start_job: Callable, seed: Callable[[], int],
-                 n_samples: Callable[[], int], status: Callable[[str], None], parent=None):
+    def __init__(
+        self,
+        controller: ExplorerController,
+        *,
+        start_job: Callable,
+        seed: Callable[[], int],
+        n_samples: Callable[[], int],
+        status: Callable[[str], None],
+        parent=None,
+    ):
         super().__init__("Latent explorer", parent)
         self.controller = controller
         self._start_job, self._seed, self._n_samples, self._status = start_job, seed, n_samples, status
@@ -54,8 +62,11 @@ class ExplorerPanel(QGroupBox):
         self.setToolTip("works on the 2D image or the current slice of a volume")
         lay = QVBoxLayout(self)
         lay.setContentsMargins(6, 6, 6, 6)
-        self.form = magicgui(self._options, call_button=False,
-                             sliders={"label": "Sliders", "choices": [label for label, _ in DIRECTION_MODES]})
+        self.form = magicgui(
+            self._options,
+            call_button=False,
+            sliders={"label": "Sliders", "choices": [label for label, _ in DIRECTION_MODES]},
+        )
         self.form.margins = (0, 0, 0, 0)
         lay.addWidget(self.form.native)
         self.explore_btn = QPushButton("Explore")  # not magicgui's call button: that one re-enables itself
@@ -71,11 +82,18 @@ class ExplorerPanel(QGroupBox):
         self.slider_grid = QGridLayout()
         lay.addLayout(self.slider_grid)
         self.between = magicgui(
-            self._between_changed, auto_call=True,
+            self._between_changed,
+            auto_call=True,
             a={"label": "Between", "min": 0, "max": 999, "tooltip": "index of a sample drawn with the seed above"},
             b={"label": "and", "min": 0, "max": 999, "tooltip": "index of a sample drawn with the seed above"},
-            t={"widget_type": "FloatSlider", "min": 0.0, "max": 1.0, "step": 0.01,
-               "tooltip": "interpolate the latent between the two samples (0 -> first, 1 -> second)"})
+            t={
+                "widget_type": "FloatSlider",
+                "min": 0.0,
+                "max": 1.0,
+                "step": 0.01,
+                "tooltip": "interpolate the latent between the two samples (0 -> first, 1 -> second)",
+            },
+        )
         self.between.margins = (0, 0, 0, 0)
         lay.addWidget(self.between.native)
 
@@ -102,8 +120,12 @@ class ExplorerPanel(QGroupBox):
             self._status(f"latent explorer failed: {e}")
             _notify("error", f"Latent explorer: {e}")
 
-        job = self._start_job("Latent explorer", lambda **cb: self.controller.start(
-            mode, seed=self._seed(), on_done=lambda ex: self._ready(ex, mode), on_error=error, sync=sync, **cb))
+        job = self._start_job(
+            "Latent explorer",
+            lambda **cb: self.controller.start(
+                mode, seed=self._seed(), on_done=lambda ex: self._ready(ex, mode), on_error=error, sync=sync, **cb
+            ),
+        )
         return job is not None and job.state != "failed"
 
     def clear(self) -> None:
@@ -123,14 +145,18 @@ class ExplorerPanel(QGroupBox):
             label = QLabel(f"{name}  0.0σ")
             label.setMinimumWidth(70)
             slider = _hslider(-SLIDER_STEPS, SLIDER_STEPS, 0)
-            slider.setToolTip(f"{name}: -{SIGMA_RANGE:g}..+{SIGMA_RANGE:g} prior σ"
-                              + (f" (effect {strength:.3g})" if mode == "principal" else ""))
+            slider.setToolTip(
+                f"{name}: -{SIGMA_RANGE:g}..+{SIGMA_RANGE:g} prior σ"
+                + (f" (effect {strength:.3g})" if mode == "principal" else "")
+            )
             slider.valueChanged.connect(self._slider_moved)
             self.slider_grid.addWidget(label, i, 0)
             self.slider_grid.addWidget(slider, i, 1)
             self.latent_sliders.append(slider)
-        self._status(f"explorer: {len(ex.mu)} latent dims ({mode}); drag a slider to re-decode"
-                     + (f" (decode {ex.decode_ms:.0f} ms: slider updates coalesced)" if self.coalesce else ""))
+        self._status(
+            f"explorer: {len(ex.mu)} latent dims ({mode}); drag a slider to re-decode"
+            + (f" (decode {ex.decode_ms:.0f} ms: slider updates coalesced)" if self.coalesce else "")
+        )
 
     # ------------------------------------------------------------------ sliders
     def slider_values(self) -> np.ndarray:

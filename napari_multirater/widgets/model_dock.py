@@ -1,4 +1,4 @@
-""""Model & sampling" dock: load a checkpoint, draw diverse samples, explore the latent space, show
+""" "Model & sampling" dock: load a checkpoint, draw diverse samples, explore the latent space, show
 rater personas and uncertainty maps. A thin view: every action calls
 :class:`~napari_multirater._napari.model_controller.ModelController` (or the engine through it).
 """
@@ -48,8 +48,9 @@ FILE_ITEM = "checkpoint file…"
 def _notify(kind: str, message: str) -> None:
     from napari.utils import notifications
 
-    {"error": notifications.show_error, "warning": notifications.show_warning,
-     "info": notifications.show_info}[kind](message)
+    {"error": notifications.show_error, "warning": notifications.show_warning, "info": notifications.show_info}[kind](
+        message
+    )
 
 
 def _form(box: QGroupBox | QWidget) -> QFormLayout:
@@ -165,8 +166,10 @@ class ModelDock(QWidget):
         self.device_combo.addItems(DEVICE_CHOICES)
         self.precision_combo = QComboBox()
         self.precision_combo.addItems(PRECISION_CHOICES)
-        self.precision_combo.setToolTip("auto: bf16 + channels_last where the CPU/GPU computes bf16 natively "
-                                        "(2-3x faster on such CPUs), else fp32; fp32: full precision")
+        self.precision_combo.setToolTip(
+            "auto: bf16 + channels_last where the CPU/GPU computes bf16 natively "
+            "(2-3x faster on such CPUs), else fp32; fp32: full precision"
+        )
         self.precision_combo.currentIndexChanged.connect(lambda *_: self.set_precision())
         self.load_btn = QPushButton("Load model")
         self.load_btn.clicked.connect(self.load_model)
@@ -176,8 +179,10 @@ class ModelDock(QWidget):
         self.units_combo.setToolTip("units of the image values: auto = uint8 images are raw model units, others HU")
         self.lidc_combo = QComboBox()
         self.lidc_combo.addItems(LIDC_MAPPINGS)
-        self.lidc_combo.setToolTip("LIDC-trained models only: HU -> 8-bit mapping (fixed: same for every slice; "
-                                   "minmax: per input tile, exact for ~128x128 nodule crops)")
+        self.lidc_combo.setToolTip(
+            "LIDC-trained models only: HU -> 8-bit mapping (fixed: same for every slice; "
+            "minmax: per input tile, exact for ~128x128 nodule crops)"
+        )
         for combo in (self.units_combo, self.lidc_combo):
             combo.currentIndexChanged.connect(self.set_intensity)
         form.addRow("Intensity", _row(self.units_combo, self.lidc_combo))
@@ -198,8 +203,10 @@ class ModelDock(QWidget):
         self.scope_combo.currentIndexChanged.connect(lambda *_: self._update_enabled())
         form.addRow("Scope", self.scope_combo)
         self.roi_combo = QComboBox()
-        self.roi_combo.setToolTip("rectangle: last (or selected) shape of a Shapes layer; point: last (or "
-                                  "selected) point of a Points layer with the size below")
+        self.roi_combo.setToolTip(
+            "rectangle: last (or selected) shape of a Shapes layer; point: last (or "
+            "selected) point of a Points layer with the size below"
+        )
         new_roi = QPushButton("New")
         new_roi.setToolTip("add a Shapes layer aligned with the image, ready to draw a rectangle")
         new_roi.clicked.connect(self.new_roi_layer)
@@ -208,8 +215,10 @@ class ModelDock(QWidget):
         self.size_spin.setRange(2.0, 1000.0)
         self.size_spin.setValue(40.0)
         self.size_spin.setSuffix(" mm")
-        self.size_spin.setToolTip("edge length (mm) of the cube around the clicked point that the model runs on; "
-                                  "set it to the model's training field of view (see 'trained on' above)")
+        self.size_spin.setToolTip(
+            "edge length (mm) of the cube around the clicked point that the model runs on; "
+            "set it to the model's training field of view (see 'trained on' above)"
+        )
         self.size_spin.valueChanged.connect(lambda *_: self._update_size_note())
         self.size_note = QLabel("")
         form.addRow("Point box edge", _row(self.size_spin, self.size_note))
@@ -222,10 +231,10 @@ class ModelDock(QWidget):
         self.n_spin.setRange(1, 1000)
         self.n_spin.setValue(DEFAULT_SAMPLES)
         self.seed_spin = QSpinBox()
-        self.seed_spin.setRange(0, 2 ** 31 - 1)
+        self.seed_spin.setRange(0, 2**31 - 1)
         new_seed = QPushButton("New seed")
         new_seed.setToolTip("same seed = the same samples again; a new seed draws new ones")
-        new_seed.clicked.connect(lambda: self.seed_spin.setValue(int(np.random.default_rng().integers(2 ** 31 - 1))))
+        new_seed.clicked.connect(lambda: self.seed_spin.setValue(int(np.random.default_rng().integers(2**31 - 1))))
         form.addRow("Samples", self.n_spin)
         form.addRow("Seed", _row(self.seed_spin, new_seed))
         self.contours_check = QCheckBox("show all samples as contours")
@@ -235,8 +244,12 @@ class ModelDock(QWidget):
         form.addRow(self.sample_btn)
 
         self.explorer_panel = ExplorerPanel(
-            self.explorer, start_job=self._start_job, seed=self.seed_spin.value, n_samples=self.n_spin.value,
-            status=self.status_text)
+            self.explorer,
+            start_job=self._start_job,
+            seed=self.seed_spin.value,
+            n_samples=self.n_spin.value,
+            status=self.status_text,
+        )
         form.addRow(self.explorer_panel)
         return w
 
@@ -448,7 +461,9 @@ class ModelDock(QWidget):
 
     # ------------------------------------------------------------------ model
     def browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open checkpoint", "", "PyTorch checkpoints (*.pt *.pth);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open checkpoint", "", "PyTorch checkpoints (*.pt *.pth);;All files (*)"
+        )
         if path:
             self.path_edit.setText(path)
             self.model_combo.setCurrentIndex(0)
@@ -465,11 +480,24 @@ class ModelDock(QWidget):
         def error(e):
             self.status.setText(f"cannot load model: {e}")
             _notify("error", f"Cannot load model: {e}")
-        options = {"image_units": self.units_combo.currentText(), "lidc_mapping": self.lidc_combo.currentText(),
-                   "precision": self.precision_combo.currentText()}
-        job = self._start_job("Cannot load model", lambda **cb: self.controller.start_load(
-            target, self.device_combo.currentText(), options=options, on_done=self._model_loaded, on_error=error,
-            sync=sync, **cb))
+
+        options = {
+            "image_units": self.units_combo.currentText(),
+            "lidc_mapping": self.lidc_combo.currentText(),
+            "precision": self.precision_combo.currentText(),
+        }
+        job = self._start_job(
+            "Cannot load model",
+            lambda **cb: self.controller.start_load(
+                target,
+                self.device_combo.currentText(),
+                options=options,
+                on_done=self._model_loaded,
+                on_error=error,
+                sync=sync,
+                **cb,
+            ),
+        )
         if job is not None and job.running:
             self.status.setText(f"loading {target}…")
         return job is not None and job.state != "failed"
@@ -513,8 +541,11 @@ class ModelDock(QWidget):
 
     def _show_card(self) -> None:
         s = self.controller.engine.summary(self._spacing_yx())
-        rows = "".join(f"<tr><td><b>{html.escape(k)}</b>&nbsp;</td><td>{html.escape(str(v))}</td></tr>"
-                       for k, v in s.items() if k != "name")
+        rows = "".join(
+            f"<tr><td><b>{html.escape(k)}</b>&nbsp;</td><td>{html.escape(str(v))}</td></tr>"
+            for k, v in s.items()
+            if k != "name"
+        )
         self.card_label.setText(f"<b>{html.escape(s['name'])}</b><table>{rows}</table>")
         self._fit_width()
         self.lidc_combo.setEnabled(self.controller.engine.normalizer.model_units == "lidc_uint8")
@@ -534,19 +565,32 @@ class ModelDock(QWidget):
     def request(self, kind: RunKind | str) -> RunRequest:
         """The typed request for ``kind`` from the dock's current choices."""
         return RunRequest(
-            RunKind(kind), Scope(self.scope_combo.currentText() or Scope.WHOLE_IMAGE), n_samples=self.n_spin.value(),
-            seed=self.seed_spin.value(), roi_layer=self._layer(self.roi_combo.currentText()),
-            roi_size_mm=self.size_spin.value(), contours=self.contours_check.isChecked(),
+            RunKind(kind),
+            Scope(self.scope_combo.currentText() or Scope.WHOLE_IMAGE),
+            n_samples=self.n_spin.value(),
+            seed=self.seed_spin.value(),
+            roi_layer=self._layer(self.roi_combo.currentText()),
+            roi_size_mm=self.size_spin.value(),
+            contours=self.contours_check.isChecked(),
             expert=self.expert_combo.currentText() or ALL_EXPERTS,
-            uncertainty_kind=self.kind_combo.currentText() or "entropy")
+            uncertainty_kind=self.kind_combo.currentText() or "entropy",
+        )
 
     def run(self, kind: RunKind | str, sync: bool | None = None):
         """Start a ``kind`` run as a job with progress; returns the :class:`Job` (None when it could
         not start; ``job.state`` tells how a synchronous run ended)."""
         kind = RunKind(kind)
-        return self._start_job(f"Model {kind.value}", lambda **cb: self.controller.start(
-            self.request(kind), on_done=lambda r: self._done(kind, r), on_error=lambda e: self._error(kind, e),
-            on_cancelled=lambda: self.status.setText(f"{kind.value} cancelled; layers unchanged"), sync=sync, **cb))
+        return self._start_job(
+            f"Model {kind.value}",
+            lambda **cb: self.controller.start(
+                self.request(kind),
+                on_done=lambda r: self._done(kind, r),
+                on_error=lambda e: self._error(kind, e),
+                on_cancelled=lambda: self.status.setText(f"{kind.value} cancelled; layers unchanged"),
+                sync=sync,
+                **cb,
+            ),
+        )
 
     def _start_job(self, what: str, start, **callbacks):
         """Start a job with ``start(on_progress=..., on_finished=..., **callbacks)`` on this dock's
@@ -585,18 +629,23 @@ class ModelDock(QWidget):
         names = list(result.personas_region)
         expert = self.expert_combo.currentText() or ALL_EXPERTS
         shown = names if expert == ALL_EXPERTS else [expert]
-        items = " ".join(f'<span style="color:{persona_color(names.index(n))}">■</span>&nbsp;{html.escape(n)}'
-                         for n in shown if n in names)
+        items = " ".join(
+            f'<span style="color:{persona_color(names.index(n))}">■</span>&nbsp;{html.escape(n)}'
+            for n in shown
+            if n in names
+        )
         style = "thick outlines" if expert == ALL_EXPERTS else "filled"
         self.legend.setText(f"Model personas ({style}): {items}<br>Human raters: thin outlines")
 
     def _done(self, kind: RunKind, result) -> None:
         expert = self.expert_combo.currentText() or ALL_EXPERTS
         n_p = len(result.personas_region)
-        persona_text = (f"all {n_p} personas" if expert == ALL_EXPERTS else f"persona {expert} (1 of {n_p})")
-        what = {RunKind.SAMPLES: f"{result.info.get('samples', 0)} sample(s)", RunKind.PERSONAS: persona_text,
-                RunKind.UNCERTAINTY: f"{len(result.uncertainty_region)} map(s) from {result.info.get('samples', 0)} samples"
-                }[kind]
+        persona_text = f"all {n_p} personas" if expert == ALL_EXPERTS else f"persona {expert} (1 of {n_p})"
+        what = {
+            RunKind.SAMPLES: f"{result.info.get('samples', 0)} sample(s)",
+            RunKind.PERSONAS: persona_text,
+            RunKind.UNCERTAINTY: f"{len(result.uncertainty_region)} map(s) from {result.info.get('samples', 0)} samples",
+        }[kind]
         z = result.region[0] if len(result.region) == 3 else None
         where = ""
         if z is not None and z.stop - z.start < result.shape[0]:
@@ -613,7 +662,7 @@ class ModelDock(QWidget):
             msg += f"; {text}"
         self.status.setText(msg)
         eng = self.controller.engine
-        for w in eng.warnings[self._n_warnings:]:
+        for w in eng.warnings[self._n_warnings :]:
             _notify("warning", w)
         self._n_warnings = len(eng.warnings)
 
@@ -664,8 +713,14 @@ class ModelDock(QWidget):
         img = self.controller.image_layer
         keep = ("scale", "translate", "rotate", "units", "axis_labels")
         kw = {k: v for k, v in transform_kwargs(img).items() if k in keep} if img else {}
-        layer = self.viewer.add_shapes(name="mr roi", edge_color="#00e5ff", face_color="transparent", edge_width=1.5,
-                                       ndim=img.ndim if img is not None else 2, **kw)
+        layer = self.viewer.add_shapes(
+            name="mr roi",
+            edge_color="#00e5ff",
+            face_color="transparent",
+            edge_width=1.5,
+            ndim=img.ndim if img is not None else 2,
+            **kw,
+        )
         layer.mode = "add_rectangle"
         self.roi_combo.setCurrentText(layer.name)
         self.scope_combo.setCurrentText(Scope.ROI.value)
@@ -677,8 +732,9 @@ class ModelDock(QWidget):
         img = self.controller.image_layer
         keep = ("scale", "translate", "rotate", "units", "axis_labels")
         kw = {k: v for k, v in transform_kwargs(img).items() if k in keep} if img else {}
-        layer = self.viewer.add_points(name="mr roi point", ndim=img.ndim if img is not None else 2, size=6,
-                                       face_color="#00e5ff", **kw)
+        layer = self.viewer.add_points(
+            name="mr roi point", ndim=img.ndim if img is not None else 2, size=6, face_color="#00e5ff", **kw
+        )
         layer.mode = "add"
         self.roi_combo.setCurrentText(layer.name)
         return layer

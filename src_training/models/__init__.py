@@ -1,4 +1,5 @@
 """Multi-rater segmentation models behind one interface (:class:`MultiRaterModel`)."""
+
 from .base import Capabilities, MultiRaterModel
 from .dpersona import DPersona, dpersona_stage2_from_stage1
 from .pionono import PiononoModel
@@ -8,5 +9,17 @@ from .registry import METHODS, build_model, default_config
 from .umanet import UMANet
 from .unet import UNetModel
 
-__all__ = ["Capabilities", "MultiRaterModel", "METHODS", "build_model", "default_config", "dpersona_stage2_from_stage1",
-           "UNetModel", "ProbUNet", "DPersona", "ProSeg", "UMANet", "PiononoModel"]
+__all__ = [
+    "Capabilities",
+    "MultiRaterModel",
+    "METHODS",
+    "build_model",
+    "default_config",
+    "dpersona_stage2_from_stage1",
+    "UNetModel",
+    "ProbUNet",
+    "DPersona",
+    "ProSeg",
+    "UMANet",
+    "PiononoModel",
+]

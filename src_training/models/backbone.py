@@ -1,4 +1,5 @@
 """Self-contained feature U-Net (no downloads): image -> F-channel full-resolution feature map."""
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,11 @@ class ConvBlock(nn.Sequential):
         layers: list[nn.Module] = []
         bias = norm in (None, "none")
         for i in range(n_convs):
-            layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1, bias=bias),
-                       make_norm(norm, cout), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1, bias=bias),
+                make_norm(norm, cout),
+                nn.ReLU(inplace=True),
+            ]
         super().__init__(*layers)
 
 
@@ -39,8 +43,14 @@ class FeatureUNet(nn.Module):
     Down: max-pool 2; up: bilinear resize to the skip's size (any H, W works) + concat + ConvBlock.
     """
 
-    def __init__(self, in_channels: int, widths=(16, 32, 64, 128), features: int = 16,
-                 norm: str | None = "batch", convs_per_block: int = 2):
+    def __init__(
+        self,
+        in_channels: int,
+        widths=(16, 32, 64, 128),
+        features: int = 16,
+        norm: str | None = "batch",
+        convs_per_block: int = 2,
+    ):
         super().__init__()
         widths = [int(w) for w in widths]
         if len(widths) < 1:
@@ -53,9 +63,13 @@ class FeatureUNet(nn.Module):
             cin = w
         self.up = nn.ModuleList(
             ConvBlock(widths[i + 1] + widths[i], widths[i], convs_per_block, norm)
-            for i in reversed(range(len(widths) - 1)))
-        self.out = nn.Sequential(nn.Conv2d(widths[0], features, 1, bias=norm in (None, "none")),
-                                 make_norm(norm, features), nn.ReLU(inplace=True))
+            for i in reversed(range(len(widths) - 1))
+        )
+        self.out = nn.Sequential(
+            nn.Conv2d(widths[0], features, 1, bias=norm in (None, "none")),
+            make_norm(norm, features),
+            nn.ReLU(inplace=True),
+        )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
@@ -79,5 +93,10 @@ class FeatureUNet(nn.Module):
 def build_backbone(config: dict) -> FeatureUNet:
     """FeatureUNet from a model config (``in_channels`` + ``backbone`` section)."""
     b = config["backbone"]
-    return FeatureUNet(int(config["in_channels"]), b["widths"], int(b.get("features", 16)),
-                       b.get("norm", "batch"), int(b.get("convs_per_block", 2)))
+    return FeatureUNet(
+        int(config["in_channels"]),
+        b["widths"],
+        int(b.get("features", 16)),
+        b.get("norm", "batch"),
+        int(b.get("convs_per_block", 2)),
+    )

@@ -4,6 +4,7 @@ Shapes: images (B, C, H, W); logits (B, N, H, W); masks (B, K, H, W) float {0,1}
 mask_valid (B, K) bool. Inference methods (``encode``, ``decode``, ``sample``, ``personalize``,
 ``uncertainty``, ``blend``) run under ``torch.no_grad``; callers set ``model.eval()``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -69,7 +70,7 @@ def sample_dirichlet(alpha: torch.Tensor, shape, generator: torch.Generator | No
     dist = torch.distributions.Dirichlet(alpha)
     if generator is None:
         return dist.sample(torch.Size(shape))
-    seed = int(torch.randint(2 ** 62, (1,), generator=generator, device=generator.device).item())
+    seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device).item())
     devices = [alpha.device] if alpha.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -187,11 +188,13 @@ class MultiRaterModel(nn.Module):
         """Method-specific maps (B, H, W) in [0, 1] and scores (B,); empty when none."""
         return {}
 
-    def blend(self, x: torch.Tensor, i: int, j: int, t: float,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+    def blend(
+        self, x: torch.Tensor, i: int, j: int, t: float, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Persona blend of raters i and j at t in [0, 1] -> logits (B, 1, H, W)."""
         raise NotImplementedError(
-            f"method {self.method!r} does not support persona blending (capabilities.blend is False)")
+            f"method {self.method!r} does not support persona blending (capabilities.blend is False)"
+        )
 
     # ------------------------------------------------------------------ learning a new persona
     def persona_tensors(self) -> dict[str, bool]:

@@ -1,4 +1,5 @@
 """Axis-aligned conv Gaussian (Kohl 2018 prior / posterior nets) with a bounded log-sigma."""
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,15 @@ class ConvGaussian(nn.Module):
     ``log_sigma = b * tanh(raw / b)`` keeps sigma in [e^-b, e^b] so the KL cannot overflow / go NaN.
     """
 
-    def __init__(self, in_channels: int, widths=(16, 32, 64, 128), latent_dim: int = 6,
-                 convs_per_block: int = 3, norm: str | None = "none", log_sigma_bound: float = 5.0):
+    def __init__(
+        self,
+        in_channels: int,
+        widths=(16, 32, 64, 128),
+        latent_dim: int = 6,
+        convs_per_block: int = 3,
+        norm: str | None = "none",
+        log_sigma_bound: float = 5.0,
+    ):
         super().__init__()
         self.latent_dim = int(latent_dim)
         self.log_sigma_bound = float(log_sigma_bound)
@@ -47,6 +55,11 @@ class ConvGaussian(nn.Module):
 
 
 def build_gaussian(in_channels: int, latent_dim: int, cfg: dict) -> ConvGaussian:
-    return ConvGaussian(in_channels, cfg.get("widths", [16, 32, 64, 128]), latent_dim,
-                        int(cfg.get("convs_per_block", 3)), cfg.get("norm", "none"),
-                        float(cfg.get("log_sigma_bound", 5.0)))
+    return ConvGaussian(
+        in_channels,
+        cfg.get("widths", [16, 32, 64, 128]),
+        latent_dim,
+        int(cfg.get("convs_per_block", 3)),
+        cfg.get("norm", "none"),
+        float(cfg.get("log_sigma_bound", 5.0)),
+    )

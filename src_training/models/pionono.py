@@ -12,6 +12,7 @@ the raters' mixture (uniform rater, then z ~ q(z|r); ``sample_mode: "mixture"``,
 only ever sees z near the raters' posteriors) or from the prior (``"prior"``). The explorer's
 ``latent_prior`` is the moment-matched diagonal Gaussian of that mixture. ``blend`` mixes mu_i, mu_j.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,9 +58,15 @@ class PiononoModel(MultiRaterModel):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(diverse=True, personalized=True, uncertainty=[], latent_dim=self.latent_dim, blend=True,
-                            notes="Pionono: image-independent per-rater Gaussians; samples from the raters' mixture, "
-                                  "experts at their posterior means, blend interpolates the means.")
+        return Capabilities(
+            diverse=True,
+            personalized=True,
+            uncertainty=[],
+            latent_dim=self.latent_dim,
+            blend=True,
+            notes="Pionono: image-independent per-rater Gaussians; samples from the raters' mixture, "
+            "experts at their posterior means, blend interpolates the means.",
+        )
 
     def scale_tril(self) -> torch.Tensor:
         raw = self.z_tril_raw
@@ -84,7 +91,7 @@ class PiononoModel(MultiRaterModel):
         mu = self.z_mu
         var = (self.scale_tril() ** 2).sum(-1)  # diag of L L^T
         m = mu.mean(0)
-        v = (var + mu ** 2).mean(0) - m ** 2
+        v = (var + mu**2).mean(0) - m**2
         b = ctx["batch"]
         return m.detach().expand(b, -1).clone(), v.clamp(min=1e-12).sqrt().detach().expand(b, -1).clone()
 
@@ -134,7 +141,9 @@ class PiononoModel(MultiRaterModel):
 
     # ------------------------------------------------------------------ training
     DEFAULT_LATENT_LR = 0.02  # reference: per-rater z parameters at 0.02
-    PERSONA_LR = 0.1  # a new persona (persona_fit); phantom generous_2: +0.049 Dice at 0.1/200 steps, +0.027 at 0.04/100
+    PERSONA_LR = (
+        0.1  # a new persona (persona_fit); phantom generous_2: +0.049 Dice at 0.1/200 steps, +0.027 at 0.04/100
+    )
 
     def latent_parameters(self):
         return [self.z_mu, self.z_tril_raw]

@@ -6,6 +6,7 @@ reconstruction of the chosen rater from a POSTERIOR sample + beta * KL(q||p) (me
 + reg_weight * sum of unsquared L2 norms of prior, posterior and fcomb.layers (reference).
 Not personalized: ``personalize`` returns the prior-mean prediction K times.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,8 +34,9 @@ class ProbUNet(MultiRaterModel):
         self.backbone = build_backbone(cfg)
         feats = self.backbone.out_channels
         self.prior = build_gaussian(self.in_channels, self.latent_dim, cfg["prior"])
-        self.posterior = build_gaussian(self.in_channels + self._posterior_extra_channels(), self.latent_dim,
-                                        cfg.get("posterior", cfg["prior"]))
+        self.posterior = build_gaussian(
+            self.in_channels + self._posterior_extra_channels(), self.latent_dim, cfg.get("posterior", cfg["prior"])
+        )
         self.fcomb = Fcomb(feats, self.latent_dim, cfg["fcomb"].get("hidden"), int(cfg["fcomb"]["num_convs"]))
 
     def _posterior_extra_channels(self) -> int:
@@ -42,17 +44,21 @@ class ProbUNet(MultiRaterModel):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(diverse=True, personalized=False, uncertainty=[], latent_dim=self.latent_dim,
-                            blend=False,
-                            notes="Diverse samples from the image-conditional Gaussian prior. Not personalized: "
-                                  "personalize() returns the prior-mean prediction for every rater.")
+        return Capabilities(
+            diverse=True,
+            personalized=False,
+            uncertainty=[],
+            latent_dim=self.latent_dim,
+            blend=False,
+            notes="Diverse samples from the image-conditional Gaussian prior. Not personalized: "
+            "personalize() returns the prior-mean prediction for every rater.",
+        )
 
     # ------------------------------------------------------------------ inference
     def _encode(self, x):
         feats = self.backbone(x)
         mu, sigma = self.prior(x)
-        return {"features": feats, "proj": self.fcomb.project(feats), "prior": (mu, sigma),
-                "size": tuple(x.shape[-2:])}
+        return {"features": feats, "proj": self.fcomb.project(feats), "prior": (mu, sigma), "size": tuple(x.shape[-2:])}
 
     @torch.no_grad()
     def encode(self, x):

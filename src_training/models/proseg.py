@@ -18,6 +18,7 @@ Inference conventions (documented choices):
 * ``blend(i, j, t)``: tau and Z linearly mixed between the two raters' personalized latents.
 * ``uncertainty``: ``ambiguity`` = mean_k,c sigma_k / prior sigma, clipped to [0, 1].
 """
+
 from __future__ import annotations
 
 import math
@@ -49,9 +50,12 @@ class StatisticHeads(nn.Module):
         self.k, self.zc, self.bound = int(k), int(z_channels), float(logvar_bound)
         h1, h2 = (int(h) for h in hidden)
         self.net = nn.Sequential(
-            nn.Conv2d(features, k * h1, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(k * h1, k * h2, 3, padding=1, groups=k), nn.ReLU(inplace=True),
-            nn.Conv2d(k * h2, k * 2 * z_channels, 3, padding=1, groups=k))
+            nn.Conv2d(features, k * h1, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(k * h1, k * h2, 3, padding=1, groups=k),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(k * h2, k * 2 * z_channels, 3, padding=1, groups=k),
+        )
 
     def forward(self, feats):
         out = self.net(feats).view(feats.shape[0], self.k, 2 * self.zc, *feats.shape[-2:])
@@ -86,22 +90,31 @@ class ProSeg(MultiRaterModel):
             init[r, r % ld] = 1.0
             init[r, (r + k) % ld] = 1.0
         self.alpha_raw = nn.Parameter(init)
-        self.classifier = nn.Sequential(nn.Linear(ld, int(cfg["classifier_hidden"])), nn.ReLU(inplace=True),
-                                        nn.Linear(int(cfg["classifier_hidden"]), k))
+        self.classifier = nn.Sequential(
+            nn.Linear(ld, int(cfg["classifier_hidden"])),
+            nn.ReLU(inplace=True),
+            nn.Linear(int(cfg["classifier_hidden"]), k),
+        )
         self.head = Fcomb(zc, ld, cfg["head"]["hidden"], int(cfg["head"]["num_convs"]), init="xavier")
         self.recon = None
         if cfg["recon_branch"]:
-            self.recon = nn.Sequential(nn.Conv2d(zc, 16, 3, padding=1), nn.ReLU(inplace=True),
-                                       nn.Conv2d(16, self.in_channels, 3, padding=1))
+            self.recon = nn.Sequential(
+                nn.Conv2d(zc, 16, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(16, self.in_channels, 3, padding=1)
+            )
         if cfg["sample_z"] not in ("rater_mean", "rater_sample"):
             raise ValueError("sample_z must be 'rater_mean' or 'rater_sample'")
 
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(
-            diverse=True, personalized=True, uncertainty=["ambiguity"], latent_dim=self.latent_dim, blend=True,
+            diverse=True,
+            personalized=True,
+            uncertainty=["ambiguity"],
+            latent_dim=self.latent_dim,
+            blend=True,
             notes="ProSeg: samples draw tau ~ Dir(prior) and a random rater's ambiguity map; experts use the "
-                  "posterior-mean preference tau_k with Z = mu_k. Explorer latent = tau, projected onto the simplex.")
+            "posterior-mean preference tau_k with Z = mu_k. Explorer latent = tau, projected onto the simplex.",
+        )
 
     # ------------------------------------------------------------------ helpers
     def alpha(self) -> torch.Tensor:
@@ -134,7 +147,7 @@ class ProSeg(MultiRaterModel):
         a = self._prior_alpha(ctx["mu"])
         a0 = a.sum()
         mean = a / a0
-        std = torch.sqrt(a * (a0 - a) / (a0 ** 2 * (a0 + 1)))
+        std = torch.sqrt(a * (a0 - a) / (a0**2 * (a0 + 1)))
         return mean.expand(b, -1).clone(), std.expand(b, -1).clone()
 
     @torch.no_grad()
@@ -228,7 +241,7 @@ class ProSeg(MultiRaterModel):
             p.requires_grad_(True)
         alpha = self.alpha().detach()
         with torch.random.fork_rng():
-            torch.manual_seed(int(torch.randint(2 ** 31, (1,), generator=g)))
+            torch.manual_seed(int(torch.randint(2**31, (1,), generator=g)))
             for _ in range(int(steps)):
                 tau = torch.distributions.Dirichlet(alpha).sample((16,)).reshape(-1, alpha.shape[-1])
                 target = torch.arange(k).repeat(16)
@@ -264,13 +277,22 @@ class ProSeg(MultiRaterModel):
             cls = weighted_mean(F.cross_entropy(self.classifier(tau.float()), idx, reduction="none"), has)
         kl_tau = weighted_mean(L.kl_dirichlet(alpha, self._prior_alpha(alpha)), has)
         pl = float(self.config["z_prior_logvar"])
-        kl_z_el = 0.5 * (pl - logvar + (logvar.exp() + mu ** 2) / math.exp(pl) - 1.0)
+        kl_z_el = 0.5 * (pl - logvar + (logvar.exp() + mu**2) / math.exp(pl) - 1.0)
         kl_z = weighted_mean(kl_z_el.flatten(1).mean(1), has)
         reg = L.l2_regularisation(self.head.layers)
-        total = (seg + float(lc["cls_weight"]) * cls + float(lc["kl_weight"]) * (kl_tau + kl_z)
-                 + float(lc["reg_weight"]) * reg)
-        out = {"seg": seg.detach(), "cls": cls.detach(), "kl_tau": kl_tau.detach(), "kl_z": kl_z.detach(),
-               "reg": reg.detach()}
+        total = (
+            seg
+            + float(lc["cls_weight"]) * cls
+            + float(lc["kl_weight"]) * (kl_tau + kl_z)
+            + float(lc["reg_weight"]) * reg
+        )
+        out = {
+            "seg": seg.detach(),
+            "cls": cls.detach(),
+            "kl_tau": kl_tau.detach(),
+            "kl_z": kl_z.detach(),
+            "reg": reg.detach(),
+        }
         if self.recon is not None:
             rec = weighted_mean(((self.recon(z_pix).float() - x) ** 2).flatten(1).mean(1), has)
             total = total + float(lc["recon_weight"]) * rec

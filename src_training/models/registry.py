@@ -1,4 +1,5 @@
 """Method registry: ``build_model(config)`` and the default configs in ``src_training/configs``."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,14 @@ from .unet import UNetModel
 
 METHODS = ("unet", "prob_unet", "dpersona", "proseg", "umanet", "pionono")
 
-_CLASSES = {"unet": UNetModel, "prob_unet": ProbUNet, "dpersona": DPersona, "proseg": ProSeg,
-            "umanet": UMANet, "pionono": PiononoModel}
+_CLASSES = {
+    "unet": UNetModel,
+    "prob_unet": ProbUNet,
+    "dpersona": DPersona,
+    "proseg": ProSeg,
+    "umanet": UMANet,
+    "pionono": PiononoModel,
+}
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 

@@ -41,6 +41,7 @@ Design decisions (ours, not the authors'):
   ``personalize`` repeat the H-head prediction (not diverse, not personalized).
   ``annotation_uncertainty(x, masks)`` exposes the AUEM maps U_k for given annotations.
 """
+
 from __future__ import annotations
 
 import torch
@@ -50,7 +51,6 @@ from torch import nn
 from .. import losses as L
 from .backbone import build_backbone
 from .base import Capabilities, MultiRaterModel, unpack_batch
-
 
 QUALITY_SPLITS = ("median", "threshold", "all")
 
@@ -80,8 +80,16 @@ class UMANet(MultiRaterModel):
         "head_hidden": 16,
         "auem": {"hidden": 16, "detach_features": True, "sees_prediction": True},
         "quality": {"split": "median", "threshold": 0.5, "roi_dilation": 3},
-        "loss": {"u_penalty": 2.0, "penalty_type": "quadratic", "dice_weight": 1.0, "agreement_weight": 0.1,
-                 "low_weight": 0.5, "reliability_weight": 1.0, "min_weight": 0.3, "dice_scope": "marked"},
+        "loss": {
+            "u_penalty": 2.0,
+            "penalty_type": "quadratic",
+            "dice_weight": 1.0,
+            "agreement_weight": 0.1,
+            "low_weight": 0.5,
+            "reliability_weight": 1.0,
+            "min_weight": 0.3,
+            "dice_scope": "marked",
+        },
     }
 
     def __init__(self, config: dict):
@@ -93,8 +101,13 @@ class UMANet(MultiRaterModel):
         self.h_head = _head(f, hid)
         self.l_head = _head(f, hid)
         ah = int(cfg["auem"]["hidden"])
-        self.auem = nn.Sequential(nn.Conv2d(f + 2, ah, 3, padding=1), nn.ReLU(inplace=True),
-                                  nn.Conv2d(ah, ah, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(ah, 1, 1))
+        self.auem = nn.Sequential(
+            nn.Conv2d(f + 2, ah, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(ah, ah, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(ah, 1, 1),
+        )
         self.rel_head = _head(f, ah)
         if cfg["quality"]["split"] not in QUALITY_SPLITS:
             raise ValueError(f"quality.split must be one of {QUALITY_SPLITS}")
@@ -103,10 +116,15 @@ class UMANet(MultiRaterModel):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(diverse=False, personalized=False, uncertainty=["reliability", "quality"], latent_dim=0,
-                            blend=False,
-                            notes="UMA-Net: one H-head prediction (sample/personalize repeat it). reliability = "
-                                  "1 - predicted annotation uncertainty (no annotations needed); quality = image score.")
+        return Capabilities(
+            diverse=False,
+            personalized=False,
+            uncertainty=["reliability", "quality"],
+            latent_dim=0,
+            blend=False,
+            notes="UMA-Net: one H-head prediction (sample/personalize repeat it). reliability = "
+            "1 - predicted annotation uncertainty (no annotations needed); quality = image score.",
+        )
 
     # ------------------------------------------------------------------ pieces
     def _auem(self, feats, masks, p_h):
@@ -234,9 +252,19 @@ class UMANet(MultiRaterModel):
         agree = (var.flatten(1).mean(1) * has).sum() / has.sum().clamp(min=1)
         u_target = ((u * vmask).sum(1, keepdim=True) / nv).detach()
         rel = (((self._rel(feats) - u_target) ** 2).flatten(1).mean(1) * has).sum() / has.sum().clamp(min=1)
-        total = (seg_h + float(lc["low_weight"]) * seg_l + float(lc["agreement_weight"]) * agree
-                 + float(lc["reliability_weight"]) * rel)
-        return {"loss": total, "seg_high": seg_h.detach(), "seg_low": seg_l.detach(), "agreement": agree.detach(),
-                "reliability": rel.detach(), "u_mean": ((u * vmask).sum() / (vmask.sum() * u[0, 0].numel()).clamp(min=1)).detach(),
-                "quality_mean": s[has].mean() if bool(has.any()) else s.new_tensor(float("nan")),
-                "n_high": high.sum().to(x.dtype)}
+        total = (
+            seg_h
+            + float(lc["low_weight"]) * seg_l
+            + float(lc["agreement_weight"]) * agree
+            + float(lc["reliability_weight"]) * rel
+        )
+        return {
+            "loss": total,
+            "seg_high": seg_h.detach(),
+            "seg_low": seg_l.detach(),
+            "agreement": agree.detach(),
+            "reliability": rel.detach(),
+            "u_mean": ((u * vmask).sum() / (vmask.sum() * u[0, 0].numel()).clamp(min=1)).detach(),
+            "quality_mean": s[has].mean() if bool(has.any()) else s.new_tensor(float("nan")),
+            "n_high": high.sum().to(x.dtype),
+        }

@@ -1,4 +1,5 @@
 """Deterministic U-Net baseline: backbone + 1x1 logit head (not diverse, not personalized)."""
+
 from __future__ import annotations
 
 import torch
@@ -27,9 +28,15 @@ class UNetModel(MultiRaterModel):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(diverse=False, personalized=False, uncertainty=[], latent_dim=0, blend=False,
-                            notes="Deterministic U-Net: sample() repeats the single prediction n times and "
-                                  "personalize() returns the same (mean) prediction for every rater.")
+        return Capabilities(
+            diverse=False,
+            personalized=False,
+            uncertainty=[],
+            latent_dim=0,
+            blend=False,
+            notes="Deterministic U-Net: sample() repeats the single prediction n times and "
+            "personalize() returns the same (mean) prediction for every rater.",
+        )
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x)).float()  # fp32 logits under any autocast

@@ -75,9 +75,21 @@ class Settings:
 
     @classmethod
     def quick_settings(cls) -> Settings:
-        return cls(quick=True, repeats=3, warmup=1, image_size=64, sample_ns=(1, 10, 100), naive_budget_s=2.0,
-                   volume_shape=(4, 128, 128), roi_shape=(2, 32, 32), volume_samples=2, train_batch=2,
-                   train_size=64, train_steps=2, train_warmup=1)
+        return cls(
+            quick=True,
+            repeats=3,
+            warmup=1,
+            image_size=64,
+            sample_ns=(1, 10, 100),
+            naive_budget_s=2.0,
+            volume_shape=(4, 128, 128),
+            roi_shape=(2, 32, 32),
+            volume_samples=2,
+            train_batch=2,
+            train_size=64,
+            train_steps=2,
+            train_warmup=1,
+        )
 
     @classmethod
     def from_args(cls, args) -> Settings:
@@ -104,8 +116,14 @@ def _sync(device) -> None:
 def _stats(seconds: list[float], unit: str = "ms") -> dict:
     scale = 1000.0 if unit == "ms" else 1.0
     v = np.asarray(seconds, dtype=float) * scale
-    return {"unit": unit, "median": float(np.median(v)), "p10": float(np.percentile(v, 10)),
-            "p90": float(np.percentile(v, 90)), "min": float(v.min()), "n": int(len(v))}
+    return {
+        "unit": unit,
+        "median": float(np.median(v)),
+        "p10": float(np.percentile(v, 10)),
+        "p90": float(np.percentile(v, 90)),
+        "min": float(v.min()),
+        "n": int(len(v)),
+    }
 
 
 def _timed(fn, device) -> float:
@@ -158,12 +176,20 @@ def ct_like_volume(shape=(64, 512, 512), seed: int = 0) -> np.ndarray:
     lungs, Gaussian noise (sigma 20 HU)."""
     z, h, w = (int(s) for s in shape)
     rng = np.random.default_rng(seed)
-    yy, xx = np.meshgrid(np.linspace(-1, 1, h, dtype=np.float32), np.linspace(-1, 1, w, dtype=np.float32),
-                         indexing="ij")
+    yy, xx = np.meshgrid(
+        np.linspace(-1, 1, h, dtype=np.float32), np.linspace(-1, 1, w, dtype=np.float32), indexing="ij"
+    )
     body = (xx / 0.85) ** 2 + (yy / 0.65) ** 2 < 1
-    spine = xx ** 2 + (yy - 0.45) ** 2 < 0.1 ** 2
-    nodules = [(rng.uniform(0.1, 0.9), rng.choice([-0.4, 0.4]) + rng.uniform(-0.1, 0.1), rng.uniform(-0.25, 0.15),
-                rng.uniform(0.03, 0.08)) for _ in range(4)]
+    spine = xx**2 + (yy - 0.45) ** 2 < 0.1**2
+    nodules = [
+        (
+            rng.uniform(0.1, 0.9),
+            rng.choice([-0.4, 0.4]) + rng.uniform(-0.1, 0.1),
+            rng.uniform(-0.25, 0.15),
+            rng.uniform(0.03, 0.08),
+        )
+        for _ in range(4)
+    ]
     vol = rng.standard_normal(size=(z, h, w), dtype=np.float32)
     vol *= 20.0
     for k in range(z):
@@ -175,7 +201,7 @@ def ct_like_volume(shape=(64, 512, 512), seed: int = 0) -> np.ndarray:
             sl[((xx - cx) / (0.27 * grow)) ** 2 + ((yy + 0.05) / (0.45 * grow)) ** 2 < 1] = -850.0
         sl[spine] = 700.0
         for zc, cx, cy, r in nodules:
-            rz = r ** 2 - (0.5 * (t - zc)) ** 2
+            rz = r**2 - (0.5 * (t - zc)) ** 2
             if rz > 0:
                 sl[(xx - cx) ** 2 + (yy - cy) ** 2 < rz] = 30.0
         vol[k] += sl
@@ -194,7 +220,7 @@ def image_crop(size: int = 128) -> np.ndarray:
     cy, cx = int(512 * 0.475), int(512 * 0.3)
     half = size // 2
     y0, x0 = max(0, min(512 - size, cy - half)), max(0, min(512 - size, cx - half))
-    return sl[y0:y0 + size, x0:x0 + size]
+    return sl[y0 : y0 + size, x0 : x0 + size]
 
 
 # ----------------------------------------------------------------------------- model / engine
@@ -232,8 +258,12 @@ def build_engine(checkpoint: str | None, method: str = "dpersona", device="cpu")
     name = method
     model = fresh_model(name)
     label = "stage I " if name == "dpersona" else ""
-    return InferenceEngine(model, default_card(model.method), device=device,
-                           name=f"fresh compact {name} {label}(src_training/configs/{name}.json, random weights)")
+    return InferenceEngine(
+        model,
+        default_card(model.method),
+        device=device,
+        name=f"fresh compact {name} {label}(src_training/configs/{name}.json, random weights)",
+    )
 
 
 def model_info(engine, checkpoint: str | None) -> dict:
@@ -241,12 +271,19 @@ def model_info(engine, checkpoint: str | None) -> dict:
     caps = m.capabilities
     from .naive_sampling import has_naive_loop
 
-    return {"name": engine.name, "source": f"checkpoint {checkpoint}" if checkpoint else
-            "no --checkpoint given: freshly built compact default model with random weights",
-            "method": m.method, "stage": m.config.get("stage"), "num_raters": m.num_raters,
-            "latent_dim": int(caps.latent_dim), "parameters": int(sum(p.numel() for p in m.parameters())),
-            "has_naive_loop": has_naive_loop(m),
-            "backbone_widths": (m.config.get("backbone") or {}).get("widths")}
+    return {
+        "name": engine.name,
+        "source": f"checkpoint {checkpoint}"
+        if checkpoint
+        else "no --checkpoint given: freshly built compact default model with random weights",
+        "method": m.method,
+        "stage": m.config.get("stage"),
+        "num_raters": m.num_raters,
+        "latent_dim": int(caps.latent_dim),
+        "parameters": int(sum(p.numel() for p in m.parameters())),
+        "has_naive_loop": has_naive_loop(m),
+        "backbone_widths": (m.config.get("backbone") or {}).get("widths"),
+    }
 
 
 def _model_input(engine, crop: np.ndarray, device):
@@ -279,15 +316,17 @@ def bench_sampling(engine, device, s: Settings) -> dict:
         for n in s.sample_ns:
             vec = lambda: model.sample(x, n, gen())  # noqa: E731
             if has_naive:
-                v, nv = measure_pair(vec, lambda: sample_naive(model, x, n, gen()), s.repeats, s.warmup, device,
-                                     s.naive_budget_s)
+                v, nv = measure_pair(
+                    vec, lambda: sample_naive(model, x, n, gen()), s.repeats, s.warmup, device, s.naive_budget_s
+                )
             else:
                 v, nv = measure(vec, s.repeats, s.warmup, device), None
-            row = {"n": n, "vectorized": v, "naive": nv,
-                   "speedup": nv["median"] / v["median"] if nv else None}
+            row = {"n": n, "vectorized": v, "naive": nv, "speedup": nv["median"] / v["median"] if nv else None}
             out["rows"].append(row)
-            _log(f"{device.type} sample N={n}: {v['median']:.1f} ms"
-                 + (f", naive {nv['median']:.1f} ms ({row['speedup']:.1f}x)" if nv else ""))
+            _log(
+                f"{device.type} sample N={n}: {v['median']:.1f} ms"
+                + (f", naive {nv['median']:.1f} ms ({row['speedup']:.1f}x)" if nv else "")
+            )
     rows = {r["n"]: r for r in out["rows"]}
     if 1 in rows and 100 in rows:
         t1, t100 = rows[1]["vectorized"]["median"], rows[100]["vectorized"]["median"]
@@ -313,23 +352,26 @@ def bench_interactive(engine, device, s: Settings) -> dict:
         if model.capabilities.latent_dim > 0:
             z = model.latent_prior(ctx)[0][:, None].contiguous()
             out["decode_one"] = measure(lambda: model.decode(ctx, z), reps * 2, s.warmup, device)
-        out["personalize"] = measure(lambda: model.personalize(x, torch.Generator().manual_seed(1)), reps,
-                                     s.warmup, device)
+        out["personalize"] = measure(
+            lambda: model.personalize(x, torch.Generator().manual_seed(1)), reps, s.warmup, device
+        )
         out["personalize_k"] = model.num_raters
         if model.method == "dpersona" and int(model.config.get("stage", 1)) == 1:
             m2 = dpersona_stage2_from_stage1(model.state_dict(), model.config).to(device).eval()
-            out["personalize_stage2"] = measure(lambda: m2.personalize(x, torch.Generator().manual_seed(1)), reps,
-                                                s.warmup, device)
+            out["personalize_stage2"] = measure(
+                lambda: m2.personalize(x, torch.Generator().manual_seed(1)), reps, s.warmup, device
+            )
             out["personalize_stage2_n_infer"] = int(m2.config["heads"]["n_infer"])
             del m2
     if engine.capabilities.latent_dim > 0:
         enc = engine.encode(crop)
         zz = engine.latent_samples(enc, 1, seed=0)
         out["engine_decode_one"] = measure(lambda: engine.decode(enc, zz), reps * 2, s.warmup, device)
-    out["engine_uncertainty_n16"] = measure(lambda: engine.uncertainty(crop, 16, seed=0), max(3, reps // 4),
-                                            1, device)
-    _log(f"{device.type} interactive: " + ", ".join(f"{k} {v['median']:.1f} ms" for k, v in out.items()
-                                                   if isinstance(v, dict)))
+    out["engine_uncertainty_n16"] = measure(lambda: engine.uncertainty(crop, 16, seed=0), max(3, reps // 4), 1, device)
+    _log(
+        f"{device.type} interactive: "
+        + ", ".join(f"{k} {v['median']:.1f} ms" for k, v in out.items() if isinstance(v, dict))
+    )
     return out
 
 
@@ -343,13 +385,23 @@ def bench_volume(engine, device, s: Settings, volume: np.ndarray) -> dict:
     box = centred_box(volume.shape, s.roi_shape)
     mid = volume.shape[0] // 2
     warm = engine.predict_volume(volume, geom, samples=n, slice_index=mid)  # warm-up (one slice)
-    out = {"samples": n, "batch_slices": 8, "precision": engine.precision.describe(),
-           "spacing_xyz_mm": list(geom.spacing), "model_size": warm.info.get("model_size")}
+    out = {
+        "samples": n,
+        "batch_slices": 8,
+        "precision": engine.precision.describe(),
+        "spacing_xyz_mm": list(geom.spacing),
+        "model_size": warm.info.get("model_size"),
+    }
     for key, roi, reps in (("whole", None, s.volume_repeats), ("roi", ROI.box(*box), max(1, min(3, s.repeats)))):
         st = measure(lambda: engine.predict_volume(volume, geom, samples=n, roi=roi), reps, 0, device, unit="s")
         shape = list(volume.shape) if roi is None else [box[3] - box[0], box[4] - box[1], box[5] - box[2]]
-        out[key] = {"region": shape, "box": None if roi is None else list(box), "seconds": st,
-                    "slices_per_s": shape[0] / st["median"], "ms_per_slice": 1000.0 * st["median"] / shape[0]}
+        out[key] = {
+            "region": shape,
+            "box": None if roi is None else list(box),
+            "seconds": st,
+            "slices_per_s": shape[0] / st["median"],
+            "ms_per_slice": 1000.0 * st["median"] / shape[0],
+        }
         _log(f"{device.type} volume {key} {shape}: {st['median']:.2f} s ({out[key]['slices_per_s']:.2f} slices/s)")
     return out
 
@@ -392,13 +444,25 @@ def bench_training(device, s: Settings, precision=None) -> dict:
         batch = synthetic_batch(s.train_batch, model.num_raters, s.train_size, device)
         torch.manual_seed(0)
         st = measure(partial(trainer.step, batch), s.train_steps, s.train_warmup, device, unit="s")
-        rows.append({"config": name, "method": model.method, "stage": model.config.get("stage"),
-                     "trainable_parameters": int(sum(p.numel() for p in model.trainable_parameters())),
-                     "step": st, "images_per_s": s.train_batch / st["median"]})
+        rows.append(
+            {
+                "config": name,
+                "method": model.method,
+                "stage": model.config.get("stage"),
+                "trainable_parameters": int(sum(p.numel() for p in model.trainable_parameters())),
+                "step": st,
+                "images_per_s": s.train_batch / st["median"],
+            }
+        )
         _log(f"{device.type} train {name}: {st['median']:.3f} s/step")
         del model, trainer, batch
-    return {"batch": s.train_batch, "size": s.train_size, "optimizer": "adam",
-            "precision": precision.describe(), "rows": rows}
+    return {
+        "batch": s.train_batch,
+        "size": s.train_size,
+        "optimizer": "adam",
+        "precision": precision.describe(),
+        "rows": rows,
+    }
 
 
 # ----------------------------------------------------------------------------- machine
@@ -416,7 +480,7 @@ def _mem_total_gb() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 1024 ** 2, 2)
+                return round(int(line.split()[1]) / 1024**2, 2)
     except OSError:
         pass
     return None
@@ -425,13 +489,20 @@ def _mem_total_gb() -> float | None:
 def machine_info(devices) -> dict:
     import torch
 
-    info = {"cpu_model": _cpu_model(), "logical_cores": os.cpu_count(),
-            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "memory_gb": _mem_total_gb(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "torch_interop_threads": torch.get_num_interop_threads(), "python": platform.python_version(),
-            "platform": platform.platform(), "cuda_available": torch.cuda.is_available(),
-            "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "device_names": {}}
+    info = {
+        "cpu_model": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gb": _mem_total_gb(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda_available": torch.cuda.is_available(),
+        "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "device_names": {},
+    }
     from src_training.precision import cpu_bf16_native
 
     native, why = cpu_bf16_native()
@@ -439,8 +510,10 @@ def machine_info(devices) -> dict:
     info["cpu_bf16"] = why
     for d in devices:
         info["device_names"][d.type] = (
-            f"{torch.cuda.get_device_name(d)} (CUDA {torch.version.cuda})" if d.type == "cuda"
-            else f"{info['cpu_model']} ({info['torch_threads']} torch thread(s))")
+            f"{torch.cuda.get_device_name(d)} (CUDA {torch.version.cuda})"
+            if d.type == "cuda"
+            else f"{info['cpu_model']} ({info['torch_threads']} torch thread(s))"
+        )
     return info
 
 
@@ -450,8 +523,12 @@ def resolve_devices(choice: str | None) -> list:
     cuda = torch.cuda.is_available()
     if choice == "cuda" and not cuda:
         raise ValueError("--device cuda: CUDA is not available on this machine")
-    names = {"cpu": ["cpu"], "cuda": ["cuda"], "all": ["cpu", "cuda"] if cuda else ["cpu"],
-             None: ["cpu", "cuda"] if cuda else ["cpu"]}[choice]
+    names = {
+        "cpu": ["cpu"],
+        "cuda": ["cuda"],
+        "all": ["cpu", "cuda"] if cuda else ["cpu"],
+        None: ["cpu", "cuda"] if cuda else ["cpu"],
+    }[choice]
     return [torch.device(n) for n in names]
 
 
@@ -470,33 +547,68 @@ def evaluate_targets(result: dict) -> list[dict]:
         smp = r.get("sampling") or {}
         if "n100_over_n1" in smp:
             v = smp["n100_over_n1"]
-            out.append({"device": dev, "target": f"sampling N=100 costs <= {TARGETS['n100_over_n1_max']:g}x N=1",
-                        "measured": f"{v:.2f}x", "value": v, "limit": TARGETS["n100_over_n1_max"],
-                        "result": _miss(v, TARGETS["n100_over_n1_max"], True, "x")})
+            out.append(
+                {
+                    "device": dev,
+                    "target": f"sampling N=100 costs <= {TARGETS['n100_over_n1_max']:g}x N=1",
+                    "measured": f"{v:.2f}x",
+                    "value": v,
+                    "limit": TARGETS["n100_over_n1_max"],
+                    "result": _miss(v, TARGETS["n100_over_n1_max"], True, "x"),
+                }
+            )
         if "marginal_ms_per_sample" in smp:
             v = smp["marginal_ms_per_sample"]
-            out.append({"device": dev, "target": f"marginal cost per sample <= {TARGETS['marginal_ms_max']:g} ms "
-                        "((N=100 - N=1) / 99)", "measured": f"{v:.3f} ms", "value": v,
-                        "limit": TARGETS["marginal_ms_max"], "result": _miss(v, TARGETS["marginal_ms_max"], True, " ms")})
+            out.append(
+                {
+                    "device": dev,
+                    "target": f"marginal cost per sample <= {TARGETS['marginal_ms_max']:g} ms ((N=100 - N=1) / 99)",
+                    "measured": f"{v:.3f} ms",
+                    "value": v,
+                    "limit": TARGETS["marginal_ms_max"],
+                    "result": _miss(v, TARGETS["marginal_ms_max"], True, " ms"),
+                }
+            )
         vol = (r.get("volume") or {}).get("whole")
         if vol and not result["settings"].get("quick"):
             v = vol["seconds"]["median"]
-            out.append({"device": dev, "target": f"64x512x512 volume, N=8 per slice, < {TARGETS['volume_whole_s_max']:g} s",
-                        "measured": f"{v:.2f} s", "value": v, "limit": TARGETS["volume_whole_s_max"],
-                        "result": _miss(v, TARGETS["volume_whole_s_max"], True, " s")})
+            out.append(
+                {
+                    "device": dev,
+                    "target": f"64x512x512 volume, N=8 per slice, < {TARGETS['volume_whole_s_max']:g} s",
+                    "measured": f"{v:.2f} s",
+                    "value": v,
+                    "limit": TARGETS["volume_whole_s_max"],
+                    "result": _miss(v, TARGETS["volume_whole_s_max"], True, " s"),
+                }
+            )
         rows = {row["n"]: row for row in smp.get("rows", [])}
         if 100 in rows:
             sp = rows[100]["speedup"]
-            out.append({"device": dev, "target": f"vectorized >= {TARGETS['speedup_n100_min']:g}x faster than naive at N=100",
-                        "measured": f"{sp:.1f}x" if sp is not None else "n/a", "value": sp,
-                        "limit": TARGETS["speedup_n100_min"],
-                        "result": _miss(sp, TARGETS["speedup_n100_min"], False, "x") if sp is not None else
-                        "n/a (no per-sample loop for this method)"})
+            out.append(
+                {
+                    "device": dev,
+                    "target": f"vectorized >= {TARGETS['speedup_n100_min']:g}x faster than naive at N=100",
+                    "measured": f"{sp:.1f}x" if sp is not None else "n/a",
+                    "value": sp,
+                    "limit": TARGETS["speedup_n100_min"],
+                    "result": _miss(sp, TARGETS["speedup_n100_min"], False, "x")
+                    if sp is not None
+                    else "n/a (no per-sample loop for this method)",
+                }
+            )
         dec = (r.get("interactive") or {}).get("decode_one")
         if dec:
-            out.append({"device": dev, "target": "one latent re-decode < 10 ms", "measured": f"{dec['median']:.2f} ms",
-                        "value": dec["median"], "limit": TARGETS["decode_ms_max"],
-                        "result": _miss(dec["median"], TARGETS["decode_ms_max"], True, " ms")})
+            out.append(
+                {
+                    "device": dev,
+                    "target": "one latent re-decode < 10 ms",
+                    "measured": f"{dec['median']:.2f} ms",
+                    "value": dec["median"],
+                    "limit": TARGETS["decode_ms_max"],
+                    "result": _miss(dec["median"], TARGETS["decode_ms_max"], True, " ms"),
+                }
+            )
     return out
 
 
@@ -525,24 +637,57 @@ def side_by_side(result: dict) -> list[str]:
     rows = []
     ns = [row["n"] for row in (runs[keys[0]].get("sampling") or {}).get("rows", [])]
     for n in ns:
-        rows.append((f"sample N={n} (ms)", [next((cell(row, ("vectorized", "median")) for row in
-                                                  (runs[k].get("sampling") or {}).get("rows", []) if row["n"] == n),
-                                                 "n/a") for k in keys]))
-    rows.append(("marginal ms per sample", [cell(runs[k], ("sampling", "marginal_ms_per_sample"), digits=3)
-                                            for k in keys]))
+        rows.append(
+            (
+                f"sample N={n} (ms)",
+                [
+                    next(
+                        (
+                            cell(row, ("vectorized", "median"))
+                            for row in (runs[k].get("sampling") or {}).get("rows", [])
+                            if row["n"] == n
+                        ),
+                        "n/a",
+                    )
+                    for k in keys
+                ],
+            )
+        )
+    rows.append(
+        ("marginal ms per sample", [cell(runs[k], ("sampling", "marginal_ms_per_sample"), digits=3) for k in keys])
+    )
     rows.append(("personas, all K (ms)", [cell(runs[k], ("interactive", "personalize", "median")) for k in keys]))
-    rows.append(("latent re-decode (ms)", [cell(runs[k], ("interactive", "decode_one", "median"), digits=2)
-                                           for k in keys]))
-    rows.append(("volume whole slices (s)", [cell(runs[k], ("volume", "whole", "seconds", "median"), digits=2)
-                                             for k in keys]))
+    rows.append(
+        ("latent re-decode (ms)", [cell(runs[k], ("interactive", "decode_one", "median"), digits=2) for k in keys])
+    )
+    rows.append(
+        ("volume whole slices (s)", [cell(runs[k], ("volume", "whole", "seconds", "median"), digits=2) for k in keys])
+    )
     rows.append(("volume ROI (s)", [cell(runs[k], ("volume", "roi", "seconds", "median"), digits=2) for k in keys]))
     configs = [row["config"] for row in (runs[keys[0]].get("training") or {}).get("rows", [])]
     for c in configs:
-        rows.append((f"train step {c} (s)", [next((cell(row, ("step", "median"), digits=3) for row in
-                                                   (runs[k].get("training") or {}).get("rows", [])
-                                                   if row["config"] == c), "n/a") for k in keys]))
-    L = ["## Precision side by side (medians)", "", "| measurement | " + " | ".join(keys) + " |",
-         "|---|" + "---:|" * len(keys)]
+        rows.append(
+            (
+                f"train step {c} (s)",
+                [
+                    next(
+                        (
+                            cell(row, ("step", "median"), digits=3)
+                            for row in (runs[k].get("training") or {}).get("rows", [])
+                            if row["config"] == c
+                        ),
+                        "n/a",
+                    )
+                    for k in keys
+                ],
+            )
+        )
+    L = [
+        "## Precision side by side (medians)",
+        "",
+        "| measurement | " + " | ".join(keys) + " |",
+        "|---|" + "---:|" * len(keys),
+    ]
     L += [f"| {name} | " + " | ".join(vals) + " |" for name, vals in rows]
     L += ["", "Precisions: " + "; ".join(f"`{k}` = {runs[k].get('precision', k)}" for k in keys), ""]
     return L
@@ -552,22 +697,30 @@ def to_markdown(result: dict) -> str:
     mi, mo, st = result["machine"], result["model"], result["settings"]
     busy = (mi.get("loadavg_start") or [0.0])[0]  # before this process did anything
     busy = busy if busy > 0.5 + 0.25 * (mi.get("usable_cores") or 1) else 0.0
-    L = ["# multirater bench", "",
-         f"- created: {result['created']}",
-         f"- model: **{mo['name']}** — {mo['source']}; method `{mo['method']}`"
-         + (f" stage {mo['stage']}" if mo.get("stage") else "") + f", {mo['parameters']:,} parameters, "
-         f"K={mo['num_raters']} raters, latent {mo['latent_dim']}",
-         f"- machine: {mi['cpu_model']}, {mi['logical_cores']} logical cores ({mi['usable_cores']} usable), "
-         f"{mi['memory_gb']} GB; ISA {mi.get('cpu_capability', '?')}, {mi.get('cpu_bf16', '?')}; "
-         f"torch {mi['torch']}, `torch.set_num_threads({mi['torch_threads']})`; "
-         f"devices: {', '.join(f'{k}: {v}' for k, v in mi['device_names'].items())}",
-         f"- load average at start / end: {_load(mi.get('loadavg_start'))} / {_load(mi.get('loadavg_end'))}"
-         + (f" — **WARNING: the machine was busy (1-min load {busy:.1f} on {mi['usable_cores']} cores); other "
+    L = [
+        "# multirater bench",
+        "",
+        f"- created: {result['created']}",
+        f"- model: **{mo['name']}** — {mo['source']}; method `{mo['method']}`"
+        + (f" stage {mo['stage']}" if mo.get("stage") else "")
+        + f", {mo['parameters']:,} parameters, "
+        f"K={mo['num_raters']} raters, latent {mo['latent_dim']}",
+        f"- machine: {mi['cpu_model']}, {mi['logical_cores']} logical cores ({mi['usable_cores']} usable), "
+        f"{mi['memory_gb']} GB; ISA {mi.get('cpu_capability', '?')}, {mi.get('cpu_bf16', '?')}; "
+        f"torch {mi['torch']}, `torch.set_num_threads({mi['torch_threads']})`; "
+        f"devices: {', '.join(f'{k}: {v}' for k, v in mi['device_names'].items())}",
+        f"- load average at start / end: {_load(mi.get('loadavg_start'))} / {_load(mi.get('loadavg_end'))}"
+        + (
+            f" — **WARNING: the machine was busy (1-min load {busy:.1f} on {mi['usable_cores']} cores); other "
             "processes inflate these timings (much more with several torch threads): re-run on a quiet machine**"
-            if busy else ""),
-         f"- settings: {'QUICK smoke-test settings (not comparable to the targets); ' if st['quick'] else ''}"
-         f"{st['repeats']} timed run(s) after {st['warmup']} warm-up run(s), median (p10–p90); "
-         f"2D image {st['image_size']}x{st['image_size']}, batch 1", ""]
+            if busy
+            else ""
+        ),
+        f"- settings: {'QUICK smoke-test settings (not comparable to the targets); ' if st['quick'] else ''}"
+        f"{st['repeats']} timed run(s) after {st['warmup']} warm-up run(s), median (p10–p90); "
+        f"2D image {st['image_size']}x{st['image_size']}, batch 1",
+        "",
+    ]
     if result.get("targets"):
         L += ["## Targets", ""]
         if st["quick"]:
@@ -582,72 +735,114 @@ def to_markdown(result: dict) -> str:
             L += [f"**WARNING: the engine fell back ({r['engine_device']}): {'; '.join(r['engine_warnings'])}**", ""]
         smp = r.get("sampling")
         if smp:
-            L += [f"### 1. Sampling latency, one {st['image_size']}x{st['image_size']} image (ms)", "",
-                  "| N | vectorized `sample` | naive loop | speed-up | vectorized ms/sample | "
-                  "reference code (2-core CPU) |", "|---:|---|---|---:|---:|---:|"]
+            L += [
+                f"### 1. Sampling latency, one {st['image_size']}x{st['image_size']} image (ms)",
+                "",
+                "| N | vectorized `sample` | naive loop | speed-up | vectorized ms/sample | "
+                "reference code (2-core CPU) |",
+                "|---:|---|---|---:|---:|---:|",
+            ]
             comparable = r.get("device", dev) == "cpu" and st["image_size"] == 128 and not st["quick"]
             ref = {10: ANCHORS["sample_n10_ms"], 100: ANCHORS["sample_n100_ms"]} if comparable else {}
             for row in smp["rows"]:
                 sp = f"{row['speedup']:.1f}x" if row["speedup"] is not None else "n/a"
-                L.append(f"| {row['n']} | {_ms(row['vectorized'])} | {_ms(row['naive'])} | {sp} | "
-                         f"{row['vectorized']['median'] / row['n']:.2f} | "
-                         f"{'~%.0f' % float(ref[row['n']]) if row['n'] in ref else ''} |")
-            L += ["", f"- `encode` (the once-per-image part: backbone, prior, projection): {_ms(smp['encode'])} ms; "
-                  f"backbone forward: {_ms(smp.get('backbone'))} ms",
-                  f"- N=100 / N=1: {smp.get('n100_over_n1', float('nan')):.2f}x; marginal cost "
-                  f"{smp.get('marginal_ms_per_sample', float('nan')):.3f} ms per extra sample; "
-                  f"vectorized vs naive max |diff| at N=10: {smp['check_n10_max_abs_diff']:.2e} (same draws)",
-                  f"- anchor (reference D-Persona code, 2-core CPU): ~{ANCHORS['sample_n10_ms']:.0f} ms for N=10, "
-                  f"~{ANCHORS['sample_n100_ms']:.0f} ms for N=100, "
-                  f"backbone forward ~{ANCHORS['backbone_forward_ms']:.0f} ms",
-                  f"- model-level calls in {smp.get('precision', 'fp32')}; naive runs interleaved with vectorized runs, capped by a time "
-                  "budget (n shows the runs)", ""]
+                L.append(
+                    f"| {row['n']} | {_ms(row['vectorized'])} | {_ms(row['naive'])} | {sp} | "
+                    f"{row['vectorized']['median'] / row['n']:.2f} | "
+                    f"{'~%.0f' % float(ref[row['n']]) if row['n'] in ref else ''} |"
+                )
+            L += [
+                "",
+                f"- `encode` (the once-per-image part: backbone, prior, projection): {_ms(smp['encode'])} ms; "
+                f"backbone forward: {_ms(smp.get('backbone'))} ms",
+                f"- N=100 / N=1: {smp.get('n100_over_n1', float('nan')):.2f}x; marginal cost "
+                f"{smp.get('marginal_ms_per_sample', float('nan')):.3f} ms per extra sample; "
+                f"vectorized vs naive max |diff| at N=10: {smp['check_n10_max_abs_diff']:.2e} (same draws)",
+                f"- anchor (reference D-Persona code, 2-core CPU): ~{ANCHORS['sample_n10_ms']:.0f} ms for N=10, "
+                f"~{ANCHORS['sample_n100_ms']:.0f} ms for N=100, "
+                f"backbone forward ~{ANCHORS['backbone_forward_ms']:.0f} ms",
+                f"- model-level calls in {smp.get('precision', 'fp32')}; naive runs interleaved with vectorized runs, capped by a time "
+                "budget (n shows the runs)",
+                "",
+            ]
         it = r.get("interactive")
         if it:
             k = it.get("personalize_k")
-            L += ["### 2. Interactive operations (ms)", "", "| operation | median (p10–p90) | target |",
-                  "|---|---|---|"]
-            rows = [("latent-explorer re-decode, `model.decode(ctx, z)`, one z", it.get("decode_one"), "< 10 ms"),
-                    ("same through the engine (+ sigmoid, unpad, to numpy)", it.get("engine_decode_one"), ""),
-                    (f"per-persona output, `personalize`, K={k}", it.get("personalize"), ""),
-                    (f"D-Persona stage II `personalize` (heads fresh on these weights, "
-                     f"{it.get('personalize_stage2_n_infer')} prior keys), K={k}", it.get("personalize_stage2"), ""),
-                    ("engine uncertainty maps (N=16)", it.get("engine_uncertainty_n16"), "")]
+            L += [
+                "### 2. Interactive operations (ms)",
+                "",
+                "| operation | median (p10–p90) | target |",
+                "|---|---|---|",
+            ]
+            rows = [
+                ("latent-explorer re-decode, `model.decode(ctx, z)`, one z", it.get("decode_one"), "< 10 ms"),
+                ("same through the engine (+ sigmoid, unpad, to numpy)", it.get("engine_decode_one"), ""),
+                (f"per-persona output, `personalize`, K={k}", it.get("personalize"), ""),
+                (
+                    f"D-Persona stage II `personalize` (heads fresh on these weights, "
+                    f"{it.get('personalize_stage2_n_infer')} prior keys), K={k}",
+                    it.get("personalize_stage2"),
+                    "",
+                ),
+                ("engine uncertainty maps (N=16)", it.get("engine_uncertainty_n16"), ""),
+            ]
             L += [f"| {a} | {_ms(b)} | {c} |" for a, b, c in rows if b]
             L.append("")
         vol = r.get("volume")
         if vol:
-            L += [f"### 2b. Volume through the engine, CT-like {'x'.join(map(str, st['volume_shape']))} HU, "
-                  f"N={vol['samples']} samples/slice, {vol['batch_slices']} slices per batch"
-                  + f", {vol.get('precision', 'fp32')}", "",
-                  "| run | region (z, y, x) | seconds | slices/s | ms/slice |", "|---|---|---:|---:|---:|"]
+            L += [
+                f"### 2b. Volume through the engine, CT-like {'x'.join(map(str, st['volume_shape']))} HU, "
+                f"N={vol['samples']} samples/slice, {vol['batch_slices']} slices per batch"
+                + f", {vol.get('precision', 'fp32')}",
+                "",
+                "| run | region (z, y, x) | seconds | slices/s | ms/slice |",
+                "|---|---|---:|---:|---:|",
+            ]
             for key, label in (("whole", "whole slices"), ("roi", "centred ROI")):
                 v = vol[key]
-                L.append(f"| {label} | {'x'.join(map(str, v['region']))} | {_ms(v['seconds'], 2)} | "
-                         f"{v['slices_per_s']:.2f} | {v['ms_per_slice']:.0f} |")
+                L.append(
+                    f"| {label} | {'x'.join(map(str, v['region']))} | {_ms(v['seconds'], 2)} | "
+                    f"{v['slices_per_s']:.2f} | {v['ms_per_slice']:.0f} |"
+                )
             L.append("")
         tr = r.get("training")
         if tr:
-            L += [f"### 3. Training step (forward + backward + Adam), batch {tr['batch']}, {tr['size']}x{tr['size']}"
-                  + f", {tr.get('precision', 'fp32')}", "",
-                  "| config | trainable params | s/step median (p10–p90) | images/s | anchor |",
-                  "|---|---:|---|---:|---|"]
+            L += [
+                f"### 3. Training step (forward + backward + Adam), batch {tr['batch']}, {tr['size']}x{tr['size']}"
+                + f", {tr.get('precision', 'fp32')}",
+                "",
+                "| config | trainable params | s/step median (p10–p90) | images/s | anchor |",
+                "|---|---:|---|---:|---|",
+            ]
             for row in tr["rows"]:
-                anchor = (f"reference code ~{ANCHORS['dpersona_stage1_train_step_s']} s (2-core CPU)"
-                          if row["config"] == "dpersona" and r.get("device", dev) == "cpu" and not st["quick"]
-                          and (tr["batch"], tr["size"]) == (12, 128) else "")
-                L.append(f"| {row['config']} | {row['trainable_parameters']:,} | {_ms(row['step'], 3)} | "
-                         f"{row['images_per_s']:.1f} | {anchor} |")
+                anchor = (
+                    f"reference code ~{ANCHORS['dpersona_stage1_train_step_s']} s (2-core CPU)"
+                    if row["config"] == "dpersona"
+                    and r.get("device", dev) == "cpu"
+                    and not st["quick"]
+                    and (tr["batch"], tr["size"]) == (12, 128)
+                    else ""
+                )
+                L.append(
+                    f"| {row['config']} | {row['trainable_parameters']:,} | {_ms(row['step'], 3)} | "
+                    f"{row['images_per_s']:.1f} | {anchor} |"
+                )
             L.append("")
-    L += ["## 4. Peak resident memory (process, `ru_maxrss`, cumulative)", "",
-          "| after | peak RSS MB | CUDA peak allocated MB (this section) | load avg (1 min, incl. this run) |",
-          "|---|---:|---:|---:|"]
+    L += [
+        "## 4. Peak resident memory (process, `ru_maxrss`, cumulative)",
+        "",
+        "| after | peak RSS MB | CUDA peak allocated MB (this section) | load avg (1 min, incl. this run) |",
+        "|---|---:|---:|---:|",
+    ]
     for m in result["memory"]:
         cu = f"{m['cuda_peak_mb']:.0f}" if m.get("cuda_peak_mb") is not None else ""
         la = f"{m['loadavg_1min']:.2f}" if m.get("loadavg_1min") is not None else ""
         L.append(f"| {m['after']} | {m['peak_rss_mb']:.0f} | {cu} | {la} |")
-    L += ["", "ru_maxrss never goes down: each row is the process peak so far. Section 1 includes the naive "
-          "reference loop, whose transient allocations at large N are far larger than the vectorized path's."]
+    L += [
+        "",
+        "ru_maxrss never goes down: each row is the process peak so far. Section 1 includes the naive "
+        "reference loop, whose transient allocations at large N are far larger than the vectorized path's.",
+    ]
     if result.get("skipped"):
         L += ["", "Skipped: " + ", ".join(result["skipped"]) + "."]
     return "\n".join(L) + "\n"
@@ -672,9 +867,17 @@ def device_precisions(devices, precisions=("fp32", "auto")) -> list:
     return pairs
 
 
-def benchmark(checkpoint: str | None = None, devices=None, settings: Settings | None = None,
-              skip_train: bool = False, skip_3d: bool = False, method: str = "dpersona", argv=None,
-              engine=None, precisions=("fp32", "auto")) -> dict:
+def benchmark(
+    checkpoint: str | None = None,
+    devices=None,
+    settings: Settings | None = None,
+    skip_train: bool = False,
+    skip_3d: bool = False,
+    method: str = "dpersona",
+    argv=None,
+    engine=None,
+    precisions=("fp32", "auto"),
+) -> dict:
     """Run every section on every device; returns the JSON-able result (targets evaluated).
     ``engine``: an already built :func:`build_engine` for ``checkpoint`` / ``method`` (else built here)."""
     import torch
@@ -682,12 +885,23 @@ def benchmark(checkpoint: str | None = None, devices=None, settings: Settings | 
     s = settings or Settings()
     devices = devices or resolve_devices(None)
     base = engine or build_engine(checkpoint, method, device="cpu")
-    result = {"schema": SCHEMA, "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "command": argv, "settings": {**asdict(s), "devices": [d.type for d in devices]},
-              "machine": machine_info(devices), "model": model_info(base, checkpoint), "anchors": ANCHORS,
-              "target_limits": TARGETS, "devices": {}, "memory": [], "skipped": []}
-    _log(f"model: {base.name} ({result['model']['source']}); torch threads {torch.get_num_threads()}; "
-         f"devices {', '.join(d.type for d in devices)}{'; QUICK settings' if s.quick else ''}")
+    result = {
+        "schema": SCHEMA,
+        "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": argv,
+        "settings": {**asdict(s), "devices": [d.type for d in devices]},
+        "machine": machine_info(devices),
+        "model": model_info(base, checkpoint),
+        "anchors": ANCHORS,
+        "target_limits": TARGETS,
+        "devices": {},
+        "memory": [],
+        "skipped": [],
+    }
+    _log(
+        f"model: {base.name} ({result['model']['source']}); torch threads {torch.get_num_threads()}; "
+        f"devices {', '.join(d.type for d in devices)}{'; QUICK settings' if s.quick else ''}"
+    )
     if skip_3d:
         result["skipped"].append("3D volume (--skip-3d)")
     if skip_train:
@@ -699,11 +913,16 @@ def benchmark(checkpoint: str | None = None, devices=None, settings: Settings | 
     def mem(label, dev, run=None):
         cu = None
         if dev.type == "cuda":
-            cu = torch.cuda.max_memory_allocated(dev) / 1024 ** 2
+            cu = torch.cuda.max_memory_allocated(dev) / 1024**2
             torch.cuda.reset_peak_memory_stats(dev)
-        result["memory"].append({"after": label if label.startswith("start") else f"{run or dev.type}: {label}",
-                                 "peak_rss_mb": peak_rss_mb(), "cuda_peak_mb": cu,
-                                 "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None})
+        result["memory"].append(
+            {
+                "after": label if label.startswith("start") else f"{run or dev.type}: {label}",
+                "peak_rss_mb": peak_rss_mb(),
+                "cuda_peak_mb": cu,
+                "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            }
+        )
 
     from napari_multirater.inference.engine import InferenceEngine
 
@@ -738,32 +957,58 @@ def benchmark(checkpoint: str | None = None, devices=None, settings: Settings | 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from napari_multirater.argtypes import POSITIVE_INT, int_at_least
 
-    p.add_argument("--checkpoint", default=None, metavar="CKPT_OR_NAME",
-                   help="trained model to time (file or bundled/cached name); default: a freshly built compact "
-                        "D-Persona stage I with random weights")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="CKPT_OR_NAME",
+        help="trained model to time (file or bundled/cached name); default: a freshly built compact "
+        "D-Persona stage I with random weights",
+    )
     p.add_argument("--out", default=None, help="folder for bench.json and bench.md (created); default: print only")
-    p.add_argument("--device", default=None, choices=("cpu", "cuda", "all"),
-                   help="default: cpu, and cuda too when available")
-    p.add_argument("--repeats", type=POSITIVE_INT, default=None, help="timed runs per measurement (default 20; --quick 3)")
-    p.add_argument("--quick", action="store_true",
-                   help="small settings for smoke tests (64x64 image, N<=100, tiny volume, batch 2)")
+    p.add_argument(
+        "--device", default=None, choices=("cpu", "cuda", "all"), help="default: cpu, and cuda too when available"
+    )
+    p.add_argument(
+        "--repeats", type=POSITIVE_INT, default=None, help="timed runs per measurement (default 20; --quick 3)"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small settings for smoke tests (64x64 image, N<=100, tiny volume, batch 2)",
+    )
     p.add_argument("--skip-train", action="store_true", help="skip the training-step section")
     p.add_argument("--skip-3d", action="store_true", help="skip the 3D volume runs")
-    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch.set_num_threads (default: torch's default)")
-    p.add_argument("--method", default="dpersona", help="method of the fresh model when no --checkpoint "
-                   "(a config name in src_training/configs; dpersona = stage I)")
+    p.add_argument(
+        "--threads", type=POSITIVE_INT, default=None, help="torch.set_num_threads (default: torch's default)"
+    )
+    p.add_argument(
+        "--method",
+        default="dpersona",
+        help="method of the fresh model when no --checkpoint "
+        "(a config name in src_training/configs; dpersona = stage I)",
+    )
     p.add_argument("--image-size", type=int_at_least(16), default=None, help=argparse.SUPPRESS)
-    p.add_argument("--volume-samples", type=POSITIVE_INT, default=None, help="samples per slice in the volume runs (default 8)")
-    p.add_argument("--precision", default="fp32,auto",
-                   help="comma-separated precisions timed side by side: auto, fp32, bf16 (default fp32,auto; "
-                        "auto = bf16 + channels_last where the CPU/GPU computes bf16 natively)")
-    p.add_argument("--train-configs", default=None,
-                   help=f"comma-separated configs to time (default: {','.join(TRAIN_CONFIGS)})")
+    p.add_argument(
+        "--volume-samples", type=POSITIVE_INT, default=None, help="samples per slice in the volume runs (default 8)"
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32,auto",
+        help="comma-separated precisions timed side by side: auto, fp32, bf16 (default fp32,auto; "
+        "auto = bf16 + channels_last where the CPU/GPU computes bf16 natively)",
+    )
+    p.add_argument(
+        "--train-configs", default=None, help=f"comma-separated configs to time (default: {','.join(TRAIN_CONFIGS)})"
+    )
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="benchmark sampling, interactive ops, volumes and training on this machine",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "bench",
+        help="benchmark sampling, interactive ops, volumes and training on this machine",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(p)
     p.set_defaults(func=run)
 
@@ -793,8 +1038,17 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(int(args.threads))
     try:
-        result = benchmark(args.checkpoint, devices, s, args.skip_train, args.skip_3d, args.method,
-                           argv=getattr(args, "argv", None) or sys.argv[1:], engine=base, precisions=precisions)
+        result = benchmark(
+            args.checkpoint,
+            devices,
+            s,
+            args.skip_train,
+            args.skip_3d,
+            args.method,
+            argv=getattr(args, "argv", None) or sys.argv[1:],
+            engine=base,
+            precisions=precisions,
+        )
     finally:
         torch.set_num_threads(threads)  # the Python entry point leaves the process as it found it
     md = to_markdown(result)
@@ -811,8 +1065,9 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="multirater bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="multirater bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(p)
     args = p.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
