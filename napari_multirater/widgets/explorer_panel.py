@@ -17,6 +17,7 @@ from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QGridLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout
 
 from .._napari.explorer_controller import ExplorerController
+from ._notify import notify
 
 __all__ = ["COALESCE_MS", "DIRECTION_MODES", "ExplorerPanel"]
 
@@ -115,10 +116,8 @@ class ExplorerPanel(QGroupBox):
         mode = self.mode
 
         def error(e):
-            from .model_dock import _notify
-
             self._status(f"latent explorer failed: {e}")
-            _notify("error", f"Latent explorer: {e}")
+            notify("error", f"Latent explorer: {e}")
 
         job = self._start_job(
             "Latent explorer",
@@ -215,10 +214,8 @@ class ExplorerPanel(QGroupBox):
     def _decode_interpolation(self) -> None:
         if self.controller.explorer is None:
             return
-        from .model_dock import _notify
-
         f = self.between
         try:
             self.controller.interpolate(f.a.value, f.b.value, f.t.value, self._n_samples())
         except ValueError as e:
-            _notify("error", f"Interpolation: {e}")
+            notify("error", f"Interpolation: {e}")

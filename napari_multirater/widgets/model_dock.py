@@ -38,19 +38,12 @@ from ..inference.device import DEVICE_CHOICES, PRECISION_CHOICES
 from ..modelfiles.intensity import IMAGE_UNITS, LIDC_MAPPINGS
 from ..modelfiles.registry import available_models
 from ._help import help_button
+from ._notify import notify as _notify
 from .explorer_panel import ExplorerPanel
 
 __all__ = ["ModelDock"]
 
 FILE_ITEM = "checkpoint file…"
-
-
-def _notify(kind: str, message: str) -> None:
-    from napari.utils import notifications
-
-    {"error": notifications.show_error, "warning": notifications.show_warning, "info": notifications.show_info}[kind](
-        message
-    )
 
 
 def _form(box: QGroupBox | QWidget) -> QFormLayout:
