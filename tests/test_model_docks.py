@@ -178,9 +178,9 @@ def test_latent_explorer_redecodes(make_napari_viewer, qtbot, ckpt_dir):
     job = dock.controller.jobs.job
     assert job is not None and job.threaded and not panel.explore_btn.isEnabled()
     qtbot.waitUntil(lambda: not job.running, timeout=60_000)
-    QApplication.processEvents()
-    last = job.last_progress
-    assert job.state == "done" and dock.explorer.explorer is not None and last.done == last.total
+    assert job.state == "done" and dock.explorer.explorer is not None
+    # every decode step reaches the GUI thread (queued signals may trail the job's end under load)
+    qtbot.waitUntil(lambda: job.last_progress.done == job.last_progress.total == 64, timeout=10_000)
     assert "pc1" in panel.slider_grid.itemAtPosition(0, 0).widget().text()
     panel.latent_sliders[0].setValue(-20)
     after_slider = layer.data.copy()
