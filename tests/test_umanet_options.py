@@ -57,7 +57,7 @@ def test_unet_with_umanet_base_loss_learns_every_rater():
     first = None
     for _ in range(25):
         loss = model.loss(b)["loss"]
-        first = float(loss) if first is None else first
+        first = float(loss.detach()) if first is None else first
         opt.zero_grad()
         loss.backward()
         opt.step()
