@@ -8,7 +8,7 @@ samples vs union/intersection of the VALID raters) + reg.
 ``posterior_target`` (not in the paper): ``"mask"`` also gives the posterior the mask of the rater it
 reconstructs (first mask channel); ``"mask+index"`` also adds a learned code e_r of that rater's
 index to the posterior mean (mu_q = enc(x, y_r, Y) + e_r), so the rater is identifiable from z.
-``loss.identity_weight`` adds a rater classifier on mu_q; ``loss.kl_warmup_steps`` ramps beta.
+``loss.identity_weight`` adds a rater classifier on the posterior sample z_q; ``loss.kl_warmup_steps`` ramps beta.
 Stage II (``stage: 2``): K projection heads (conv blocks with padding=1, grouped so all K run in
 one pass) give a query q_k (B, L); attention softmax(q_k . z_n) over N prior samples (no grad,
 no 1/sqrt(L) scaling and final ReLU by default, as the reference) gives z~_k -> Fcomb -> expert k.
@@ -26,6 +26,7 @@ from torch import nn
 
 from .. import losses as L
 from .base import Capabilities, choose_raters, deep_merge, unpack_batch, weighted_mean
+from .fcomb import Fcomb
 from .prob_unet import ProbUNet
 
 
@@ -81,6 +82,10 @@ class DPersona(ProbUNet):
 
     def __init__(self, config: dict):
         super().__init__(config)
+        ks = int(self.config["fcomb"].get("kernel_size", 1))
+        if ks != 1:  # spatial Fcomb (not in the paper): k x k hidden layers after the z injection
+            self.fcomb = Fcomb(self.backbone.out_channels, self.latent_dim, self.config["fcomb"].get("hidden"),
+                               int(self.config["fcomb"]["num_convs"]), kernel_size=ks)
         hc = self.config["heads"]
         self.stage = int(self.config["stage"])
         if self.stage not in (1, 2):
@@ -93,7 +98,7 @@ class DPersona(ProbUNet):
         if self.config["posterior_target"] == "mask+index":  # per-rater code added to the posterior mean
             g = torch.Generator().manual_seed(int(self.config.get("seed", 0)))
             self.rater_code = nn.Parameter(torch.randn(self.num_raters, self.latent_dim, generator=g))
-        if float(self.config["loss"].get("identity_weight", 0.0)) > 0:  # stage-I rater classifier on mu_q
+        if float(self.config["loss"].get("identity_weight", 0.0)) > 0:  # stage-I rater classifier on z_q
             if self.config["posterior_target"] not in ("mask", "mask+index"):
                 raise ValueError("loss.identity_weight needs posterior_target 'mask' or 'mask+index' (the rater must be visible to q)")
             self.rater_head = nn.Linear(self.latent_dim, self.num_raters)
@@ -267,9 +272,11 @@ class DPersona(ProbUNet):
         beta = float(lc["beta"]) * (min(1.0, step / warm) if warm > 0 else 1.0)  # KL weight ramp (not in the paper)
         total = rec + beta * kl + float(lc["bound_weight"]) * bound + float(lc["reg_weight"]) * reg
         out = {"rec": rec.detach(), "kl": kl.detach(), "bound": bound.detach(), "reg": reg.detach()}
-        if hasattr(self, "rater_head"):  # rater identifiable from z: classify the reconstructed rater from mu_q
+        if hasattr(self, "rater_head"):  # rater identifiable from z: classify the reconstructed rater from
+            # the posterior SAMPLE the decoder sees (on mu_q a learned rater code makes it trivial while
+            # the posterior noise still hides the rater from the decoder)
             with torch.autocast(device_type=x.device.type, enabled=False):
-                ce = torch.nn.functional.cross_entropy(self.rater_head(mu_q), idx, reduction="none")
+                ce = torch.nn.functional.cross_entropy(self.rater_head(z_q), idx, reduction="none")
             ident = weighted_mean(ce, has)
             total = total + float(lc["identity_weight"]) * ident
             out["identity"] = ident.detach()
