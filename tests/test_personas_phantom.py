@@ -13,7 +13,8 @@ misses_faint):
      [0.764 0.821 0.926 0.816]
      [0.762 0.673 0.804 0.949]]
 margins 0.040, 0.056, 0.105, 0.145 (asserted: 0.02 on every row). The paper's configuration
-(configs/dpersona_faithful.json) loses the `tight` row by 0.082 in the same setting."""
+(configs/dpersona_faithful.json) loses the `tight` row by 0.081 with the same budget (run A3).
+ProSeg (400 steps) is held to the same protocol and margin."""
 
 from __future__ import annotations
 
