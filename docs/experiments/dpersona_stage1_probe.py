@@ -4,16 +4,22 @@ crops and on held-out crops, and does the posterior encoder itself see which rat
 usage: OUT=DIR OMP_NUM_THREADS=1 python docs/experiments/dpersona_stage1_probe.py NAME '{"stage1 overrides"}'
 (NAME_s1.pt from dpersona_phantom.py in OUT)
 """
+import json
 import os
+import sys
 from pathlib import Path
-import sys, json, numpy as np, torch
+
+import numpy as np
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 torch.set_num_threads(1)
 OUT = os.environ.get("OUT", "/tmp/dpersona-runs")  # where checkpoints and results go
-from tests.test_personas_phantom import _lesion_crops, RATERS
-from src_training.models.registry import build_model
-from src_training.models.base import deep_merge
 from src_training.evaluate import persona_rater_dice
+from src_training.models.base import deep_merge
+from src_training.models.registry import build_model
+from tests.test_personas_phantom import RATERS, _lesion_crops
+
 TINY = {"num_raters": 4, "rater_names": RATERS, "backbone": {"widths": [8, 16, 32], "features": 8}, "method": "dpersona"}
 name, s1o = sys.argv[1], json.loads(sys.argv[2])
 m = build_model(deep_merge(TINY, s1o)); m.load_state_dict(torch.load(f"{OUT}/{name}_s1.pt", weights_only=True)); m.eval()
