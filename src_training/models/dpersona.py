@@ -9,6 +9,8 @@ samples vs union/intersection of the VALID raters) + reg.
 reconstructs (first mask channel); ``"mask+index"`` also adds a learned code e_r of that rater's
 index to the posterior mean (mu_q = enc(x, y_r, Y) + e_r), so the rater is identifiable from z.
 ``loss.identity_weight`` adds a rater classifier on the posterior sample z_q; ``loss.kl_warmup_steps`` ramps beta.
+``fcomb.kernel_size`` 3 (not in the paper; 1 = paper) makes Fcomb's hidden layers after the z
+injection 3x3 convs, so a rater style can be a spatial operation on the mask (e.g. an erosion).
 Stage II (``stage: 2``): K projection heads (conv blocks with padding=1, grouped so all K run in
 one pass) give a query q_k (B, L); attention softmax(q_k . z_n) over N prior samples (no grad,
 no 1/sqrt(L) scaling and final ReLU by default, as the reference) gives z~_k -> Fcomb -> expert k.
