@@ -1,18 +1,20 @@
 """Personalization really reproduces each rater: after a short CPU training on phantoms (where
-rater identity is known), persona k matches rater k better than any other rater.
+rater identity is known), persona k matches rater k better than any other rater, by a margin.
 
-ProSeg is checked on val cases of the training series. D-Persona is checked on held-out cases of
-another phantom series (seed 12), with its default configuration's personalizing options
-(configs/dpersona.json) at tiny widths, stage I 400 + stage II 300 steps. Measured persona x rater
-matrix (rows/columns tight, generous, smooth, misses_faint):
-    [[0.801 0.577 0.707 0.867]
-     [0.679 0.895 0.866 0.728]
-     [0.780 0.794 0.906 0.858]
-     [0.798 0.642 0.781 0.931]]
-The diagonal wins for generous, smooth and misses_faint by 0.029, 0.048 and 0.133 (asserted with a
-0.015 margin). The `tight` persona still matches `misses_faint` better (0.801 vs 0.867) and is not
-asserted; the paper's (faithful) configuration collapses there (its stage-I posterior equals the
-prior to 0.01 sigma). See README, "D-Persona: why the personas collapsed, and what changed"."""
+Protocol: train on 96 lesion crops of phantom series seed 11; score on 48 held-out crops of
+another phantom series (seed 12) that nothing was trained or selected on. Tiny widths, 64x64
+crops. D-Persona uses its default configuration's personalizing options (configs/dpersona.json:
+rater classifier on the posterior sample, beta 0.001, 3x3 Fcomb, signed scaled queries), stage I
+800 + stage II 300 steps. Measured D-Persona matrix on the held-out crops (run N1 in
+docs/dpersona_phantom_experiments.md; rows = personas, columns = raters tight, generous, smooth,
+misses_faint):
+    [[0.850 0.614 0.742 0.810]
+     [0.652 0.911 0.855 0.697]
+     [0.764 0.821 0.926 0.816]
+     [0.762 0.673 0.804 0.949]]
+margins 0.040, 0.056, 0.105, 0.145 (asserted: 0.02 on every row). The paper's configuration
+(configs/dpersona_faithful.json) loses the `tight` row by 0.081 with the same budget (run A3).
+ProSeg (400 steps) is held to the same protocol and margin."""
 
 from __future__ import annotations
 
@@ -69,28 +71,12 @@ def _persona_matrix(model, data) -> np.ndarray:
     return np.nanmean([persona_rater_dice(y[i].numpy(), np.ones(4, bool), probs[i]) for i in range(len(x))], axis=0)
 
 
-def _assert_diagonal_dominates(matrix: np.ndarray, rows=range(len(RATERS)), margin: float = 0.0):
-    for k in rows:
+def _assert_diagonal_dominates(matrix: np.ndarray, margin: float = 0.0):
+    for k in range(len(RATERS)):
         others = np.delete(matrix[k], k)
-        assert matrix[k, k] > others.max() + margin, \
+        assert matrix[k, k] > others.max() + margin, (
             f"persona {RATERS[k]}: {np.round(matrix[k], 3)} (diagonal should win by {margin})"
-
-
-@pytest.mark.slow
-def test_proseg_persona_k_matches_rater_k(phantom_crops):
-    train, val = phantom_crops
-    torch.manual_seed(0)
-    model = _train(build_model({**TINY, "method": "proseg"}), train, steps=400)
-    _assert_diagonal_dominates(_persona_matrix(model, val))
-
-
-def _dpersona_config() -> dict:
-    """The default D-Persona configuration's personalizing options on the tiny test widths."""
-    from src_training.models.registry import default_config
-
-    shipped = default_config("dpersona")
-    return {**TINY, "method": "dpersona", "posterior_target": shipped["posterior_target"],
-            "loss": shipped["loss"], "heads": {k: v for k, v in shipped["heads"].items() if k != "widths"}}
+        )
 
 
 @pytest.fixture(scope="module")
@@ -99,18 +85,75 @@ def heldout_crops():
 
 
 @pytest.mark.slow
+def test_proseg_persona_k_matches_rater_k(phantom_crops, heldout_crops):
+    train, _ = phantom_crops
+    torch.manual_seed(0)
+    model = _train(build_model({**TINY, "method": "proseg"}), train, steps=400)
+    _assert_diagonal_dominates(_persona_matrix(model, heldout_crops), margin=0.02)
+
+
+def _dpersona_config() -> dict:
+    """The default D-Persona configuration's personalizing options on the tiny test widths."""
+    from src_training.models.registry import default_config
+
+    shipped = default_config("dpersona")
+    return {
+        **TINY,
+        "method": "dpersona",
+        "posterior_target": shipped["posterior_target"],
+        "loss": shipped["loss"],
+        "fcomb": shipped["fcomb"],
+        "heads": {k: v for k, v in shipped["heads"].items() if k != "widths"},
+    }
+
+
+@pytest.mark.slow
 def test_dpersona_persona_k_matches_rater_k(phantom_crops, heldout_crops):
     from src_training.models.dpersona import dpersona_stage2_from_stage1
 
     train, _ = phantom_crops
     torch.manual_seed(0)
-    stage1 = _train(build_model(_dpersona_config()), train, steps=400)
+    stage1 = _train(build_model(_dpersona_config()), train, steps=800)
     torch.manual_seed(1)
     model = _train(dpersona_stage2_from_stage1(stage1.state_dict(), stage1.config), train, steps=300)
     matrix = _persona_matrix(model, heldout_crops)
-    # generous, smooth, misses_faint: measured margins 0.029, 0.048, 0.133; tight is not asserted
-    _assert_diagonal_dominates(matrix, rows=(1, 2, 3), margin=0.015)
-    # no collapse: every pair of personas differs (the faithful model gave three identical rows)
-    for i in range(4):
-        for j in range(i + 1, 4):
-            assert np.abs(matrix[i] - matrix[j]).max() > 0.02, f"personas {RATERS[i]} and {RATERS[j]} coincide"
+    _assert_diagonal_dominates(matrix, margin=0.02)  # every row, the tight one included
+
+
+@pytest.mark.parametrize("PRECISION", ["fp32", "auto"])
+def test_default_dpersona_blend_and_latent_explorer(tmp_path, PRECISION):
+    """The default configuration (3x3 Fcomb, rater classifier) keeps blending two personas and the
+    latent explorer working through a saved checkpoint: blend t=0/1 are the two personas, decoding
+    the sampled codes reproduces the samples, fp16 storage round-trips."""
+    from napari_multirater.datasets.phantom import make_phantom_case
+    from napari_multirater.inference.engine import InferenceEngine
+    from napari_multirater.inference.testing import tiny_card
+    from src_training.checkpoint import save_checkpoint
+
+    cfg = {
+        **_dpersona_config(),
+        "stage": 2,
+        "backbone": {"widths": [8, 16], "features": 8},
+        "heads": {**_dpersona_config()["heads"], "widths": [8, 8], "n_train": 20, "n_infer": 30},
+    }
+    assert cfg["fcomb"]["kernel_size"] == 3 and cfg["loss"]["identity_weight"] > 0
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    assert model.fcomb.layers[1].kernel_size == (3, 3) and hasattr(model, "rater_head")
+    path = save_checkpoint(tmp_path / "dp.pt", model, tiny_card("dpersona", RATERS), fp16=True)
+    eng = InferenceEngine.load(path, device="cpu", precision=PRECISION)
+    image = make_phantom_case(1, ndim=2).image
+    b = eng.blend(image, 0, 2, 0.5, seed=3)
+    assert b.shape == image.shape and 0 <= b.min() <= b.max() <= 1
+    x = torch.rand(2, 1, 32, 32)
+
+    def g():
+        return torch.Generator().manual_seed(5)
+
+    p = eng.model.personalize(x, g())
+    torch.testing.assert_close(eng.model.blend(x, 0, 2, 0.0, g())[:, 0], p[:, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(eng.model.blend(x, 0, 2, 1.0, g())[:, 0], p[:, 2], atol=1e-5, rtol=0)
+    enc = eng.encode(image)
+    z = eng.latent_samples(enc, 3, seed=4)
+    np.testing.assert_allclose(eng.decode(enc, z), eng.sample(image, 3, seed=4), atol=1e-4)
+    np.testing.assert_allclose(eng.interpolate(enc, z[0], z[1], 1.0), eng.decode(enc, z[1])[0], atol=1e-5)

@@ -8,7 +8,9 @@ samples vs union/intersection of the VALID raters) + reg.
 ``posterior_target`` (not in the paper): ``"mask"`` also gives the posterior the mask of the rater it
 reconstructs (first mask channel); ``"mask+index"`` also adds a learned code e_r of that rater's
 index to the posterior mean (mu_q = enc(x, y_r, Y) + e_r), so the rater is identifiable from z.
-``loss.identity_weight`` adds a rater classifier on mu_q; ``loss.kl_warmup_steps`` ramps beta.
+``loss.identity_weight`` adds a rater classifier on the posterior sample z_q; ``loss.kl_warmup_steps`` ramps beta.
+``fcomb.kernel_size`` 3 (not in the paper; 1 = paper) makes Fcomb's hidden layers after the z
+injection 3x3 convs, so a rater style can be a spatial operation on the mask (e.g. an erosion).
 Stage II (``stage: 2``): K projection heads (conv blocks with padding=1, grouped so all K run in
 one pass) give a query q_k (B, L); attention softmax(q_k . z_n) over N prior samples (no grad,
 no 1/sqrt(L) scaling and final ReLU by default, as the reference) gives z~_k -> Fcomb -> expert k.
@@ -17,6 +19,7 @@ Options not in the paper: ``query_relu: false`` (signed query), ``scale`` (1/sqr
 Only the heads train; backbone / prior / posterior / fcomb are frozen and stay in eval mode.
 Prior/posterior mu and sigma, the sampled codes and the attention run in fp32 even under autocast.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,6 +29,7 @@ from torch import nn
 
 from .. import losses as L
 from .base import Capabilities, choose_raters, deep_merge, unpack_batch, weighted_mean
+from .fcomb import Fcomb
 from .prob_unet import ProbUNet
 
 
@@ -36,8 +40,15 @@ class ExpertQueryHeads(nn.Module):
     ``query_relu=False`` drops the final ReLU (queries may be negative).
     """
 
-    def __init__(self, features: int, num_experts: int, widths=(32, 16), latent_dim: int = 6,
-                 dropout: float = 0.1, query_relu: bool = True):
+    def __init__(
+        self,
+        features: int,
+        num_experts: int,
+        widths=(32, 16),
+        latent_dim: int = 6,
+        dropout: float = 0.1,
+        query_relu: bool = True,
+    ):
         super().__init__()
         k = int(num_experts)
         self.k, self.latent_dim = k, int(latent_dim)
@@ -47,8 +58,12 @@ class ExpertQueryHeads(nn.Module):
         for i, c in enumerate(chans):
             if i > 0:
                 layers.append(nn.AvgPool2d(2, 2))
-            layers += [nn.Conv2d(cin, k * c, 3, padding=1, groups=groups_in), nn.ReLU(inplace=True),
-                       nn.Dropout2d(dropout), nn.Conv2d(k * c, k * c, 3, padding=1, groups=k)]
+            layers += [
+                nn.Conv2d(cin, k * c, 3, padding=1, groups=groups_in),
+                nn.ReLU(inplace=True),
+                nn.Dropout2d(dropout),
+                nn.Conv2d(k * c, k * c, 3, padding=1, groups=k),
+            ]
             last = i == len(chans) - 1
             if not last or query_relu:
                 layers.append(nn.ReLU(inplace=True))
@@ -68,34 +83,68 @@ class DPersona(ProbUNet):
     method = "dpersona"
     # DEFAULTS are the paper's reference behaviour (checkpoints without the newer keys load as before);
     # configs/dpersona.json names the changes of the default, personalizing configuration.
-    DEFAULTS = deep_merge(ProbUNet.DEFAULTS, {
-        "stage": 1,
-        "rater_sampling": "per_batch",
-        "posterior_validity_channels": True,
-        "posterior_target": False,
-        "loss": {"beta": 1.0, "bound_weight": 0.5, "bound_samples": 10, "reg_weight": 1e-5, "identity_weight": 0.0,
-                 "kl_warmup_steps": 0},
-        "heads": {"widths": [32, 16], "dropout": 0.1, "query_relu": True, "scale": False, "key_proj": False,
-                  "n_train": 100, "n_infer": 500},
-    })
+    DEFAULTS = deep_merge(
+        ProbUNet.DEFAULTS,
+        {
+            "stage": 1,
+            "rater_sampling": "per_batch",
+            "posterior_validity_channels": True,
+            "posterior_target": False,
+            "loss": {
+                "beta": 1.0,
+                "bound_weight": 0.5,
+                "bound_samples": 10,
+                "reg_weight": 1e-5,
+                "identity_weight": 0.0,
+                "kl_warmup_steps": 0,
+            },
+            "heads": {
+                "widths": [32, 16],
+                "dropout": 0.1,
+                "query_relu": True,
+                "scale": False,
+                "key_proj": False,
+                "n_train": 100,
+                "n_infer": 500,
+            },
+        },
+    )
 
     def __init__(self, config: dict):
         super().__init__(config)
+        ks = int(self.config["fcomb"].get("kernel_size", 1))
+        if ks != 1:  # spatial Fcomb (not in the paper): k x k hidden layers after the z injection
+            self.fcomb = Fcomb(
+                self.backbone.out_channels,
+                self.latent_dim,
+                self.config["fcomb"].get("hidden"),
+                int(self.config["fcomb"]["num_convs"]),
+                kernel_size=ks,
+            )
         hc = self.config["heads"]
         self.stage = int(self.config["stage"])
         if self.stage not in (1, 2):
             raise ValueError("D-Persona stage must be 1 or 2")
-        self.heads = ExpertQueryHeads(self.backbone.out_channels, self.num_raters, hc["widths"], self.latent_dim,
-                                      float(hc["dropout"]), bool(hc["query_relu"]))
+        self.heads = ExpertQueryHeads(
+            self.backbone.out_channels,
+            self.num_raters,
+            hc["widths"],
+            self.latent_dim,
+            float(hc["dropout"]),
+            bool(hc["query_relu"]),
+        )
         if hc.get("key_proj"):  # per-head key map W_k (identity at start): score = q_k . (W_k z_n)
             self.heads.register_parameter(
-                "key_proj", nn.Parameter(torch.eye(self.latent_dim).repeat(self.num_raters, 1, 1)))
+                "key_proj", nn.Parameter(torch.eye(self.latent_dim).repeat(self.num_raters, 1, 1))
+            )
         if self.config["posterior_target"] == "mask+index":  # per-rater code added to the posterior mean
             g = torch.Generator().manual_seed(int(self.config.get("seed", 0)))
             self.rater_code = nn.Parameter(torch.randn(self.stage1_raters, self.latent_dim, generator=g))
-        if float(self.config["loss"].get("identity_weight", 0.0)) > 0:  # stage-I rater classifier on mu_q
+        if float(self.config["loss"].get("identity_weight", 0.0)) > 0:  # stage-I rater classifier on z_q
             if self.config["posterior_target"] not in ("mask", "mask+index"):
-                raise ValueError("loss.identity_weight needs posterior_target 'mask' or 'mask+index' (the rater must be visible to q)")
+                raise ValueError(
+                    "loss.identity_weight needs posterior_target 'mask' or 'mask+index' (the rater must be visible to q)"
+                )
             self.rater_head = nn.Linear(self.latent_dim, self.stage1_raters)
         if self.stage == 2:
             for m in self._frozen_modules():
@@ -127,7 +176,9 @@ class DPersona(ProbUNet):
         k = int(self.config.get("posterior_raters") or self.config["num_raters"])
         target = {False: 0, None: 0, "none": 0, "mask": 1, "mask+index": 1}
         if self.config["posterior_target"] not in target:
-            raise ValueError(f"posterior_target must be false, 'mask' or 'mask+index', not {self.config['posterior_target']!r}")
+            raise ValueError(
+                f"posterior_target must be false, 'mask' or 'mask+index', not {self.config['posterior_target']!r}"
+            )
         return (2 * k if self.config["posterior_validity_channels"] else k) + target[self.config["posterior_target"]]
 
     # ------------------------------------------------------------------ fp32 latent pieces
@@ -142,8 +193,12 @@ class DPersona(ProbUNet):
 
     def _encode(self, x):
         feats = self.backbone(x)
-        return {"features": feats, "proj": self.fcomb.project(feats), "prior": self._gaussian_fp32(self.prior, x),
-                "size": tuple(x.shape[-2:])}
+        return {
+            "features": feats,
+            "proj": self.fcomb.project(feats),
+            "prior": self._gaussian_fp32(self.prior, x),
+            "size": tuple(x.shape[-2:]),
+        }
 
     def _prior_draws(self, ctx, n, generator):
         with torch.autocast(device_type=ctx["prior"][0].device.type, enabled=False):
@@ -157,13 +212,24 @@ class DPersona(ProbUNet):
     @property
     def capabilities(self) -> Capabilities:
         if self.stage == 1:
-            return Capabilities(diverse=True, personalized=False, uncertainty=[], latent_dim=self.latent_dim,
-                                blend=False,
-                                notes="D-Persona stage I: diverse prior samples. Not personalized: personalize() "
-                                      "returns the prior-mean prediction for every rater (train stage II).")
-        return Capabilities(diverse=True, personalized=True, uncertainty=[], latent_dim=self.latent_dim, blend=True,
-                            notes="D-Persona stage II: expert k = Fcomb(attention of query q_k over N prior samples); "
-                                  "blend interpolates two experts' queries before the attention.")
+            return Capabilities(
+                diverse=True,
+                personalized=False,
+                uncertainty=[],
+                latent_dim=self.latent_dim,
+                blend=False,
+                notes="D-Persona stage I: diverse prior samples. Not personalized: personalize() "
+                "returns the prior-mean prediction for every rater (train stage II).",
+            )
+        return Capabilities(
+            diverse=True,
+            personalized=True,
+            uncertainty=[],
+            latent_dim=self.latent_dim,
+            blend=True,
+            notes="D-Persona stage II: expert k = Fcomb(attention of query q_k over N prior samples); "
+            "blend interpolates two experts' queries before the attention.",
+        )
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -203,8 +269,9 @@ class DPersona(ProbUNet):
 
     def _expert_logits(self, ctx, q, n, generator=None, keys=None):
         z_set = self._prior_draws(ctx, n, generator)
-        return self.fcomb.decode(ctx["proj"], self._attend(q, z_set, self._keys() if keys is None else keys),
-                                 ctx["size"])
+        return self.fcomb.decode(
+            ctx["proj"], self._attend(q, z_set, self._keys() if keys is None else keys), ctx["size"]
+        )
 
     @torch.no_grad()
     def diagnostics(self, x, n: int | None = None, generator=None) -> dict:
@@ -290,9 +357,11 @@ class DPersona(ProbUNet):
         beta = float(lc["beta"]) * (min(1.0, step / warm) if warm > 0 else 1.0)  # KL weight ramp (not in the paper)
         total = rec + beta * kl + float(lc["bound_weight"]) * bound + float(lc["reg_weight"]) * reg
         out = {"rec": rec.detach(), "kl": kl.detach(), "bound": bound.detach(), "reg": reg.detach()}
-        if hasattr(self, "rater_head"):  # rater identifiable from z: classify the reconstructed rater from mu_q
+        if hasattr(self, "rater_head"):  # rater identifiable from z: classify the reconstructed rater from
+            # the posterior SAMPLE the decoder sees (on mu_q a learned rater code makes it trivial while
+            # the posterior noise still hides the rater from the decoder)
             with torch.autocast(device_type=x.device.type, enabled=False):
-                ce = torch.nn.functional.cross_entropy(self.rater_head(mu_q), idx, reduction="none")
+                ce = torch.nn.functional.cross_entropy(self.rater_head(z_q), idx, reduction="none")
             ident = weighted_mean(ce, has)
             total = total + float(lc["identity_weight"]) * ident
             out["identity"] = ident.detach()
@@ -337,15 +406,18 @@ def dpersona_stage2_from_stage1(state_dict: dict, config: dict, overrides: dict 
     cfg["stage"] = 2
     cfg["method"] = "dpersona"
     model = DPersona(cfg)
-    sd = {k: v.float() if torch.is_floating_point(v) else v for k, v in state_dict.items()
-          if not k.startswith("heads.")}
+    sd = {
+        k: v.float() if torch.is_floating_point(v) else v for k, v in state_dict.items() if not k.startswith("heads.")
+    }
     try:
         missing, unexpected = model.load_state_dict(sd, strict=False)
     except RuntimeError as exc:  # shape mismatches
         raise ValueError(f"stage-I weights do not match the D-Persona config: {exc}") from exc
     missing = [k for k in missing if not k.startswith("heads.")]
     if missing or unexpected:
-        raise ValueError(f"stage-I weights do not match the D-Persona config: missing={missing[:5]} "
-                         f"unexpected={list(unexpected)[:5]}")
+        raise ValueError(
+            f"stage-I weights do not match the D-Persona config: missing={missing[:5]} "
+            f"unexpected={list(unexpected)[:5]}"
+        )
     model.train(model.training)
     return model

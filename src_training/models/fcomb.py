@@ -5,7 +5,11 @@ image) plus a per-sample bias W_z z, broadcast over pixels; the remaining 1x1 co
 over channels for all samples at once. Under ``torch.no_grad`` a chunked, in-place, cache-friendly
 path is used (fp32), or under CPU bf16 autocast one fused oneDNN matmul + bias + ReLU per layer.
 ``forward_naive`` is the reference's per-sample loop (tile z to HxW, concat, convs).
+``kernel_size`` > 1 (not in the papers; D-Persona's ``fcomb.kernel_size``) makes the hidden layers
+after the first k x k convs (padding k // 2), so the decoded mask can depend on a neighbourhood of
+the z-modulated map (e.g. erode it); decoding then runs as batched conv2d over the samples.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,15 +32,27 @@ def _fused_bf16_available(t: torch.Tensor) -> bool:
 class Fcomb(nn.Module):
     """``num_convs`` 1x1 convs: (features + latent) -> hidden, (num_convs - 2) x hidden -> hidden, hidden -> 1."""
 
-    def __init__(self, features: int, latent_dim: int, hidden: int | None = None, num_convs: int = 4,
-                 init: str = "orthogonal"):
+    def __init__(
+        self,
+        features: int,
+        latent_dim: int,
+        hidden: int | None = None,
+        num_convs: int = 4,
+        init: str = "orthogonal",
+        kernel_size: int = 1,
+    ):
         super().__init__()
         if num_convs < 2:
             raise ValueError("fcomb needs at least 2 convs")
+        if int(kernel_size) < 1 or int(kernel_size) % 2 == 0:
+            raise ValueError(f"fcomb kernel_size must be odd and >= 1, not {kernel_size}")
         hidden = int(hidden or features)
         self.features, self.latent_dim, self.hidden = int(features), int(latent_dim), hidden
+        self.kernel_size = k = int(kernel_size)
         self.layers = nn.ModuleList(
-            [nn.Conv2d(features + latent_dim, hidden, 1)] + [nn.Conv2d(hidden, hidden, 1) for _ in range(num_convs - 2)])
+            [nn.Conv2d(features + latent_dim, hidden, 1)]
+            + [nn.Conv2d(hidden, hidden, k, padding=k // 2) for _ in range(num_convs - 2)]
+        )
         self.last_layer = nn.Conv2d(hidden, 1, 1)
         for m in list(self.layers) + [self.last_layer]:
             if init == "orthogonal":  # reference: orthogonal weights, truncated-normal bias std 1e-3
@@ -66,14 +82,19 @@ class Fcomb(nn.Module):
             index = None
         b, n = z.shape[:2]
         h_, w_ = int(size[0]), int(size[1])
-        wz = self.layers[0].weight[:, self.features:, 0, 0]
+        wz = self.layers[0].weight[:, self.features :, 0, 0]
         with torch.autocast(z.device.type, enabled=False):  # sampled codes stay fp32 under autocast
-            zb = z.float() @ wz.float().t() if self.latent_dim > 0 else z.new_zeros(b, n, self.hidden,
-                                                                                     dtype=torch.float32)
+            zb = (
+                z.float() @ wz.float().t()
+                if self.latent_dim > 0
+                else z.new_zeros(b, n, self.hidden, dtype=torch.float32)
+            )
         if index is None and proj.shape[1] != 1:
             if proj.shape[1] != n:
                 raise ValueError("grouped proj needs an index (B, N)")
             index = torch.arange(n, device=z.device).expand(b, n)
+        if self.kernel_size > 1:
+            return self._decode_spatial(proj, zb, index, h_, w_)
         if torch.is_grad_enabled():
             return self._decode_autograd(proj, zb, index).view(b, n, h_, w_)
         return self._decode_chunked(proj, zb, index).view(b, n, h_, w_)
@@ -87,6 +108,26 @@ class Fcomb(nn.Module):
         for layer in self.layers[1:]:
             h = torch.relu(F.linear(h, layer.weight[:, :, 0, 0], layer.bias))
         return F.linear(h, self.last_layer.weight[:, :, 0, 0], self.last_layer.bias).squeeze(-1).float()
+
+    def _decode_spatial(self, proj, zb, index, h_, w_):
+        """k x k hidden layers: relu(W_F F + b + W_z z) per sample as (samples, hidden, H, W) maps, then
+        conv2d layers; without grad in chunks of samples (about ``_CHUNK_ROWS`` * 16 rows each)."""
+        b, n, hid = zb.shape
+        p = proj.shape[2]
+        step = n if torch.is_grad_enabled() else max(1, (_CHUNK_ROWS * 16) // p)
+        outs = []
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            if index is None:
+                a = proj  # (B, 1, P, hid)
+            else:
+                a = proj[torch.arange(b, device=proj.device)[:, None], index[:, s:e]]
+            h = torch.relu(a + zb[:, s:e].unsqueeze(2).to(a.dtype))  # (B, n', P, hid)
+            h = h.reshape(b * (e - s), h_, w_, hid).permute(0, 3, 1, 2)
+            for layer in self.layers[1:]:
+                h = torch.relu(layer(h))
+            outs.append(self.last_layer(h).float().view(b, e - s, h_, w_))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
 
     def _decode_chunked(self, proj, zb, index):
         if _fused_bf16_available(proj):
@@ -172,8 +213,9 @@ class Fcomb(nn.Module):
         repeat_idx = [1] * a.dim()
         repeat_idx[dim] = n_tile
         a = a.repeat(*repeat_idx)
-        order = torch.as_tensor(np.concatenate([init_dim * np.arange(n_tile) + i for i in range(init_dim)]),
-                                device=a.device)
+        order = torch.as_tensor(
+            np.concatenate([init_dim * np.arange(n_tile) + i for i in range(init_dim)]), device=a.device
+        )
         return torch.index_select(a, dim, order)
 
     def forward_naive(self, feats: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
