@@ -127,8 +127,8 @@ def test_default_dpersona_blend_and_latent_explorer(tmp_path, PRECISION):
     the sampled codes reproduces the samples, fp16 storage round-trips."""
     from napari_multirater.datasets.phantom import make_phantom_case
     from napari_multirater.inference.engine import InferenceEngine
-    from napari_multirater.inference.testing import tiny_card
     from src_training.checkpoint import save_checkpoint
+    from src_training.tools.testing import tiny_card
 
     cfg = {
         **_dpersona_config(),
