@@ -1,8 +1,8 @@
 """Learning curves as a PNG from training run folders (``log.csv`` losses, ``val.csv`` metrics).
 
-``python -m src_training.plot_curves --pair fp32=RUN_A --pair bf16=RUN_B ... --grid unet,prob_unet
---out docs/curves.png`` draws one panel per group; or ``--runs RUN ... --column dice_match --file val.csv``
-for val metrics. Lines are the raw logged values (logged every ``log_every`` steps), nothing smoothed.
+``python -m src_training.plot_curves --panel "fp32 vs bf16:fp32=RUN_A,bf16=RUN_B" --panel ... --out
+docs/curves.png`` draws one panel per ``--panel``; ``--column dice_match --file val.csv`` plots a val
+metric instead of the training loss. Lines are the raw logged values, nothing smoothed.
 """
 
 from __future__ import annotations
