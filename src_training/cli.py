@@ -108,24 +108,10 @@ def _export(args) -> int:
         except (OSError, json.JSONDecodeError) as e:
             print(f"error: cannot read {args.eval_json}: {e}", file=sys.stderr)
             return 2
-        keep = (
-            "ged",
-            "ged_dpersona",
-            "dice_soft",
-            "dice_max",
-            "dice_max_reverse",
-            "dice_match",
-            "dice_each_identity",
-            "dice_each_matched",
-            "persona_rater_dice",
-            "per_bucket",
-            "n_images",
-            "n_samples",
-            "split",
-            "data",
-            "conventions",
-            "seed",
-        )
+        from .metrics import LIST_KEYS, SCALAR_KEYS
+
+        run_keys = ("persona_rater_dice", "per_bucket", "n_images", "n_samples", "split", "data", "conventions", "seed")
+        keep = SCALAR_KEYS + LIST_KEYS + run_keys
         card["evaluation"] = {k: ev[k] for k in keep if k in ev}
         card["evaluation"]["command"] = (
             f"multirater evaluate --checkpoint {Path(args.out).stem} --data {ev.get('data')} "

@@ -97,14 +97,11 @@ def evaluate_items(
     for start in range(0, n, batch_size):
         idx = range(start, min(start + batch_size, n))
         raws = [items.raw(i) for i in idx]
-        padded = [pad_to_multiple(img, masks, 16) for img, masks, _ in raws]
-        x = torch.from_numpy(np.stack([p[0] for p in padded]))[:, None].to(device)
+        x, crops = padded_batch(raws, device)
         samples, personas = predict_batch(model, x, n_samples, gen, precision)
         if stage2:
             diags.append((len(raws), _diagnostics(model, x, gen)))
-        for b, (img, masks, valid) in enumerate(raws):
-            h, w = img.shape
-            sl = _crop_slices(padded[b][0].shape, (h, w))
+        for b, ((_, masks, valid), sl) in enumerate(zip(raws, crops)):
             pers = personas[b][:, sl[0], sl[1]]
             results.append(M.evaluate_image(masks, samples[b][:, sl[0], sl[1]], valid, pers))
             matrices.append(persona_rater_dice(masks, valid, pers))
@@ -172,6 +169,14 @@ def _with_identity_matrix(results: list[dict], matrices: list[np.ndarray], agg: 
             "is valid; the diagonal is dice_each_identity"
         )
     return agg
+
+
+def padded_batch(raws, device="cpu") -> tuple[torch.Tensor, list[tuple[slice, slice]]]:
+    """The images of ``raws`` ((image, masks, valid) items) padded to a multiple of 16 as one
+    (B, 1, H, W) tensor, and per image the slices that crop an output back to the image's size."""
+    padded = [pad_to_multiple(img, masks, 16)[0] for img, masks, _ in raws]
+    x = torch.from_numpy(np.stack(padded))[:, None].to(device)
+    return x, [_crop_slices(p.shape, img.shape) for p, (img, _, _) in zip(padded, raws)]
 
 
 def _crop_slices(padded_hw, hw):

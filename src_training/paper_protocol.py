@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .data import SliceDataset, pad_to_multiple
+from .data import SliceDataset
+from .evaluate import padded_batch
 from .precision import FP32, Precision, autocast, prepare_input
 
 PAPER_KEYS = ("ged_dpersona", "dice_soft", "dice_max", "dice_max_reverse", "dice_match", "dice_each_matched_mean")
@@ -75,14 +76,11 @@ def evaluate_paper_protocol(
     results, n_outputs = [], 0
     for start in range(0, len(keep), batch_size):
         raws = [items.raw(i) for i in keep[start : start + batch_size]]
-        padded = [pad_to_multiple(img, masks, 16) for img, masks, _ in raws]
-        x = torch.from_numpy(np.stack([p[0] for p in padded]))[:, None].to(device)
+        x, crops = padded_batch(raws, device)
         probs = reference_probabilities(model, x, gen, precision)
         n_outputs = probs.shape[1]
-        for b, (img, masks, valid) in enumerate(raws):
-            h, w = img.shape
-            ph, pw = padded[b][0].shape[0] - h, padded[b][0].shape[1] - w
-            out = probs[b][:, ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
+        for b, ((_, masks, valid), sl) in enumerate(zip(raws, crops)):
+            out = probs[b][:, sl[0], sl[1]]
             results.append(M.evaluate_image(masks, out, valid, out))
         if progress:
             progress(min(start + batch_size, len(keep)), len(keep))

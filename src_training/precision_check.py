@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .data import SliceDataset, load_split, pad_to_multiple
-from .evaluate import _crop_slices, align_raters, predict_batch, resolve_checkpoint
+from .data import SliceDataset, load_split
+from .evaluate import align_raters, padded_batch, predict_batch, resolve_checkpoint
 from .precision import FP32, prepare_model, resolve_precision
 
 HEADLINE = ("ged", "ged_dpersona", "dice_soft", "dice_max", "dice_max_reverse", "dice_match")
@@ -44,12 +44,10 @@ def compare(
     max_prob_diff = 0.0
     for start in range(0, n, batch_size):
         raws = [items.raw(i) for i in range(start, min(start + batch_size, n))]
-        padded = [pad_to_multiple(img, masks, 16) for img, masks, _ in raws]
-        x = torch.from_numpy(np.stack([p[0] for p in padded]))[:, None]
+        x, crops = padded_batch(raws)
         s32, p32 = predict_batch(m32, x, n_samples, g32, FP32)
         s16, p16 = predict_batch(m16, x, n_samples, g16, bf16)
-        for b, (img, masks, valid) in enumerate(raws):
-            sl = _crop_slices(padded[b][0].shape, img.shape)
+        for b, ((_, masks, valid), sl) in enumerate(zip(raws, crops)):
             crop = lambda a: a[b][:, sl[0], sl[1]]  # noqa: E731
             for key, a, c in (("samples", crop(s32), crop(s16)), ("personas", crop(p32), crop(p16))):
                 same[key][0] += int(((a > 0.5) == (c > 0.5)).sum())

@@ -67,30 +67,21 @@ def test_all_marked_needs_every_rater_valid_and_drawing():
     assert not all_marked(masks, np.ones(3, bool))
 
 
+def _cli(*args):
+    """``multirater ARGS`` in a subprocess (exit code and output as a user sees them)."""
+    return subprocess.run(
+        [sys.executable, "-m", "napari_multirater.cli", *args], capture_output=True, text=True, timeout=600
+    )
+
+
 def test_evaluate_and_results_paper_protocol(lidc_fixture, tmp_path):
     from src_training.checkpoint import save_checkpoint
 
     cfg = tiny_config("pionono", num_raters=4, rater_names=[f"expert_{k}" for k in range(1, 5)])
     ckpt = save_checkpoint(tmp_path / "tiny.pt", build_model(cfg), {"method": "pionono", "raters_ranked_by_area": True})
     out = tmp_path / "paper.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "napari_multirater.cli",
-        "evaluate",
-        "--checkpoint",
-        str(ckpt),
-        "--data",
-        str(lidc_fixture),
-        "--split",
-        "all",
-        "--paper-protocol",
-        "--json",
-        str(out),
-        "--precision",
-        "fp32",
-    ]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    common = ["--checkpoint", str(ckpt), "--data", str(lidc_fixture), "--paper-protocol"]
+    r = _cli("evaluate", *common, "--split", "all", "--json", str(out), "--precision", "fp32")
     assert r.returncode == 0, r.stderr
     ev = json.loads(out.read_text())
     assert ev["protocol"] == "paper" and ev["n_outputs"] == 4
@@ -98,32 +89,10 @@ def test_evaluate_and_results_paper_protocol(lidc_fixture, tmp_path):
     assert set(ev["per_bucket"]) == {"4"}  # only slices all four raters marked
     assert ev["dice_each_matched_mean"] == pytest.approx(ev["dice_match"], abs=1e-6)  # 4 outputs, 4 raters
 
-    r = subprocess.run(
-        [sys.executable, "-m", "napari_multirater.cli", "results", "--paper-protocol", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = _cli("results", "--paper-protocol", str(out))
     assert r.returncode == 0, r.stderr
     assert "D-Persona stage I, published (K=50)" in r.stdout and "selected on the test fold" in r.stdout
     assert f"| {ev['n_outputs']} | {ev['n_images']} |" in r.stdout
 
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "napari_multirater.cli",
-            "evaluate",
-            "--checkpoint",
-            str(ckpt),
-            "--data",
-            str(lidc_fixture),
-            "--paper-protocol",
-            "--samples",
-            "5",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    bad = _cli("evaluate", *common, "--samples", "5")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--samples" in bad.stderr
