@@ -597,8 +597,10 @@ class AnnotateController:
             raise AnnotateError(self.rescue(f"not saved: {e}", mask)) from None
         except SaveConflict as e:
             self.session.postpone()
-            self._rescued_sha = image_checksum(mask)
-            self.last_rescue = str(e.copy_path) if e.copy_path else None
+            if e.copy_path:  # the store kept the refused version as a conflict copy
+                self._rescued_sha, self.last_rescue = image_checksum(mask), str(e.copy_path)
+            else:  # nothing kept on disk (a repeat's conflict): an emergency copy keeps it
+                self.rescue(f"not saved: {e}", mask)
             msg = (
                 f"{e}. Nothing was overwritten: reload the case to continue from the newer version, "
                 "or use 'overwrite' to replace it with yours"
