@@ -22,7 +22,11 @@ Design decisions (ours, not the authors'):
   per-annotation soft Dice with smoothing 1 on an empty target is 1 - 1/(sum p + 1): its push
   towards sum p = 0 (about sum p per image in logit space) outweighs the pixel-mean BCE pull on a
   ~1% foreground (about 0.003), so the equilibrium is a saturated, empty head whose Dice gradient
-  has vanished. Hence the Dice term skips empty annotations.
+  has vanished. Hence the Dice term never scores an empty annotation on its own: ``loss.dice_scope``
+  ``"marked"`` skips empty annotations (the head then learns the union: on 1-rater LIDC slices it
+  predicts a lesion on 92% of them), ``"batch"`` (the shipped config) pools numerator and denominator
+  over the batch, so empty annotations count without the per-image collapse (1,500 LIDC steps:
+  val dice_match 0.509 vs 0.472, 1-rater slices 0.447 vs 0.218; docs/lidc_training_recipe.md).
 * Weight floor (``min_weight``, default 0.3): the loss weight is ``m + (1 - m)(1 - U_k)`` rather than
   ``1 - U_k``: once the head predicts background, foreground BCE exceeds ``u_penalty`` and U_k -> 1
   there, and an unfloored weight would then remove the foreground from the loss altogether. With
