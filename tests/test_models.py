@@ -394,3 +394,15 @@ def test_umanet_empty_annotations_do_not_pull_the_head_to_empty():
     loss = _one_image_seg(model, logits, masks, torch.zeros_like(masks), torch.ones(1, 4, 1, 1))
     (grad,) = torch.autograd.grad(loss, bias)
     assert float(grad) < 0
+
+
+def test_dpersona_rec_bce_weight_adds_a_scaled_per_pixel_term(batch):
+    """``loss.rec_bce_weight`` adds w x (pixel-mean BCE of the reconstruction) to stage I's rec term:
+    0 is the paper's GDL alone, and the added part grows linearly with w (same weights and draws)."""
+    recs = []
+    for w in (0.0, 1.0, 2.0):
+        model = make("dpersona", loss={"rec_bce_weight": w})
+        torch.manual_seed(1)
+        recs.append(float(model.loss(batch)["rec"]))
+    assert recs[1] > recs[0]
+    assert recs[2] - recs[0] == pytest.approx(2 * (recs[1] - recs[0]), rel=1e-4)

@@ -8,7 +8,8 @@ samples vs union/intersection of the VALID raters) + reg.
 ``posterior_target`` (not in the paper): ``"mask"`` also gives the posterior the mask of the rater it
 reconstructs (first mask channel); ``"mask+index"`` also adds a learned code e_r of that rater's
 index to the posterior mean (mu_q = enc(x, y_r, Y) + e_r), so the rater is identifiable from z.
-``loss.identity_weight`` adds a rater classifier on the posterior sample z_q; ``loss.kl_warmup_steps`` ramps beta.
+``loss.identity_weight`` adds a rater classifier on the posterior sample z_q; ``loss.kl_warmup_steps`` ramps beta;
+``loss.rec_bce_weight`` (default 0) adds a pixel-mean BCE to the reconstruction (an experiment of issue 18, round 3).
 ``fcomb.kernel_size`` 3 (not in the paper; 1 = paper) makes Fcomb's hidden layers after the z
 injection 3x3 convs, so a rater style can be a spatial operation on the mask (e.g. an erosion).
 Stage II (``stage: 2``): K projection heads (conv blocks with padding=1, grouped so all K run in
@@ -97,6 +98,7 @@ class DPersona(ProbUNet):
                 "reg_weight": 1e-5,
                 "identity_weight": 0.0,
                 "kl_warmup_steps": 0,
+                "rec_bce_weight": 0.0,
             },
             "heads": {
                 "widths": [32, 16],
@@ -350,6 +352,12 @@ class DPersona(ProbUNet):
         logits = self.fcomb.decode(self.fcomb.project(feats), torch.cat([z_q[:, None], z_p], 1), x.shape[-2:])
         w = has.to(x.dtype)[:, None, None, None]
         rec = L.generalized_dice_loss(torch.sigmoid(logits[:, :1]), y, w)
+        if float(lc.get("rec_bce_weight", 0.0)) > 0:  # per-pixel term (not in the paper): GDL barely
+            # changes when a 1-2 px band around the lesion is wrong, which is where rater styles differ
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits[:, :1].float(), y.float(), reduction="none"
+            )
+            rec = rec + float(lc["rec_bce_weight"]) * weighted_mean(bce.mean((1, 2, 3)), has)
         bound = L.bound_loss(logits[:, 1:], masks, valid)
         kl = weighted_mean(L.kl_gaussian_diag(mu_q, s_q, mu_p, s_p), has)
         reg = self._reg()
