@@ -352,12 +352,9 @@ class DPersona(ProbUNet):
         logits = self.fcomb.decode(self.fcomb.project(feats), torch.cat([z_q[:, None], z_p], 1), x.shape[-2:])
         w = has.to(x.dtype)[:, None, None, None]
         rec = L.generalized_dice_loss(torch.sigmoid(logits[:, :1]), y, w)
-        if float(lc.get("rec_bce_weight", 0.0)) > 0:  # per-pixel term (not in the paper): GDL barely
-            # changes when a 1-2 px band around the lesion is wrong, which is where rater styles differ
-            bce = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits[:, :1].float(), y.float(), reduction="none"
-            )
-            rec = rec + float(lc["rec_bce_weight"]) * weighted_mean(bce.mean((1, 2, 3)), has)
+        if float(lc["rec_bce_weight"]) > 0:  # per-pixel term (not in the paper): GDL barely changes
+            # when a 1-2 px band around the lesion is wrong, which is where rater styles differ
+            rec = rec + float(lc["rec_bce_weight"]) * L.bce_loss(logits[:, :1], y, w)
         bound = L.bound_loss(logits[:, 1:], masks, valid)
         kl = weighted_mean(L.kl_gaussian_diag(mu_q, s_q, mu_p, s_p), has)
         reg = self._reg()
