@@ -37,8 +37,27 @@ def load_results(paths) -> list[tuple[str, dict]]:
         missing = [k for k in ("ged", "dice_match", "per_bucket", "n_images") if k not in ev]
         if missing:
             raise ResultsError(f"{p} is not a `multirater evaluate --json` file (missing {', '.join(missing)})")
-        rows.append((_label(ev, p), ev))
+        label = _label(ev, p)
+        experts = ev.get("experts")
+        if isinstance(experts, dict):  # a stage-II model: its prior samples and its K expert outputs, labelled
+            rows.append((f"{label} (prior samples)", ev))
+            rows.append((f"{label} (K expert outputs)", _experts_row(ev, experts)))
+        else:
+            rows.append((label, ev))
     return rows
+
+
+def _experts_row(ev: dict, experts: dict) -> dict:
+    """A stage-II evaluation's ``experts`` block as a row of its own: the sample metrics computed on
+    the K expert outputs; per-expert Dice is the same personas' and is not repeated."""
+    row = dict(ev)
+    row.update({k: v for k, v in experts.items() if k != "per_bucket"})
+    row["n_samples"] = len(ev.get("dice_each_identity") or []) or "K"
+    row["per_bucket"] = {
+        b: dict(v, **experts.get("per_bucket", {}).get(b, {})) for b, v in ev.get("per_bucket", {}).items()
+    }
+    row["experts_row"] = True
+    return row
 
 
 def _label(ev: dict, path: Path) -> str:
@@ -71,6 +90,9 @@ def per_expert_table(rows) -> str:
     names = list(names) + [f"rater_{i + 1}" for i in range(len(names), k)]
     lines = ["| method | " + " | ".join(f"{n} identity / matched" for n in names[:k]) + " |", "|" + "---|" * (k + 1)]
     for label, ev in rows:
+        if ev.get("experts_row"):
+            continue
+        label = label.removesuffix(" (prior samples)")  # per-expert Dice is the personas' (K expert outputs)
         ident = list(ev.get("dice_each_identity") or []) + [None] * k
         match = list(ev.get("dice_each_matched") or []) + [None] * k
         lines.append(f"| {label} | " + " | ".join(f"{_f(ident[i])} / {_f(match[i])}" for i in range(k)) + " |")
@@ -140,7 +162,11 @@ def render(paths, personas: bool = False, paper: bool = False) -> str:
     if paper:
         return paper_protocol_table(rows)
     if personas:
-        return "\n\n".join(f"**{label}**\n\n{persona_matrix_table(ev)}" for label, ev in rows)
+        return "\n\n".join(
+            f"**{label.removesuffix(' (prior samples)')}**\n\n{persona_matrix_table(ev)}"
+            for label, ev in rows
+            if not ev.get("experts_row")
+        )
     first = rows[0][1]
     head = (
         f"Data: {first.get('data')} (split {first.get('split')}), {first.get('n_images')} images, "

@@ -54,6 +54,36 @@ def test_results_tables_copy_the_json_numbers(tmp_path):
     assert "| a | **0.900** | 0.200 |" in mat and "| b | 0.300 | **0.800** |" in mat
 
 
+def test_stage_two_results_show_prior_samples_and_expert_outputs_as_labelled_rows(tmp_path):
+    ev = dict(_ev("dpersona", 0.4), stage=2)
+    ev["experts"] = {
+        "ged": 0.9,
+        "ged_dpersona": 0.8,
+        "dice_soft": 0.55,
+        "dice_max": 0.75,
+        "dice_max_reverse": 0.5,
+        "dice_match": 0.45,
+        "per_bucket": {"1": {"ged": 0.7, "dice_match": 0.35}, "2": {"ged": 0.6, "dice_match": 0.25}},
+    }
+    p = tmp_path / "s2.json"
+    p.write_text(json.dumps(ev))
+    out = render([p])
+    assert (
+        "| dpersona stage II (prior samples) | 10 | 0.400 | 0.250 | 0.600 | 0.800 | 0.650 | 0.700 | 0.150 | 0.300 |"
+        in out
+    )
+    assert (
+        "| dpersona stage II (K expert outputs) | 2 | 0.900 | 0.800 | 0.550 | 0.750 | 0.500 | 0.450 | 0.150 | 0.300 |"
+        in out
+    )
+    assert "| dpersona stage II (K expert outputs) | ged | 0.700 | 0.600 |" in out
+    assert "| dpersona stage II (K expert outputs) | dice_each_identity_mean | 0.400 | 0.400 |" in out
+    assert out.count("0.100 / 0.300") == 1  # per-expert Dice is the personas', listed once
+    assert "| dpersona stage II | 0.100 / 0.300 | 0.200 / n/a |" in out
+    personas = render([p], personas=True)
+    assert personas.startswith("**dpersona stage II**") and personas.count("persona \\ rater") == 1
+
+
 def test_results_refuses_files_that_are_not_evaluate_output(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"ged": 1.0}))
