@@ -458,3 +458,15 @@ def test_predict_cli_errors(tmp_path, ckpts):
             ]
         )
     assert info.value.code == 2
+
+
+def test_model_card_summary_prefers_the_full_val_evaluation_over_the_selection_numbers():
+    from napari_multirater.inference.model_info import plain_metrics
+
+    selection = {"ged": 0.34, "dice_soft": 0.62, "dice_match": 0.78, "n_images": 600}
+    full = {"ged": 0.38, "dice_soft": 0.59, "dice_match": 0.71, "n_images": 1552}
+    shown = plain_metrics({"val_metrics": selection, "evaluation": full})
+    assert "0.71" in shown and "0.78" not in shown and "all 1552 val images" in shown
+    only_selection = plain_metrics({"val_metrics": selection})
+    assert "0.78" in only_selection and "the selection subset of 600 val images" in only_selection
+    assert plain_metrics({}) == "n/a"

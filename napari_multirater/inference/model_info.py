@@ -205,8 +205,15 @@ def pick_model(names, kind: str | None, preferred: tuple = ("dpersona",)) -> str
 
 
 def plain_metrics(card: dict, limit: int = 3) -> str:
-    """Validation numbers in words, with which way is better."""
-    vm = (card or {}).get("val_metrics") or {}
+    """Validation numbers in words, with which way is better.
+
+    The evaluation stored at export (``multirater export --eval-json``: all val images, the README's
+    numbers) is preferred over the training-time selection metrics (a val subset that also chose
+    the checkpoint, so optimistic)."""
+    card = card or {}
+    ev = card.get("evaluation")
+    full = isinstance(ev, dict) and any(isinstance(ev.get(k), (int, float)) for k in METRIC_WORDS)
+    vm = ev if full else card.get("val_metrics") or {}
     out = []
     for key, (words, better) in METRIC_WORDS.items():
         v = vm.get(key)
@@ -214,4 +221,7 @@ def plain_metrics(card: dict, limit: int = 3) -> str:
             out.append(f"{words}: {v:.2f} ({better})")
         if len(out) >= limit:
             break
+    if out and isinstance(vm.get("n_images"), int):
+        where = "all" if full else "the selection subset of"
+        out[-1] += f"; {where} {vm['n_images']} val images"
     return "; ".join(out) or "n/a"
