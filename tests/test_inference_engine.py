@@ -469,4 +469,6 @@ def test_model_card_summary_prefers_the_full_val_evaluation_over_the_selection_n
     assert "0.71" in shown and "0.78" not in shown and "all 1552 val images" in shown
     only_selection = plain_metrics({"val_metrics": selection})
     assert "0.78" in only_selection and "the selection subset of 600 val images" in only_selection
+    held_out = dict(full, split="all", data="/runs/phantom_test", n_images=80)
+    assert "80 images of phantom_test (split all)" in plain_metrics({"evaluation": held_out})
     assert plain_metrics({}) == "n/a"

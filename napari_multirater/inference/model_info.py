@@ -221,7 +221,13 @@ def plain_metrics(card: dict, limit: int = 3) -> str:
             out.append(f"{words}: {v:.2f} ({better})")
         if len(out) >= limit:
             break
-    if out and isinstance(vm.get("n_images"), int):
-        where = "all" if full else "the selection subset of"
-        out[-1] += f"; {where} {vm['n_images']} val images"
+    n = vm.get("n_images")
+    if out and isinstance(n, int):
+        if not full:
+            out[-1] += f"; the selection subset of {n} val images"
+        elif vm.get("split") in (None, "val"):
+            out[-1] += f"; all {n} val images"
+        else:  # e.g. a held-out phantom series scored with --split all
+            data = str(vm.get("data") or "").replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+            out[-1] += f"; {n} images of {data or 'another dataset'} (split {vm['split']})"
     return "; ".join(out) or "n/a"
