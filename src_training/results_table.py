@@ -37,27 +37,26 @@ def load_results(paths) -> list[tuple[str, dict]]:
         missing = [k for k in ("ged", "dice_match", "per_bucket", "n_images") if k not in ev]
         if missing:
             raise ResultsError(f"{p} is not a `multirater evaluate --json` file (missing {', '.join(missing)})")
-        label = _label(ev, p)
-        experts = ev.get("experts")
-        if isinstance(experts, dict):  # a stage-II model: its prior samples and its K expert outputs, labelled
-            rows.append((f"{label} (prior samples)", ev))
-            rows.append((f"{label} (K expert outputs)", _experts_row(ev, experts)))
-        else:
-            rows.append((label, ev))
+        rows.append((_label(ev, p), ev))
     return rows
 
 
-def _experts_row(ev: dict, experts: dict) -> dict:
-    """A stage-II evaluation's ``experts`` block as a row of its own: the sample metrics computed on
-    the K expert outputs; per-expert Dice is the same personas' and is not repeated."""
-    row = dict(ev)
-    row.update({k: v for k, v in experts.items() if k != "per_bucket"})
-    row["n_samples"] = len(ev.get("dice_each_identity") or []) or "K"
-    row["per_bucket"] = {
-        b: dict(v, **experts.get("per_bucket", {}).get(b, {})) for b, v in ev.get("per_bucket", {}).items()
-    }
-    row["experts_row"] = True
-    return row
+def _metric_rows(rows):
+    """The rows of the sample-metric tables: a stage-II model (an ``experts`` block) gives two,
+    labelled, its prior samples and its K expert outputs; per-expert Dice and the persona matrix
+    are the personas' and keep one row per model."""
+    for label, ev in rows:
+        experts = ev.get("experts")
+        if not isinstance(experts, dict):
+            yield label, ev
+            continue
+        row = dict(ev, **{k: v for k, v in experts.items() if k != "per_bucket"})
+        row["n_samples"] = len(ev.get("dice_each_identity") or []) or "K"
+        row["per_bucket"] = {
+            b: dict(v, **experts.get("per_bucket", {}).get(b, {})) for b, v in ev["per_bucket"].items()
+        }
+        yield f"{label} (prior samples)", ev
+        yield f"{label} (K expert outputs)", row
 
 
 def _label(ev: dict, path: Path) -> str:
@@ -79,7 +78,7 @@ def _f(v) -> str:
 def summary_table(rows) -> str:
     head = "| method | samples | " + " | ".join(SUMMARY) + " |"
     lines = [head, "|" + "---|" * (len(SUMMARY) + 2)]
-    for label, ev in rows:
+    for label, ev in _metric_rows(rows):
         lines.append(f"| {label} | {ev.get('n_samples', 'n/a')} | " + " | ".join(_f(ev.get(k)) for k in SUMMARY) + " |")
     return "\n".join(lines)
 
@@ -90,9 +89,6 @@ def per_expert_table(rows) -> str:
     names = list(names) + [f"rater_{i + 1}" for i in range(len(names), k)]
     lines = ["| method | " + " | ".join(f"{n} identity / matched" for n in names[:k]) + " |", "|" + "---|" * (k + 1)]
     for label, ev in rows:
-        if ev.get("experts_row"):
-            continue
-        label = label.removesuffix(" (prior samples)")  # per-expert Dice is the personas' (K expert outputs)
         ident = list(ev.get("dice_each_identity") or []) + [None] * k
         match = list(ev.get("dice_each_matched") or []) + [None] * k
         lines.append(f"| {label} | " + " | ".join(f"{_f(ident[i])} / {_f(match[i])}" for i in range(k)) + " |")
@@ -108,7 +104,7 @@ def per_bucket_table(rows) -> str:
         "| method | metric | " + " | ".join(f"{b} rater(s), n={counts[b]}" for b in buckets) + " |",
         "|" + "---|" * (len(buckets) + 2),
     ]
-    for label, ev in rows:
+    for label, ev in _metric_rows(rows):
         for m in BUCKET_METRICS:
             cells = [_f(ev["per_bucket"].get(b, {}).get(m)) for b in buckets]
             lines.append(f"| {label} | {m} | " + " | ".join(cells) + " |")
@@ -162,11 +158,7 @@ def render(paths, personas: bool = False, paper: bool = False) -> str:
     if paper:
         return paper_protocol_table(rows)
     if personas:
-        return "\n\n".join(
-            f"**{label.removesuffix(' (prior samples)')}**\n\n{persona_matrix_table(ev)}"
-            for label, ev in rows
-            if not ev.get("experts_row")
-        )
+        return "\n\n".join(f"**{label}**\n\n{persona_matrix_table(ev)}" for label, ev in rows)
     first = rows[0][1]
     head = (
         f"Data: {first.get('data')} (split {first.get('split')}), {first.get('n_images')} images, "

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
+from src_training import metrics as M
 from src_training.checkpoint import load_checkpoint
 from src_training.data import SliceDataset, load_split
 
@@ -23,9 +24,9 @@ for ckpt in sys.argv[1:]:
     rows: dict[int, list] = {b: [] for b in range(1, 5)}
     with torch.no_grad():
         for i in range(len(items)):
-            image, masks, _ = items.raw(i)
+            image, masks, valid = items.raw(i)
             areas = masks.reshape(len(masks), -1).sum(1)
-            n_marked = int((areas > 0).sum())
+            n_marked = M.n_marked(masks, valid)
             if n_marked == 0:
                 continue
             x = torch.from_numpy(np.asarray(image, np.float32))[None, None]

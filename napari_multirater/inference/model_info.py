@@ -8,7 +8,7 @@ training data (keyed by the training-data folder name) instead of rewriting the 
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
@@ -228,6 +228,6 @@ def plain_metrics(card: dict, limit: int = 3) -> str:
         elif vm.get("split") in (None, "val"):
             out[-1] += f"; all {n} val images"
         else:  # e.g. a held-out phantom series scored with --split all
-            data = str(vm.get("data") or "").replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+            data = PureWindowsPath(str(vm.get("data") or "")).name  # the folder name, slash or backslash separated
             out[-1] += f"; {n} images of {data or 'another dataset'} (split {vm['split']})"
     return "; ".join(out) or "n/a"
