@@ -1,7 +1,8 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   - create .venv, install, open napari with the sample case, docks and model
 #   make test   - create .venv, install with test extras, run the whole suite headless
-# Developers: make test-fast (skips the slow marks), make lint (ruff check + format check), make typecheck (mypy)
+# Developers: make test-fast (skips the slow marks), make lint (ruff check + format check), make typecheck (mypy),
+#   make docs (the documentation site: mkdocs build --strict into site/)
 # Both first run tools/system_check.sh: Qt system libraries and Xvfb, installed as root (apt) or named.
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DEPS := pyproject.toml
 
-.PHONY: demo test test-fast lint typecheck check install clean-venv system-check
+.PHONY: demo test test-fast lint typecheck check docs install clean-venv system-check
 
 # Qt system libraries and (without a display) Xvfb: installed as root/with sudo, else one line saying how
 system-check:
@@ -28,6 +29,10 @@ $(VENV)/.installed-testing: $(VENV)/.installed
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(PIP) install -q -e ".[docs]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -61,6 +66,11 @@ typecheck: $(VENV)/.installed-dev
 	$(PY) -m mypy $(MYPY_TARGETS)
 
 check: lint typecheck
+
+# the documentation site (docs/ + mkdocs.yml) into site/; --strict: a broken link, anchor, snippet or
+# docstring reference fails. The CLI reference and method notes are generated (tools/docs_hooks.py).
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 clean-venv:
 	rm -rf $(VENV)

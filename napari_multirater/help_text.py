@@ -1,34 +1,25 @@
-"""Help for each dock, taken from the README (the user manual): the dock's bullet of "The napari
-plugin" section. Read from the source tree or, installed, from the package metadata."""
+"""Help for each dock: ``napari_multirater/help/<dock>.md``, one paragraph per dock. The same files
+open the dock pages of the documentation site (docs/docks/*.md include them), so the Help button
+and the manual never differ. Package data: present in a source tree and in an installed wheel."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+HELP_DIR = Path(__file__).resolve().parent / "help"
+DOCS = "the documentation site's page 'The napari plugin' (docs/docks/)"
 
 
-def readme_text() -> str:
-    if README.is_file():
-        return README.read_text(encoding="utf-8")
-    try:
-        from importlib.metadata import metadata
-
-        return metadata("napari-multirater").get_payload() or metadata("napari-multirater").get("Description", "")
-    except Exception:  # noqa: BLE001 - no metadata: no help text, never an error
-        return ""
+def help_file(dock_title: str) -> Path:
+    """``Model & sampling`` -> ``help/model_sampling.md``."""
+    slug = "_".join("".join(c if c.isalnum() else " " for c in dock_title.lower()).split())
+    return HELP_DIR / f"{slug}.md"
 
 
 def dock_help(dock_title: str) -> str:
-    """The README's paragraph for the dock called ``dock_title`` (markdown), or a pointer to the README."""
-    text = readme_text()
-    marker = f"- **{dock_title}**"
-    start = text.find(marker)
-    if start < 0:
-        return f"See the section 'The napari plugin' of the README for the {dock_title} dock."
-    lines = []
-    for i, line in enumerate(text[start:].splitlines()):
-        if i and (line.startswith("- **") or not line.strip()):
-            break
-        lines.append(line[2:] if i == 0 else line.strip())
-    return " ".join(lines)
+    """The dock's help paragraph (markdown, one line), or a pointer to the docs when there is none."""
+    try:
+        text = help_file(dock_title).read_text(encoding="utf-8")
+    except OSError:
+        return f"See {DOCS} for the {dock_title} dock."
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())

@@ -1,4 +1,4 @@
-"""A "Help" button per dock: the dock's section of the README in a message box."""
+"""A "Help" button per dock: the dock's help paragraph (napari_multirater/help/) in a message box."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from ..help_text import dock_help
 
 def help_button(parent, dock_title: str) -> QPushButton:
     btn = QPushButton("Help")
-    btn.setToolTip(f"what the {dock_title} dock does (from the README's 'The napari plugin' section)")
+    btn.setToolTip(f"what the {dock_title} dock does (the opening paragraph of its page in the docs)")
     btn.clicked.connect(lambda: show_help(parent, dock_title))
     return btn
 
