@@ -68,9 +68,10 @@ typecheck: $(VENV)/.installed-dev
 check: lint typecheck
 
 # the documentation site (docs/ + mkdocs.yml) into site/; --strict: a broken link, anchor, snippet or
-# docstring reference fails. The CLI reference and method notes are generated (tools/docs_hooks.py).
+# docstring reference fails (never add --quiet: it hides the warnings that --strict counts).
+# The CLI reference, method notes and experiment list are generated (tools/docs_hooks.py).
 docs: $(VENV)/.installed-docs
-	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 clean-venv:
 	rm -rf $(VENV)

@@ -75,7 +75,7 @@ def add_evaluate_parser(sub) -> None:
         "--paper-protocol",
         action="store_true",
         help="the papers' protocol: only slices every rater marked, each method's reference output "
-        "set feeding every metric, Hungarian per-expert Dice (see the README)",
+        "set feeding every metric, Hungarian per-expert Dice (docs/training.md, 'Two protocols')",
     )
     p.set_defaults(func=_evaluate)
 
