@@ -40,6 +40,8 @@ def test_wheel_carries_manifest_and_configs(tmp_path):
     assert {f"src_training/configs/{m}.json" for m in ("dpersona", "proseg", "umanet")} <= names
     shipped = {p.name for p in (ROOT / "napari_multirater" / "models").glob("*.pt")}
     assert shipped and {f"napari_multirater/models/{n}" for n in shipped} <= names  # offline models ship
+    docks = ("model_sampling", "compare_raters", "collect_annotations")
+    assert {f"napari_multirater/help/{d}.md" for d in docks} <= names  # each dock's Help text, installed too
     assert not any(n.startswith("napari_multirater/inference/bench") for n in names)  # dev tools left the runtime
     requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     base = [req for req in requires if "extra ==" not in req]
