@@ -5,6 +5,7 @@
 - ``<!-- multirater:config METHOD -->`` becomes the notes, paper recipe and changes from the paper
   stored in ``src_training/configs/METHOD.json``.
 - ``<!-- multirater:experiments -->`` becomes a list of ``docs/experiments/*.py`` with each script's docstring.
+- Sphinx roles left in rendered docstrings (``:func:`x```) are shown as plain code.
 
 Run ``python tools/docs_hooks.py`` to print the CLI reference without building the site.
 """
@@ -22,6 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CLI_MARKER = "<!-- multirater:cli -->"
 CONFIG_MARKER = re.compile(r"<!-- multirater:config (\w+) -->")
 EXPERIMENTS_MARKER = "<!-- multirater:experiments -->"
+# the docstrings use Sphinx roles (:func:`x`); the API pages show them as plain code
+SPHINX_ROLE = re.compile(r":(?:func|meth|class|mod|attr|data|exc|obj):(?=<code>)")
 
 
 def _md(text: str | None) -> str:
@@ -146,6 +149,10 @@ def on_page_markdown(markdown: str, page=None, config=None, files=None, **kwargs
     if EXPERIMENTS_MARKER in markdown:
         markdown = markdown.replace(EXPERIMENTS_MARKER, experiment_scripts())
     return CONFIG_MARKER.sub(lambda m: config_notes(m.group(1)), markdown)
+
+
+def on_page_content(html: str, page=None, config=None, files=None, **kwargs) -> str:
+    return SPHINX_ROLE.sub("", html)
 
 
 if __name__ == "__main__":
