@@ -9,6 +9,8 @@ import pytest
 
 from napari_multirater import cli
 from napari_multirater.datasets import open_dataset
+from napari_multirater.io.geometry import Geometry
+from napari_multirater.io.medical import write_image
 
 
 # --- LIDC npz shards ----------------------------------------------------------------------------
@@ -55,3 +57,21 @@ def test_lidc_npz_binary_masks_of_any_integer_or_bool_type_load(tmp_path):
 
 
 LIDC2 = ["annotation_1", "annotation_2"]
+
+
+# --- import folder: one rater, two files -----------------------------------------------------------
+def test_import_two_files_of_one_rater_is_ambiguous(tmp_path, capsys):
+    geom = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    case = tmp_path / "src" / "c1"
+    case.mkdir(parents=True)
+    mask = np.zeros((3, 6, 6), np.uint8)
+    write_image(case / "image.nii.gz", np.zeros((3, 6, 6), np.int16), geom)
+    write_image(case / "bob.nii.gz", mask, geom, label=True)
+    mask[1, 2:4, 2:4] = 1
+    write_image(case / "alice.nii.gz", mask, geom, label=True)
+    write_image(case / "alice.nrrd", np.zeros_like(mask), geom, label=True)  # which one is alice's?
+    out = tmp_path / "out"
+    assert cli.main(["import", "folder", str(tmp_path / "src"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "alice.nii.gz and alice.nrrd are both 'alice' (ambiguous)" in err and "Traceback" not in err
+    assert not out.exists()
