@@ -85,7 +85,7 @@ SQUARE = [(2, 2), (8, 2), (8, 8), (2, 8)]
 
 
 def _ct(tmp_path, uid=SERIES_A, prefix="slice", n=4, value=-600):
-    vol = np.full((n, 12, 12), value, np.int16)
+    vol = np.full((n, 12, 12), value, np.int16) + np.arange(n, dtype=np.int16)[:, None, None]  # slice k: value + k
     files = write_dicom_series(tmp_path / "ct", vol, CT_GEOM, series_uid=uid, prefix=prefix)
     return tmp_path / "ct", files
 
@@ -118,7 +118,9 @@ def test_lidc_xml_picks_its_own_series_not_the_largest(tmp_path, capsys):
     write_dicom_series(folder, np.full((6, 12, 12), -1000, np.int16), CT_GEOM, series_uid=SERIES_B, prefix="blank")
     sop = _sop(files[1])
     image, masks, _, _, info = import_lidc_xml(_xml(tmp_path / "r.xml", sop), folder)
-    assert info["series_uid"] == SERIES_A and image.shape[0] == 4 and (image == -600).all()  # was the blank one
+    assert (
+        info["series_uid"] == SERIES_A and image.shape[0] == 4 and (image[:, 0, 0] == [-600, -599, -598, -597]).all()
+    )  # was the blank one
     assert masks[0, 1].sum() == 49
     _xml(tmp_path / "other.xml", "1.2.3.4.5", series="1.2.3.999")  # neither series nor slices here: refused
     assert _import_lidc(folder, tmp_path / "other.xml", tmp_path / "out") == 2
@@ -144,6 +146,7 @@ def test_dicom_duplicate_file_is_dropped_and_a_conflicting_one_refused(tmp_path)
     shutil.copy(files[2], folder / "zz_copy.dcm")
     image, geom, info = read_image(folder)
     assert image.shape[0] == 5 and geom.spacing[2] == pytest.approx(2.0)  # was 6 slices, 0.67 mm "non-uniform"
+    assert (image[:, 0, 0] == -600 + np.arange(5)).all()  # in position order
     assert info["duplicate_files"] == ["zz_copy.dcm"] and "nonuniform_spacing" not in info
     assert "zz_copy.dcm" in info["warning"]
     sl = sitk.ReadImage(str(files[2]))
@@ -198,5 +201,5 @@ def test_import_lidc_crop_smaller_than_a_few_voxels_refused(tmp_path, capsys):
     folder, files = _ct(tmp_path)
     xml = _xml(tmp_path / "r.xml", _sop(files[1]))
     assert _import_lidc(folder, xml, tmp_path / "out", "--crop-mm", "0.5") == 2  # was a 1x1x1 case
-    _one_line_error(capsys, "--crop-mm 0.5 is under 3 voxels")
-    assert _import_lidc(folder, xml, tmp_path / "ok", "--crop-mm", "6") == 0
+    _one_line_error(capsys, "--crop-mm 0.5 is under 3 pixels across the slice")
+    assert _import_lidc(folder, xml, tmp_path / "ok", "--crop-mm", "2.5") == 0

@@ -24,7 +24,7 @@ from .case import DatasetError, MultiRaterCase
 from .lidc_xml import import_lidc_xml
 
 MAX_DEPTH = 3
-MIN_CROP_VOXELS = 3  # a nodule crop spans at least this many voxels per axis
+MIN_CROP_PIXELS = 3  # a nodule crop spans at least this many pixels along each slice axis
 MAX_DIRS = 500  # folders looked at when searching (File > Open must answer fast)
 _SERIES_RE = re.compile(rb"<SeriesInstanceUid>\s*([0-9.]+)\s*</SeriesInstanceUid>", re.IGNORECASE)
 
@@ -156,15 +156,16 @@ def load_lidc_case(xml, dicom_dir) -> tuple[MultiRaterCase, dict]:
 
 
 def check_crop_size(size_mm: float, spacing_zyx, shape) -> None:
-    """DatasetError when a ``size_mm`` box spans fewer than :data:`MIN_CROP_VOXELS` voxels along an
-    axis that has that many (a 1x1x1 "crop" holds no nodule)."""
-    spacing = np.asarray(spacing_zyx, float)
-    short = (size_mm < MIN_CROP_VOXELS * spacing) & (np.asarray(shape) >= MIN_CROP_VOXELS)
-    if short.any():
-        need = float(np.max(MIN_CROP_VOXELS * spacing[np.asarray(shape) >= MIN_CROP_VOXELS]))
+    """DatasetError when a ``size_mm`` box spans fewer than :data:`MIN_CROP_PIXELS` pixels along a
+    slice axis that has that many (a 1x1x1 "crop" holds no nodule). Along z one slice is enough
+    (thick slices)."""
+    spacing = np.asarray(spacing_zyx, float)[-2:]
+    usable = np.asarray(shape)[-2:] >= MIN_CROP_PIXELS
+    need = MIN_CROP_PIXELS * spacing[usable]
+    if need.size and size_mm < need.max():
         raise DatasetError(
-            f"--crop-mm {size_mm:g} is under {MIN_CROP_VOXELS} voxels along an axis of this series (spacing "
-            f"z, y, x = {' x '.join(f'{v:.3g}' for v in spacing)} mm): use at least {need:.3g} mm"
+            f"--crop-mm {size_mm:g} is under {MIN_CROP_PIXELS} pixels across the slice (pixel spacing "
+            f"{' x '.join(f'{v:.3g}' for v in spacing)} mm): use at least {need.max():.3g} mm"
         )
 
 

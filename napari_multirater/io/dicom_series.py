@@ -66,11 +66,13 @@ def positions(ipp: list[str]) -> np.ndarray | None:
 
 
 def duplicate_sops(
-    names: list[str], sops: list[str], pos: np.ndarray | None, voxels: np.ndarray
+    names: list[str], sops: list[str], pos: np.ndarray | None, voxels: np.ndarray, normal: np.ndarray
 ) -> tuple[list[str], list[str]]:
     """``(files to keep, files dropped)``: a file whose SOPInstanceUID an earlier file has is
     dropped when its pixels and position are the same; DicomSeriesError when they differ.
-    ``voxels`` is the (z, y, x) series as read from ``names`` (one z per file)."""
+    ``voxels`` is the (z, y, x) series as read from ``names`` (one z per file). With copies
+    present GDCM's order is not to be trusted: the kept files come back sorted along ``normal``.
+    """
     first: dict[str, int] = {}
     dropped: list[int] = []
     for k, sop in enumerate(sops):
@@ -86,7 +88,10 @@ def duplicate_sops(
                 f"{'pixels' if same_place else 'positions'}: remove the wrong copy"
             )
         dropped.append(k)
-    return [n for k, n in enumerate(names) if k not in dropped], [names[k] for k in dropped]
+    kept = [k for k in range(len(names)) if k not in dropped]
+    if dropped and pos is not None:
+        kept.sort(key=lambda k: float(pos[k] @ normal))
+    return [names[k] for k in kept], [names[k] for k in dropped]
 
 
 def slice_normal(iop: str, direction) -> np.ndarray:

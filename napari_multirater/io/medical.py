@@ -253,12 +253,12 @@ def _read_dicom_dir(path: Path, series_uid: str | None = None) -> tuple[sitk.Ima
         img, reader = _read_series(path, uid, names)
         pos = dicom_series.positions(_tags(reader, "0020|0032", len(names)))
         sops = _tags(reader, "0008|0018", len(names))
-        names, dropped = dicom_series.duplicate_sops(names, sops, pos, sitk.GetArrayViewFromImage(img))
+        normal = dicom_series.slice_normal(_tags(reader, "0020|0037", 1)[0], img.GetDirection())
+        names, dropped = dicom_series.duplicate_sops(names, sops, pos, sitk.GetArrayViewFromImage(img), normal)
         if dropped:  # read again without the copies (their slice would sit twice in the volume)
             img, reader = _read_series(path, uid, names)
             pos = dicom_series.positions(_tags(reader, "0020|0032", len(names)))
         if pos is not None and len(names) > 1 and img.GetDimension() == 3:
-            normal = dicom_series.slice_normal(_tags(reader, "0020|0037", 1)[0], img.GetDirection())
             dicom_series.check_no_tilt(path, pos, normal, img.GetSpacing())
     except dicom_series.DicomSeriesError as e:
         raise MedicalIOError(str(e)) from None
