@@ -122,6 +122,9 @@ def test_lidc_xml_picks_its_own_series_not_the_largest(tmp_path, capsys):
         info["series_uid"] == SERIES_A and image.shape[0] == 4 and (image[:, 0, 0] == [-600, -599, -598, -597]).all()
     )  # was the blank one
     assert masks[0, 1].sum() == 49
+    renamed = _xml(tmp_path / "renamed.xml", sop, series="1.2.3.999")  # series UID unknown, its slices are here
+    info = import_lidc_xml(renamed, folder)[4]
+    assert info["series_uid"] == SERIES_A and "holds 1 of the XML's 1 contour slices" in info["warning"]
     _xml(tmp_path / "other.xml", "1.2.3.4.5", series="1.2.3.999")  # neither series nor slices here: refused
     assert _import_lidc(folder, tmp_path / "other.xml", tmp_path / "out") == 2
     _one_line_error(capsys, "names series 1.2.3.999, which is not in")
