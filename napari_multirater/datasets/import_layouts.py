@@ -78,13 +78,28 @@ def _stem(path: Path) -> str | None:
     return None
 
 
-def _images(folder: Path) -> dict[str, Path]:
-    """stem -> image file in ``folder`` (hidden files skipped)."""
-    out = {}
+def _image_files(folder: Path) -> dict[str, list[Path]]:
+    """stem -> every image file in ``folder`` with that stem (hidden files skipped)."""
+    found: dict[str, list[Path]] = {}
     for f in sorted(folder.iterdir()):
-        if f.is_file() and not f.name.startswith(".") and _stem(f) is not None:
-            out.setdefault(_stem(f), f)
-    return out
+        stem = _stem(f)
+        if stem is not None and f.is_file() and not f.name.startswith("."):
+            found.setdefault(stem, []).append(f)
+    return found
+
+
+def _images(folder: Path, problems: list[str] | None = None) -> dict[str, Path]:
+    """stem -> image file in ``folder``. A stem held by several files (``alice.nii.gz`` and
+    ``alice.nrrd``) is ambiguous: with ``problems`` it is left out and reported naming every file;
+    without (layout detection only) the first file stands for it."""
+    found = _image_files(folder)
+    if problems is None:
+        return {stem: files[0] for stem, files in found.items()}
+    for stem, files in found.items():
+        if len(files) > 1:
+            names = " and ".join(f.name for f in files)
+            problems.append(f"{folder}: {names} are both '{stem}' (ambiguous): keep only one of them")
+    return {stem: files[0] for stem, files in found.items() if len(files) == 1}
 
 
 def _case_dirs(root: Path) -> list[Path]:
@@ -103,9 +118,10 @@ def _valid_id(value: str, what: str, where: Path, problems: list[str]) -> bool:
 def scan_per_rater(root: Path) -> Scan:
     sources, problems = [], []
     for d in _case_dirs(root):
-        files = _images(d)
+        files = _images(d, problems)
         if "image" not in files:
-            problems.append(f"{d}: no image file (expected image.nii.gz or another image format)")
+            if "image" not in _image_files(d):
+                problems.append(f"{d}: no image file (expected image.nii.gz or another image format)")
             continue
         if not _valid_id(d.name, "case id", d, problems):
             continue
@@ -117,8 +133,9 @@ def scan_per_rater(root: Path) -> Scan:
 def scan_qubiq(root: Path, task: int | None = None) -> Scan:
     tasks: set[int] = set()
     per_case = []
+    ambiguous: list[str] = []
     for d in _case_dirs(root):
-        files = _images(d)
+        files = _images(d, ambiguous)
         segs = {}
         for stem, f in files.items():
             m = _QUBIQ_RE.match(stem)
@@ -129,10 +146,11 @@ def scan_qubiq(root: Path, task: int | None = None) -> Scan:
     if task is None and len(tasks) > 1:
         raise DatasetError(f"{root}: QUBIQ tasks {sorted(tasks)} found; choose one with --task N")
     task = task if task is not None else (tasks.pop() if tasks else 1)
-    sources, problems = [], []
+    sources, problems = [], ambiguous
     for d, files, segs in per_case:
         if "image" not in files:
-            problems.append(f"{d}: no image file (expected image.nii.gz)")
+            if "image" not in _image_files(d):
+                problems.append(f"{d}: no image file (expected image.nii.gz)")
             continue
         if not _valid_id(d.name, "case id", d, problems):
             continue
@@ -147,7 +165,7 @@ def scan_nnunet(root: Path) -> Scan:
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
     problems: list[str] = []
     channels: dict[str, dict[int, Path]] = {}
-    for stem, f in _images(images_dir).items():
+    for stem, f in _images(images_dir, problems).items():
         m = _NNUNET_IMG_RE.match(stem)
         if not m:
             problems.append(f"{f}: image names must end in _0000 (nnU-Net channel suffix)")
@@ -156,10 +174,10 @@ def scan_nnunet(root: Path) -> Scan:
     rater_dirs = _case_dirs(labels_dir) if labels_dir.is_dir() else []
     meta = _nnunet_meta(root)
     if rater_dirs:
-        label_sets = {d.name: _images(d) for d in rater_dirs}
+        label_sets = {d.name: _images(d, problems) for d in rater_dirs}
     else:
         single = str((meta.get("multirater") or {}).get("label_name") or "label")
-        label_sets = {single: _images(labels_dir) if labels_dir.is_dir() else {}}
+        label_sets = {single: _images(labels_dir, problems) if labels_dir.is_dir() else {}}
     sources = []
     for cid, ch in sorted(channels.items()):
         if sorted(ch) != [0]:
@@ -170,10 +188,13 @@ def scan_nnunet(root: Path) -> Scan:
         if not _valid_id(cid, "case id", ch[0], problems):
             continue
         sources.append(Source(cid, ch[0], {r: files[cid] for r, files in label_sets.items() if cid in files}))
+    ambiguous_images = {stem for stem, fs in _image_files(images_dir).items() if len(fs) > 1}
     for r, files in label_sets.items():
         _valid_id(r, "rater id", labels_dir / r, problems)
         problems += [
-            f"{f}: label without an image {cid}_0000 in imagesTr" for cid, f in files.items() if cid not in channels
+            f"{f}: label without an image {cid}_0000 in imagesTr"
+            for cid, f in files.items()
+            if cid not in channels and f"{cid}_0000" not in ambiguous_images
         ]
     scan = _finish("nnunet", root, sources, problems)
     names = meta.get("channel_names") or meta.get("modality") or {}

@@ -24,6 +24,7 @@ from .case import DatasetError, MultiRaterCase
 from .lidc_xml import import_lidc_xml
 
 MAX_DEPTH = 3
+MIN_CROP_PIXELS = 3  # a nodule crop spans at least this many pixels along each slice axis
 MAX_DIRS = 500  # folders looked at when searching (File > Open must answer fast)
 _SERIES_RE = re.compile(rb"<SeriesInstanceUid>\s*([0-9.]+)\s*</SeriesInstanceUid>", re.IGNORECASE)
 
@@ -154,6 +155,20 @@ def load_lidc_case(xml, dicom_dir) -> tuple[MultiRaterCase, dict]:
     return case, info
 
 
+def check_crop_size(size_mm: float, spacing_zyx, shape) -> None:
+    """DatasetError when a ``size_mm`` box spans fewer than :data:`MIN_CROP_PIXELS` pixels along a
+    slice axis that has that many (a 1x1x1 "crop" holds no nodule). Along z one slice is enough
+    (thick slices)."""
+    spacing = np.asarray(spacing_zyx, float)[-2:]
+    usable = np.asarray(shape)[-2:] >= MIN_CROP_PIXELS
+    need = MIN_CROP_PIXELS * spacing[usable]
+    if need.size and size_mm < need.max():
+        raise DatasetError(
+            f"--crop-mm {size_mm:g} is under {MIN_CROP_PIXELS} pixels across the slice (pixel spacing "
+            f"{' x '.join(f'{v:.3g}' for v in spacing)} mm): use at least {need.max():.3g} mm"
+        )
+
+
 def crop_nodules(case: MultiRaterCase, size_mm: float) -> tuple[list[MultiRaterCase], list[str]]:
     """One case per nodule: a box of ``size_mm`` (each axis, clipped to the image) centred on each
     connected region of the readers' union. Returns the crops and notes (nodules larger than the box)."""
@@ -161,9 +176,10 @@ def crop_nodules(case: MultiRaterCase, size_mm: float) -> tuple[list[MultiRaterC
 
     if not (np.isfinite(size_mm) and size_mm > 0):
         raise DatasetError(f"--crop-mm must be a positive size in mm, got {size_mm}")
+    spacing = np.asarray(case.geometry.scale_zyx)
+    check_crop_size(size_mm, spacing, case.image.shape)
     union = case.masks.any(axis=0)
     labels, n = ndimage.label(union, structure=np.ones((3,) * union.ndim))
-    spacing = np.asarray(case.geometry.scale_zyx)
     box = np.minimum(np.maximum(np.rint(size_mm / spacing).astype(int), 1), case.image.shape)
     crops, notes = [], []
     for j, sl in enumerate(ndimage.find_objects(labels), start=1):

@@ -20,6 +20,8 @@ from .case import DatasetError, MultiRaterCase
 REQUIRED_KEYS = ("images", "masks")
 LIDC_RATERS = ["annotation_1", "annotation_2", "annotation_3", "annotation_4"]
 LIDC_INTENSITY_WINDOW = [0.0, 255.0]
+COLUMNS = {"patient_id": "USiu", "nodule_id": "iu", "slice_id": "iu"}  # per-slice key -> numpy kinds
+COLUMN_TYPES = {"USiu": "strings or integers", "iu": "integers"}
 
 
 def lidc_files(path, split: str | None) -> list[Path]:
@@ -52,12 +54,64 @@ def _load_npz(path: Path) -> dict:
             out = {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise DatasetError(f"{path}: not a readable npz file ({e})") from None
+    return validate_arrays(path, out)
+
+
+def _binary_masks(path: Path, masks: np.ndarray) -> np.ndarray:
+    """``masks`` as uint8 when every value is exactly 0 or 1 (one pass for integer masks);
+    DatasetError naming the key and an offending value otherwise (0.7, -1, NaN never cast)."""
+    kind = masks.dtype.kind
+    if kind == "b":
+        return masks.view(np.uint8)
+    if kind in "iu":
+        # signed values viewed as unsigned: negatives become huge, so max <= 1 means {0, 1}
+        flat = masks.view(masks.dtype.str.replace("i", "u")) if kind == "i" else masks
+        if flat.max(initial=0) <= 1:
+            return masks.astype(np.uint8, copy=False)
+        bad = masks[(masks < 0) | (masks > 1)].flat[0].item()
+    elif kind == "f":
+        ok = (masks == 0) | (masks == 1)
+        if ok.all():
+            return masks.astype(np.uint8)
+        bad = masks[~ok].flat[0].item()
+    else:
+        raise DatasetError(f"{path}: 'masks' has dtype {masks.dtype}; expected integers or bool holding 0/1")
+    raise DatasetError(f"{path}: 'masks' must hold only 0 and 1, found {bad:.6g} (dtype {masks.dtype}); nothing cast")
+
+
+def validate_arrays(path: Path, out: dict) -> dict:
+    """Check one shard's arrays: shapes, at least one rater, binary masks, finite numeric images,
+    per-slice columns as long as the images. DatasetError naming the key; masks come back uint8."""
     images, masks = out["images"], out["masks"]
     if images.ndim != 3 or masks.ndim != 4 or masks.shape[0] != images.shape[0] or masks.shape[2:] != images.shape[1:]:
         raise DatasetError(f"{path}: expected images (N,H,W) and masks (N,K,H,W), got {images.shape} and {masks.shape}")
-    if masks.max(initial=0) > 1:
-        raise DatasetError(f"{path}: masks must be binary 0/1, found max {masks.max()}")
+    if masks.shape[1] == 0:
+        raise DatasetError(f"{path}: 'masks' has zero raters (shape {masks.shape}); expected (N, K>=1, H, W)")
+    if images.dtype.kind not in "buif":
+        raise DatasetError(f"{path}: 'images' has dtype {images.dtype}; expected a numeric type")
+    if images.dtype.kind == "f" and not np.isfinite(images).all():
+        raise DatasetError(f"{path}: 'images' holds NaN or inf values")
+    out["masks"] = _binary_masks(path, masks)
+    for key, kinds in COLUMNS.items():
+        if key not in out:
+            continue
+        col = out[key]
+        if col.shape != (len(images),):
+            raise DatasetError(f"{path}: '{key}' has shape {col.shape}; expected one value per image ({len(images)},)")
+        if col.dtype.kind not in kinds:
+            raise DatasetError(f"{path}: '{key}' has dtype {col.dtype}; expected {COLUMN_TYPES[kinds]}")
     return out
+
+
+def _check_same_layout(files: list[Path], parts: list[dict]) -> None:
+    """Shards combine only with the same slice size and rater count."""
+    first = parts[0]["masks"].shape[1:]
+    for f, p in zip(files[1:], parts[1:], strict=True):
+        if p["masks"].shape[1:] != first:
+            raise DatasetError(
+                f"{f}: 'masks' are (K, H, W) = {p['masks'].shape[1:]}, but {files[0].name} has {first}; "
+                "shards must share rater count and slice size"
+            )
 
 
 class LidcNpzDataset(Sequence):
@@ -67,7 +121,8 @@ class LidcNpzDataset(Sequence):
         self.files = lidc_files(path, split)
         parts = [_load_npz(f) for f in self.files]
         self.images = np.concatenate([p["images"] for p in parts])
-        self.masks = np.concatenate([p["masks"] for p in parts]).astype(np.uint8, copy=False)
+        _check_same_layout(self.files, parts)
+        self.masks = np.concatenate([p["masks"] for p in parts])
         n = len(self.images)
 
         def col(key, default):

@@ -24,6 +24,7 @@ from skimage.draw import line, polygon
 from ..io.geometry import Geometry
 from ..io.medical import MedicalIOError, read_image
 from .case import DatasetError
+from .lidc_xml_checks import choose_series, finite_coords, unique_sessions
 
 
 def _ns(root: ET.Element) -> str:
@@ -63,8 +64,10 @@ def import_lidc_xml(
     sessions = list(root.iter(f"{ns}readingSession"))
     if not sessions:
         raise DatasetError(f"{xml_path}: no readingSession elements (not an LIDC reader XML?)")
+    sessions, repeat_warning = unique_sessions(sessions, xml_path)
+    series_uid, series_warning = choose_series(root, ns, xml_path, dicom_dir)
     try:
-        image, geom, dinfo = read_image(dicom_dir)
+        image, geom, dinfo = read_image(dicom_dir, series_uid=series_uid)
     except MedicalIOError as e:
         raise DatasetError(str(e)) from e
     if image.ndim != 3 or dinfo.get("format") != "dicom":
@@ -117,20 +120,14 @@ def import_lidc_xml(
                     edge = roi.find(f"{ns}edgeMap")
                     k = find_slice(roi)[0] if edge is not None else None
                     if k is not None:
-                        try:
-                            points.append([name, k, float(text(edge, "yCoord")), float(text(edge, "xCoord"))])
-                        except ValueError:
-                            pass
+                        points.append([name, k, *finite_coords([edge], ns, xml_path, name)[0]])
             if small and not mark_points:
                 continue
             nodule = {}  # slice index -> 2D mask of this nodule
             holes = []
             for roi in rois:
                 edges = roi.findall(f"{ns}edgeMap")
-                try:
-                    pts = [(float(text(e, "yCoord")), float(text(e, "xCoord"))) for e in edges]
-                except (TypeError, ValueError) as e:
-                    raise DatasetError(f"{xml_path}: reader {name}: malformed edgeMap coordinate ({e})") from None
+                pts = finite_coords(edges, ns, xml_path, name)
                 if not pts:
                     continue
                 k, fell_back = find_slice(roi)
@@ -165,10 +162,7 @@ def import_lidc_xml(
         "small_nodule_policy": "marked as single pixels" if mark_points else "skipped",
         "small_nodule_points": points,
     }
-    warnings = [dinfo["warning"]] if dinfo.get("warning") else []
-    xml_series = next((t.text.strip() for t in root.iter(f"{ns}SeriesInstanceUid") if t.text), None)
-    if xml_series and xml_series != dinfo.get("series_uid"):
-        warnings.append(f"XML series {xml_series} differs from the DICOM series {dinfo.get('series_uid')}")
+    warnings = [w for w in (dinfo.get("warning"), series_warning, repeat_warning) if w]
     if warnings:
         info["warning"] = "; ".join(warnings)
     return image, masks, names, geom, info

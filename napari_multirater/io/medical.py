@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from . import dicom_series
 from .atomic import WriteError, atomic_write, fsync_dir, fsync_file  # noqa: F401 (re-exported)
 from .geometry import Geometry
 
@@ -220,30 +221,52 @@ def _looks_like_dicom(p: Path) -> bool:
         return False
 
 
-def _read_dicom_dir(path: Path) -> tuple[sitk.Image, dict]:
-    ids = _series_ids(path)
-    if not ids:
-        n = sum(1 for _ in path.iterdir())
-        what = "the directory is empty" if n == 0 else f"no DICOM series among its {n} entries"
-        raise MedicalIOError(f"{path}: cannot read the directory: {what}")
-    files = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), uid) for uid in ids}
-    uid = max(ids, key=lambda u: len(files[u]))  # ties: first series
+def _read_series(path: Path, uid: str, names) -> tuple[sitk.Image, sitk.ImageSeriesReader]:
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files[uid])
+    reader.SetFileNames(list(names))
     reader.MetaDataDictionaryArrayUpdateOn()
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's gap warning goes to info["warning"]
     try:
-        img = reader.Execute()
+        return reader.Execute(), reader
     except RuntimeError as e:
         raise MedicalIOError(f"{path}: cannot read DICOM series {uid}: {_short(e)}") from e
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
+
+def _tags(reader: sitk.ImageSeriesReader, key: str, n: int) -> list[str]:
+    """DICOM tag ``key`` of the first ``n`` slices ('' where absent)."""
+    return [reader.GetMetaData(i, key).strip() if reader.HasMetaDataKey(i, key) else "" for i in range(n)]
+
+
+def _read_dicom_dir(path: Path, series_uid: str | None = None) -> tuple[sitk.Image, dict]:
+    ids = _series_ids(path)
+    if not ids:
+        n = sum(1 for _ in path.iterdir())
+        what = "the directory is empty" if n == 0 else f"no DICOM series among its {n} entries"
+        raise MedicalIOError(f"{path}: cannot read the directory: {what}")
+    files = {uid: tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), uid)) for uid in ids}
+    try:
+        uid, choice = dicom_series.choose_series(path, files, series_uid)
+        names = list(files[uid])
+        img, reader = _read_series(path, uid, names)
+        pos = dicom_series.positions(_tags(reader, "0020|0032", len(names)))
+        sops = _tags(reader, "0008|0018", len(names))
+        normal = dicom_series.slice_normal(_tags(reader, "0020|0037", 1)[0], img.GetDirection())
+        names, dropped = dicom_series.duplicate_sops(names, sops, pos, sitk.GetArrayViewFromImage(img), normal)
+        if dropped:  # read again without the copies (their slice would sit twice in the volume)
+            img, reader = _read_series(path, uid, names)
+            pos = dicom_series.positions(_tags(reader, "0020|0032", len(names)))
+        if pos is not None and len(names) > 1 and img.GetDimension() == 3:
+            dicom_series.check_no_tilt(path, pos, normal, img.GetSpacing())
+    except dicom_series.DicomSeriesError as e:
+        raise MedicalIOError(str(e)) from None
+
     def tag(i: int, key: str) -> str:
         return reader.GetMetaData(i, key).strip() if reader.HasMetaDataKey(i, key) else ""
 
-    n = len(files[uid])
+    n = len(names)
     info = {
         "format": "dicom",
         "series_uid": uid,
@@ -251,10 +274,16 @@ def _read_dicom_dir(path: Path) -> tuple[sitk.Image, dict]:
         "modality": tag(0, "0008|0060"),
         "patient_id": tag(0, "0010|0020"),
         "n_slices": n,
-        "file_names": list(files[uid]),
+        "file_names": names,
         "sop_uids": [tag(i, "0008|0018") for i in range(n)],
     }
     warnings = []
+    if dropped:
+        info["duplicate_files"] = [Path(f).name for f in dropped]
+        warnings.append(
+            f"{len(dropped)} duplicate file(s) (same SOPInstanceUID and pixels as another slice) ignored: "
+            f"{', '.join(info['duplicate_files'][:5])}{' ...' if len(dropped) > 5 else ''}"
+        )
     in_series = {Path(f).name for fs in files.values() for f in fs}
     unread = sorted(
         p.name
@@ -269,26 +298,18 @@ def _read_dicom_dir(path: Path) -> tuple[sitk.Image, dict]:
         info_unreadable = unread
     else:
         info_unreadable = []
-    if len(ids) > 1:
-        others = ", ".join(f"{u} ({len(files[u])} slices)" for u in ids if u != uid)
-        warnings.append(
-            f"folder has {len(ids)} DICOM series; loaded the largest (UID {uid}, {n} slices); others: {others}"
-        )
-    if n > 2 and img.GetDimension() == 3:
-        ipp = [tag(i, "0020|0032") for i in range(n)]
-        if all(ipp):
-            normal = np.asarray(img.GetDirection()).reshape(3, 3)[:, 2]
-            try:
-                gaps = np.diff(np.array([[float(v) for v in p.split("\\")] for p in ipp]) @ normal)
-            except ValueError:  # malformed ImagePositionPatient: skip the check
-                gaps = np.zeros(1)
-            if np.ptp(gaps) > 0.01 * abs(img.GetSpacing()[2]) + 1e-3:
-                info["nonuniform_spacing"] = True
-                info["slice_gaps_mm"] = [round(float(g), 4) for g in (gaps.min(), gaps.max())]
-                warnings.append(
-                    f"non-uniform slice spacing ({gaps.min():.3g} to {gaps.max():.3g} mm, missing slices?); "
-                    f"loaded with spacing {img.GetSpacing()[2]:.4g} mm"
-                )
+    if choice:
+        warnings.append(choice)
+    if n > 2 and img.GetDimension() == 3 and pos is not None:
+        normal = np.asarray(img.GetDirection()).reshape(3, 3)[:, 2]
+        gaps = np.diff(pos @ normal)
+        if np.ptp(gaps) > 0.01 * abs(img.GetSpacing()[2]) + 1e-3:
+            info["nonuniform_spacing"] = True
+            info["slice_gaps_mm"] = [round(float(g), 4) for g in (gaps.min(), gaps.max())]
+            warnings.append(
+                f"non-uniform slice spacing ({gaps.min():.3g} to {gaps.max():.3g} mm, missing slices?); "
+                f"loaded with spacing {img.GetSpacing()[2]:.4g} mm"
+            )
     if info_unreadable:
         info["unreadable_files"] = info_unreadable
     if warnings:
@@ -296,11 +317,15 @@ def _read_dicom_dir(path: Path) -> tuple[sitk.Image, dict]:
     return img, info
 
 
-def read_image(path, *, allow_nonfinite: bool = False) -> tuple[np.ndarray, Geometry, dict]:
+def read_image(
+    path, *, allow_nonfinite: bool = False, series_uid: str | None = None
+) -> tuple[np.ndarray, Geometry, dict]:
     """Read a 2D/3D image file or a DICOM series directory.
 
     NaN/inf voxels are refused (:class:`MedicalIOError` with their count) for every format
-    unless ``allow_nonfinite`` (then NIfTI NaNs come back as ITK reads them: 0).
+    unless ``allow_nonfinite`` (then NIfTI NaNs come back as ITK reads them: 0). A DICOM folder
+    loads ``series_uid`` when given (MedicalIOError when absent), else its largest series; copies
+    of a slice (same SOPInstanceUID) are dropped with a warning, sheared (gantry-tilt) series refused.
 
     Returns ``(array in (z, y, x) order, Geometry, info)``; info holds ``source_path``, ``format``,
     ``pixel_type``, for DICOM ``series_uid``/``series_description``/``sop_uids`` (per z index), and a
@@ -309,7 +334,7 @@ def read_image(path, *, allow_nonfinite: bool = False) -> tuple[np.ndarray, Geom
     p = Path(path)
     if not p.exists():
         raise MedicalIOError(f"{p}: file not found")
-    img, info = _read_dicom_dir(p) if p.is_dir() else _read_file(p)
+    img, info = _read_dicom_dir(p, series_uid) if p.is_dir() else _read_file(p)
     img = _check_image(img, p)
     arr = sitk.GetArrayFromImage(img)
     if not allow_nonfinite:
