@@ -48,6 +48,22 @@ def add_parser(sub) -> None:
         help="import the usable files and list the others (default: any problem imports nothing)",
     )
     folder.set_defaults(func=run_folder)
+    bubil = kinds.add_parser(
+        "bu-bil", help="a BU-BIL dataset folder (named experts who keep their identity; a second tool as repeats)"
+    )
+    bubil.add_argument(
+        "path", help="the dataset folder, e.g. BU-BIL_Dataset1 (holding RawImages/ and ExpertsAnnotations/)"
+    )
+    bubil.add_argument("--out", required=True, help="new dataset folder (must not exist or be empty)")
+    bubil.add_argument(
+        "--tool", help="annotation tool whose masks are the experts' annotations (default: the first all used)"
+    )
+    bubil.add_argument(
+        "--repeat-tool", help="tool whose masks are stored as intra-rater repeats (default: the next one)"
+    )
+    bubil.add_argument("--subset", help="annotation subset where the dataset has several (BU-BIL_Dataset2: 2A or 2B)")
+    bubil.add_argument("--name", help="dataset name (default: the --out folder name)")
+    bubil.set_defaults(func=run_bubil)
 
 
 def _fail(msg: str) -> int:
@@ -158,5 +174,32 @@ def run_folder(args) -> int:
     print(
         f"imported {summary['cases']} cases with raters {', '.join(summary['raters'])} into {summary['out']} "
         f"({summary['missing_masks']} missing rater masks, {len(summary['skipped'])} files skipped)"
+    )
+    return 0
+
+
+def run_bubil(args) -> int:
+    from ..datasets.case import DatasetError
+    from ..datasets.import_bubil import import_bubil, scan_bubil
+    from ..datasets.import_layouts import ImportProblems
+
+    try:
+        scan = scan_bubil(
+            Path(args.path).expanduser(), tool=args.tool, repeat_tool=args.repeat_tool, subset=args.subset
+        )
+        print(f"found {scan.describe()}")
+        summary = import_bubil(scan, Path(args.out).expanduser(), name=args.name)
+    except ImportProblems as e:
+        for problem in e.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return _fail(f"{len(e.problems)} problem(s) listed above; nothing imported")
+    except DatasetError as e:
+        return _fail(str(e))
+    except OSError as e:
+        return _fail(f"cannot write {args.out}: {e}")
+    print(
+        f"imported {summary['cases']} images with experts {', '.join(summary['raters'])} into {summary['out']} "
+        f"(annotations: {summary['tool']}; {summary['repeats']} repeats from {summary['repeat_tool']}; "
+        f"{summary['missing_masks']} missing expert masks)"
     )
     return 0
