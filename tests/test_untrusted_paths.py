@@ -89,15 +89,16 @@ def test_pending_symlink_out_of_the_project_is_never_deleted_through(project):
     assert (rdir / ".quarantine").is_dir() and not (rdir / ".pending").is_symlink()
 
 
-def test_pending_rater_folder_symlink_out_is_never_deleted_through(project):
+def test_pending_rater_folder_symlink_out_is_never_moved_from(project):
     store, out = project
-    (out / "keep.txt").write_text("x")
+    write_image(out / "mask.nii.gz", _mask(4), GEO, label=True)  # looks like a committed staged save
+    (out / "sidecar.json").write_text(json.dumps({"mask_file": "alice.nii.gz"}))
     pdir = store.case_dir("c1") / "raters" / ".pending"
     pdir.mkdir(exist_ok=True)
     os.symlink(out, pdir / "alice")
     with pytest.warns(UntrustedPathWarning):
         mask, _ = store.load_mask("c1", "alice")
-    assert (out / "keep.txt").exists() and (out / "victim.txt").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["mask.nii.gz", "sidecar.json", "victim.txt"]  # main: moved in
     assert np.array_equal(mask, _mask(1))
 
 
@@ -116,12 +117,19 @@ def test_store_folders_that_are_symlinks_out_are_quarantined_before_writing(proj
 
 def test_case_or_raters_folder_leading_outside_is_refused(project):
     store, out = project
+    write_image(out / "image.nii.gz", IMG, GEO)  # a case folder elsewhere on the disk
+    (out / "raters").mkdir()
     os.symlink(out, store.root / "cases" / "c3")
     with pytest.raises(DatasetError, match="leads outside"):
         store.save_mask("c3", "alice", _mask(1), provenance={"kind": "drawn"})
     with pytest.raises(DatasetError, match="leads outside"):
         store.load_image("c3")
-    assert sorted(p.name for p in out.iterdir()) == ["victim.txt"]
+    assert not any((out / "raters").iterdir())  # main: saved alice's mask out there
+    (store.case_dir("c2") / "raters").rename(store.case_dir("c2") / "raters-old")
+    os.symlink(out / "raters", store.case_dir("c2") / "raters")
+    with pytest.raises(DatasetError, match="leads outside"):
+        store.save_mask("c2", "alice", _mask(1), provenance={"kind": "drawn"})
+    assert not any((out / "raters").iterdir())
 
 
 def test_idle_lock_clean_up_never_deletes_outside_the_project(project):

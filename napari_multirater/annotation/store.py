@@ -169,7 +169,7 @@ def _staged_target(record, rater: str) -> str:
     if not isinstance(record, dict):
         raise UnsafePath("staged save record is not a JSON object")
     target = record.get("mask_file", f"{rater}{DEFAULT_MASK_SUFFIX}")
-    if target not in {f"{rater}{s}" for s in SINGLE_FILE_SUFFIXES}:
+    if not isinstance(target, str) or target not in {f"{rater}{s}" for s in SINGLE_FILE_SUFFIXES}:
         raise UnsafePath(f"mask_file {target!r} is not {rater}<suffix>")
     return target
 
