@@ -247,3 +247,29 @@ def test_reading_a_project_creates_no_lock_file_and_works_read_only(project, mon
     assert cli.main(["queue", "--data", str(store.root), "--rater", "carol"]) == 0  # main: exit 2, EROFS
     assert "c2" in capsys.readouterr().out
     assert not list(store.root.rglob("*.lock"))
+
+
+def test_import_folder_never_reads_a_file_linked_from_outside(tmp_path):
+    from napari_multirater.datasets.import_layouts import scan_folder
+
+    case = tmp_path / "src" / "case1"
+    case.mkdir(parents=True)
+    write_image(case / "image.nii.gz", IMG, GEO)
+    write_image(case / "alice.nii.gz", _mask(1), GEO, label=True)
+    write_image(tmp_path / "elsewhere.nii.gz", _mask(2), GEO, label=True)
+    os.symlink(tmp_path / "elsewhere.nii.gz", case / "bob.nii.gz")
+    scan = scan_folder(tmp_path / "src")
+    assert scan.raters == ["alice"]  # main: ["alice", "bob"], bob's mask read from outside
+    assert any("bob.nii.gz: leads outside" in p for p in scan.problems)
+
+
+def test_disagreement_cache_is_never_written_through_a_symlink_out(project, monkeypatch):
+    import napari_multirater.annotation.queue as q
+    from napari_multirater.progress import run_to_completion
+
+    store, out = project
+    os.symlink(out, store.root / ".multirater")
+    monkeypatch.setattr(q, "model_key", lambda engine: "fake")
+    monkeypatch.setattr(q, "image_disagreement", lambda *a, **k: 0.5)
+    assert run_to_completion(q.iter_model_disagreement(None, store, ["c1"])) == {"c1": 0.5}
+    assert sorted(p.name for p in out.iterdir()) == ["victim.txt"]  # main: wrote the cache out there
