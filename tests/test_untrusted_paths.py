@@ -273,3 +273,12 @@ def test_disagreement_cache_is_never_written_through_a_symlink_out(project, monk
     monkeypatch.setattr(q, "image_disagreement", lambda *a, **k: 0.5)
     assert run_to_completion(q.iter_model_disagreement(None, store, ["c1"])) == {"c1": 0.5}
     assert sorted(p.name for p in out.iterdir()) == ["victim.txt"]  # main: wrote the cache out there
+
+
+def test_cli_names_a_quarantined_record_in_one_warning_line(project, capsys):
+    store, out = project
+    _stage(store, "c1", "alice", {"mask_file": str(out / "victim.txt")})
+    assert cli.main(["queue", "--data", str(store.root), "--rater", "bob"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: ") and ".pending/alice" in err[0] and "moved aside" in err[0]
+    assert (out / "victim.txt").read_text() == "precious"
