@@ -764,8 +764,12 @@ class AnnotationStore:
         (``<config>/unsaved/<project>/<case>``, independent of a full or read-only project),
         then ``raters/.pending`` in the project."""
         project = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.root.resolve().name) or "project"
-        rdir = self.raters_dir(case_id)  # checks the case id too
-        return [config_path().parent / "unsaved" / project / case_id, self.own_dir(rdir, PENDING_DIR)]
+        folders = [config_path().parent / "unsaved" / project / check_identifier(case_id, "case id")]
+        try:  # never through a symbolic link out of the project; the config folder still works then
+            folders.append(self.own_dir(self.raters_dir(case_id), PENDING_DIR))
+        except DatasetError:
+            pass
+        return folders
 
     def save_emergency_copy(self, case_id: str, rater: str, mask, geometry: Geometry, record: dict) -> Path:
         """Write a mask that could not be saved normally as ``<rater>.unsaved-<time>.nii.gz``
