@@ -282,3 +282,25 @@ def test_cli_names_a_quarantined_record_in_one_warning_line(project, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: ") and ".pending/alice" in err[0] and "moved aside" in err[0]
     assert (out / "victim.txt").read_text() == "precious"
+
+
+def test_remove_tree_replace_and_quarantine_never_follow_links(tmp_path):
+    from napari_multirater.io.contained import UnsafePath, quarantine, remove_tree, replace
+
+    root, out = tmp_path / "root", tmp_path / "out"
+    (root / "d").mkdir(parents=True)
+    (out / "sub").mkdir(parents=True)
+    (out / "sub" / "f").write_text("keep")
+    os.symlink(out, root / "link")
+    with pytest.raises(UnsafePath):
+        remove_tree(root, root / "link" / "sub")  # a link on the way
+    with pytest.raises(UnsafePath):
+        remove_tree(root, root / "link")  # the entry itself
+    with pytest.raises(UnsafePath):
+        replace(root, root / "link", root / "d" / "x")
+    with pytest.raises(UnsafePath):
+        replace(root, root / "link" / "sub" / "f", root / "d" / "f")
+    assert remove_tree(root, root / "missing") is False
+    with pytest.warns(UntrustedPathWarning, match="link"):
+        moved = quarantine(root, root / "link", root / ".quarantine", "test")
+    assert moved.is_symlink() and (out / "sub" / "f").read_text() == "keep"

@@ -15,6 +15,7 @@ component is checked with ``lstat`` first.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import os
 import shutil
 import stat
@@ -115,10 +116,9 @@ def _open_dir(root: Path, parts: tuple[str, ...]) -> Iterator[int | None]:
             try:
                 nfd = os.open(part, flags | os.O_NOFOLLOW, dir_fd=fd)
             except OSError as e:
-                if os.path.islink(root.joinpath(*parts[: i + 1])) or not os.path.isdir(root.joinpath(*parts[: i + 1])):
-                    raise UnsafePath(
-                        f"{root.joinpath(*parts[: i + 1])}: a symbolic link or not a folder; refused"
-                    ) from e
+                here = root.joinpath(*parts[: i + 1])
+                if e.errno in (errno.ELOOP, errno.ENOTDIR) or os.path.islink(here):
+                    raise UnsafePath(f"{here}: a symbolic link or not a folder; refused") from e
                 raise
             os.close(fd)
             fd = nfd
