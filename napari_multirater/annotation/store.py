@@ -73,6 +73,7 @@ from ..datasets.case_folder import (
     MANIFEST,
     annotation_sidecar,
     check_identifier,
+    contained,
     create_dataset,
     find_file,
     image_checksum,
@@ -83,7 +84,7 @@ from ..datasets.case_folder import (
     validate_manifest,
     write_json,
 )
-from ..io.contained import UnsafePath, ensure_inside, quarantine, remove_tree, replace
+from ..io.contained import UnsafePath, quarantine, remove_tree, replace
 from ..io.geometry import Geometry
 from ..io.medical import (
     SINGLE_FILE_SUFFIXES,
@@ -294,10 +295,7 @@ class AnnotationStore:
 
     def contained(self, path: Path) -> Path:
         """``path`` when its real path lies inside the project, else :class:`DatasetError`."""
-        try:
-            return ensure_inside(self.root, path)
-        except UnsafePath as e:
-            raise DatasetError(str(e)) from None
+        return contained(self.root, path)
 
     def own_dir(self, parent: Path, name: str) -> Path:
         """``parent/name``, a folder the store manages (``.pending``, ``.broken``...): a symbolic
