@@ -284,8 +284,13 @@ def test_cli_names_a_quarantined_record_in_one_warning_line(project, capsys):
     assert (out / "victim.txt").read_text() == "precious"
 
 
-def test_remove_tree_replace_and_quarantine_never_follow_links(tmp_path):
+@pytest.mark.parametrize("fd_ops", [True, False], ids=["dir_fd", "lstat-fallback"])
+def test_remove_tree_replace_and_quarantine_never_follow_links(tmp_path, monkeypatch, fd_ops):
+    from napari_multirater.io import contained
     from napari_multirater.io.contained import UnsafePath, quarantine, remove_tree, replace
+
+    monkeypatch.setattr(contained, "_FD_OPS", fd_ops and contained._FD_OPS)  # False: as without dir_fd (Windows)
+    monkeypatch.setattr(contained, "_RMTREE_FD", fd_ops and contained._RMTREE_FD)
 
     root, out = tmp_path / "root", tmp_path / "out"
     (root / "d").mkdir(parents=True)
@@ -304,3 +309,6 @@ def test_remove_tree_replace_and_quarantine_never_follow_links(tmp_path):
     with pytest.warns(UntrustedPathWarning, match="link"):
         moved = quarantine(root, root / "link", root / ".quarantine", "test")
     assert moved.is_symlink() and (out / "sub" / "f").read_text() == "keep"
+    (root / "d" / "e").mkdir()
+    replace(root, root / "d" / "e", root / "e2")
+    assert remove_tree(root, root / "e2") and not (root / "e2").exists()
