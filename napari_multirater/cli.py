@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from .argtypes import OneLineParser
 
@@ -46,6 +47,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_untrusted_warnings(func):
+    """Run ``func`` printing each UntrustedPathWarning (a project file moved aside) as one line
+    ``warning: ...`` on stderr instead of Python's two-line format; other warnings unchanged."""
+    from .io.contained import UntrustedPathWarning
+
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, UntrustedPathWarning):
+            print(f"warning: {message}", file=sys.stderr if file is None else file)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        return func()
+    finally:
+        warnings.showwarning = original
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -54,7 +75,7 @@ def main(argv=None) -> int:
         print(f"{parser.prog}: error: choose a COMMAND (see {parser.prog} --help)", file=sys.stderr)
         return 2
     try:
-        return int(args.func(args) or 0)
+        return int(_show_untrusted_warnings(lambda: args.func(args)) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from ..datasets.case import DatasetError
+from ..io.contained import is_inside
 
 try:  # pragma: no cover - platform dependent
     import fcntl
@@ -207,4 +208,6 @@ def remove_idle_lock_files(project_root) -> list[Path]:
     """Remove the project's ``.dataset.lock`` and per-rater ``.<rater>.lock`` files that nobody holds."""
     root = Path(project_root)
     candidates = [root / ".dataset.lock", *root.glob("cases/*/raters/.*.lock")]
-    return [p for p in candidates if p.is_file() and remove_idle_lock_file(p)]
+    # never through a symbolic link leading out of the project (that would delete files elsewhere)
+    keep = [p for p in candidates if p.is_file() and not p.is_symlink() and is_inside(root, p)]
+    return [p for p in keep if remove_idle_lock_file(p)]

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..datasets.case import DatasetError
 from ..datasets.case_folder import MANIFEST, read_json, validate_manifest, write_json
+from ..io.contained import is_inside
 from ..progress import Progress
 from .repeats import has_repeat
 
@@ -129,9 +130,15 @@ def _cache_path(store) -> Path:
     return store.root / CACHE_FILE
 
 
+def _cache_usable(store) -> bool:
+    """The cache file lies inside the project (no symbolic link out: never read or written then)."""
+    p = _cache_path(store)
+    return not p.parent.is_symlink() and not p.is_symlink() and is_inside(store.root, p)
+
+
 def _read_cache(store) -> dict:
     try:
-        return read_json(_cache_path(store), "disagreement cache")
+        return read_json(_cache_path(store), "disagreement cache") if _cache_usable(store) else {}
     except DatasetError:
         return {}
 
@@ -185,7 +192,7 @@ def iter_model_disagreement(engine, store, case_ids, samples: int = 8):
             changed = True
         out[cid] = float(cache[key])
         yield Progress(i + 1, len(ids), f"model disagreement {i + 1}/{len(ids)}")
-    if changed:
+    if changed and _cache_usable(store):
         try:
             write_json(_cache_path(store), cache)
         except OSError:

@@ -11,10 +11,15 @@ mask file is written (verified, atomic) under a new name before the sidecar that
 a crash leaves either the previous repeat or the new one, never a mix, and the first mask is
 never opened for writing. Same keyword arguments and errors as
 :meth:`~napari_multirater.annotation.store.AnnotationStore.save_mask`.
+
+A repeat sidecar is untrusted: its ``mask_file`` must be ``<rater>.r<N>.nii.gz`` in the same
+folder; any other value (an absolute path, ``..``) is never read or deleted: the sidecar is moved
+to ``raters/.quarantine/`` with a warning naming it.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +47,20 @@ REPEAT_DIR = "repeats"
 
 
 def _rdir(store, case_id: str) -> Path:
-    return store.case_dir(case_id) / "raters" / REPEAT_DIR
+    return store.own_dir(store.raters_dir(case_id), REPEAT_DIR)
+
+
+def _mask_name(sidecar: dict, rater: str) -> str | None:
+    """The sidecar's ``mask_file`` when it is ``<rater>.r<N>.nii.gz``, else None (untrusted)."""
+    name = sidecar.get("mask_file")
+    ok = isinstance(name, str) and re.fullmatch(rf"{re.escape(rater)}\.r[1-9][0-9]{{0,8}}\.nii\.gz", name)
+    return name if ok else None
+
+
+def _refuse(store, side: Path, sidecar: dict) -> None:
+    store._quarantine_entry(
+        side, f"repeat sidecar names mask_file {sidecar.get('mask_file')!r}, not <rater>.r<N>.nii.gz"
+    )
 
 
 def has_repeat(store, case_id: str, rater: str) -> bool:
@@ -63,8 +81,12 @@ def load_repeat(store, case_id: str, rater: str) -> tuple[np.ndarray | None, dic
     side = _rdir(store, case_id) / f"{rater}.json"
     if not side.is_file():
         return None, None
-    sidecar = read_json(side, "repeat sidecar")
-    mpath = _rdir(store, case_id) / str(sidecar.get("mask_file", ""))
+    sidecar = read_json(store.contained(side), "repeat sidecar")
+    name = _mask_name(sidecar, rater)
+    if name is None:
+        _refuse(store, side, sidecar)
+        return None, None
+    mpath = store.contained(_rdir(store, case_id) / name)
     img = store._image_info(case_id)
     try:
         mask, _, _ = read_label_image(mpath, reference=img.geometry, shape=img.shape)
@@ -108,7 +130,10 @@ def save_repeat(
         with store._rater_lock(case_id, rater, lock_timeout):
             current = None
             if (rdir / f"{rater}.json").is_file():
-                current = read_json(rdir / f"{rater}.json", "repeat sidecar")
+                current = read_json(store.contained(rdir / f"{rater}.json"), "repeat sidecar")
+                if current.get("mask_file") is not None and _mask_name(current, rater) is None:
+                    _refuse(store, rdir / f"{rater}.json", current)  # its mask_file is never deleted
+                    current = {"revision": current.get("revision")}
             revision = loaded_revision(None, current)
             if expected_revision is not None and int(expected_revision) != revision:
                 raise SaveConflict(
@@ -133,8 +158,9 @@ def save_repeat(
             )
             write_image(rdir / sidecar["mask_file"], mask, img.geometry, label=True, fsync=True)
             write_json(rdir / f"{rater}.json", sidecar)  # commit point
-            if current and current.get("mask_file") and current["mask_file"] != sidecar["mask_file"]:
-                (rdir / str(current["mask_file"])).unlink(missing_ok=True)
+            old = _mask_name(current, rater) if current else None
+            if old is not None and old != sidecar["mask_file"]:
+                (rdir / old).unlink(missing_ok=True)  # a plain name in rdir: unlink never follows it
     except (OSError, MedicalIOError) as e:
         if isinstance(e, DatasetError):
             raise

@@ -15,6 +15,8 @@ collected can be trained on directly (``multirater train``)::
     <project>/cases/<case>/raters/.broken/<rater>-<time>.*   an unreadable mask + sidecar, moved aside
     <project>/cases/<case>/raters/.conflicts/<rater>-<time>.*   a save refused because another
                                                  session saved a newer revision meanwhile
+    <project>/cases/<case>/raters/.quarantine/<name>-<time>   a staged save record or symbolic link
+                                                 that named a path outside the project, moved aside
     <config folder>/unsaved/<project>/<case>/<rater>.unsaved-<time>.*   emergency copy (save failed)
 
 Saving is crash safe and concurrency safe:
@@ -35,7 +37,16 @@ Saving is crash safe and concurrency safe:
   window, second machine on a shared folder, same rater id) saved a newer one meanwhile: the
   offered mask goes to ``raters/.conflicts/`` and nothing is overwritten;
 * any OS-level failure (disk full, read-only, permission, file size limit) raises
-  :class:`SaveError` naming the file and the reason; the previous mask and sidecar are intact.
+  :class:`SaveError` naming the file and the reason; the previous mask and sidecar are intact;
+* reading takes no lock (a read-only project can be read): the files are read, then re-checked
+  unchanged with no save in progress; otherwise the read is repeated under the lock.
+
+The project is untrusted (:mod:`napari_multirater.io.contained`): every folder and file used must
+lie inside the project (a symbolic link leading out is refused with :class:`DatasetError`); a
+staged save record naming any file but ``<rater><suffix>``, or a symbolic link where the store
+keeps its own folders (``.pending``, ``.broken``, ``.conflicts``...), is moved to
+``raters/.quarantine/`` with an :class:`~napari_multirater.io.contained.UntrustedPathWarning`,
+never followed; recovery renames and deletes without following symbolic links.
 
 A mask is only accepted for the image it was drawn on: the caller passes the checksum of the
 image it loaded, which must equal the checksum of the image on disk and the one recorded in
@@ -45,6 +56,7 @@ image it loaded, which must equal the checksum of the image on disk and the one 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import os
 import re
@@ -61,6 +73,7 @@ from ..datasets.case_folder import (
     MANIFEST,
     annotation_sidecar,
     check_identifier,
+    contained,
     create_dataset,
     find_file,
     image_checksum,
@@ -71,6 +84,7 @@ from ..datasets.case_folder import (
     validate_manifest,
     write_json,
 )
+from ..io.contained import UnsafePath, quarantine, remove_tree, replace
 from ..io.geometry import Geometry
 from ..io.medical import (
     SINGLE_FILE_SUFFIXES,
@@ -98,6 +112,8 @@ PROJECT_LOCK = ".dataset.lock"
 PENDING_DIR = ".pending"
 BROKEN_DIR = ".broken"
 CONFLICT_DIR = ".conflicts"
+QUARANTINE_DIR = ".quarantine"
+_READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 DEFAULT_MASK_SUFFIX = ".nii.gz"
 CONFIG_ENV = "NAPARI_MULTIRATER_CONFIG"
 
@@ -146,6 +162,17 @@ def _mask_suffix(path: Path) -> str:
         if name.endswith(s):
             return s
     return DEFAULT_MASK_SUFFIX
+
+
+def _staged_target(record, rater: str) -> str:
+    """The live mask name a staged save record commits to: only ``<rater><suffix>`` (what the
+    store writes) is accepted; any other value (a path, ``..``, another rater) raises UnsafePath."""
+    if not isinstance(record, dict):
+        raise UnsafePath("staged save record is not a JSON object")
+    target = record.get("mask_file", f"{rater}{DEFAULT_MASK_SUFFIX}")
+    if not isinstance(target, str) or target not in {f"{rater}{s}" for s in SINGLE_FILE_SUFFIXES}:
+        raise UnsafePath(f"mask_file {target!r} is not {rater}<suffix>")
+    return target
 
 
 def _stamp() -> str:
@@ -239,7 +266,7 @@ class AnnotationStore:
         return FileLock(self.root / PROJECT_LOCK, timeout=self._timeout(timeout))
 
     def _rater_lock(self, case_id: str, rater: str, timeout: float | None = None) -> FileLock:
-        return FileLock(self.case_dir(case_id) / "raters" / f".{rater}.lock", timeout=self._timeout(timeout))
+        return FileLock(self.raters_dir(case_id) / f".{rater}.lock", timeout=self._timeout(timeout))
 
     def add_rater(self, rater: str, lock_timeout: float | None = None) -> bool:
         """Add ``rater`` to the manifest (merged with concurrent additions); True if it was new."""
@@ -260,7 +287,31 @@ class AnnotationStore:
         return list_case_ids(self.root)
 
     def case_dir(self, case_id: str) -> Path:
-        return self.root / "cases" / check_identifier(case_id, "case id")
+        return self.contained(self.root / "cases" / check_identifier(case_id, "case id"))
+
+    def raters_dir(self, case_id: str) -> Path:
+        """``cases/<case>/raters`` (inside the project, else :class:`DatasetError`)."""
+        return self.contained(self.case_dir(case_id) / "raters")
+
+    def contained(self, path: Path) -> Path:
+        """``path`` when its real path lies inside the project, else :class:`DatasetError`."""
+        return contained(self.root, path)
+
+    def own_dir(self, parent: Path, name: str) -> Path:
+        """``parent/name``, a folder the store manages (``.pending``, ``.broken``...): a symbolic
+        link there (the store never makes one) is quarantined first, so it is never followed."""
+        path = parent / name
+        if path.is_symlink():
+            self._quarantine_entry(path, "a symbolic link where the project keeps its own folder")
+        return path
+
+    def _quarantine_entry(self, entry: Path, reason: str) -> Path:
+        """Move ``entry`` to its case's ``raters/.quarantine/`` (never following it), with a warning."""
+        rdir = next((p for p in entry.parents if p.name == "raters"), entry.parent)
+        try:
+            return quarantine(self.root, entry, rdir / QUARANTINE_DIR, reason)
+        except (UnsafePath, OSError) as e:
+            raise DatasetError(f"{entry}: {reason}, and it cannot be moved aside ({e}); remove it") from None
 
     def _existing_case_dir(self, case_id: str) -> Path:
         d = self.case_dir(case_id)
@@ -269,7 +320,7 @@ class AnnotationStore:
         return d
 
     def case_info(self, case_id: str) -> dict:
-        p = self._existing_case_dir(case_id) / "case.json"
+        p = self.contained(self._existing_case_dir(case_id) / "case.json")
         return read_json(p, "case info") if p.exists() else {}
 
     def add_case(
@@ -291,11 +342,10 @@ class AnnotationStore:
         with self._project_lock():
             existing = set(self.case_ids())
             cid, n = base, 1
-            while cid in existing or (self.root / "cases" / cid).exists():
+            while cid in existing or os.path.lexists(self.root / "cases" / cid):
                 n += 1
                 cid = f"{base}_{n}"
-            check_identifier(cid, "case id")
-            cdir = self.root / "cases" / cid
+            cdir = self.case_dir(cid)
             (cdir / "raters").mkdir(parents=True)
             try:
                 write_image(cdir / f"{IMAGE_STEM}{suffix}", image, geometry)
@@ -341,7 +391,7 @@ class AnnotationStore:
         p = find_file(cdir, IMAGE_STEM)
         if p is None:
             raise DatasetError(f"case {case_id}: no image file in {cdir} (expected image.nii.gz or similar)")
-        return p
+        return self.contained(p)
 
     def _image_info(
         self, case_id: str, array: np.ndarray | None = None, geometry: Geometry | None = None
@@ -379,35 +429,52 @@ class AnnotationStore:
 
     # --- masks ---------------------------------------------------------------------------------
     def _pending(self, case_id: str, rater: str) -> Path:
-        return self.case_dir(case_id) / "raters" / PENDING_DIR / rater
+        check_identifier(rater, "rater id")
+        return self.own_dir(self.own_dir(self.raters_dir(case_id), PENDING_DIR), rater)
+
+    def _remove_pending(self, pend: Path) -> None:
+        try:
+            remove_tree(self.root, pend)
+        except UnsafePath as e:
+            raise DatasetError(str(e)) from None
+        except OSError:
+            pass  # as before: a leftover staging folder is discarded on the next save
 
     def _recover(self, case_id: str, rater: str) -> str | None:
         """Finish (committed) or discard (uncommitted) a save interrupted by a crash. Call under
-        the rater lock. Returns "finished", "discarded" or None."""
+        the rater lock. Returns "finished", "discarded", "quarantined" (a record naming any file
+        but ``<rater><suffix>``, or holding symbolic links: moved aside, never followed) or None."""
         pend = self._pending(case_id, rater)
         if not pend.exists():
             return None
-        rdir = self.case_dir(case_id) / "raters"
+        rdir = self.raters_dir(case_id)
         side = pend / "sidecar.json"
         outcome = "discarded"
-        if side.is_file():
+        if side.is_file() or side.is_symlink():
             try:
+                if side.is_symlink():
+                    raise UnsafePath(f"{side} is a symbolic link")
                 record = json.loads(side.read_text(encoding="utf-8"))
-                target = str(record.get("mask_file", f"{rater}{DEFAULT_MASK_SUFFIX}"))
+                target = _staged_target(record, rater)
                 staged = pend / f"mask{_mask_suffix(Path(target))}"
-                if staged.is_file():
-                    os.replace(staged, rdir / target)
-                os.replace(side, rdir / f"{rater}.json")
+                if staged.is_file() or staged.is_symlink():
+                    replace(self.root, staged, rdir / target)
+                replace(self.root, side, rdir / f"{rater}.json")
                 fsync_dir(rdir)
                 outcome = "finished"
+            except UnsafePath as e:
+                self._quarantine_entry(pend, f"staged save record refused ({e})")
+                return "quarantined"
             except (ValueError, OSError):
                 outcome = "discarded"
-        shutil.rmtree(pend, ignore_errors=True)
+        self._remove_pending(pend)
         return outcome
 
     def mask_path(self, case_id: str, rater: str) -> Path | None:
         check_identifier(rater, "rater id")
-        return find_file(self._existing_case_dir(case_id) / "raters", rater)
+        self._existing_case_dir(case_id)
+        p = find_file(self.raters_dir(case_id), rater)
+        return None if p is None else self.contained(p)
 
     def has_mask(self, case_id: str, rater: str) -> bool:
         try:
@@ -417,7 +484,7 @@ class AnnotationStore:
 
     def annotated_raters(self, case_id: str) -> list[str]:
         """Raters with a mask file for the case (manifest order, then others alphabetically)."""
-        rdir = self.case_dir(case_id) / "raters"
+        rdir = self.raters_dir(case_id)
         if not rdir.is_dir():
             return []
         found = set()
@@ -431,6 +498,45 @@ class AnnotationStore:
         order = [r for r in self.raters() if r in found]
         return order + sorted(found - set(order))
 
+    def _read_live(self, case_id: str, rater: str) -> tuple:
+        """``(mask | None, sidecar | None, mask path | None, image info | None)`` as on disk now."""
+        spath = self.contained(self.raters_dir(case_id) / f"{rater}.json")
+        mpath = self.mask_path(case_id, rater)
+        sidecar = read_json(spath, "annotation sidecar") if spath.exists() else None
+        if mpath is None:
+            return None, sidecar, None, None
+        img = self._image_info(case_id)
+        try:
+            mask, _, _ = read_label_image(mpath, reference=img.geometry, shape=img.shape)
+        except MedicalIOError as e:
+            raise DatasetError(f"case {case_id}, rater {rater}: {e}") from None
+        return mask, sidecar, mpath, img
+
+    def _read_unlocked(self, case_id: str, rater: str, pend: Path) -> tuple | None:
+        """:meth:`_read_live` without a lock (no lock file: read-only projects can be read); None
+        when a save may have run meanwhile (a file replaced, or a save staged): read again locked."""
+        rdir = self.raters_dir(case_id)
+        watched = [rdir / f"{rater}.json", find_file(rdir, rater) or rdir / f"{rater}{DEFAULT_MASK_SUFFIX}"]
+
+        def state() -> list:
+            out = []
+            for p in watched:
+                try:
+                    st = os.stat(p)
+                    out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+                except OSError:
+                    out.append(None)
+            return out
+
+        before = state()
+        try:
+            got = self._read_live(case_id, rater)
+        except DatasetError:
+            if pend.exists() or state() != before:
+                return None
+            raise
+        return None if pend.exists() or state() != before else got
+
     def load_mask(self, case_id: str, rater: str) -> tuple[np.ndarray | None, dict | None]:
         """``(mask uint8 {0,1} | None, sidecar | None)``; None, None when the rater has not saved.
 
@@ -438,21 +544,25 @@ class AnnotationStore:
         annotation recorded for another image raises :class:`DatasetError` naming the file.
         """
         check_identifier(rater, "rater id")
-        rdir = self._existing_case_dir(case_id) / "raters"
+        self._existing_case_dir(case_id)
+        rdir = self.raters_dir(case_id)
         spath = rdir / f"{rater}.json"
-        if not self._pending(case_id, rater).exists() and find_file(rdir, rater) is None and not spath.exists():
-            return None, None  # never saved: no lock file needed
-        with self._rater_lock(case_id, rater):
-            self._recover(case_id, rater)
-            mpath = find_file(rdir, rater)
-            sidecar = read_json(spath, "annotation sidecar") if spath.exists() else None
-            if mpath is None:
-                return None, sidecar
-            img = self._image_info(case_id)
+        pend = self._pending(case_id, rater)
+        if not pend.exists() and find_file(rdir, rater) is None and not spath.exists():
+            return None, None  # never saved
+        got = None if pend.exists() else self._read_unlocked(case_id, rater, pend)
+        if got is None:  # a save in progress or interrupted: read under the lock, finishing it first
             try:
-                mask, _, _ = read_label_image(mpath, reference=img.geometry, shape=img.shape)
-            except MedicalIOError as e:
-                raise DatasetError(f"case {case_id}, rater {rater}: {e}") from None
+                with self._rater_lock(case_id, rater):
+                    self._recover(case_id, rater)
+                    got = self._read_live(case_id, rater)
+            except OSError as e:
+                if e.errno not in _READ_ONLY_ERRNOS:
+                    raise
+                got = self._read_live(case_id, rater)  # read-only project: nobody can be saving into it
+        mask, sidecar, mpath, img = got
+        if mask is None:
+            return None, sidecar
         values = np.unique(mask)
         if not set(values.tolist()) <= {0, 1}:
             raise DatasetError(f"{mpath}: mask must be binary (0/1), found values {values[:8].tolist()}")
@@ -524,7 +634,8 @@ class AnnotationStore:
         if not isinstance(provenance, dict) or "kind" not in provenance:
             raise DatasetError("provenance must be a dict with a 'kind' (e.g. {'kind': 'drawn'})")
         where = f"case {case_id}, rater {rater}"
-        rdir = self._existing_case_dir(case_id) / "raters"
+        self._existing_case_dir(case_id)
+        rdir = self.raters_dir(case_id)
         mask = _binary_mask(mask, where)
         img = self._image_info(case_id)
         recorded = self.case_info(case_id).get("image_sha256")
@@ -575,13 +686,13 @@ class AnnotationStore:
             sidecar["mask_file"] = f"{rater}{suffix}"
             sidecar["revision"] = revision + 1
             pend = self._pending(case_id, rater)
-            shutil.rmtree(pend, ignore_errors=True)
+            self._remove_pending(pend)
             pend.mkdir(parents=True)
             try:  # the mask is on disk (fsync) before the sidecar commits to it
                 write_image(pend / f"mask{suffix}", mask, img.geometry, label=True, fsync=True)
                 write_json(pend / "sidecar.json", sidecar)  # commit point
             except (OSError, MedicalIOError) as e:
-                shutil.rmtree(pend, ignore_errors=True)
+                self._remove_pending(pend)
                 raise SaveError(f"{where}: not saved: {e}") from None
             fsync_dir(pend)
             self._recover(case_id, rater)  # rename both into place
@@ -590,7 +701,7 @@ class AnnotationStore:
     def _conflict_copy(self, rdir: Path, rater: str, mask, geometry: Geometry, provenance: dict, revision: int) -> Path:
         """Keep a refused (conflicting) save as ``raters/.conflicts/<rater>-<time>.nii.gz`` + ``.json``
         (once per mask: a retry of the same mask, e.g. by autosave, returns the existing copy)."""
-        dest = rdir / CONFLICT_DIR
+        dest = self.own_dir(rdir, CONFLICT_DIR)
         dest.mkdir(exist_ok=True)
         sha = image_checksum(mask)
         for side in sorted(dest.glob(f"{rater}-*.json")):
@@ -619,18 +730,20 @@ class AnnotationStore:
     def quarantine(self, case_id: str, rater: str) -> list[Path]:
         """Move ``rater``'s (unreadable) mask and sidecar to ``raters/.broken/<rater>-<time>.*``
         so a fresh start can never overwrite them; returns the new paths."""
-        rdir = self._existing_case_dir(case_id) / "raters"
+        check_identifier(rater, "rater id")
+        self._existing_case_dir(case_id)
+        rdir = self.raters_dir(case_id)
         with self._rater_lock(case_id, rater):
             self._recover(case_id, rater)
             files = {}
-            mpath = find_file(rdir, rater)
+            mpath = self.mask_path(case_id, rater)
             if mpath is not None:
                 files[mpath] = _mask_suffix(mpath)
             if (rdir / f"{rater}.json").exists():
                 files[rdir / f"{rater}.json"] = ".json"
             if not files:
                 return []
-            dest = rdir / BROKEN_DIR
+            dest = self.own_dir(rdir, BROKEN_DIR)
             dest.mkdir(exist_ok=True)
             stem, n = f"{rater}-{_stamp()}", 1
             while any((dest / f"{stem}{ext}").exists() for ext in files.values()):
@@ -649,7 +762,12 @@ class AnnotationStore:
         (``<config>/unsaved/<project>/<case>``, independent of a full or read-only project),
         then ``raters/.pending`` in the project."""
         project = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.root.resolve().name) or "project"
-        return [config_path().parent / "unsaved" / project / case_id, self.case_dir(case_id) / "raters" / PENDING_DIR]
+        folders = [config_path().parent / "unsaved" / project / check_identifier(case_id, "case id")]
+        try:  # never through a symbolic link out of the project; the config folder still works then
+            folders.append(self.own_dir(self.raters_dir(case_id), PENDING_DIR))
+        except DatasetError:
+            pass
+        return folders
 
     def save_emergency_copy(self, case_id: str, rater: str, mask, geometry: Geometry, record: dict) -> Path:
         """Write a mask that could not be saved normally as ``<rater>.unsaved-<time>.nii.gz``

@@ -28,6 +28,7 @@ import numpy as np
 from .. import __version__
 from ..io.atomic import atomic_write_text as _atomic_write_text
 from ..io.atomic import default_file_mode  # noqa: F401 (re-exported)
+from ..io.contained import UnsafePath, ensure_inside
 from ..io.medical import WRITABLE_SUFFIXES, MedicalIOError, read_image, read_label_image, write_image
 from .case import DatasetError, MultiRaterCase
 
@@ -36,7 +37,7 @@ FORMAT_VERSION = 1
 MANIFEST = "dataset.json"
 IMAGE_STEM = "image"
 IMAGE_SUFFIXES = WRITABLE_SUFFIXES  # from io.medical, the single list
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # always fullmatch: "$" would accept "x\n"
 
 
 def now_iso() -> str:
@@ -44,8 +45,9 @@ def now_iso() -> str:
 
 
 def check_identifier(value: str, what: str) -> str:
-    """Case and rater ids become file names: letters, digits, ``_.-`` only."""
-    if not isinstance(value, str) or not _ID_RE.match(value) or value in (".", ".."):
+    """Case and rater ids become file names: letters, digits, ``_.-`` only (the whole string: no
+    trailing newline). Every id read from a file passes here before it names a file."""
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value) or value in (".", ".."):
         raise DatasetError(f"invalid {what} {value!r}: use letters, digits, '_', '-', '.' (max 128)")
     return value
 
@@ -56,7 +58,7 @@ def list_case_ids(root) -> list[str]:
     d = Path(root) / "cases"
     if not d.is_dir():
         return []
-    return sorted(p.name for p in d.iterdir() if p.is_dir() and _ID_RE.match(p.name))
+    return sorted(p.name for p in d.iterdir() if p.is_dir() and _ID_RE.fullmatch(p.name))
 
 
 def image_checksum(array: np.ndarray) -> str:
@@ -89,6 +91,15 @@ def read_json(path: Path, what: str) -> dict:
     if not isinstance(obj, dict):
         raise DatasetError(f"{what} {path} must hold a JSON object")
     return obj
+
+
+def contained(root, path: Path) -> Path:
+    """``path`` when its real path lies inside the dataset ``root`` (no symbolic link out), else
+    :class:`DatasetError` naming it."""
+    try:
+        return ensure_inside(root, path)
+    except UnsafePath as e:
+        raise DatasetError(str(e)) from None
 
 
 def find_file(folder: Path, stem: str) -> Path | None:
@@ -235,10 +246,15 @@ class CaseFolderDataset(Sequence):
         return self.manifest.get("intensity_window")
 
     def case_dir(self, case_id: str) -> Path:
-        return self.root / "cases" / check_identifier(case_id, "case id")
+        return contained(self.root, self.root / "cases" / check_identifier(case_id, "case id"))
 
     def _patient_of(self, case_id: str, strict: bool = False) -> str:
-        p = self.case_dir(case_id) / "case.json"
+        try:
+            p = contained(self.root, self.case_dir(case_id) / "case.json")
+        except DatasetError:
+            if strict:
+                raise
+            return case_id
         if p.exists():
             try:
                 return str(read_json(p, "case info").get("patient_id", case_id))
@@ -260,6 +276,7 @@ class CaseFolderDataset(Sequence):
         img_path = find_file(cdir, IMAGE_STEM)
         if img_path is None:
             raise DatasetError(f"case {case_id}: no image file in {cdir} (expected image.nii.gz or similar)")
+        contained(self.root, img_path)
         try:
             image, geometry, _ = read_image(img_path)
         except MedicalIOError as e:
@@ -268,7 +285,7 @@ class CaseFolderDataset(Sequence):
         info = {}
         if (cdir / "case.json").exists():
             try:
-                info = read_json(cdir / "case.json", "case info")
+                info = read_json(contained(self.root, cdir / "case.json"), "case info")
             except DatasetError as e:
                 if strict:
                     raise
@@ -282,7 +299,7 @@ class CaseFolderDataset(Sequence):
             if mpath is None:
                 continue
             try:
-                masks[k] = _read_mask(mpath, geometry, image.shape)
+                masks[k] = _read_mask(contained(self.root, mpath), geometry, image.shape)
             except DatasetError as e:
                 if strict:
                     raise
@@ -291,7 +308,7 @@ class CaseFolderDataset(Sequence):
             side = mpath.parent / f"{rater}.json"
             if side.exists():  # metadata only: a broken sidecar never costs the mask
                 try:
-                    sidecars[rater] = read_json(side, "annotation sidecar")
+                    sidecars[rater] = read_json(contained(self.root, side), "annotation sidecar")
                 except DatasetError as e:
                     problems.append(f"rater {rater}: {e} (mask used, sidecar ignored)")
             drawn_on = sidecars.get(rater, {}).get("image_sha256")

@@ -8,7 +8,8 @@ Layouts (any format the loader reads: .nii.gz, .nii, .nrrd, .mha, .mhd, .nhdr)::
                 (one label folder per rater; labels directly in labelsTr/ = a single rater)
 
 Every mask is checked as the loader checks it (same shape and geometry as its image, binary);
-each problem is listed with its file. By default any problem stops the import and nothing is
+each problem is listed with its file. A file whose real path leaves the folder (a symbolic link
+out) is a problem, never read. By default any problem stops the import and nothing is
 written; ``skip_bad`` leaves out the bad files instead (a bad image: its case; a bad mask: that
 rater of that case, which then counts as missing). The dataset is built beside ``out`` and renamed
 into place at the end, so a failed import leaves nothing behind.
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.contained import is_inside
 from ..io.medical import WRITABLE_SUFFIXES, MedicalIOError, read_image
 from .case import DatasetError, MultiRaterCase
 from .case_folder import _read_mask, check_identifier, create_dataset, is_case_folder_dataset, new_manifest
@@ -211,6 +213,18 @@ def _nnunet_meta(root: Path) -> dict:
 
 
 def _finish(layout: str, root: Path, sources: list[Source], problems: list[str]) -> Scan:
+    """The scan, without files whose real path leaves ``root`` (a symbolic link out: listed as a
+    problem, never read into the new dataset)."""
+
+    def outside(path: Path) -> bool:
+        if is_inside(root, path):
+            return False
+        problems.append(f"{path}: leads outside {root} (symbolic link?); not imported")
+        return True
+
+    sources = [s for s in sources if not outside(s.image)]
+    for s in sources:
+        s.masks = {r: f for r, f in s.masks.items() if not outside(f)}
     raters = sorted({r for s in sources for r in s.masks})
     return Scan(layout, root, sources, raters, problems)
 

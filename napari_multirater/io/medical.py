@@ -19,6 +19,8 @@ import SimpleITK as sitk
 
 from . import dicom_series
 from .atomic import WriteError, atomic_write, fsync_dir, fsync_file  # noqa: F401 (re-exported)
+from .contained import UnsafePath
+from .data_files import check_data_files
 from .geometry import Geometry
 
 # The one list of file suffixes (case folders, the annotation store and the reader import these).
@@ -202,6 +204,10 @@ def _read_file(path: Path) -> tuple[sitk.Image, dict]:
         raise MedicalIOError(f"{path}: unsupported file type; supported: {', '.join(SUPPORTED_SUFFIXES)}")
     if _suffix(path) in (".nii", ".nii.gz"):
         _check_nifti_complete(path)
+    try:  # a header's data file (MetaImage, NRRD) must lie in the header's folder
+        check_data_files(path)
+    except (UnsafePath, OSError) as e:
+        raise MedicalIOError(f"{path}: refused: {e}") from None
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as e:
