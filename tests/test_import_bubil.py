@@ -74,3 +74,14 @@ def test_a_mask_of_another_size_stops_the_import_and_writes_nothing(tmp_path, ca
     assert main(["import", "bu-bil", str(src), "--out", str(tmp_path / "ds")]) == 2
     assert "does not match its image" in capsys.readouterr().err
     assert not (tmp_path / "ds").exists() and not list(tmp_path.glob(".ds.partial-*"))
+
+
+def test_a_mask_linked_from_outside_the_dataset_folder_is_never_read(tmp_path, capsys):
+    src = _bubil(tmp_path / "BU-BIL_Dataset1")
+    secret = tmp_path / "elsewhere" / "secret.png"
+    _png(secret, _object((20, 24), 0, 20, 0, 24))
+    target = src / "ExpertsAnnotations" / "Person1_Amira" / "seg_B02.png"
+    target.unlink()
+    target.symlink_to(secret)
+    assert main(["import", "bu-bil", str(src), "--out", str(tmp_path / "ds")]) == 2
+    assert "leads outside" in capsys.readouterr().err and not (tmp_path / "ds").exists()

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.contained import is_inside
 from ..io.geometry import Geometry
 from .case import DatasetError, MultiRaterCase
 from .case_folder import check_identifier, create_dataset, new_manifest
@@ -96,13 +97,15 @@ def scan_bubil(
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder")
     images_dir, ann = _annotation_dir(root, subset)
-    images = {
-        p.stem: p
-        for p in sorted(images_dir.iterdir())
-        if p.is_file() and p.suffix.lower() == ".png" and p.stem[:1] != "."
-    }
     masks: dict[tuple[str, str], dict[str, Path]] = {}
     problems: list[str] = []
+    images: dict[str, Path] = {}
+    for p in sorted(images_dir.iterdir()):
+        if p.is_file() and p.suffix.lower() == ".png" and p.stem[:1] != ".":
+            if is_inside(root, p):
+                images[p.stem] = p
+            else:
+                problems.append(f"{p}: leads outside {root} (symbolic link?); not imported")
     for d in sorted(ann.iterdir()):
         m = _RATER_DIR_RE.fullmatch(d.name) if d.is_dir() and not d.is_symlink() else None
         if m is None:
@@ -111,6 +114,9 @@ def scan_bubil(
         files: dict[str, Path] = {}
         for f in sorted(d.iterdir()):
             if not (f.is_file() and f.suffix.lower() == ".png" and f.name.startswith("seg_")):
+                continue
+            if not is_inside(root, f):
+                problems.append(f"{f}: leads outside {root} (symbolic link?); not imported")
                 continue
             stem = f.stem[len("seg_") :]
             if stem in images:
