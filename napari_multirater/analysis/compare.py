@@ -17,7 +17,7 @@ from ..datasets.case import MultiRaterCase
 from ..io.geometry import Geometry
 from ..progress import Progress
 from .model_vs_raters import model_vs_raters
-from .overlap import agreement_map, majority_vote, pairwise_overlap, surface_distances
+from .overlap import agreement_map, distance_values, majority_vote, pairwise_overlap, surface_distances
 from .staple import StapleResult, staple
 from .style import case_style
 
@@ -27,7 +27,7 @@ __all__ = ["CompareResult", "compare_masks"]
 @dataclass
 class CompareResult:
     names: list[str]
-    pairwise: dict  # pairwise_overlap() dict: dice, iou, hausdorff_mm, mean_surface_mm, missing, empty
+    pairwise: dict  # pairwise_overlap() dict: dice, iou, hausdorff_mm, hd95_mm, assd_mm, missing, empty
     staple: StapleResult
     majority: np.ndarray
     agreement: np.ndarray
@@ -60,9 +60,8 @@ def compare_masks(
     pw = pairwise_overlap(masks, ok, spacing_zyx, names, distances=False)
     if distances:
         for i, j in pairs:
-            hd, msd = surface_distances(masks[i], masks[j], spacing_zyx)
-            pw["hausdorff_mm"][i, j] = pw["hausdorff_mm"][j, i] = hd
-            pw["mean_surface_mm"][i, j] = pw["mean_surface_mm"][j, i] = msd
+            for key, v in distance_values(surface_distances(masks[i], masks[j], spacing_zyx)).items():
+                pw[key][i, j] = pw[key][j, i] = v
             done += 1
             yield Progress(done, total, f"{names[i]} vs {names[j]}")
     else:

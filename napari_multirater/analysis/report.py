@@ -22,7 +22,9 @@ CONVENTIONS = """\
 - Volume bias = (V_rater - V_consensus) / V_consensus; undefined (NaN) when the consensus is empty.
 - Signed boundary (mm): mean signed distance of the rater's contour to the consensus boundary;
   positive = outside (over-segments), negative = inside (under-segments).
-- Mean boundary (mm): average symmetric surface distance; HD: Hausdorff distance (mm).
+- ASSD (mm): average symmetric surface distance; HD95 (mm): the larger of the two directed 95th
+  percentiles of the surface distances; HD: Hausdorff distance (mm) between the surfaces (as MONAI).
+- STAPLE runs on the whole image (never a crop of it).
 - Specificity is counted inside the union of all raters' masks dilated by {margin:g} mm.
 - Dice vs others: mean Dice with every other valid rater in the same case. Pairwise matrix: mean
   over cases where both raters are valid; two empty masks count as Dice 1.
@@ -32,7 +34,8 @@ CONVENTIONS = """\
 STYLE_COLUMNS = (  # (metric key, column title, number format): the one definition of the style table
     ("volume_bias", "Volume bias", "+.2f"),
     ("signed_boundary_mm", "Signed boundary (mm)", "+.2f"),
-    ("mean_boundary_mm", "Mean boundary (mm)", ".2f"),
+    ("assd_mm", "ASSD (mm)", ".2f"),
+    ("hd95_mm", "HD95 (mm)", ".2f"),
     ("hausdorff_mm", "HD (mm)", ".2f"),
     ("sensitivity", "Sensitivity", ".3f"),
     ("specificity", "Specificity", ".3f"),
@@ -185,7 +188,7 @@ def write_style_report(report: StyleReport, out_dir: str | Path) -> dict[str, Pa
             report,
             [
                 ("signed_boundary_mm", "signed boundary distance (mm)"),
-                ("mean_boundary_mm", "mean boundary distance (mm)"),
+                ("assd_mm", "ASSD (mm)"),
             ],
         ),
     }

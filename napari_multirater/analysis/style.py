@@ -9,7 +9,8 @@ Per rater and case (physical units from ``case.geometry.scale_zyx``):
 * ``volume_bias`` = (V_rater - V_consensus) / V_consensus (NaN when the consensus is empty);
 * ``signed_boundary_mm``: mean over the rater's contour voxels of the consensus' signed distance
   map (positive = the rater's boundary lies outside the consensus, i.e. over-segmentation);
-* ``mean_boundary_mm``: average symmetric surface distance rater <-> consensus; ``hausdorff_mm``;
+* ``assd_mm``, ``hd95_mm``, ``hausdorff_mm``: ASSD, HD95 and HD rater <-> consensus (surface
+  distances as defined in :mod:`.overlap`);
 * ``sensitivity`` = |R & C| / |C|; ``specificity`` = |~R & ~C| / |~C| counted only inside the
   *evaluation region*: the union of all valid raters' masks dilated by ``region_margin_mm`` (the
   whole-image background would make every specificity ~1);
@@ -28,7 +29,7 @@ from scipy import ndimage as ndi
 
 from ..datasets.case import MultiRaterCase
 from ..progress import Progress, run_to_completion
-from .overlap import contour, crop_box, dice, majority_vote, signed_distance, surface_distances
+from .overlap import contour, crop_box, dice, distance_values, majority_vote, signed_distance, surface_distances
 from .staple import staple
 
 __all__ = ["METRICS", "StyleReport", "case_style", "dataset_style", "iter_dataset_style", "leave_one_out_consensus"]
@@ -36,7 +37,8 @@ __all__ = ["METRICS", "StyleReport", "case_style", "dataset_style", "iter_datase
 METRICS = (
     "volume_bias",
     "signed_boundary_mm",
-    "mean_boundary_mm",
+    "assd_mm",
+    "hd95_mm",
     "hausdorff_mm",
     "sensitivity",
     "specificity",
@@ -44,10 +46,14 @@ METRICS = (
     "dice_others",
 )
 NAN = float("nan")
+UNCROPPED_VOXELS = "uncropped_voxels"  # case.meta key: voxel count of the image a cropped case came from
 
 
-def leave_one_out_consensus(masks: np.ndarray, valid: np.ndarray, r: int, method: str = "staple"):
-    """Consensus of the valid raters other than ``r``: (bool mask or None, number of raters used)."""
+def leave_one_out_consensus(
+    masks: np.ndarray, valid: np.ndarray, r: int, method: str = "staple", image_voxels: int | None = None
+):
+    """Consensus of the valid raters other than ``r``: (bool mask or None, number of raters used).
+    ``image_voxels``: see :func:`~.staple.staple` (masks cropped from a larger image)."""
     others = np.asarray(valid, bool).copy()
     others[r] = False
     n = int(others.sum())
@@ -56,7 +62,7 @@ def leave_one_out_consensus(masks: np.ndarray, valid: np.ndarray, r: int, method
     if n == 1:
         return masks[np.flatnonzero(others)[0]].astype(bool), 1
     if method == "staple":
-        return staple(masks, others).consensus.astype(bool), n
+        return staple(masks, others, image_voxels=image_voxels).consensus.astype(bool), n
     if method == "majority":
         return majority_vote(masks, others).astype(bool), n
     raise ValueError(f"unknown consensus method {method!r} (staple or majority)")
@@ -70,8 +76,7 @@ def _compare(rm: np.ndarray, cm: np.ndarray, region: np.ndarray, spacing, voxel_
     bg = region & ~cm
     out["specificity"] = float((bg & ~rm).sum() / bg.sum()) if bg.any() else NAN
     out["dice_consensus"] = dice(rm, cm)
-    hd, assd = surface_distances(rm, cm, spacing)
-    out["hausdorff_mm"], out["mean_boundary_mm"] = hd, assd
+    out.update(distance_values(surface_distances(rm, cm, spacing)))
     if rm.any() and cm.any():
         out["signed_boundary_mm"] = float(signed_distance(cm, spacing)[contour(rm)].mean())
     else:
@@ -80,9 +85,12 @@ def _compare(rm: np.ndarray, cm: np.ndarray, region: np.ndarray, spacing, voxel_
 
 
 def case_style(case: MultiRaterCase, consensus: str = "staple", region_margin_mm: float = 5.0) -> list[dict]:
-    """One row (dict) per rater of ``case``; see the module docstring for the columns."""
+    """One row (dict) per rater of ``case``; see the module docstring for the columns. The STAPLE
+    reference is that of the whole image: ``case.meta[UNCROPPED_VOXELS]`` gives its voxel count
+    when the case is a crop of it (nothing marked outside)."""
     spacing = tuple(float(s) for s in case.geometry.scale_zyx)
     masks = np.asarray(case.masks) != 0
+    image_voxels = int(case.meta.get(UNCROPPED_VOXELS) or np.prod(masks.shape[1:]))
     valid = np.asarray(case.valid, bool)
     names = list(case.rater_names)
     union = masks[valid].any(axis=0) if valid.any() else np.zeros(masks.shape[1:], bool)
@@ -108,7 +116,7 @@ def case_style(case: MultiRaterCase, consensus: str = "staple", region_margin_mm
         if valid[r]:
             others = [row[f"dice_vs_{n}"] for o, n in enumerate(names) if o != r and valid[o]]
             row["dice_others"] = float(np.mean(others)) if others else NAN
-            cm, n_ref = leave_one_out_consensus(masks, valid, r, consensus)
+            cm, n_ref = leave_one_out_consensus(masks, valid, r, consensus, image_voxels)
             row["n_reference_raters"] = n_ref
             if cm is not None:
                 row.update(_compare(masks[r], cm, region, spacing, voxel_mm3))

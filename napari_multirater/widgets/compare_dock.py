@@ -41,8 +41,9 @@ __all__ = ["CompareDock"]
 PAIRWISE_METRICS = (
     ("Dice", "dice", ".3f"),
     ("IoU", "iou", ".3f"),
-    ("Hausdorff (mm)", "hausdorff_mm", ".2f"),
-    ("Mean surface distance (mm)", "mean_surface_mm", ".2f"),
+    ("ASSD (mm)", "assd_mm", ".2f"),
+    ("HD95 (mm)", "hd95_mm", ".2f"),
+    ("HD (mm)", "hausdorff_mm", ".2f"),
 )
 CONSENSUS_METHODS = (("STAPLE", "staple"), ("majority vote", "majority"))
 STYLE_COLUMNS = (("Rater", "rater", None),) + tuple((title, key, fmt) for key, title, fmt in REPORT_STYLE_COLUMNS)
@@ -124,7 +125,7 @@ class CompareDock(QWidget):
         opts = QHBoxLayout()
         self.distances = QCheckBox("Surface distances")
         self.distances.setChecked(True)
-        self.distances.setToolTip("Hausdorff and mean surface distance per pair (slower on large volumes)")
+        self.distances.setToolTip("ASSD, HD95 and Hausdorff distance (mm) per pair (slower on large volumes)")
         opts.addWidget(self.distances)
         opts.addWidget(QLabel("Style reference:"))
         self.consensus = QComboBox()
