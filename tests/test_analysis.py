@@ -273,7 +273,12 @@ def test_report_files(phantom_report, tmp_path):
     assert [r["rater"] for r in rows] == phantom_report.rater_names
     assert len(list(csv.DictReader(open(paths["raters_per_case_csv"])))) == 8 * 4
     md = style_markdown(phantom_report)
-    assert md.startswith("| Rater") and md.count("\n| ") == 4 and "leave-one-out" in md
+    assert md.startswith("| Rater") and "leave-one-out" in md and "**Per lesion.**" in md
+    assert md.split("\n\n")[0].count("\n| ") == 4  # one style row per rater
+    lesions = list(csv.DictReader(open(paths["lesions_csv"])))
+    assert len(lesions) == len(phantom_report.lesion_rows) == 32  # 8 cases x 1 lesion x 4 raters
+    assert {r["rater"] for r in lesions} == set(phantom_report.rater_names)
+    assert {"case_id", "lesion", "found_by", "volume_bias", "dice_others", "assd_mm", "hd95_mm"} <= set(lesions[0])
     assert paths["pairwise_dice_png"].read_bytes()[:4] == b"\x89PNG"
     fig = pairwise_heatmap_figure(np.array([[1.0, np.nan], [0.5, 1.0]]), ["a", "b"], "t", ".2f")
     assert len(fig.axes) == 2
@@ -295,6 +300,33 @@ def test_cli_raters(tmp_path, capsys):
     bad = parser.parse_args(["raters", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o2")])
     assert cli_raters.run(bad) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_lesions_matched_across_raters_hand_computed():
+    """Three raters, spacing (z 2, y 1, x 0.5) mm. Nodule A: r0 and r1 overlap, r2 outlines it
+    without overlap but with its centroid 2 mm away; r1 splits its outline into two touching-free
+    parts that both overlap r0 (one finding); r2 also outlines nodule B, 30 mm away, alone."""
+    from napari_multirater.analysis.lesions import compare_lesions
+
+    m = np.zeros((3, 6, 60, 40), bool)
+    m[0, 2:4, 10:14, 10:18] = True  # 2 x 4 x 8 = 64 voxels
+    m[1, 2:4, 10:14, 10:13] = True  # 24 voxels
+    m[1, 2:4, 10:14, 15:18] = True  # 24 more (column 13-14 gap: a separate component)
+    m[2, 2:4, 14:16, 10:18] = True  # just below A: no overlap, centroid (y 13.5 vs 11.5) 2 mm away
+    m[2, 2:4, 44:48, 20:24] = True  # nodule B, far away
+    res = compare_lesions(m, None, ["r0", "r1", "r2"], (2.0, 1.0, 0.5))
+    assert [f["n_found"] for f in res.findings] == [3, 1] and res.detection == {"3/3": 1, "2/3": 0, "1/3": 1}
+    rows = {(r["lesion"], r["rater"]): r for r in res.rows}
+    a0, a1, a2 = rows[("L1", "r0")], rows[("L1", "r1")], rows[("L1", "r2")]
+    assert a0["volume_mm3"] == 64 and a1["volume_mm3"] == 48 and a2["volume_mm3"] == 32  # voxel 1 mm3
+    assert a0["volume_bias"] == pytest.approx(64 / 40 - 1) and a2["volume_bias"] == pytest.approx(32 / 56 - 1)
+    assert a0["dice_others"] == pytest.approx((2 * 48 / 112 + 0) / 2) and a2["dice_others"] == 0
+    assert a2["assd_mm"] > 0 and a2["hd95_mm"] >= a2["assd_mm"]
+    b = [rows[("L2", n)] for n in ("r0", "r1", "r2")]
+    assert [r["found"] for r in b] == [False, False, True] and np.isnan(b[2]["dice_others"])
+    assert b[2]["found_by"] == "1/3" and b[2]["centroid_zyx"] == "(2, 46, 22)"  # (2.5, 45.5, 21.5) rounded half-even
+    far = compare_lesions(m, [True, True, True], ["r0", "r1", "r2"], (2.0, 1.0, 0.5), match_distance_mm=1.0)
+    assert far.detection == {"3/3": 0, "2/3": 1, "1/3": 2}  # r2's outline of A is now its own finding
 
 
 def test_case_style_3d_phantom():
@@ -350,7 +382,8 @@ def test_compare_masks_without_a_viewer():
     masks = np.stack([square(), square(y=(9, 19)), square(x=(10, 20))])
     items = []
     res = run_to_completion(compare_masks(masks, ["a", "b", "c"], (1.0, 1.0), consensus="majority"), items.append)
-    assert [p.done for p in items] == list(range(1, 8)) and items[-1].total == 7  # 3 pairs + 4 steps
+    assert [p.done for p in items] == list(range(1, 9)) and items[-1].total == 8  # 3 pairs + 5 steps
+    assert items[-1].message == "lesions" and res.lesions.detection == {"3/3": 1, "2/3": 0, "1/3": 0}
     np.testing.assert_array_equal(res.majority, majority_vote(masks))
     np.testing.assert_array_equal(res.agreement, masks.sum(0))
     assert res.names == ["a", "b", "c"] and len(res.style_rows) == 3 and res.consensus_method == "majority"

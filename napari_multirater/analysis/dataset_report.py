@@ -9,7 +9,7 @@ import numpy as np
 from ..datasets.case import MultiRaterCase
 from ..progress import Progress
 from .overlap import crop_box
-from .style import UNCROPPED_VOXELS
+from .style import CROP_START, UNCROPPED_VOXELS
 
 __all__ = ["dataset_report", "default_report_dir"]
 
@@ -27,6 +27,7 @@ def _light_case(case: MultiRaterCase, region_margin_mm: float) -> MultiRaterCase
     image = np.broadcast_to(np.uint8(0), cropped.shape[1:])
     meta = {k: v for k, v in case.meta.items() if k != "sidecars"}
     meta[UNCROPPED_VOXELS] = int(np.prod(masks.shape[1:]))
+    meta[CROP_START] = [s.start for s in box]
     return MultiRaterCase(case.case_id, image, cropped, case.valid, list(case.rater_names), case.geometry, meta)
 
 

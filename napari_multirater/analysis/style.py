@@ -29,10 +29,19 @@ from scipy import ndimage as ndi
 
 from ..datasets.case import MultiRaterCase
 from ..progress import Progress, run_to_completion
+from .lesions import LesionComparison, compare_lesions
 from .overlap import contour, crop_box, dice, distance_values, majority_vote, signed_distance, surface_distances
 from .staple import staple
 
-__all__ = ["METRICS", "StyleReport", "case_style", "dataset_style", "iter_dataset_style", "leave_one_out_consensus"]
+__all__ = [
+    "METRICS",
+    "StyleReport",
+    "case_lesions",
+    "case_style",
+    "dataset_style",
+    "iter_dataset_style",
+    "leave_one_out_consensus",
+]
 
 METRICS = (
     "volume_bias",
@@ -47,6 +56,7 @@ METRICS = (
 )
 NAN = float("nan")
 UNCROPPED_VOXELS = "uncropped_voxels"  # case.meta key: voxel count of the image a cropped case came from
+CROP_START = "crop_start_in_image"  # case.meta key: (z, y, x) index of a cropped case's first voxel there
 
 
 def leave_one_out_consensus(
@@ -130,7 +140,8 @@ class StyleReport:
 
     rows: per (case, rater) dicts from :func:`case_style`; summary: rater -> {"n_cases",
     "n_missing", "n_empty", "<metric>_mean|_median|_std|_n"}; pairwise_dice: K x K mean Dice over
-    the cases where both raters are valid (both empty counts as 1); pairwise_n: those counts.
+    the cases where both raters are valid (both empty counts as 1); pairwise_n: those counts;
+    lesion_findings / lesion_rows: :func:`case_lesions` of every case (with ``case_id``).
     """
 
     rater_names: list[str]
@@ -142,6 +153,20 @@ class StyleReport:
     n_cases: int
     region_margin_mm: float = 5.0
     notes: list[str] = field(default_factory=list)
+    lesion_findings: list[dict] = field(default_factory=list)
+    lesion_rows: list[dict] = field(default_factory=list)
+
+
+def case_lesions(case: MultiRaterCase, distances: bool = True) -> LesionComparison:
+    """:func:`~.lesions.compare_lesions` of a case (centroids in the uncropped image's voxels)."""
+    return compare_lesions(
+        case.masks,
+        case.valid,
+        case.rater_names,
+        case.geometry.scale_zyx,
+        distances=distances,
+        offset_zyx=case.meta.get(CROP_START),
+    )
 
 
 def _stats(values: list[float]) -> dict:
@@ -190,9 +215,14 @@ def iter_dataset_style(
     dsum: dict[tuple[str, str], float] = {}
     dn: dict[tuple[str, str], int] = {}
     n_cases = 0
+    findings: list[dict] = []
+    lesion_rows: list[dict] = []
     for case in cases:
         case_rows = case_style(case, consensus, region_margin_mm)
         rows.extend(case_rows)
+        les = case_lesions(case)
+        findings += [{"case_id": case.case_id, **f} for f in les.findings]
+        lesion_rows += [{"case_id": case.case_id, **r} for r in les.rows]
         for row in case_rows:
             if row["rater"] not in names:
                 names.append(row["rater"])
@@ -226,4 +256,4 @@ def iter_dataset_style(
     notes = []
     if n_cases == 0:
         notes.append("no cases")
-    return StyleReport(names, rows, summary, pw, pn, consensus, n_cases, region_margin_mm, notes)
+    return StyleReport(names, rows, summary, pw, pn, consensus, n_cases, region_margin_mm, notes, findings, lesion_rows)
