@@ -89,6 +89,8 @@ def test_import_export_reimport_round_trip(tmp_path, capsys, layout):
     assert main(["import", "folder", str(src), "--out", str(tmp_path / "ds")]) == 0
     assert f"{layout} layout, 3 images, 3 raters" in capsys.readouterr().out  # auto-detected and said
     _assert_dataset(tmp_path / "ds", cases, _names(layout))
+    if layout != "nnunet":  # the export does not depend on the source layout: one round trip through it
+        return
     assert (
         main(
             [
