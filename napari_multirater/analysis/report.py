@@ -80,7 +80,7 @@ def lesion_section(report: StyleReport) -> str:
     from .lesions import MATCH_DISTANCE_MM, detection_counts, lesion_markdown
 
     head = (
-        "**Per lesion.** Each rater's mask is split into 3D connected lesions; lesions of different "
+        "**Per lesion.** Each rater's mask is split into connected lesions (3D on volumes); lesions of different "
         f"raters are one finding when they overlap or their centroids are <= {MATCH_DISTANCE_MM:g} mm apart. "
         "Per finding, each rater who found it is compared with the other raters who found it (mean Dice, "
         'ASSD, HD95; volume bias vs their mean volume); "missed": found by another rater, not by this one.\n\n'
