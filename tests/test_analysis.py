@@ -8,7 +8,8 @@ import csv
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from scipy.spatial.distance import cdist
+from scipy import ndimage as ndi
+from scipy.spatial import cKDTree
 
 from napari_multirater.analysis import (
     agreement_map,
@@ -21,7 +22,7 @@ from napari_multirater.analysis import (
     style_markdown,
     write_style_report,
 )
-from napari_multirater.analysis.overlap import contour, surface_distances
+from napari_multirater.analysis.overlap import surface_distances
 from napari_multirater.datasets.case import MultiRaterCase
 from napari_multirater.io.geometry import Geometry
 
@@ -33,11 +34,18 @@ def square(shape=(30, 30), y=(8, 18), x=(8, 18)):
 
 
 def brute_surface(a, b, spacing):
-    """Reference HD / ASSD from explicit contour point clouds (physical mm)."""
-    pa = np.argwhere(contour(a)) * np.asarray(spacing)
-    pb = np.argwhere(contour(b)) * np.asarray(spacing)
-    d = cdist(pa, pb)
-    return max(d.min(1).max(), d.min(0).max()), (d.min(1).sum() + d.min(0).sum()) / (len(pa) + len(pb))
+    """Independent reference (HD, HD95, ASSD) in mm: surfaces by scipy erosion (face connectivity,
+    outside the image = background), nearest surface points by a k-d tree on physical coordinates."""
+
+    def points(m):
+        m = np.asarray(m, bool)
+        edge = m & ~ndi.binary_erosion(m, ndi.generate_binary_structure(m.ndim, 1), border_value=0)
+        return np.argwhere(edge) * np.asarray(spacing)
+
+    pa, pb = points(a), points(b)
+    d_ab, d_ba = cKDTree(pb).query(pa)[0], cKDTree(pa).query(pb)[0]
+    hd95 = max(np.percentile(d_ab, 95), np.percentile(d_ba, 95))
+    return max(d_ab.max(), d_ba.max()), hd95, np.concatenate([d_ab, d_ba]).mean()
 
 
 # --- overlap --------------------------------------------------------------------------------------
@@ -51,8 +59,8 @@ def test_offset_squares_anisotropic():
     assert res["iou"][0, 1] == pytest.approx(80 / 120)
     assert res["hausdorff_mm"][0, 1] == pytest.approx(1.0)  # 2 px * 0.5 mm along x
     assert res["hausdorff_mm"][0, 2] == pytest.approx(2.0)  # 2 px * 1.0 mm along y
-    hd, assd = brute_surface(a, b, spacing)
-    assert res["mean_surface_mm"][0, 1] == pytest.approx(assd)
+    hd, hd95, assd = brute_surface(a, b, spacing)
+    assert res["assd_mm"][0, 1] == pytest.approx(assd) and res["hd95_mm"][0, 1] == pytest.approx(hd95)
     assert hd == pytest.approx(1.0)
     assert np.allclose(np.diag(res["dice"]), 1) and np.allclose(np.diag(res["hausdorff_mm"]), 0)
     assert np.allclose(res["dice"], res["dice"].T, equal_nan=True)
@@ -63,16 +71,36 @@ def test_offset_squares_anisotropic():
     assert res["iou"][0, 1] == pytest.approx(f.GetJaccardCoefficient())
 
 
-def test_concentric_and_3d_surface_distance():
+def test_surface_distances_hand_computed():
+    """3x3 square A inside the 3x4 rectangle B (one more column), spacing (y 1, x 0.5) mm.
+    A's 8 surface voxels: 7 on B's surface, (1,2) 0.5 mm from (1,3). B's 10: 7 on A's surface,
+    column 3's three 0.5 mm from column 2. ASSD = (0.5 + 1.5) / 18; HD = 0.5; HD95 = max of the
+    directed 95th percentiles (linear): A->B 0.65 x 0.5 (7 zeros, one 0.5), B->A 0.5."""
+    a, b = np.zeros((5, 7), np.uint8), np.zeros((5, 7), np.uint8)
+    a[1:4, 1:4] = 1
+    b[1:4, 1:5] = 1
+    d = surface_distances(a, b, (1.0, 0.5))
+    assert d.assd_mm == pytest.approx(2.0 / 18) and d.hausdorff_mm == pytest.approx(0.5)
+    assert d.hd95_mm == pytest.approx(0.5)
+    assert surface_distances(b, a, (1.0, 0.5)) == d  # symmetric
+    assert np.percentile([0] * 7 + [0.5], 95) == pytest.approx(0.325)  # the A->B percentile stated above
+
+
+def test_surface_distances_match_an_independent_reference():
+    """Random 3D blobs, anisotropic spacing, touching the image border: HD, HD95 and ASSD equal a
+    k-d tree point-set computation (and, measured once, MONAI 1.6.1's compute_hausdorff_distance /
+    compute_average_surface_distance(symmetric=True) to 1e-7)."""
+    rng = np.random.default_rng(3)
+    spacing = (2.0, 0.8, 0.6)
+    for _ in range(3):
+        a, b = (ndi.gaussian_filter(rng.random((8, 14, 14)), 2) > 0.5 for _ in range(2))
+        d = surface_distances(a, b, spacing)
+        np.testing.assert_allclose([d.hausdorff_mm, d.hd95_mm, d.assd_mm], brute_surface(a, b, spacing), rtol=1e-12)
     a = np.zeros((12, 20, 20), np.uint8)
     a[3:9, 5:15, 5:15] = 1
     b = np.zeros_like(a)
     b[3:9, 5:15, 5:17] = 1  # grows 2 px along x only
-    spacing = (2.0, 0.8, 0.6)
-    hd, assd = surface_distances(a, b, spacing)
-    ref_hd, ref_assd = brute_surface(a, b, spacing)
-    assert hd == pytest.approx(1.2) and ref_hd == pytest.approx(1.2)
-    assert assd == pytest.approx(ref_assd)
+    assert surface_distances(a, b, spacing).hausdorff_mm == pytest.approx(1.2)
 
 
 def test_empty_and_missing_conventions():
@@ -80,9 +108,9 @@ def test_empty_and_missing_conventions():
     res = pairwise_overlap(np.stack([a, z, z, a]), [True, True, True, False], (1.0, 1.0), ["a", "e1", "e2", "m"])
     assert res["missing"] == ["m"] and res["empty"] == ["e1", "e2"]
     assert res["dice"][0, 1] == 0 and res["iou"][0, 1] == 0
-    assert np.isnan(res["hausdorff_mm"][0, 1]) and np.isnan(res["mean_surface_mm"][0, 1])
+    assert np.isnan(res["hausdorff_mm"][0, 1]) and np.isnan(res["assd_mm"][0, 1]) and np.isnan(res["hd95_mm"][0, 1])
     assert res["dice"][1, 2] == 1 and res["iou"][1, 2] == 1
-    assert res["hausdorff_mm"][1, 2] == 0 and res["mean_surface_mm"][1, 2] == 0
+    assert res["hausdorff_mm"][1, 2] == 0 and res["assd_mm"][1, 2] == 0 and res["hd95_mm"][1, 2] == 0
     assert np.isnan(res["dice"][3]).all() and np.isnan(res["dice"][:, 3]).all()
 
 
@@ -108,6 +136,57 @@ def test_staple_two_agree_one_differs():
     assert res.sensitivity[2] == pytest.approx(0.5, abs=0.02)  # half of the consensus
     assert res.specificity[2] == pytest.approx(1.0, abs=1e-6)  # marked nothing outside it
     assert res.probability.dtype == np.float32 and res.probability[12, 12] > 0.99
+
+
+def _sitk_staple(masks):
+    f = sitk.STAPLEImageFilter()
+    f.SetForegroundValue(1)
+    f.SetMaximumIterations(200)
+    p = sitk.GetArrayFromImage(f.Execute([sitk.GetImageFromArray(np.ascontiguousarray(m, np.uint8)) for m in masks]))
+    return np.nan_to_num(p), f.GetSensitivity(), f.GetSpecificity(), f.GetElapsedIterations()
+
+
+def test_staple_equals_simpleitk_on_the_whole_image():
+    """Random 2-4 rater masks (2D and 3D): the same probabilities (to float32), sensitivities,
+    specificities, iterations and consensus as SimpleITK's STAPLEImageFilter on the whole image."""
+    rng = np.random.default_rng(5)
+    for shape in [(24, 30), (24, 30), (6, 12, 14), (6, 12, 14)]:
+        base = ndi.gaussian_filter(rng.random(shape), 2)
+        k = int(rng.integers(2, 5))
+        masks = np.stack(
+            [base + 0.1 * ndi.gaussian_filter(rng.random(shape), 1) > np.quantile(base, 0.85) for _ in range(k)]
+        )
+        p, sens, spec, iters = _sitk_staple(masks)
+        res = staple(masks)
+        np.testing.assert_allclose(res.probability, p, atol=1e-6)
+        np.testing.assert_allclose(res.sensitivity, sens, atol=1e-9)
+        np.testing.assert_allclose(res.specificity, spec, atol=1e-9)
+        assert res.iterations == iters and np.array_equal(res.consensus, p >= 0.5)
+
+
+def test_staple_and_style_do_not_depend_on_a_crop():
+    """The consensus of masks in a crop (told the image's voxel count) is that of the whole image;
+    the style report of the viewer's cropped cases equals the uncropped one."""
+    from napari_multirater.analysis.dataset_report import _light_case
+
+    rng = np.random.default_rng(2)
+    base = ndi.gaussian_filter(rng.random((16, 16)), 2)
+    small = np.stack([base + 0.05 * rng.random((16, 16)) > np.quantile(base, 0.7) for _ in range(3)])
+    big = np.zeros((3, 60, 70), bool)
+    big[:, 20:36, 30:46] = small
+    whole = staple(big)
+    crop = staple(small, image_voxels=60 * 70)
+    np.testing.assert_array_equal(crop.probability, whole.probability[20:36, 30:46])
+    np.testing.assert_allclose(crop.sensitivity, whole.sensitivity)
+    assert not np.array_equal(staple(small).probability, crop.probability)  # the image size is the prior's
+    with pytest.raises(ValueError, match="smaller than the masks"):
+        staple(small, image_voxels=10)
+    case = _case(list(big.astype(np.uint8)))
+    full, light = case_style(case), case_style(_light_case(case, 5.0))
+    for a, b in zip(full, light):
+        assert a.keys() == b.keys() and all(
+            np.isclose(a[k], b[k], equal_nan=True) for k in a if k not in ("case_id", "rater")
+        )
 
 
 def test_staple_degenerate_and_missing():
@@ -150,7 +229,7 @@ def test_case_style_empty_rater():
     ref, z = square(), np.zeros((30, 30), np.uint8)
     rows = case_style(_case([ref, ref, z]))
     assert rows[2]["empty"] and rows[2]["volume_bias"] == -1 and rows[2]["sensitivity"] == 0
-    assert np.isnan(rows[2]["mean_boundary_mm"])
+    assert np.isnan(rows[2]["assd_mm"]) and np.isnan(rows[2]["hd95_mm"])
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +273,12 @@ def test_report_files(phantom_report, tmp_path):
     assert [r["rater"] for r in rows] == phantom_report.rater_names
     assert len(list(csv.DictReader(open(paths["raters_per_case_csv"])))) == 8 * 4
     md = style_markdown(phantom_report)
-    assert md.startswith("| Rater") and md.count("\n| ") == 4 and "leave-one-out" in md
+    assert md.startswith("| Rater") and "leave-one-out" in md and "**Per lesion.**" in md
+    assert md.split("\n\n")[0].count("\n| ") == 4  # one style row per rater
+    lesions = list(csv.DictReader(open(paths["lesions_csv"])))
+    assert len(lesions) == len(phantom_report.lesion_rows) == 32  # 8 cases x 1 lesion x 4 raters
+    assert {r["rater"] for r in lesions} == set(phantom_report.rater_names)
+    assert {"case_id", "lesion", "found_by", "volume_bias", "dice_others", "assd_mm", "hd95_mm"} <= set(lesions[0])
     assert paths["pairwise_dice_png"].read_bytes()[:4] == b"\x89PNG"
     fig = pairwise_heatmap_figure(np.array([[1.0, np.nan], [0.5, 1.0]]), ["a", "b"], "t", ".2f")
     assert len(fig.axes) == 2
@@ -216,6 +300,33 @@ def test_cli_raters(tmp_path, capsys):
     bad = parser.parse_args(["raters", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o2")])
     assert cli_raters.run(bad) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_lesions_matched_across_raters_hand_computed():
+    """Three raters, spacing (z 2, y 1, x 0.5) mm. Nodule A: r0 and r1 overlap, r2 outlines it
+    without overlap but with its centroid 2 mm away; r1 splits its outline into two touching-free
+    parts that both overlap r0 (one finding); r2 also outlines nodule B, 30 mm away, alone."""
+    from napari_multirater.analysis.lesions import compare_lesions
+
+    m = np.zeros((3, 6, 60, 40), bool)
+    m[0, 2:4, 10:14, 10:18] = True  # 2 x 4 x 8 = 64 voxels
+    m[1, 2:4, 10:14, 10:13] = True  # 24 voxels
+    m[1, 2:4, 10:14, 15:18] = True  # 24 more (column 13-14 gap: a separate component)
+    m[2, 2:4, 14:16, 10:18] = True  # just below A: no overlap, centroid (y 13.5 vs 11.5) 2 mm away
+    m[2, 2:4, 44:48, 20:24] = True  # nodule B, far away
+    res = compare_lesions(m, None, ["r0", "r1", "r2"], (2.0, 1.0, 0.5))
+    assert [f["n_found"] for f in res.findings] == [3, 1] and res.detection == {"3/3": 1, "2/3": 0, "1/3": 1}
+    rows = {(r["lesion"], r["rater"]): r for r in res.rows}
+    a0, a1, a2 = rows[("L1", "r0")], rows[("L1", "r1")], rows[("L1", "r2")]
+    assert a0["volume_mm3"] == 64 and a1["volume_mm3"] == 48 and a2["volume_mm3"] == 32  # voxel 1 mm3
+    assert a0["volume_bias"] == pytest.approx(64 / 40 - 1) and a2["volume_bias"] == pytest.approx(32 / 56 - 1)
+    assert a0["dice_others"] == pytest.approx((2 * 48 / 112 + 0) / 2) and a2["dice_others"] == 0
+    assert a2["assd_mm"] > 0 and a2["hd95_mm"] >= a2["assd_mm"]
+    b = [rows[("L2", n)] for n in ("r0", "r1", "r2")]
+    assert [r["found"] for r in b] == [False, False, True] and np.isnan(b[2]["dice_others"])
+    assert b[2]["found_by"] == "1/3" and b[2]["centroid_zyx"] == "(2, 46, 22)"  # (2.5, 45.5, 21.5) rounded half-even
+    far = compare_lesions(m, [True, True, True], ["r0", "r1", "r2"], (2.0, 1.0, 0.5), match_distance_mm=1.0)
+    assert far.detection == {"3/3": 0, "2/3": 1, "1/3": 2}  # r2's outline of A is now its own finding
 
 
 def test_case_style_3d_phantom():
@@ -271,7 +382,8 @@ def test_compare_masks_without_a_viewer():
     masks = np.stack([square(), square(y=(9, 19)), square(x=(10, 20))])
     items = []
     res = run_to_completion(compare_masks(masks, ["a", "b", "c"], (1.0, 1.0), consensus="majority"), items.append)
-    assert [p.done for p in items] == list(range(1, 8)) and items[-1].total == 7  # 3 pairs + 4 steps
+    assert [p.done for p in items] == list(range(1, 9)) and items[-1].total == 8  # 3 pairs + 5 steps
+    assert items[-1].message == "lesions" and res.lesions.detection == {"3/3": 1, "2/3": 0, "1/3": 0}
     np.testing.assert_array_equal(res.majority, majority_vote(masks))
     np.testing.assert_array_equal(res.agreement, masks.sum(0))
     assert res.names == ["a", "b", "c"] and len(res.style_rows) == 3 and res.consensus_method == "majority"

@@ -70,6 +70,15 @@ def test_compare_dock_computes_tables_layers_and_heatmap(make_napari_viewer, qtb
     assert _cell(t, 0, 1) == f"{expected['dice'][0, 1]:.3f}"
     dock.metric.setCurrentIndex(dock.metric.findData("hausdorff_mm"))
     assert _cell(t, 0, 0) == "0.00" and _cell(t, 0, 1) == f"{expected['hausdorff_mm'][0, 1]:.2f}"
+    dock.metric.setCurrentIndex(dock.metric.findData("assd_mm"))
+    assert _cell(t, 0, 1) == f"{expected['assd_mm'][0, 1]:.2f}" and dock.metric.currentText() == "ASSD (mm)"
+
+    # per lesion: the one phantom lesion, found by all four raters, one row per rater
+    les = result.lesions
+    assert les.detection["4/4"] == 1 and dock.lesion_table.rowCount() == len(les.rows)
+    header = [dock.lesion_table.horizontalHeaderItem(j).text() for j in range(dock.lesion_table.columnCount())]
+    assert header[:3] == ["Lesion", "Found by", "Rater"] and "HD95 (mm)" in header
+    assert "Found by k/n raters: 4/4: 1" in dock.detection_label.text()
 
     st = staple(masks)
     assert dock.staple_table.rowCount() == 4

@@ -70,6 +70,18 @@ def _assert_dataset(path, cases, names):
                 assert case.meta["sidecars"][names[k]]["provenance"]["kind"] == "imported"
 
 
+def _assert_nnunet_raw_dataset(folder, case_ids, rater):
+    """What nnU-Net v2's dataset check asks of a raw dataset: dataset.json with channel_names,
+    labels (background 0), numTraining and file_ending; imagesTr/<case>_0000 and labelsTr/<case>
+    files only (no sub-folders), one label per image, numTraining of them."""
+    meta = json.loads((folder / "dataset.json").read_text())
+    assert meta["channel_names"] == {"0": "unknown"} and meta["labels"]["background"] == 0
+    assert meta["numTraining"] == len(case_ids) and meta["file_ending"] == ".nii.gz"
+    assert meta["multirater"]["label_name"] == rater and meta["multirater"]["labels_from"] == "all"
+    assert sorted(p.name for p in (folder / "imagesTr").iterdir()) == [f"{c}_0000.nii.gz" for c in case_ids]
+    assert sorted(p.name for p in (folder / "labelsTr").iterdir()) == [f"{c}.nii.gz" for c in case_ids]
+
+
 @pytest.mark.parametrize("layout", ["per-rater", "qubiq", "nnunet"])
 def test_import_export_reimport_round_trip(tmp_path, capsys, layout):
     cases = _cases()
@@ -77,6 +89,8 @@ def test_import_export_reimport_round_trip(tmp_path, capsys, layout):
     assert main(["import", "folder", str(src), "--out", str(tmp_path / "ds")]) == 0
     assert f"{layout} layout, 3 images, 3 raters" in capsys.readouterr().out  # auto-detected and said
     _assert_dataset(tmp_path / "ds", cases, _names(layout))
+    if layout != "nnunet":  # the export does not depend on the source layout: one round trip through it
+        return
     assert (
         main(
             [
@@ -92,9 +106,16 @@ def test_import_export_reimport_round_trip(tmp_path, capsys, layout):
         )
         == 0
     )
-    meta = json.loads((tmp_path / "nn" / "dataset.json").read_text())
-    assert meta["numTraining"] == 3 and meta["file_ending"] == ".nii.gz" and meta["labels"]["background"] == 0
-    assert main(["import", "folder", str(tmp_path / "nn"), "--layout", "nnunet", "--out", str(tmp_path / "again")]) == 0
+    assert "as one nnU-Net dataset per rater" in capsys.readouterr().out
+    index = json.loads((tmp_path / "nn" / "multirater_export.json").read_text())
+    names = _names(layout)
+    assert sorted(p.name for p in (tmp_path / "nn").iterdir()) == sorted([*names, "multirater_export.json"])
+    for k, r in enumerate(names):  # cy did not annotate c2: its dataset has 2 cases
+        cases_r = ["c1", "c3"] if k == 2 else ["c1", "c2", "c3"]
+        _assert_nnunet_raw_dataset(tmp_path / "nn" / r, cases_r, r)
+        assert index["raters"][r] == {"folder": r, "numTraining": len(cases_r)}
+    assert main(["import", "folder", str(tmp_path / "nn"), "--out", str(tmp_path / "again")]) == 0
+    assert "nnunet layout, 3 images, 3 raters" in capsys.readouterr().out
     _assert_dataset(tmp_path / "again", cases, _names(layout))
 
 

@@ -68,7 +68,7 @@ def test_lidc_layer_data_names_outlines_and_points(patient):
     assert [kw["metadata"]["reader_id"] for _, kw, _ in layers[1:3]] == ["111", "222"]
     assert all(kw["metadata"][CONTOUR_KEY] == 1 for _, kw, _ in layers[1:3])
     np.testing.assert_allclose(layers[1][1]["scale"], (2.0, 0.7, 0.7))
-    assert layers[1][0][1, 2, 2] == 1 and layers[1][0][1, 5, 5] == 1 and layers[1][0].sum() == 49
+    assert layers[1][0][1, 2, 2] == 0 and layers[1][0][1, 5, 5] == 1 and layers[1][0].sum() == 25  # outline outside
     np.testing.assert_array_equal(layers[3][0], [[2, 3, 10]])  # slice, row (y), column (x)
     assert list(layers[3][1]["features"]["reader"]) == ["reader1"]
 
@@ -119,13 +119,16 @@ def test_import_lidc_cli_writes_cases_with_reader_provenance(patient, tmp_path, 
     ds = CaseFolderDataset(out)
     case = ds[0]
     assert ds.rater_names == ["reader1", "reader2"] and case.masks.shape == (2, 4, 12, 12)
-    assert case.masks[:, 1].sum() == 98 and ds.manifest["modality"] == "CT"
+    assert case.masks[:, 1].sum() == 50 and ds.manifest["modality"] == "CT"  # 5x5 inside the 7x7 outline
     prov = case.meta["sidecars"]["reader2"]["provenance"]
     assert prov["kind"] == "imported" and prov["reader_id"] == "222" and prov["reading_session"] == 2
-    # the patient folder alone finds the XML; a 4 mm box around the one nodule
-    assert main(["import", "lidc", "--dicom", str(patient), "--crop-mm", "4", "--out", str(tmp_path / "crops")]) == 0
+    assert prov["outline_rule"] == "contour excluded (LIDC)"
+    # the patient folder alone finds the XML; a 4 mm box around the one nodule; the old inclusive rule
+    crop_args = ["--crop-mm", "4", "--include-contour", "--out", str(tmp_path / "crops")]
+    assert main(["import", "lidc", "--dicom", str(patient), *crop_args]) == 0
     crops = CaseFolderDataset(tmp_path / "crops")
     assert len(crops) == 1 and crops[0].image.shape == (2, 6, 6)
+    assert crops[0].meta["sidecars"]["reader1"]["provenance"]["outline_rule"].startswith("contour included")
     assert crops[0].geometry.origin[2] == pytest.approx(-10.0) and crops[0].masks.any()
     assert (
         main(

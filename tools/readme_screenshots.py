@@ -9,6 +9,9 @@
 3. ``screenshot_prefill.png``: an annotation project, a model run on the case image, Pre-fill.
 4. ``screenshot_learn_style.png``: the Collect dock's Next-case queue and a Learn my style result
    (a phantom rater with the unseen style generous_2, 8 cases, Pionono, a short fit).
+5. ``lidc_readers.png``: LIDC-IDRI-0006 opened with File > Open, the four reading sessions as
+   outlines (LIDC convention: the edge map is outside the nodule) on the slice where all four
+   outlined the nodule. Needs ``../shared/data/lidc-ct``.
 
 Look at the images before committing them.
 """
@@ -99,6 +102,40 @@ def lidc_roi(out: Path) -> None:
     viewer.close()
 
 
+def _hide_notifications(viewer) -> None:
+    """Close the open-file notice (a toast over the canvas corner)."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    _settle()
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()
+
+
+def lidc_readers(out: Path) -> None:
+    import napari
+
+    if not SERIES_PATIENT.is_dir():
+        print(f"skipped lidc_readers.png: {SERIES_PATIENT} not present")
+        return
+    viewer = napari.Viewer(title="napari-multirater: LIDC-IDRI-0006 reading sessions")
+    _window(viewer)
+    viewer.open(str(SERIES_PATIENT), plugin=PLUGIN)
+    image = viewer.layers["LIDC-IDRI-0006"]
+    readers = [viewer.layers[f"mr rater: reader{k}"] for k in range(1, 5)]
+    all_four = np.logical_and.reduce([np.asarray(r.data) > 0 for r in readers])
+    z = int(np.argmax(all_four.sum(axis=(1, 2))))  # the slice where the four agree the most
+    idx = np.argwhere(all_four[z]).mean(0)
+    world = np.asarray(image.data_to_world((z, *idx)), float)
+    _settle()
+    viewer.dims.set_point(0, world[0])
+    viewer.camera.center = tuple(world[1:])
+    viewer.camera.zoom = 10.0
+    viewer.layers.selection.active = readers[0]
+    _hide_notifications(viewer)
+    _shot(viewer, out / "lidc_readers.png")
+    viewer.close()
+
+
 def prefill(out: Path) -> None:
     import os
 
@@ -186,7 +223,7 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(ROOT / "docs"))
-    p.add_argument("--only", choices=("demo", "lidc_roi", "prefill", "learn_style"), action="append")
+    p.add_argument("--only", choices=("demo", "lidc_roi", "prefill", "learn_style", "lidc_readers"), action="append")
     args = p.parse_args(argv)
     try:
         import napari._qt.qt_main_window as qmw

@@ -1,5 +1,6 @@
 """Compare the raters of one case: pairwise overlap and surface distances, STAPLE and majority
-consensus, agreement count, per-rater style and model-vs-rater matching (Qt-free).
+consensus, agreement count, per-rater style, model-vs-rater matching and the per-lesion
+comparison (:mod:`.lesions`) (Qt-free).
 
 :func:`compare_masks` is a generator that yields a :class:`Progress` per rater pair / step and
 returns a :class:`CompareResult`; it touches no layer, so the viewer runs it as a job (Cancel takes
@@ -16,8 +17,9 @@ import numpy as np
 from ..datasets.case import MultiRaterCase
 from ..io.geometry import Geometry
 from ..progress import Progress
+from .lesions import LesionComparison, compare_lesions
 from .model_vs_raters import model_vs_raters
-from .overlap import agreement_map, majority_vote, pairwise_overlap, surface_distances
+from .overlap import agreement_map, distance_values, majority_vote, pairwise_overlap, surface_distances
 from .staple import StapleResult, staple
 from .style import case_style
 
@@ -27,7 +29,7 @@ __all__ = ["CompareResult", "compare_masks"]
 @dataclass
 class CompareResult:
     names: list[str]
-    pairwise: dict  # pairwise_overlap() dict: dice, iou, hausdorff_mm, mean_surface_mm, missing, empty
+    pairwise: dict  # pairwise_overlap() dict: dice, iou, hausdorff_mm, hd95_mm, assd_mm, missing, empty
     staple: StapleResult
     majority: np.ndarray
     agreement: np.ndarray
@@ -36,6 +38,7 @@ class CompareResult:
     consensus_method: str
     distances: bool
     messages: list[str] = field(default_factory=list)
+    lesions: LesionComparison | None = None  # per-lesion comparison and detection agreement
 
 
 def compare_masks(
@@ -55,14 +58,13 @@ def compare_masks(
     k = masks.shape[0]
     ok = np.ones(k, bool) if valid is None else np.asarray(valid, bool)
     pairs = [(i, j) for i in range(k) for j in range(i + 1, k) if ok[i] and ok[j]]
-    total = (len(pairs) if distances else 1) + 4
+    total = (len(pairs) if distances else 1) + 5
     done = 0
     pw = pairwise_overlap(masks, ok, spacing_zyx, names, distances=False)
     if distances:
         for i, j in pairs:
-            hd, msd = surface_distances(masks[i], masks[j], spacing_zyx)
-            pw["hausdorff_mm"][i, j] = pw["hausdorff_mm"][j, i] = hd
-            pw["mean_surface_mm"][i, j] = pw["mean_surface_mm"][j, i] = msd
+            for key, v in distance_values(surface_distances(masks[i], masks[j], spacing_zyx)).items():
+                pw[key][i, j] = pw[key][j, i] = v
             done += 1
             yield Progress(done, total, f"{names[i]} vs {names[j]}")
     else:
@@ -88,6 +90,9 @@ def compare_masks(
     model_rows = model_vs_raters(masks, ok, names, outputs or {})
     done += 1
     yield Progress(done, total, "model vs raters")
+    lesions = compare_lesions(masks, ok, names, spacing_zyx, distances=distances)
+    done += 1
+    yield Progress(done, total, "lesions")
     msgs = []
     if pw["missing"]:
         msgs.append("missing raters: " + ", ".join(pw["missing"]))
@@ -95,4 +100,4 @@ def compare_masks(
         msgs.append("empty masks (nothing marked): " + ", ".join(pw["empty"]))
     if st.note:
         msgs.append(f"STAPLE: {st.note}")
-    return CompareResult(names, pw, st, maj, agree, style, model_rows, consensus, distances, msgs)
+    return CompareResult(names, pw, st, maj, agree, style, model_rows, consensus, distances, msgs, lesions)

@@ -9,13 +9,15 @@ import numpy as np
 from ..datasets.case import MultiRaterCase
 from ..progress import Progress
 from .overlap import crop_box
+from .style import CROP_START, UNCROPPED_VOXELS
 
 __all__ = ["dataset_report", "default_report_dir"]
 
 
 def _light_case(case: MultiRaterCase, region_margin_mm: float) -> MultiRaterCase:
     """The case cropped to its raters' union (padded beyond case_style's own crop) with a
-    zero-stride placeholder image: same style metrics, a fraction of the memory."""
+    zero-stride placeholder image and the uncropped voxel count (for whole-image STAPLE): same
+    style metrics, a fraction of the memory."""
     spacing = case.geometry.scale_zyx
     masks = np.asarray(case.masks) != 0
     union = masks[case.valid].any(axis=0) if case.valid.any() else np.zeros(masks.shape[1:], bool)
@@ -24,6 +26,8 @@ def _light_case(case: MultiRaterCase, region_margin_mm: float) -> MultiRaterCase
     cropped = masks[(slice(None), *box)].astype(np.uint8)
     image = np.broadcast_to(np.uint8(0), cropped.shape[1:])
     meta = {k: v for k, v in case.meta.items() if k != "sidecars"}
+    meta[UNCROPPED_VOXELS] = int(np.prod(masks.shape[1:]))
+    meta[CROP_START] = [s.start for s in box]
     return MultiRaterCase(case.case_id, image, cropped, case.valid, list(case.rater_names), case.geometry, meta)
 
 

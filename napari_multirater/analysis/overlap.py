@@ -5,22 +5,26 @@ same order (mm); SimpleITK images are built with the spacing reversed to its (x,
 
 Conventions (used everywhere in :mod:`napari_multirater.analysis`):
 
-* both masks empty  -> Dice 1, IoU 1, Hausdorff 0, mean surface distance 0 (perfect agreement
-  that "there is nothing");
+* both masks empty  -> Dice 1, IoU 1, HD/HD95/ASSD 0 (perfect agreement that "there is nothing");
 * exactly one empty -> Dice 0, IoU 0, distances NaN (undefined: no surface to measure to);
 * missing rater (``valid`` False) -> its row and column are NaN and it is listed in ``missing``;
-* Hausdorff is ITK's symmetric Hausdorff distance between the two voxel sets (physical mm);
-* mean surface distance is the average symmetric surface distance (ASSD): distances from every
-  contour voxel of A to B's contour and from every contour voxel of B to A's contour, averaged
-  over all those contour voxels together; contours are ITK ``LabelContour`` (face connectivity).
+* surface distances (mm) are the symmetric surface-to-surface definitions of MONAI
+  (``compute_hausdorff_distance``, ``compute_average_surface_distance(symmetric=True)``): the surface
+  of a mask is its voxels with a face neighbour outside it (ITK ``LabelContour``, face connectivity);
+  every surface voxel of A gets its Euclidean distance (physical spacing) to the nearest surface
+  voxel of B, and every surface voxel of B its distance to A's surface. **HD** is the largest of
+  all those distances, **HD95** the larger of the two directed 95th percentiles, **ASSD** (average
+  symmetric surface distance) the mean over all of them together.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage as ndi
 
 __all__ = [
     "dice",
@@ -28,6 +32,7 @@ __all__ = [
     "to_sitk",
     "contour",
     "signed_distance",
+    "SurfaceDistances",
     "surface_distances",
     "pairwise_overlap",
     "agreement_map",
@@ -83,32 +88,47 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if u == 0 else int(np.logical_and(a, b).sum()) / u
 
 
-def surface_distances(a: np.ndarray, b: np.ndarray, spacing_zyx: Sequence[float]) -> tuple[float, float]:
-    """(Hausdorff mm, average symmetric surface distance mm) between two binary masks.
+@dataclass(frozen=True)
+class SurfaceDistances:
+    """Symmetric surface distances (mm) between two masks; see the module docstring."""
 
-    Both empty -> (0, 0); one empty -> (NaN, NaN). Computed on the union's bounding box
-    (padded by one voxel), which does not change any distance.
+    hausdorff_mm: float
+    hd95_mm: float
+    assd_mm: float
+
+
+def surface_distances(a: np.ndarray, b: np.ndarray, spacing_zyx: Sequence[float]) -> SurfaceDistances:
+    """HD, HD95 and ASSD (mm) between the surfaces of two binary masks.
+
+    Both empty -> all 0; one empty -> all NaN. Computed on the union's bounding box padded by one
+    background voxel, which holds both surfaces and so changes no distance.
     """
     a, b = np.asarray(a) != 0, np.asarray(b) != 0
     ea, eb = not a.any(), not b.any()
     if ea and eb:
-        return 0.0, 0.0
+        return SurfaceDistances(0.0, 0.0, 0.0)
     if ea or eb:
-        return float("nan"), float("nan")
-    box = crop_box(a | b, 1)
-    a, b = a[box], b[box]
-    ia, ib = to_sitk(a, spacing_zyx), to_sitk(b, spacing_zyx)
-    hd = sitk.HausdorffDistanceImageFilter()
-    hd.Execute(ia, ib)
-    ca, cb = contour(a), contour(b)
-    da = np.abs(signed_distance(a, spacing_zyx))
-    db = np.abs(signed_distance(b, spacing_zyx))
-    total = db[ca].sum() + da[cb].sum()
-    assd = float(total / (ca.sum() + cb.sum()))
-    return float(hd.GetHausdorffDistance()), assd
+        return SurfaceDistances(float("nan"), float("nan"), float("nan"))
+    box = crop_box(a | b, 0)
+    a, b = np.pad(a[box], 1), np.pad(b[box], 1)
+    sa, sb = contour(a), contour(b)
+    spacing = [float(v) for v in spacing_zyx]
+    d_ab = ndi.distance_transform_edt(~sb, sampling=spacing)[sa]
+    d_ba = ndi.distance_transform_edt(~sa, sampling=spacing)[sb]
+    hd95 = max(float(np.percentile(d_ab, 95)), float(np.percentile(d_ba, 95)))
+    assd = float((d_ab.sum() + d_ba.sum()) / (d_ab.size + d_ba.size))
+    return SurfaceDistances(float(max(d_ab.max(), d_ba.max())), hd95, assd)
 
 
 # --- pairwise -----------------------------------------------------------------------------------
+DISTANCE_KEYS = ("hausdorff_mm", "hd95_mm", "assd_mm")  # the fields of SurfaceDistances
+
+
+def distance_values(d: SurfaceDistances) -> dict[str, float]:
+    """``{"hausdorff_mm", "hd95_mm", "assd_mm"}`` of ``d`` (the keys of tables, CSVs and rows)."""
+    return {key: getattr(d, key) for key in DISTANCE_KEYS}
+
+
 def pairwise_overlap(
     masks: np.ndarray,
     valid: Sequence[bool] | None,
@@ -118,7 +138,7 @@ def pairwise_overlap(
 ) -> dict:
     """K x K agreement matrices between rater masks (K, *shape).
 
-    Returns ``{"names", "dice", "iou", "hausdorff_mm", "mean_surface_mm", "missing", "empty"}``;
+    Returns ``{"names", "dice", "iou", "hausdorff_mm", "hd95_mm", "assd_mm", "missing", "empty"}``;
     matrices are float (K, K), symmetric, diagonal = a rater against itself. ``missing`` and
     ``empty`` list rater names. See the module docstring for the empty/missing conventions.
     ``distances=False`` skips the (slower) surface metrics, leaving them NaN.
@@ -129,16 +149,16 @@ def pairwise_overlap(
     names = [f"rater{i}" for i in range(k)] if names is None else list(names)
     if len(names) != k or valid.shape != (k,):
         raise ValueError(f"{k} masks but {len(names)} names / valid shape {valid.shape}")
-    out = {key: np.full((k, k), np.nan) for key in ("dice", "iou", "hausdorff_mm", "mean_surface_mm")}
+    out = {key: np.full((k, k), np.nan) for key in ("dice", "iou", *DISTANCE_KEYS)}
     for i in range(k):
         for j in range(i, k):
             if not (valid[i] and valid[j]):
                 continue
             vals = {"dice": dice(masks[i], masks[j]), "iou": jaccard(masks[i], masks[j])}
             if i == j:
-                vals["hausdorff_mm"] = vals["mean_surface_mm"] = 0.0
+                vals.update(dict.fromkeys(DISTANCE_KEYS, 0.0))
             elif distances:
-                vals["hausdorff_mm"], vals["mean_surface_mm"] = surface_distances(masks[i], masks[j], spacing_zyx)
+                vals.update(distance_values(surface_distances(masks[i], masks[j], spacing_zyx)))
             for key, v in vals.items():
                 out[key][i, j] = out[key][j, i] = v
     out["names"] = names

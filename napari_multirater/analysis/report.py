@@ -22,7 +22,9 @@ CONVENTIONS = """\
 - Volume bias = (V_rater - V_consensus) / V_consensus; undefined (NaN) when the consensus is empty.
 - Signed boundary (mm): mean signed distance of the rater's contour to the consensus boundary;
   positive = outside (over-segments), negative = inside (under-segments).
-- Mean boundary (mm): average symmetric surface distance; HD: Hausdorff distance (mm).
+- ASSD (mm): average symmetric surface distance; HD95 (mm): the larger of the two directed 95th
+  percentiles of the surface distances; HD: Hausdorff distance (mm) between the surfaces (as MONAI).
+- STAPLE runs on the whole image (never a crop of it).
 - Specificity is counted inside the union of all raters' masks dilated by {margin:g} mm.
 - Dice vs others: mean Dice with every other valid rater in the same case. Pairwise matrix: mean
   over cases where both raters are valid; two empty masks count as Dice 1.
@@ -32,7 +34,8 @@ CONVENTIONS = """\
 STYLE_COLUMNS = (  # (metric key, column title, number format): the one definition of the style table
     ("volume_bias", "Volume bias", "+.2f"),
     ("signed_boundary_mm", "Signed boundary (mm)", "+.2f"),
-    ("mean_boundary_mm", "Mean boundary (mm)", ".2f"),
+    ("assd_mm", "ASSD (mm)", ".2f"),
+    ("hd95_mm", "HD95 (mm)", ".2f"),
     ("hausdorff_mm", "HD (mm)", ".2f"),
     ("sensitivity", "Sensitivity", ".3f"),
     ("specificity", "Specificity", ".3f"),
@@ -68,7 +71,45 @@ def style_markdown(report: StyleReport) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     conv = CONVENTIONS.format(consensus=report.consensus, margin=report.region_margin_mm, n_cases=report.n_cases)
     notes = "".join(f"\n- Note: {n}" for n in report.notes)
-    return "\n".join(lines) + "\n\n" + conv + notes + "\n"
+    return "\n".join(lines) + "\n\n" + conv + notes + "\n\n" + lesion_section(report)
+
+
+def lesion_section(report: StyleReport) -> str:
+    """The per-lesion part of the report: detection agreement over all cases, per-rater detection
+    and (when short) the lesion table; its conventions in one paragraph."""
+    from .lesions import MATCH_DISTANCE_MM, detection_counts, lesion_markdown
+
+    head = (
+        "**Per lesion.** Each rater's mask is split into connected lesions (3D on volumes); lesions of different "
+        f"raters are one finding when they overlap or their centroids are <= {MATCH_DISTANCE_MM:g} mm apart. "
+        "Per finding, each rater who found it is compared with the other raters who found it (mean Dice, "
+        'ASSD, HD95; volume bias vs their mean volume); "missed": found by another rater, not by this one.\n\n'
+    )
+    return head + lesion_markdown(report.lesion_rows, detection_counts(report.lesion_findings))
+
+
+LESION_CSV_COLUMNS = (
+    "case_id",
+    "lesion",
+    "found_by",
+    "rater",
+    "found",
+    "volume_mm3",
+    "volume_bias",
+    "dice_others",
+    "assd_mm",
+    "hd95_mm",
+    "centroid_zyx",
+)
+
+
+def lesions_csv(rows: Sequence[dict]) -> str:
+    """lesions.csv: one row per (case, finding, rater); see :mod:`.lesions`."""
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, fieldnames=LESION_CSV_COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return f.getvalue()
 
 
 def pairwise_heatmap_figure(
@@ -137,9 +178,9 @@ def _strip_figure(report: StyleReport, metrics: Sequence[tuple[str, str]], zero_
 
 
 def write_style_report(report: StyleReport, out_dir: str | Path) -> dict[str, Path]:
-    """Write raters.csv, raters_per_case.csv, pairwise_dice.csv, raters.md and three PNGs.
+    """Write raters.csv, raters_per_case.csv, pairwise_dice.csv, lesions.csv, raters.md and three PNGs.
 
-    Returns {"raters_csv", "raters_per_case_csv", "pairwise_dice_csv", "raters_md",
+    Returns {"raters_csv", "raters_per_case_csv", "pairwise_dice_csv", "lesions_csv", "raters_md",
     "pairwise_dice_png", "volume_bias_png", "boundary_distance_png"} -> path.
     """
     out = Path(out_dir)
@@ -152,6 +193,7 @@ def write_style_report(report: StyleReport, out_dir: str | Path) -> dict[str, Pa
         "pairwise_dice_png": out / "pairwise_dice.png",
         "volume_bias_png": out / "volume_bias.png",
         "boundary_distance_png": out / "boundary_distance.png",
+        "lesions_csv": out / "lesions.csv",
     }
     stat_cols = [f"{m}_{s}" for m in METRICS for s in ("mean", "median", "std", "n")]
     f = io.StringIO(newline="")
@@ -175,6 +217,7 @@ def write_style_report(report: StyleReport, out_dir: str | Path) -> dict[str, Pa
     for n, vals in zip(report.rater_names, report.pairwise_dice):
         w.writerow([n, *vals.tolist()])
     atomic_write_text(paths["pairwise_dice_csv"], f.getvalue())
+    atomic_write_text(paths["lesions_csv"], lesions_csv(report.lesion_rows))
     atomic_write_text(paths["raters_md"], f"# Rater style report ({report.n_cases} cases)\n\n" + style_markdown(report))
     figs = {
         "pairwise_dice_png": pairwise_heatmap_figure(
@@ -185,7 +228,7 @@ def write_style_report(report: StyleReport, out_dir: str | Path) -> dict[str, Pa
             report,
             [
                 ("signed_boundary_mm", "signed boundary distance (mm)"),
-                ("mean_boundary_mm", "mean boundary distance (mm)"),
+                ("assd_mm", "ASSD (mm)"),
             ],
         ),
     }

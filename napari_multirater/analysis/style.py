@@ -9,7 +9,8 @@ Per rater and case (physical units from ``case.geometry.scale_zyx``):
 * ``volume_bias`` = (V_rater - V_consensus) / V_consensus (NaN when the consensus is empty);
 * ``signed_boundary_mm``: mean over the rater's contour voxels of the consensus' signed distance
   map (positive = the rater's boundary lies outside the consensus, i.e. over-segmentation);
-* ``mean_boundary_mm``: average symmetric surface distance rater <-> consensus; ``hausdorff_mm``;
+* ``assd_mm``, ``hd95_mm``, ``hausdorff_mm``: ASSD, HD95 and HD rater <-> consensus (surface
+  distances as defined in :mod:`.overlap`);
 * ``sensitivity`` = |R & C| / |C|; ``specificity`` = |~R & ~C| / |~C| counted only inside the
   *evaluation region*: the union of all valid raters' masks dilated by ``region_margin_mm`` (the
   whole-image background would make every specificity ~1);
@@ -28,15 +29,25 @@ from scipy import ndimage as ndi
 
 from ..datasets.case import MultiRaterCase
 from ..progress import Progress, run_to_completion
-from .overlap import contour, crop_box, dice, majority_vote, signed_distance, surface_distances
+from .lesions import LesionComparison, compare_lesions
+from .overlap import contour, crop_box, dice, distance_values, majority_vote, signed_distance, surface_distances
 from .staple import staple
 
-__all__ = ["METRICS", "StyleReport", "case_style", "dataset_style", "iter_dataset_style", "leave_one_out_consensus"]
+__all__ = [
+    "METRICS",
+    "StyleReport",
+    "case_lesions",
+    "case_style",
+    "dataset_style",
+    "iter_dataset_style",
+    "leave_one_out_consensus",
+]
 
 METRICS = (
     "volume_bias",
     "signed_boundary_mm",
-    "mean_boundary_mm",
+    "assd_mm",
+    "hd95_mm",
     "hausdorff_mm",
     "sensitivity",
     "specificity",
@@ -44,10 +55,15 @@ METRICS = (
     "dice_others",
 )
 NAN = float("nan")
+UNCROPPED_VOXELS = "uncropped_voxels"  # case.meta key: voxel count of the image a cropped case came from
+CROP_START = "crop_start_in_image"  # case.meta key: (z, y, x) index of a cropped case's first voxel there
 
 
-def leave_one_out_consensus(masks: np.ndarray, valid: np.ndarray, r: int, method: str = "staple"):
-    """Consensus of the valid raters other than ``r``: (bool mask or None, number of raters used)."""
+def leave_one_out_consensus(
+    masks: np.ndarray, valid: np.ndarray, r: int, method: str = "staple", image_voxels: int | None = None
+):
+    """Consensus of the valid raters other than ``r``: (bool mask or None, number of raters used).
+    ``image_voxels``: see :func:`~.staple.staple` (masks cropped from a larger image)."""
     others = np.asarray(valid, bool).copy()
     others[r] = False
     n = int(others.sum())
@@ -56,7 +72,7 @@ def leave_one_out_consensus(masks: np.ndarray, valid: np.ndarray, r: int, method
     if n == 1:
         return masks[np.flatnonzero(others)[0]].astype(bool), 1
     if method == "staple":
-        return staple(masks, others).consensus.astype(bool), n
+        return staple(masks, others, image_voxels=image_voxels).consensus.astype(bool), n
     if method == "majority":
         return majority_vote(masks, others).astype(bool), n
     raise ValueError(f"unknown consensus method {method!r} (staple or majority)")
@@ -70,8 +86,7 @@ def _compare(rm: np.ndarray, cm: np.ndarray, region: np.ndarray, spacing, voxel_
     bg = region & ~cm
     out["specificity"] = float((bg & ~rm).sum() / bg.sum()) if bg.any() else NAN
     out["dice_consensus"] = dice(rm, cm)
-    hd, assd = surface_distances(rm, cm, spacing)
-    out["hausdorff_mm"], out["mean_boundary_mm"] = hd, assd
+    out.update(distance_values(surface_distances(rm, cm, spacing)))
     if rm.any() and cm.any():
         out["signed_boundary_mm"] = float(signed_distance(cm, spacing)[contour(rm)].mean())
     else:
@@ -80,9 +95,12 @@ def _compare(rm: np.ndarray, cm: np.ndarray, region: np.ndarray, spacing, voxel_
 
 
 def case_style(case: MultiRaterCase, consensus: str = "staple", region_margin_mm: float = 5.0) -> list[dict]:
-    """One row (dict) per rater of ``case``; see the module docstring for the columns."""
+    """One row (dict) per rater of ``case``; see the module docstring for the columns. The STAPLE
+    reference is that of the whole image: ``case.meta[UNCROPPED_VOXELS]`` gives its voxel count
+    when the case is a crop of it (nothing marked outside)."""
     spacing = tuple(float(s) for s in case.geometry.scale_zyx)
     masks = np.asarray(case.masks) != 0
+    image_voxels = int(case.meta.get(UNCROPPED_VOXELS) or np.prod(masks.shape[1:]))
     valid = np.asarray(case.valid, bool)
     names = list(case.rater_names)
     union = masks[valid].any(axis=0) if valid.any() else np.zeros(masks.shape[1:], bool)
@@ -108,7 +126,7 @@ def case_style(case: MultiRaterCase, consensus: str = "staple", region_margin_mm
         if valid[r]:
             others = [row[f"dice_vs_{n}"] for o, n in enumerate(names) if o != r and valid[o]]
             row["dice_others"] = float(np.mean(others)) if others else NAN
-            cm, n_ref = leave_one_out_consensus(masks, valid, r, consensus)
+            cm, n_ref = leave_one_out_consensus(masks, valid, r, consensus, image_voxels)
             row["n_reference_raters"] = n_ref
             if cm is not None:
                 row.update(_compare(masks[r], cm, region, spacing, voxel_mm3))
@@ -122,7 +140,8 @@ class StyleReport:
 
     rows: per (case, rater) dicts from :func:`case_style`; summary: rater -> {"n_cases",
     "n_missing", "n_empty", "<metric>_mean|_median|_std|_n"}; pairwise_dice: K x K mean Dice over
-    the cases where both raters are valid (both empty counts as 1); pairwise_n: those counts.
+    the cases where both raters are valid (both empty counts as 1); pairwise_n: those counts;
+    lesion_findings / lesion_rows: :func:`case_lesions` of every case (with ``case_id``).
     """
 
     rater_names: list[str]
@@ -134,6 +153,20 @@ class StyleReport:
     n_cases: int
     region_margin_mm: float = 5.0
     notes: list[str] = field(default_factory=list)
+    lesion_findings: list[dict] = field(default_factory=list)
+    lesion_rows: list[dict] = field(default_factory=list)
+
+
+def case_lesions(case: MultiRaterCase, distances: bool = True) -> LesionComparison:
+    """:func:`~.lesions.compare_lesions` of a case (centroids in the uncropped image's voxels)."""
+    return compare_lesions(
+        case.masks,
+        case.valid,
+        case.rater_names,
+        case.geometry.scale_zyx,
+        distances=distances,
+        offset_zyx=case.meta.get(CROP_START),
+    )
 
 
 def _stats(values: list[float]) -> dict:
@@ -182,9 +215,14 @@ def iter_dataset_style(
     dsum: dict[tuple[str, str], float] = {}
     dn: dict[tuple[str, str], int] = {}
     n_cases = 0
+    findings: list[dict] = []
+    lesion_rows: list[dict] = []
     for case in cases:
         case_rows = case_style(case, consensus, region_margin_mm)
         rows.extend(case_rows)
+        les = case_lesions(case)
+        findings += [{"case_id": case.case_id, **f} for f in les.findings]
+        lesion_rows += [{"case_id": case.case_id, **r} for r in les.rows]
         for row in case_rows:
             if row["rater"] not in names:
                 names.append(row["rater"])
@@ -218,4 +256,4 @@ def iter_dataset_style(
     notes = []
     if n_cases == 0:
         notes.append("no cases")
-    return StyleReport(names, rows, summary, pw, pn, consensus, n_cases, region_margin_mm, notes)
+    return StyleReport(names, rows, summary, pw, pn, consensus, n_cases, region_margin_mm, notes, findings, lesion_rows)

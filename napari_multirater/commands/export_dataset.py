@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--labels",
         default="consensus",
-        help="consensus (STAPLE, default), majority, rater:NAME, or all (labelsTr/<rater>/ per rater)",
+        help="consensus (STAPLE, default), majority, rater:NAME, or all (one nnU-Net dataset per rater: OUT/<rater>/)",
     )
     p.add_argument("--split", help="export one split of dataset.json only (default: every case)")
     p.set_defaults(func=run)
@@ -38,8 +38,14 @@ def run(args) -> int:
     for problem in summary["problems"]:
         print(f"  skipped: {problem}", file=sys.stderr)
     left = summary["left_out"]
+    per_rater = summary.get("per_rater")
+    datasets = (
+        " as one nnU-Net dataset per rater (" + ", ".join(f"{r}/: {n} cases" for r, n in per_rater.items() if n) + ")"
+        if per_rater
+        else ""
+    )
     print(
-        f"exported {summary['cases']} cases (labels: {args.labels}) to {summary['out']}"
+        f"exported {summary['cases']} cases (labels: {args.labels}) to {summary['out']}{datasets}"
         + (
             f"; {len(left)} cases without that rater left out ({', '.join(left[:5])}{' ...' if len(left) > 5 else ''})"
             if left

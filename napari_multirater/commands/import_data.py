@@ -24,6 +24,12 @@ def add_parser(sub) -> None:
         type=float,
         help="one case per nodule: a box of this size (mm) around it (default: the whole series)",
     )
+    lidc.add_argument(
+        "--include-contour",
+        action="store_true",
+        help="count the outline pixels as nodule (the rule of version 0.2.0 and of the shared lidc-3d-crops); "
+        "default: the LIDC convention, the outline is the first voxel outside the nodule (as pylidc)",
+    )
     lidc.add_argument("--name", help="dataset name (default: the --out folder name)")
     lidc.set_defaults(func=run_lidc)
     folder = kinds.add_parser("folder", help="a folder in a common multi-rater layout")
@@ -100,7 +106,7 @@ def run_lidc(args) -> int:
             return _fail(f"{dicom}: {what} found; pass --xml FILE and the series folder as --dicom")
         xml, dicom = found[0]
     try:
-        case, info = load_lidc_case(xml, dicom)
+        case, info = load_lidc_case(xml, dicom, include_contour=args.include_contour)
         cases, notes = crop_nodules(case, args.crop_mm) if args.crop_mm is not None else ([case], [])
         if not cases:
             return _fail(f"{xml}: no nodule outline on this series to crop around; import without --crop-mm")
@@ -123,6 +129,7 @@ def run_lidc(args) -> int:
                         "reading_session": k + 1,
                         "reader_id": case.meta["reader_ids"][r],
                         "series_uid": info.get("series_uid"),
+                        "outline_rule": info["outline_rule"],
                     }
                     for k, r in enumerate(readers)
                 }
@@ -143,7 +150,8 @@ def run_lidc(args) -> int:
     print(
         f"imported {case.case_id} into {args.out}: {what}; {len(readers)} readers ({ids}); "
         f"nodules >= 3 mm per reader {info['nodule_counts']}; {small} small nodules (< 3 mm, points) not "
-        f"rasterised; {info['skipped_rois']} contours on slices outside the series skipped"
+        f"rasterised; {info['skipped_rois']} contours on slices outside the series skipped; outline: "
+        f"{info['outline_rule']}"
     )
     return 0
 

@@ -2,17 +2,30 @@
 
     <out>/imagesTr/<case>_0000.nii.gz     the image, geometry kept
     <out>/labelsTr/<case>.nii.gz          --labels consensus | majority | rater:NAME  (one label per image)
-    <out>/labelsTr/<rater>/<case>.nii.gz  --labels all  (one folder per rater; a missing rater has no file)
     <out>/dataset.json                    nnU-Net v2 keys + "multirater" (raters, label source)
 
 ``consensus`` is STAPLE (probability >= 0.5), ``majority`` the voxels marked by more than half of
 the raters who annotated the case. With ``rater:NAME`` the cases NAME did not annotate are left
-out (nnU-Net needs a label per image) and listed. Built beside ``out`` and renamed into place.
+out (nnU-Net needs a label per image) and listed.
+
+``--labels all`` writes **one complete nnU-Net dataset per rater** (nnU-Net takes one label per
+image, so the raters cannot share one dataset), e.g. to train one model per rater::
+
+    <out>/<rater>/imagesTr, labelsTr, dataset.json   the cases that rater annotated (images hard-linked
+                                                     between the raters' folders where the file system can)
+    <out>/multirater_export.json                      the raters, their folders and case counts
+
+Move or link each ``<out>/<rater>`` to ``$nnUNet_raw/DatasetNNN_<name>``. ``multirater import folder
+<out>`` reads it back as one multi-rater dataset. Everything is built beside ``out`` and renamed
+into place.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +35,7 @@ from .case_folder import CaseFolderDataset, iter_cases_reporting, write_json
 from .staging import staged_folder
 
 SUFFIX = ".nii.gz"
+ALL_INDEX = "multirater_export.json"  # --labels all: the index beside the per-rater datasets
 
 
 def parse_labels(spec: str, raters: list[str]) -> tuple[str, str | None]:
@@ -65,26 +79,29 @@ def export_nnunet(
     problems: list[str] = []
     left_out: list[str] = []
     n = 0
+    per_rater = dict.fromkeys(ds.rater_names, 0)  # --labels all: cases per rater's dataset
     with staged_folder(out) as tmp:
-        (tmp / "imagesTr").mkdir()
-        (tmp / "labelsTr").mkdir()
-        if kind == "all":
-            for r in ds.rater_names:
-                (tmp / "labelsTr" / r).mkdir()
+        folders = [tmp / r for r in ds.rater_names] if kind == "all" else [tmp]
+        for f in folders:
+            (f / "imagesTr").mkdir(parents=True)
+            (f / "labelsTr").mkdir()
         for i, case in enumerate(iter_cases_reporting(ds, problems), start=1):
             if kind == "all":
                 maps = {r: case.masks[k] for k, r in enumerate(case.rater_names) if case.valid[k]}
-                targets = {r: tmp / "labelsTr" / r / f"{case.case_id}{SUFFIX}" for r in maps}
+                roots = {r: tmp / r for r in maps}
             else:
                 m = label_of(case, kind, rater)
                 maps = {} if m is None else {"label": m}
-                targets = {"label": tmp / "labelsTr" / f"{case.case_id}{SUFFIX}"}
+                roots = {"label": tmp}
             if not maps:
                 left_out.append(case.case_id)
                 continue
-            write_image(tmp / "imagesTr" / f"{case.case_id}_0000{SUFFIX}", case.image, case.geometry)
+            first = None
             for key, m in maps.items():
-                write_image(targets[key], m, case.geometry, label=True)
+                first = _write_image_once(roots[key] / "imagesTr" / f"{case.case_id}_0000{SUFFIX}", case, first)
+                write_image(roots[key] / "labelsTr" / f"{case.case_id}{SUFFIX}", m, case.geometry, label=True)
+                if key in per_rater:
+                    per_rater[key] += 1
             n += 1
             if progress is not None:
                 progress(i, len(ds))
@@ -93,14 +110,47 @@ def export_nnunet(
                 f"{dataset_root}: no case to export with --labels {labels}"
                 + (f" ({'; '.join(problems)})" if problems else "")
             )
-        write_json(tmp / "dataset.json", _dataset_json(ds, n, kind, rater, labels))
-    return {"cases": n, "left_out": left_out, "problems": problems, "out": str(out), "labels": labels}
+        if kind == "all":
+            for r, count in per_rater.items():
+                if count:
+                    write_json(tmp / r / "dataset.json", _dataset_json(ds, count, "rater", r, labels))
+                else:  # a rater without annotations: no dataset (nnU-Net needs a training case)
+                    shutil.rmtree(tmp / r)
+            write_json(tmp / ALL_INDEX, _all_index(ds, per_rater, labels))
+        else:
+            write_json(tmp / "dataset.json", _dataset_json(ds, n, kind, rater, labels))
+    summary = {"cases": n, "left_out": left_out, "problems": problems, "out": str(out), "labels": labels}
+    if kind == "all":
+        summary["per_rater"] = per_rater
+    return summary
+
+
+def _write_image_once(target: Path, case, first: Path | None) -> Path:
+    """The case's image at ``target``: a hard link to ``first`` (already written) where possible."""
+    if first is not None:
+        try:
+            os.link(first, target)
+            return first
+        except OSError:
+            pass
+    write_image(target, case.image, case.geometry)
+    return first or target
+
+
+def _all_index(ds: CaseFolderDataset, per_rater: dict[str, int], spec: str) -> dict:
+    return {
+        "layout": "one nnU-Net dataset per rater: <rater>/imagesTr, <rater>/labelsTr, <rater>/dataset.json",
+        "labels_from": spec,
+        "raters": {r: {"folder": r, "numTraining": n} for r, n in per_rater.items() if n},
+        "raters_without_cases": [r for r, n in per_rater.items() if not n],
+        "source": str(ds.root),
+    }
 
 
 def _dataset_json(ds: CaseFolderDataset, n: int, kind: str, rater: str | None, spec: str) -> dict:
     values = sorted((int(v), str(name)) for v, name in ds.manifest["labels"].items() if str(v).isdigit())
     labels = {name: v for v, name in values}  # nnU-Net: name -> value (the manifest: value -> name)
-    label_name = {"rater": rater, "all": None}.get(kind, kind)
+    label_name = rater if kind == "rater" else kind
     return {
         "name": ds.manifest.get("name", ""),
         "description": ds.manifest.get("description", ""),
@@ -111,7 +161,7 @@ def _dataset_json(ds: CaseFolderDataset, n: int, kind: str, rater: str | None, s
         "multirater": {
             "raters": list(ds.rater_names),
             "labels_from": spec,
-            "label_layout": "labelsTr/<rater>/<case>" if kind == "all" else "labelsTr/<case>",
+            "label_layout": "labelsTr/<case>",
             "label_name": label_name,
             "source": str(ds.root),
         },

@@ -5,7 +5,10 @@ Layouts (any format the loader reads: .nii.gz, .nii, .nrrd, .mha, .mhd, .nhdr)::
     per-rater   <root>/<case>/image.nii.gz  + <root>/<case>/<rater>.nii.gz        (one file per rater)
     qubiq       <root>/<case>/image.nii.gz  + <root>/<case>/task01_seg01.nii.gz ...  (rater = seg01 ...)
     nnunet      <root>/imagesTr/<case>_0000.nii.gz + <root>/labelsTr/<rater>/<case>.nii.gz
-                (one label folder per rater; labels directly in labelsTr/ = a single rater)
+                (one label folder per rater; labels directly in labelsTr/ = a single rater), or
+                <root>/<rater>/imagesTr + <root>/<rater>/labelsTr (one nnU-Net dataset per rater, as
+                ``export-dataset --labels all`` writes them; each case's image is read from the
+                first rater's folder that has it)
 
 Every mask is checked as the loader checks it (same shape and geometry as its image, binary);
 each problem is listed with its file. A file whose real path leaves the folder (a symbolic link
@@ -163,9 +166,8 @@ def scan_qubiq(root: Path, task: int | None = None) -> Scan:
     return scan
 
 
-def scan_nnunet(root: Path) -> Scan:
-    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
-    problems: list[str] = []
+def _nnunet_channels(images_dir: Path, problems: list[str]) -> dict[str, dict[int, Path]]:
+    """case id -> {channel: file} of an nnU-Net imagesTr folder."""
     channels: dict[str, dict[int, Path]] = {}
     for stem, f in _images(images_dir, problems).items():
         m = _NNUNET_IMG_RE.match(stem)
@@ -173,13 +175,34 @@ def scan_nnunet(root: Path) -> Scan:
             problems.append(f"{f}: image names must end in _0000 (nnU-Net channel suffix)")
             continue
         channels.setdefault(m.group(1), {})[int(m.group(2))] = f
-    rater_dirs = _case_dirs(labels_dir) if labels_dir.is_dir() else []
+    return channels
+
+
+def _per_rater_datasets(root: Path) -> list[Path]:
+    """Sub-folders of ``root`` that are nnU-Net datasets (imagesTr/ and labelsTr/), one per rater."""
+    return [d for d in _case_dirs(root) if (d / "imagesTr").is_dir() and (d / "labelsTr").is_dir()]
+
+
+def scan_nnunet(root: Path) -> Scan:
+    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
+    problems: list[str] = []
     meta = _nnunet_meta(root)
-    if rater_dirs:
-        label_sets = {d.name: _images(d, problems) for d in rater_dirs}
+    if not images_dir.is_dir():  # one dataset per rater
+        channels: dict[str, dict[int, Path]] = {}
+        label_sets = {}
+        for d in _per_rater_datasets(root):
+            for cid, ch in _nnunet_channels(d / "imagesTr", problems).items():
+                channels.setdefault(cid, ch)
+            label_sets[d.name] = _images(d / "labelsTr", problems)
+            meta = meta or _nnunet_meta(d)
     else:
-        single = str((meta.get("multirater") or {}).get("label_name") or "label")
-        label_sets = {single: _images(labels_dir, problems) if labels_dir.is_dir() else {}}
+        channels = _nnunet_channels(images_dir, problems)
+        rater_dirs = _case_dirs(labels_dir) if labels_dir.is_dir() else []
+        if rater_dirs:
+            label_sets = {d.name: _images(d, problems) for d in rater_dirs}
+        else:
+            single = str((meta.get("multirater") or {}).get("label_name") or "label")
+            label_sets = {single: _images(labels_dir, problems) if labels_dir.is_dir() else {}}
     sources = []
     for cid, ch in sorted(channels.items()):
         if sorted(ch) != [0]:
@@ -190,9 +213,11 @@ def scan_nnunet(root: Path) -> Scan:
         if not _valid_id(cid, "case id", ch[0], problems):
             continue
         sources.append(Source(cid, ch[0], {r: files[cid] for r, files in label_sets.items() if cid in files}))
-    ambiguous_images = {stem for stem, fs in _image_files(images_dir).items() if len(fs) > 1}
+    ambiguous_images = (
+        {stem for stem, fs in _image_files(images_dir).items() if len(fs) > 1} if images_dir.is_dir() else set()
+    )
     for r, files in label_sets.items():
-        _valid_id(r, "rater id", labels_dir / r, problems)
+        _valid_id(r, "rater id", labels_dir / r if images_dir.is_dir() else root / r, problems)
         problems += [
             f"{f}: label without an image {cid}_0000 in imagesTr"
             for cid, f in files.items()
@@ -235,7 +260,7 @@ def detect_layout(root) -> str:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder")
-    if (root / "imagesTr").is_dir():  # before dataset.json: nnU-Net has one too
+    if (root / "imagesTr").is_dir() or _per_rater_datasets(root):  # before dataset.json: nnU-Net has one too
         return "nnunet"
     if is_case_folder_dataset(root):
         raise DatasetError(f"{root} is already a case-folder dataset (dataset.json): open it directly")
@@ -262,8 +287,8 @@ def scan_folder(root, layout: str = "auto", task: int | None = None) -> Scan:
     if layout == "qubiq":
         return scan_qubiq(root, task)
     if layout == "nnunet":
-        if not (root / "imagesTr").is_dir():
-            raise DatasetError(f"{root}: no imagesTr/ folder (nnunet layout)")
+        if not (root / "imagesTr").is_dir() and not _per_rater_datasets(root):
+            raise DatasetError(f"{root}: no imagesTr/ folder, nor one nnU-Net dataset per rater (nnunet layout)")
         return scan_nnunet(root)
     raise DatasetError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)} or auto")
 

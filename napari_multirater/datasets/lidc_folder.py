@@ -135,12 +135,13 @@ def _patient_id(dicom_dir, series_uid: str | None, fallback: str) -> str:
     return pid or fallback
 
 
-def load_lidc_case(xml, dicom_dir) -> tuple[MultiRaterCase, dict]:
+def load_lidc_case(xml, dicom_dir, *, include_contour: bool = False) -> tuple[MultiRaterCase, dict]:
     """The CT series with one mask per reading session, as a case; and the importer's info
-    (nodule counts, small nodule points, reader ids). DatasetError when unusable."""
+    (nodule counts, small nodule points, reader ids). ``include_contour``: see
+    :func:`import_lidc_xml` (default: the LIDC convention, outline excluded). DatasetError when unusable."""
     from ..annotation.store import case_id_from_path
 
-    image, masks, names, geom, info = import_lidc_xml(xml, dicom_dir)
+    image, masks, names, geom, info = import_lidc_xml(xml, dicom_dir, include_contour=include_contour)
     patient = _patient_id(dicom_dir, info.get("series_uid"), Path(dicom_dir).resolve().parent.name)
     case_id = case_id_from_path(patient)
     meta = {
@@ -150,6 +151,7 @@ def load_lidc_case(xml, dicom_dir) -> tuple[MultiRaterCase, dict]:
         "dicom_dir": str(dicom_dir),
         "series_uid": info.get("series_uid") or "",
         "reader_ids": {n: info["readers"][n]["radiologist_id"] for n in names},
+        "outline_rule": info["outline_rule"],
     }
     case = MultiRaterCase(case_id, image, masks, np.ones(len(names), bool), names, geom, meta)
     return case, info

@@ -3,8 +3,12 @@
 Each ``readingSession`` becomes one rater (``reader1..readerK`` in file order). For every
 ``unblindedReadNodule`` and every ``roi``, the ``edgeMap`` polygon (xCoord = column, yCoord = row,
 0-based pixel indices) is rasterised on the slice whose SOPInstanceUID equals ``imageSOP_UID``
-(fallback: the slice whose z lies within half a slice spacing of ``imageZposition``). LIDC edge maps
-trace the outer boundary of the nodule, so boundary pixels are included (polygon + perimeter).
+(fallback: the slice whose z lies within half a slice spacing of ``imageZposition``). The LIDC
+documentation defines an roi as "a complete contour of the nodule that describes the first voxel just
+outside the nodule", so by default the nodule is the polygon's interior without the edge-map pixels
+(as pylidc's ``Annotation.boolean_mask()``; voxel for voxel the same on LIDC-IDRI-0006).
+``include_contour=True`` adds the edge-map outline (polygon + perimeter: the rule of earlier versions
+and of the shared ``lidc-3d-crops``; each nodule one voxel ring larger).
 ``inclusion`` FALSE rois are holes: their ``skimage.draw.polygon`` fill (no outline) is cleared
 from that nodule on that slice (other nodules are untouched).
 Nodules under 3 mm are a single point per roi: skipped by default (``mark_points=True`` marks the
@@ -31,23 +35,25 @@ def _ns(root: ET.Element) -> str:
     return root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
 
 
-def _rasterise(rows, cols, shape) -> np.ndarray:
-    """Filled polygon plus its closed outline (same pixels as skimage ``polygon_perimeter``, without
-    its matplotlib clipping); 1-2 point rois give just their pixels/segment."""
+def _rasterise(rows, cols, shape, include_contour: bool) -> np.ndarray:
+    """The polygon's fill without its closed outline (LIDC convention), or with it when
+    ``include_contour`` (outline = the pixels of skimage ``polygon_perimeter``, without its
+    matplotlib clipping); 1-2 point rois give just their pixels/segment in either rule."""
     m = np.zeros(shape, dtype=bool)
     if len(rows) >= 3:
         m[polygon(rows, cols, shape)] = True
+    on = include_contour or len(rows) < 3
     r, c = np.rint(rows).astype(int), np.rint(cols).astype(int)
     for i in range(len(r)):
         j = (i + 1) % len(r)
         lr, lc = line(r[i], c[i], r[j], c[j])
         ok = (lr >= 0) & (lr < shape[0]) & (lc >= 0) & (lc < shape[1])
-        m[lr[ok], lc[ok]] = True
+        m[lr[ok], lc[ok]] = on
     return m
 
 
 def import_lidc_xml(
-    xml_path, dicom_dir, *, mark_points: bool = False
+    xml_path, dicom_dir, *, mark_points: bool = False, include_contour: bool = False
 ) -> tuple[np.ndarray, np.ndarray, list[str], Geometry, dict]:
     """Return ``(image int16 HU (z, y, x), masks uint8 (K, z, y, x), rater_names, geometry, info)``.
 
@@ -139,7 +145,7 @@ def import_lidc_xml(
                 if text(roi, "inclusion", "TRUE").upper() == "FALSE":
                     holes.append((k, rr, cc))
                     continue
-                nodule[k] = nodule.get(k, False) | _rasterise(rr, cc, image.shape[1:])
+                nodule[k] = nodule.get(k, False) | _rasterise(rr, cc, image.shape[1:], include_contour)
                 st["rois_drawn"] += 1
             for k, rr, cc in holes:  # exclusions clear the interior only
                 if k in nodule and len(rr) >= 3:
@@ -160,6 +166,7 @@ def import_lidc_xml(
         "skipped_rois": skipped,
         "z_fallback_rois": fallback,
         "small_nodule_policy": "marked as single pixels" if mark_points else "skipped",
+        "outline_rule": "contour included (inclusive)" if include_contour else "contour excluded (LIDC)",
         "small_nodule_points": points,
     }
     warnings = [w for w in (dinfo.get("warning"), series_warning, repeat_warning) if w]

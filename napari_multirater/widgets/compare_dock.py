@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 
 from .._napari.compare_controller import CompareController, CompareResult
 from ..analysis.dataset_report import default_report_dir
+from ..analysis.lesions import lesion_table
 from ..analysis.report import STYLE_COLUMNS as REPORT_STYLE_COLUMNS
 from ..analysis.report import format_value, pairwise_heatmap_figure
 
@@ -41,8 +42,9 @@ __all__ = ["CompareDock"]
 PAIRWISE_METRICS = (
     ("Dice", "dice", ".3f"),
     ("IoU", "iou", ".3f"),
-    ("Hausdorff (mm)", "hausdorff_mm", ".2f"),
-    ("Mean surface distance (mm)", "mean_surface_mm", ".2f"),
+    ("ASSD (mm)", "assd_mm", ".2f"),
+    ("HD95 (mm)", "hd95_mm", ".2f"),
+    ("HD (mm)", "hausdorff_mm", ".2f"),
 )
 CONSENSUS_METHODS = (("STAPLE", "staple"), ("majority vote", "majority"))
 STYLE_COLUMNS = (("Rater", "rater", None),) + tuple((title, key, fmt) for key, title, fmt in REPORT_STYLE_COLUMNS)
@@ -124,7 +126,7 @@ class CompareDock(QWidget):
         opts = QHBoxLayout()
         self.distances = QCheckBox("Surface distances")
         self.distances.setChecked(True)
-        self.distances.setToolTip("Hausdorff and mean surface distance per pair (slower on large volumes)")
+        self.distances.setToolTip("ASSD, HD95 and Hausdorff distance (mm) per pair (slower on large volumes)")
         opts.addWidget(self.distances)
         opts.addWidget(QLabel("Style reference:"))
         self.consensus = QComboBox()
@@ -183,6 +185,15 @@ class CompareDock(QWidget):
         self.tabs.addTab(self.staple_table, "STAPLE")
         self.style_table = _table()
         self.tabs.addTab(self.style_table, "Rater style")
+        lesion_tab = QWidget()  # per-lesion comparison: detection agreement + one row per lesion and rater
+        lesion_lay = QVBoxLayout(lesion_tab)
+        lesion_lay.setContentsMargins(2, 2, 2, 2)
+        self.detection_label = QLabel("")
+        self.detection_label.setWordWrap(True)
+        lesion_lay.addWidget(self.detection_label)
+        self.lesion_table = _table()
+        lesion_lay.addWidget(self.lesion_table)
+        self.tabs.addTab(lesion_tab, "Lesions")
         self.model_table = _table()
         self.model_tab_index = self.tabs.addTab(self.model_table, "Model vs raters")
         self.tabs.setTabEnabled(self.model_tab_index, False)
@@ -362,6 +373,7 @@ class CompareDock(QWidget):
             ],
         )
         self._fill_style(result.style_rows)
+        self._fill_lesions(result)
         if result.model_rows:
             outputs = list(result.model_rows[0]["dice"])
             fill_table(
@@ -389,6 +401,20 @@ class CompareDock(QWidget):
         if result.model_rows:
             parts.append(f"{len(result.model_rows[0]['dice'])} model output layer(s) matched to the raters.")
         self.status.setText(" ".join(parts))
+
+    def _fill_lesions(self, result: CompareResult) -> None:
+        les = result.lesions
+        rows = les.rows if les is not None else []
+        fill_table(self.lesion_table, *lesion_table(rows))
+        if les is None or not les.findings:
+            self.detection_label.setText("No lesion in the compared masks.")
+            return
+        found = ", ".join(f"{k}: {n}" for k, n in les.detection.items() if n)
+        self.detection_label.setText(
+            f"{len(les.findings)} lesions (3D connected, matched across raters by overlap or centroids "
+            f"<= {les.match_distance_mm:g} mm). Found by k/n raters: {found}. Per lesion, each rater vs the "
+            "other raters who found it."
+        )
 
     def _fill_style(self, rows: list[dict]) -> None:
         fill_table(
