@@ -121,7 +121,7 @@ def test_lidc_xml_picks_its_own_series_not_the_largest(tmp_path, capsys):
     assert (
         info["series_uid"] == SERIES_A and image.shape[0] == 4 and (image[:, 0, 0] == [-600, -599, -598, -597]).all()
     )  # was the blank one
-    assert masks[0, 1].sum() == 49
+    assert masks[0, 1].sum() == 25  # a 7x7 edge map: its 5x5 inside (the LIDC convention, issue 28)
     renamed = _xml(tmp_path / "renamed.xml", sop, series="1.2.3.999")  # series UID unknown, its slices are here
     info = import_lidc_xml(renamed, folder)[4]
     assert info["series_uid"] == SERIES_A and "holds 1 of the XML's 1 contour slices" in info["warning"]
