@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from napari_multirater.argtypes import POSITIVE_FLOAT, POSITIVE_INT, SEED
+from napari_multirater.argtypes import MAX_SAMPLES, POSITIVE_FLOAT, POSITIVE_INT, SEED, int_at_least
+
+SAMPLES = int_at_least(1, hi=MAX_SAMPLES)  # each sample is a full-size map: bounded before allocating
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16")  # == precision.PRECISION_CHOICES (kept import-light)
 METHOD_CHOICES = ("unet", "prob_unet", "dpersona", "proseg", "umanet", "pionono")
@@ -30,7 +32,7 @@ def add_train_parser(sub) -> None:
         "existing run is refused",
     )
     p.add_argument("--stage1", help="D-Persona stage II: start from this stage I checkpoint")
-    p.add_argument("--val-samples", type=POSITIVE_INT, help="samples per image for validation metrics")
+    p.add_argument("--val-samples", type=SAMPLES, help="samples per image for validation metrics")
     p.add_argument("--val-max-images", type=POSITIVE_INT, help="validate on at most N val images")
     p.add_argument("--select-metric", help="val metric that picks best.pt (default from the config)")
     p.add_argument("--save-every", type=POSITIVE_INT, help="save last.pt every N steps (and every epoch)")
@@ -66,7 +68,9 @@ def add_evaluate_parser(sub) -> None:
         help="val, train or all (default: the data's declared val split, "
         "else all of it; the summary says which and how many)",
     )
-    p.add_argument("--samples", type=POSITIVE_INT, default=None, help="diverse samples per image (default 10)")
+    p.add_argument(
+        "--samples", type=SAMPLES, default=None, help=f"diverse samples per image (default 10, at most {MAX_SAMPLES})"
+    )
     p.add_argument("--json", help="write the metrics JSON here (never over the data or the checkpoint)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--max-images", type=POSITIVE_INT)
