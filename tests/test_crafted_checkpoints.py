@@ -70,10 +70,15 @@ def test_huge_widths_are_refused_before_allocating(tmp_path, good):
         load_checkpoint(path)
 
 
-def test_wrong_config_types_are_one_line(tmp_path, good):
-    path = crafted(tmp_path, good, lambda d: d["config"]["backbone"].update(widths="wide"))
-    with pytest.raises(CheckpointError, match="cannot rebuild model"):
-        load_checkpoint(path)
+@pytest.mark.parametrize(
+    "change",
+    [lambda c: c.update(heads="abc"), lambda c: c["backbone"].update(widths=[[8], [16]])],
+    ids=["heads-text", "nested-widths"],
+)
+def test_wrong_config_types_are_one_line(tmp_path, good, change):
+    """Was: a TypeError traceback from inside the model's constructor."""
+    with pytest.raises(CheckpointError, match="model"):
+        load_checkpoint(crafted(tmp_path, good, lambda d: change(d["config"])))
 
 
 def test_non_finite_weights_are_refused(tmp_path, good):

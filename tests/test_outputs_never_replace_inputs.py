@@ -47,6 +47,14 @@ def tiny(tmp_path_factory):
     return {"dir": d, "ckpt": ckpt, "img": img}
 
 
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """This module's own small phantom dataset (a regression here must not damage a shared fixture)."""
+    from napari_multirater.datasets.synth import generate_phantom_dataset
+
+    return generate_phantom_dataset(tmp_path_factory.mktemp("outputs_ds") / "ds", 6, n_raters=2, val_fraction=0.34)
+
+
 def _image(folder, name, img):
     folder.mkdir(parents=True, exist_ok=True)
     return write_image(folder / name, img, Geometry.identity(2))
@@ -90,21 +98,24 @@ def test_predict_overwrite_never_replaces_a_folder_of_other_files(tiny, tmp_path
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
-def test_evaluate_json_never_replaces_the_dataset_manifest(phantom_dataset, capsys):
+def test_evaluate_json_never_replaces_the_dataset_manifest(tmp_path, capsys):
     """Was: evaluate --human-reference --data ds --json ds/dataset.json replaced the manifest."""
-    manifest = phantom_dataset / "dataset.json"
+    from napari_multirater.datasets.synth import generate_phantom_dataset
+
+    dataset = generate_phantom_dataset(tmp_path / "ds", 3, n_raters=2, val_fraction=0.34)
+    manifest = dataset / "dataset.json"
     before = manifest.read_bytes()
-    argv = ["evaluate", "--human-reference", "--data", phantom_dataset, "--json", manifest, "--max-images", "1"]
+    argv = ["evaluate", "--human-reference", "--data", dataset, "--json", manifest, "--max-images", "1"]
     rc, err = run_cli(capsys, *argv)
     assert rc == 2 and "replace the input" in one_error_line(err)
     rc, _ = run_cli(capsys, *argv, "--overwrite")  # not even with --overwrite
     assert rc == 2 and manifest.read_bytes() == before
 
 
-def test_evaluate_json_needs_overwrite_for_an_earlier_result(phantom_dataset, tmp_path, capsys):
+def test_evaluate_json_needs_overwrite_for_an_earlier_result(dataset, tmp_path, capsys):
     res = tmp_path / "eval.json"
     res.write_text('{"earlier": true}')
-    rc, err = run_cli(capsys, "evaluate", "--human-reference", "--data", phantom_dataset, "--json", res)
+    rc, err = run_cli(capsys, "evaluate", "--human-reference", "--data", dataset, "--json", res)
     assert rc == 2 and "--overwrite" in one_error_line(err)
     assert json.loads(res.read_text()) == {"earlier": True}
 
@@ -126,32 +137,32 @@ def test_export_never_replaces_its_checkpoint_nor_silently_another(tiny, tmp_pat
     assert other.read_bytes() != b"another model"
 
 
-def test_train_out_with_an_earlier_run_needs_resume_or_overwrite(phantom_dataset, tmp_path, capsys):
+def test_train_out_with_an_earlier_run_needs_resume_or_overwrite(dataset, tmp_path, capsys):
     """Was: train --out <existing run> without --resume silently replaced best.pt / last.pt."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "best.pt").write_bytes(b"earlier best")
-    argv = ["train", "--method", "unet", "--data", phantom_dataset, "--out", run, "--max-steps", "1"]
+    argv = ["train", "--method", "unet", "--data", dataset, "--out", run, "--max-steps", "1"]
     rc, err = run_cli(capsys, *argv, "--batch-size", "2", "--val-max-images", "1", "--val-samples", "1")
     assert rc == 2 and "earlier run" in one_error_line(err) and "--overwrite" in err
     assert (run / "best.pt").read_bytes() == b"earlier best"
 
 
-def test_train_never_writes_over_its_stage1_input(phantom_dataset, tmp_path, capsys):
+def test_train_never_writes_over_its_stage1_input(dataset, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "best.pt").write_bytes(b"stage I")
-    argv = ["train", "--method", "dpersona", "--data", phantom_dataset, "--out", run, "--stage1", run / "best.pt"]
+    argv = ["train", "--method", "dpersona", "--data", dataset, "--out", run, "--stage1", run / "best.pt"]
     rc, err = run_cli(capsys, *argv, "--overwrite", "--max-steps", "1")
     assert rc == 2 and "replace the input" in one_error_line(err)
     assert (run / "best.pt").read_bytes() == b"stage I"
 
 
-def test_raters_report_needs_overwrite(phantom_dataset, tmp_path, capsys):
+def test_raters_report_needs_overwrite(dataset, tmp_path, capsys):
     out = tmp_path / "report"
     out.mkdir()
     (out / "raters.md").write_text("earlier report")
-    rc, err = run_cli(capsys, "raters", "--data", phantom_dataset, "--out", out, "--max-cases", "1")
+    rc, err = run_cli(capsys, "raters", "--data", dataset, "--out", out, "--max-cases", "1")
     assert rc == 2 and "--overwrite" in one_error_line(err)
     assert (out / "raters.md").read_text() == "earlier report"
 

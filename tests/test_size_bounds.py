@@ -70,11 +70,14 @@ def test_tiny_model_pixels_are_bounded_before_resampling():
 
 
 def _npz_with_lying_header(path, shape=(100_000, 100_000, 100)) -> None:
-    """images.npy declares a 1 TB uint8 array and holds 16 bytes."""
+    """images.npy declares a 1 TB uint8 array and holds 16 bytes; masks.npy is a real small array."""
     head = io.BytesIO()
     np.lib.format.write_array_header_1_0(head, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    masks = io.BytesIO()
+    np.save(masks, np.zeros((1, 2, 4, 4), np.uint8))
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("images.npy", np.lib.format.MAGIC_PREFIX + b"\x01\x00" + head.getvalue()[8:] + bytes(16))
+        z.writestr("masks.npy", masks.getvalue())
 
 
 def test_npz_member_declaring_more_than_it_holds_is_refused(tmp_path):
