@@ -113,7 +113,8 @@ def _export(args) -> int:
     from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
     try:  # before any work: never over the original (even with --overwrite), nor silently over another
-        check_output_file(args.out, [args.checkpoint, args.eval_json], overwrite=args.overwrite)
+        evals = [args.eval_json] if args.eval_json and Path(args.eval_json).is_file() else []
+        check_output_file(args.out, [args.checkpoint, *evals], overwrite=args.overwrite)
         model, card = load_checkpoint(args.checkpoint)
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
