@@ -114,3 +114,11 @@ def test_queue_settings_that_are_not_a_dict_are_one_line(tmp_path, capsys, setti
     (root / "dataset.json").write_text(json.dumps(manifest))
     rc, err = run_cli(capsys, "queue", "--data", root, "--rater", "alice")
     assert rc == 2 and "must be a dict" in err and "Traceback" not in err
+
+
+def test_config_file_val_samples_is_bounded():
+    """A --config file's train.val_samples bypasses the parser's bound."""
+    from src_training.config import check_train_values
+
+    with pytest.raises(ValueError, match="val_samples"):
+        check_train_values({"val_samples": 10**9, "lr": 0.1})
