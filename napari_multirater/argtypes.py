@@ -21,7 +21,17 @@ __all__ = [
     "POSITIVE_FLOAT",
     "int_list",
     "float_list",
+    "MAX_CASES",
+    "MAX_RATERS",
+    "MAX_SAMPLES",
+    "MIN_SPACING_MM",
 ]
+
+# Upper bounds of user numbers that size an allocation (checked before anything is allocated)
+MAX_CASES = 100_000  # synthetic cases (ids and splits are built up front)
+MAX_RATERS = 64  # simulated raters
+MAX_SAMPLES = 1_000  # diverse samples per image (each is a full-size map)
+MIN_SPACING_MM = 0.01  # a model's in-plane pixel size (a 512 px, 0.7 mm slice would grow 70x per side)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -32,16 +42,17 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def int_at_least(lo: int, what: str = "an integer"):
-    """argparse type: an integer >= ``lo``."""
+def int_at_least(lo: int, what: str = "an integer", hi: int | None = None):
+    """argparse type: an integer >= ``lo`` (and <= ``hi``: what is allocated from it stays bounded)."""
+    want = f"{what} >= {lo}" if hi is None else f"{what} from {lo} to {hi}"
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"must be {what} >= {lo}, got {text!r}") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"must be {what} >= {lo}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}")
         return value
 
     parse.__name__ = f"int>={lo}"  # argparse names the type in some messages

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from napari_multirater.argtypes import POSITIVE_FLOAT, POSITIVE_INT, SEED
+from napari_multirater.argtypes import MAX_SAMPLES, POSITIVE_FLOAT, POSITIVE_INT, SEED, int_at_least
+
+SAMPLES = int_at_least(1, hi=MAX_SAMPLES)  # each sample is a full-size map: bounded before allocating
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16")  # == precision.PRECISION_CHOICES (kept import-light)
 METHOD_CHOICES = ("unet", "prob_unet", "dpersona", "proseg", "umanet", "pionono")
@@ -23,8 +25,14 @@ def add_train_parser(sub) -> None:
     p.add_argument("--seed", type=SEED)
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run in --out (its checkpoints and logs); without it or --resume an "
+        "existing run is refused",
+    )
     p.add_argument("--stage1", help="D-Persona stage II: start from this stage I checkpoint")
-    p.add_argument("--val-samples", type=POSITIVE_INT, help="samples per image for validation metrics")
+    p.add_argument("--val-samples", type=SAMPLES, help="samples per image for validation metrics")
     p.add_argument("--val-max-images", type=POSITIVE_INT, help="validate on at most N val images")
     p.add_argument("--select-metric", help="val metric that picks best.pt (default from the config)")
     p.add_argument("--save-every", type=POSITIVE_INT, help="save last.pt every N steps (and every epoch)")
@@ -60,8 +68,11 @@ def add_evaluate_parser(sub) -> None:
         help="val, train or all (default: the data's declared val split, "
         "else all of it; the summary says which and how many)",
     )
-    p.add_argument("--samples", type=POSITIVE_INT, default=None, help="diverse samples per image (default 10)")
-    p.add_argument("--json", help="write the metrics JSON here")
+    p.add_argument(
+        "--samples", type=SAMPLES, default=None, help=f"diverse samples per image (default 10, at most {MAX_SAMPLES})"
+    )
+    p.add_argument("--json", help="write the metrics JSON here (never over the data or the checkpoint)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--max-images", type=POSITIVE_INT)
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="auto")
@@ -83,7 +94,10 @@ def add_evaluate_parser(sub) -> None:
 def add_export_parser(sub) -> None:
     p = sub.add_parser("export", help="write a shippable copy of a checkpoint: weights + config + card, no optimizer")
     p.add_argument("--checkpoint", required=True, help="training checkpoint (e.g. RUN/best.pt)")
-    p.add_argument("--out", required=True, help="output .pt (e.g. napari_multirater/models/NAME.pt)")
+    p.add_argument(
+        "--out", required=True, help="output .pt (e.g. napari_multirater/models/NAME.pt); never the --checkpoint"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out checkpoint (not the input)")
     p.add_argument("--fp16", action="store_true", help="store float weights as fp16 (loaded back as fp32)")
     p.add_argument("--eval-json", help="`multirater evaluate --json` output to record in the model card")
     p.add_argument("--note", action="append", default=[], help="free-text line for the card's notes (repeatable)")
@@ -94,11 +108,15 @@ def _export(args) -> int:
     import json
     from pathlib import Path
 
+    from napari_multirater.io.outputs import check_output_file
+
     from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
-    try:
+    try:  # before any work: never over the original (even with --overwrite), nor silently over another
+        evals = [args.eval_json] if args.eval_json and Path(args.eval_json).is_file() else []
+        check_output_file(args.out, [args.checkpoint, *evals], overwrite=args.overwrite)
         model, card = load_checkpoint(args.checkpoint)
-    except CheckpointError as e:
+    except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     card = dict(card)

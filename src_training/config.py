@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from napari_multirater.argtypes import MAX_SAMPLES
+
 from .models.base import deep_merge
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -115,6 +117,8 @@ def check_train_values(train: dict) -> None:
     for key in _NONE_OR_AT_LEAST_ONE:
         if train.get(key) is not None and not (is_int(train[key]) and train[key] >= 1):
             raise bad(key, "null or an integer >= 1")
+    if "val_samples" in train and train["val_samples"] > MAX_SAMPLES:  # each is a full-size map
+        raise bad("val_samples", f"an integer from 1 to {MAX_SAMPLES}")
     if "seed" in train and not (is_int(train["seed"]) and train["seed"] >= 0):
         raise bad("seed", "an integer >= 0")
     lr = train.get("lr")

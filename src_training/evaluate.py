@@ -351,6 +351,11 @@ def resolve_checkpoint(name_or_path) -> Path:
 
 
 def run_evaluate(args) -> int:
+    if args.json:  # before any work: the JSON never replaces the data / checkpoint, nor silently a result
+        from napari_multirater.io.outputs import check_output_file
+
+        inputs = [args.data, getattr(args, "checkpoint", None)]
+        check_output_file(args.json, inputs, overwrite=getattr(args, "overwrite", False), flag="--json")
     if getattr(args, "human_reference", False):
         return run_human_reference(args)
     from .checkpoint import load_checkpoint

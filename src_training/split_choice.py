@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_multirater.datasets.case import DatasetError
+from napari_multirater.io.npz_bounds import check_npz_bounds
 
 
 def declared_val(path) -> bool:
@@ -39,6 +40,7 @@ def count_all(path) -> int:
     n = 0
     for f in files:
         try:
+            check_npz_bounds(f)  # before np.load allocates from the headers
             with np.load(f, allow_pickle=False) as z:
                 n += len(z["images"]) if "patient_id" not in z.files else len(z["patient_id"])
         except (OSError, ValueError, KeyError) as e:

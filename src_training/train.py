@@ -120,6 +120,8 @@ class TrainRequest:
     out: Path
     device: str = "auto"
     resume: bool = False
+    overwrite: bool = False
+    inputs: tuple = ()  # files the run reads (data, --config, --stage1): never replaced by an output
 
     @classmethod
     def from_args(cls, args) -> TrainRequest:
@@ -130,6 +132,10 @@ class TrainRequest:
             out=Path(args.out),
             device=args.device or "auto",
             resume=bool(args.resume),
+            overwrite=bool(getattr(args, "overwrite", False)),
+            inputs=tuple(
+                str(p) for p in (args.data, getattr(args, "config", None), getattr(args, "stage1", None)) if p
+            ),
         )
 
 
@@ -143,6 +149,7 @@ class TrainingRun:
         self.tcfg = tcfg = self.cfg["train"]
         check_select_metric(tcfg["select_metric"])
         self.out = out = Path(request.out)
+        earlier = check_run_folder(request)
         device = pick_device(request.device)
         self.dist = dist = init_distributed(device)
         if dist.enabled and device.type == "cuda":
@@ -151,6 +158,8 @@ class TrainingRun:
         seed_everything(tcfg["seed"] + dist.rank)
         out.mkdir(parents=True, exist_ok=True)
         self.main = dist.is_main
+        if earlier and self.main:  # --overwrite: start clean, no log row or best.pt of the earlier run stays
+            remove_run_files(out)
 
         train_ds = load_split(request.data, "train")
         val_ds = load_split(request.data, "val")
@@ -404,6 +413,42 @@ class TrainingRun:
             print(f"checkpoints: {out / 'best.pt'} (best on val), {out / 'last.pt'} (resume point)")
         shutdown_distributed(dist)
         return 0
+
+
+RUN_FILES = ("last.pt", "best.pt", "log.csv", "val.csv", "config.json")
+
+
+def check_run_folder(request: TrainRequest) -> bool:
+    """Apply the output rule to ``request.out`` before anything is written: no run file replaces an
+    input, and an earlier run there is continued (``resume`` with its ``last.pt``) or replaced
+    (``overwrite``), never silently. True when an earlier run is to be replaced."""
+    from napari_multirater.io.outputs import check_output_files
+
+    files = [Path(request.out) / name for name in RUN_FILES]
+    # an input is never replaced, even with --overwrite
+    check_output_files(files, request.inputs, overwrite=True, own_folder=request.out)
+    if request.resume and (Path(request.out) / "last.pt").is_file():
+        return False
+    earlier = [f for f in files if f.exists()]
+    if earlier and not request.overwrite:
+        hint = "" if request.resume else "--resume to continue it, "
+        raise ValueError(
+            f"--out {request.out} holds an earlier run ({', '.join(f.name for f in earlier)}"
+            f"{'' if not request.resume else ', no last.pt to resume from'}): pass {hint}--overwrite to "
+            "replace it, or choose a new folder"
+        )
+    return bool(earlier)
+
+
+def remove_run_files(out: Path) -> None:
+    """Delete an earlier run's checkpoints, logs and TensorBoard events in ``out`` (``--overwrite``)."""
+    import shutil
+
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    tb = out / "tb"
+    if tb.is_dir() and not tb.is_symlink():
+        shutil.rmtree(tb)
 
 
 def run_training(args) -> int:

@@ -181,7 +181,8 @@ def test_train_cli_contract_evaluate_json_and_export(train_data, tmp_path):
     for key, value in lean.state_dict().items():  # fp16 storage, fp32 back
         assert value.dtype == full[key].dtype, key
         torch.testing.assert_close(value, full[key], atol=2e-3, rtol=2e-3)
-    r = _run(["export", "--checkpoint", str(out / "best.pt"), "--out", str(shipped), "--eval-json", str(tmp_path)])
+    bad_eval = ["--eval-json", str(tmp_path), "--overwrite"]  # --overwrite: shipped exists (an earlier export)
+    r = _run(["export", "--checkpoint", str(out / "best.pt"), "--out", str(shipped), *bad_eval])
     assert r.returncode == 2 and "cannot read" in r.stderr
 
 

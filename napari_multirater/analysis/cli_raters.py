@@ -25,6 +25,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--data", required=True, help="dataset: case folder, LIDC npz file or folder")
     p.add_argument("--out", required=True, help="output directory for the report")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
     p.add_argument("--split", default=None, help="dataset split (e.g. train/val/test)")
     p.add_argument("--max-cases", type=POSITIVE_INT, default=None, help="analyse at most N cases")
     p.add_argument(
@@ -107,9 +108,19 @@ def iter_style_report(
 
 def run(args: argparse.Namespace) -> int:
     """Load the dataset, build the style report, write it and print the markdown table."""
-    from ..datasets import open_dataset
-    from .report import style_markdown, write_style_report
+    from pathlib import Path
 
+    from ..datasets import open_dataset
+    from ..io.outputs import OutputError, check_output_files
+    from .report import STYLE_REPORT_FILES, style_markdown, write_style_report
+    from .self_agreement import SELF_AGREEMENT_FILES
+
+    names = [*STYLE_REPORT_FILES.values(), *SELF_AGREEMENT_FILES.values()]
+    try:  # before any work: the report never replaces the data or, without --overwrite, a report
+        check_output_files([Path(args.out) / n for n in names], [args.data], overwrite=args.overwrite)
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         dataset = open_dataset(args.data, split=args.split)
         report, problems = style_report(dataset, progress=_progress, consensus=args.consensus, max_cases=args.max_cases)

@@ -177,6 +177,18 @@ def _strip_figure(report: StyleReport, metrics: Sequence[tuple[str, str]], zero_
     return fig
 
 
+STYLE_REPORT_FILES = {
+    "raters_csv": "raters.csv",
+    "raters_per_case_csv": "raters_per_case.csv",
+    "pairwise_dice_csv": "pairwise_dice.csv",
+    "raters_md": "raters.md",
+    "pairwise_dice_png": "pairwise_dice.png",
+    "volume_bias_png": "volume_bias.png",
+    "boundary_distance_png": "boundary_distance.png",
+    "lesions_csv": "lesions.csv",
+}
+
+
 def write_style_report(report: StyleReport, out_dir: str | Path) -> dict[str, Path]:
     """Write raters.csv, raters_per_case.csv, pairwise_dice.csv, lesions.csv, raters.md and three PNGs.
 
@@ -185,16 +197,7 @@ def write_style_report(report: StyleReport, out_dir: str | Path) -> dict[str, Pa
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "raters_csv": out / "raters.csv",
-        "raters_per_case_csv": out / "raters_per_case.csv",
-        "pairwise_dice_csv": out / "pairwise_dice.csv",
-        "raters_md": out / "raters.md",
-        "pairwise_dice_png": out / "pairwise_dice.png",
-        "volume_bias_png": out / "volume_bias.png",
-        "boundary_distance_png": out / "boundary_distance.png",
-        "lesions_csv": out / "lesions.csv",
-    }
+    paths = {key: out / name for key, name in STYLE_REPORT_FILES.items()}
     stat_cols = [f"{m}_{s}" for m in METRICS for s in ("mean", "median", "std", "n")]
     f = io.StringIO(newline="")
     w = csv.writer(f)

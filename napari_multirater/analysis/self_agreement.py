@@ -102,6 +102,9 @@ def self_agreement_markdown(rows: list[dict]) -> str:
     )
 
 
+SELF_AGREEMENT_FILES = {"self_agreement_csv": "self_agreement.csv", "self_agreement_md": "self_agreement.md"}
+
+
 def write_self_agreement(rows: list[dict], out_dir) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,7 +112,7 @@ def write_self_agreement(rows: list[dict], out_dir) -> dict[str, Path]:
     w = csv.DictWriter(f, fieldnames=list(COLUMNS))
     w.writeheader()
     w.writerows(rows)
-    paths = {"self_agreement_csv": out / "self_agreement.csv", "self_agreement_md": out / "self_agreement.md"}
+    paths = {key: out / name for key, name in SELF_AGREEMENT_FILES.items()}
     atomic_write_text(paths["self_agreement_csv"], f.getvalue())
     atomic_write_text(paths["self_agreement_md"], "# Intra-rater agreement\n\n" + self_agreement_markdown(rows))
     return paths

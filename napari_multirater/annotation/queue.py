@@ -49,6 +49,8 @@ CACHE_FILE = Path(".multirater") / "disagreement_cache.json"
 
 
 def _check_settings(s: dict) -> dict:
+    if s is not None and not isinstance(s, dict):
+        raise DatasetError(f"collection settings ({SETTINGS_KEY!r} in dataset.json) must be a dict, got {s!r:.60}")
     out = dict(DEFAULT_SETTINGS)
     for k, v in (s or {}).items():
         if k not in DEFAULT_SETTINGS:
@@ -67,7 +69,7 @@ def _check_settings(s: dict) -> dict:
 
 def collection_settings(store) -> dict:
     """The project's collection settings (defaults filled in)."""
-    return _check_settings(store.manifest.get(SETTINGS_KEY) or {})
+    return _check_settings(store.manifest.get(SETTINGS_KEY))
 
 
 def set_collection_settings(store, **changes) -> dict:

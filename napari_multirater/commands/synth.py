@@ -4,21 +4,33 @@ from __future__ import annotations
 
 import sys
 
-from ..argtypes import POSITIVE_INT, SEED, float_range
+from ..argtypes import MAX_CASES, MAX_RATERS, SEED, float_range, int_at_least
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("synth", help="generate a synthetic multi-rater phantom dataset (case-folder format)")
-    p.add_argument("--out", required=True, help="output dataset folder (created)")
-    p.add_argument("--cases", type=POSITIVE_INT, default=40, help="number of cases (default 40)")
-    p.add_argument("--raters", type=POSITIVE_INT, default=4, help="number of simulated raters (default 4)")
+    p.add_argument("--out", required=True, help="output dataset folder (created complete, or not at all)")
+    p.add_argument(
+        "--cases",
+        type=int_at_least(1, hi=MAX_CASES),
+        default=40,
+        help=f"number of cases (default 40, at most {MAX_CASES})",
+    )
+    p.add_argument(
+        "--raters",
+        type=int_at_least(1, hi=MAX_RATERS),
+        default=4,
+        help=f"number of simulated raters (default 4, at most {MAX_RATERS})",
+    )
     p.add_argument("--3d", dest="three_d", action="store_true", help="3D volumes instead of 2D slices")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument(
         "--val-fraction", type=float_range(0, 1, hi_open=True), default=0.2, help="fraction of cases in the val split"
     )
     p.add_argument("--format", choices=["nii.gz", "nrrd", "mha"], default="nii.gz")
-    p.add_argument("--overwrite", action="store_true", help="allow writing into an existing dataset")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing dataset in --out (never a folder of other files)"
+    )
     p.set_defaults(func=run)
 
 
@@ -42,7 +54,7 @@ def run(args) -> int:
             overwrite=args.overwrite,
             progress=progress,
         )
-    except (DatasetError, ValueError) as e:
+    except (DatasetError, ValueError, OSError) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 2
     print(f"\nwrote {args.cases} phantom cases with {args.raters} raters to {root}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.geometry import Geometry
+from ..io.npz_bounds import NpzBoundsError, check_npz_bounds
 from .case import DatasetError, MultiRaterCase
 
 REQUIRED_KEYS = ("images", "masks")
@@ -46,6 +47,10 @@ def lidc_files(path, split: str | None) -> list[Path]:
 
 
 def _load_npz(path: Path) -> dict:
+    try:  # sizes from the zip / .npy headers, before np.load allocates from them
+        check_npz_bounds(path)
+    except NpzBoundsError as e:
+        raise DatasetError(f"{path}: {e}") from None
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in REQUIRED_KEYS if k not in z.files]

@@ -8,14 +8,12 @@ destination appears only once every file is written. Imported cases get sidecars
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..io.outputs import staged_output_folder
 from .case import DatasetError, MultiRaterCase
-from .case_folder import default_file_mode, image_checksum, read_json, write_case, write_json
+from .case_folder import image_checksum, read_json, write_case, write_json
 
 
 def check_new_folder(out) -> Path:
@@ -32,23 +30,8 @@ def check_new_folder(out) -> Path:
 def staged_folder(out) -> Iterator[Path]:
     """Yield a temporary folder beside ``out``; on success it becomes ``out`` (one rename),
     on any error it is removed and ``out`` is untouched."""
-    out = check_new_folder(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staged_output_folder(check_new_folder(out)) as tmp:
         yield tmp
-        os.chmod(tmp, _folder_mode())  # mkdtemp makes 0700: give it a normal folder's mode
-        if out.is_dir():
-            out.rmdir()  # empty (checked above): rename cannot replace it on every platform
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _folder_mode() -> int:
-    """What ``mkdir`` would give: the umask's file mode, searchable where readable."""
-    mode = default_file_mode()
-    return mode | ((mode & 0o444) >> 2)
 
 
 def write_imported_case(root, case: MultiRaterCase, provenance: dict[str, dict]) -> Path:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from src_training.precision import autocast, prepare_input, prepare_model, resolve_precision
 
+from ..argtypes import MAX_SAMPLES
 from ..io.geometry import Geometry
 from ..modelfiles.intensity import InputNormalizer
 from ..modelfiles.registry import find_model, is_model_name
@@ -32,6 +33,8 @@ from .device import resolve_device, run_with_fallback
 from .roi import ROI, PredictionResult
 
 SAMPLE_KINDS = ("entropy", "variance", "mutual_information")
+MAX_MODEL_SIDE = 4096  # pixels per side of a resampled model input
+MAX_SAMPLE_BYTES = 8 << 30  # the uint8 sample maps of one prediction
 PERSONA_KIND = "persona_disagreement"
 LN2 = math.log(2.0)
 
@@ -59,6 +62,18 @@ def check_finite(image, what: str = "input image", source: str | None = None) ->
         f"{where}{what} has {bad} non-finite voxel(s) of {arr.size} ({n_nan} NaN, {bad - n_nan} inf); "
         "the model cannot run on them (they would make every output pixel NaN): fill or mask them first"
     )
+
+
+def check_output_size(n_samples: int, region_shape) -> None:
+    """Refuse (ValueError) a sample count the prediction could not hold, before anything is allocated."""
+    if not 0 <= n_samples <= MAX_SAMPLES:
+        raise ValueError(f"the number of samples must be 0 to {MAX_SAMPLES}, got {n_samples}")
+    need = n_samples * math.prod(int(v) for v in region_shape)
+    if need > MAX_SAMPLE_BYTES:
+        raise ValueError(
+            f"{n_samples} samples of a {' x '.join(map(str, region_shape))} region need {need / 2**30:.1f} GiB "
+            f"(at most {MAX_SAMPLE_BYTES >> 30} GiB): choose fewer samples, a region of interest or one slice"
+        )
 
 
 def spacing_pair(value, what: str = "pixel size") -> tuple[float, float] | None:
@@ -341,11 +356,24 @@ class InferenceEngine:
     # ------------------------------------------------------------------ per-image primitives
     def _sample_probs(self, xb, n: int, seed: int, key: int, pad) -> torch.Tensor:
         logits = self.model.sample(xb, int(n), _generator(seed, key, 0))
-        return self._unpad(torch.sigmoid(logits[0].float()), pad)
+        return self._unpad(torch.sigmoid(self._finite_or_warn(logits[0].float(), "samples")), pad)
 
     def _persona_probs(self, xb, seed: int, key: int, pad) -> torch.Tensor:
         logits = self.model.personalize(xb, _generator(seed, key, 1))
-        return self._unpad(torch.sigmoid(logits[0].float()), pad)
+        return self._unpad(torch.sigmoid(self._finite_or_warn(logits[0].float(), "personas")), pad)
+
+    def _finite_or_warn(self, logits: torch.Tensor, what: str) -> torch.Tensor:
+        """Non-finite model outputs (NaN weights, overflow) would read as a confident "no lesion":
+        add a warning (once per kind) naming how many pixels; the outputs are returned unchanged."""
+        bad = int((~torch.isfinite(logits)).sum())
+        if bad:
+            text = (
+                f"the model's {what} have {bad} non-finite value(s) of {logits.numel()} (NaN/inf): those pixels "
+                "are shown as background and are NOT a prediction (damaged checkpoint or numeric overflow)"
+            )
+            if not any(w.startswith(f"the model's {what} have") for w in self.warnings):
+                self.warnings.append(text)
+        return logits
 
     def _method_maps(self, x, pad) -> tuple[dict, dict]:
         """The model's own uncertainty: maps (B, H, W) and per-image scores (B,)."""
@@ -362,6 +390,7 @@ class InferenceEngine:
     def sample(self, image, n: int = 16, seed: int = 0) -> np.ndarray:
         """Sample probabilities (n, H, W) for an image, (B, n, H, W) for a batch (image b uses key b)."""
         batch, single = self._as_batch(image)
+        check_output_size(int(n), batch.shape)
 
         def fn(dev):
             x, pad = self._prepare(batch, dev)
@@ -599,6 +628,7 @@ class InferenceEngine:
         size = self._model_size((crop_h, crop_w), geometry if has_geometry else None, target_spacing_mm)
         n = int(samples) if samples else (int(uncertainty_samples) if uncertainty else 0)
         rshape = (len(zs), crop_h, crop_w)
+        check_output_size(n, rshape)
         res = {
             "samples": np.zeros((n, *rshape), np.uint8) if samples else None,
             "mean_prob": np.zeros(rshape, np.float32) if n else None,
@@ -651,7 +681,14 @@ class InferenceEngine:
         if target is None or geometry is None:
             return None
         sy, sx = (abs(float(s)) for s in geometry.scale_zyx[-2:])
-        return (max(int(round(crop_hw[0] * sy / target[0])), 1), max(int(round(crop_hw[1] * sx / target[1])), 1))
+        size = (crop_hw[0] * sy / target[0], crop_hw[1] * sx / target[1])
+        if max(size) > MAX_MODEL_SIDE:  # checked before anything of that size is allocated
+            raise ValueError(
+                f"resampling the {crop_hw[0]} x {crop_hw[1]} px region to {target[0]:g} x {target[1]:g} mm pixels "
+                f"would make a {size[0]:.3g} x {size[1]:.3g} px model input (at most {MAX_MODEL_SIDE} per side): "
+                "choose a larger target pixel size or a smaller region"
+            )
+        return (max(int(round(size[0])), 1), max(int(round(size[1])), 1))
 
     def _result(self, res, shape, region, is2d, geometry, size, seed, n) -> PredictionResult:
         def sq(a, lead=0):

@@ -12,7 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..argtypes import NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, SEED, float_list, int_list
+from ..argtypes import (
+    MAX_SAMPLES,
+    MIN_SPACING_MM,
+    NONNEG_INT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    SEED,
+    float_list,
+    int_at_least,
+    int_list,
+)
 from .defaults import DEFAULT_SAMPLES
 
 FORMATS = ("nii.gz", "nrrd", "mha")
@@ -31,8 +41,8 @@ def _spacing(text: str):
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a pixel size in mm or 'native', got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"pixel size must be positive, got {text!r}")
+    if not (value >= MIN_SPACING_MM and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"pixel size must be a number of mm >= {MIN_SPACING_MM:g}, got {text!r}")
     return value
 
 
@@ -44,12 +54,21 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint file or the name of a bundled/cached model")
     p.add_argument("--image", required=True, help="image file (.nii.gz, .nrrd, .mha, ...) or DICOM series folder")
-    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder (created complete, or not at all; never the image's folder)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier prediction in --out (a folder with prediction.json) as a whole",
+    )
     p.add_argument(
         "--samples",
-        type=NONNEG_INT,
+        type=int_at_least(0, hi=MAX_SAMPLES),
         default=DEFAULT_SAMPLES,
-        help=f"number of diverse samples (default {DEFAULT_SAMPLES}; 0 = none)",
+        help=f"number of diverse samples (default {DEFAULT_SAMPLES}; 0 = none; at most {MAX_SAMPLES})",
     )
     p.add_argument("--personas", action="store_true", help="also write one mask per rater persona")
     p.add_argument("--no-uncertainty", action="store_true", help="do not write uncertainty maps")
@@ -145,8 +164,16 @@ def _roi(args, ndim: int):
 def run(args) -> int:
     from ..io import MedicalIOError, read_image, write_image
     from ..io.atomic import atomic_write_text
+    from ..io.outputs import OutputError, check_output_folder, staged_output_folder
     from .engine import InferenceEngine, ModelLoadError
 
+    try:  # before any work: the outputs never replace an input or, without --overwrite, a result
+        out = check_output_folder(
+            args.out, [args.image, args.checkpoint], overwrite=args.overwrite, marker="prediction.json"
+        )
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         engine = InferenceEngine.load(
             args.checkpoint,
@@ -215,43 +242,42 @@ def run(args) -> int:
         return 2
     for w in engine.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     ext = "." + args.format
-    written = []
+    written: list[str] = []
 
-    def put(name, arr, label):
+    def put(folder, name, arr, label):
         if not label and not args.float_maps:  # probabilities in [0, 1] -> 8 bits (255 = 1.0): 4x smaller
             arr = np.round(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
-        written.append(write_image(out / f"{name}{ext}", arr, geometry, label=label).name)
+        written.append(write_image(folder / f"{name}{ext}", arr, geometry, label=label).name)
 
-    try:
+    def write_all(folder: Path) -> dict:
         if result.samples_region is not None:
             for i, s in enumerate(result.samples):
-                put(f"sample_{i:02d}", s, True)
+                put(folder, f"sample_{i:02d}", s, True)
         for rater, m in result.personas.items():
-            put(f"persona_{rater}", m, True)
+            put(folder, f"persona_{rater}", m, True)
         if result.mean_prob_region is not None:
-            put("mean_prob", result.mean_prob, False)
+            put(folder, "mean_prob", result.mean_prob, False)
         for kind, m in result.uncertainty.items():
-            put(f"uncertainty_{kind}", m, False)
-    except MedicalIOError as e:
-        print(f"error: cannot write outputs: {e}", file=sys.stderr)
-        return 2
-    summary = {
-        **result.info,
-        "warnings": read_warnings + list(result.info.get("warnings", [])),
-        "image": str(args.image),
-        "region": [[s.start, s.stop] for s in result.region],
-        "scores": {k: [float(v) for v in vals] for k, vals in result.scores.items()},
-        "files": written,
-        "seconds": round(time.perf_counter() - t0, 3),
-        "map_encoding": "float32 in [0, 1]" if args.float_maps else "uint8: probability = value / 255",
-        "precision": engine.precision.describe(),
-    }
-    try:
-        atomic_write_text(out / "prediction.json", json.dumps(summary, indent=2) + "\n")
-    except OSError as e:
+            put(folder, f"uncertainty_{kind}", m, False)
+        summary = {
+            **result.info,
+            "warnings": read_warnings + list(result.info.get("warnings", [])),
+            "image": str(args.image),
+            "region": [[s.start, s.stop] for s in result.region],
+            "scores": {k: [float(v) for v in vals] for k, vals in result.scores.items()},
+            "files": written,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "map_encoding": "float32 in [0, 1]" if args.float_maps else "uint8: probability = value / 255",
+            "precision": engine.precision.describe(),
+        }
+        atomic_write_text(folder / "prediction.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    try:  # a fresh folder renamed into place: no file of an earlier run is left beside these
+        with staged_output_folder(out, replace=args.overwrite) as tmp:
+            summary = write_all(tmp)
+    except (MedicalIOError, OutputError, OSError) as e:
         print(f"error: cannot write outputs: {e}", file=sys.stderr)
         return 2
     print(f"predict: wrote {len(written)} files to {out} in {summary['seconds']:.1f} s", file=sys.stderr)

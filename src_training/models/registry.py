@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .base import MultiRaterModel, deep_merge
+from .config_check import check_model_config
 from .dpersona import DPersona
 from .pionono import PiononoModel
 from .prob_unet import ProbUNet
@@ -28,10 +29,13 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def build_model(config: dict) -> MultiRaterModel:
-    """Instantiate the model named by ``config["method"]`` (D-Persona stage from ``config["stage"]``)."""
+    """Instantiate the model named by ``config["method"]`` (D-Persona stage from ``config["stage"]``).
+    Types and sizes are checked first (:func:`check_model_config`): nothing absurd is allocated."""
     if not isinstance(config, dict) or "method" not in config:
         raise ValueError("model config must be a dict with a 'method' key")
     method = config["method"]
+    if method in _CLASSES:
+        check_model_config(config)
     if method not in _CLASSES:
         raise ValueError(f"unknown method {method!r}; known methods: {', '.join(METHODS)}")
     return _CLASSES[method](config)

@@ -965,6 +965,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "D-Persona stage I with random weights",
     )
     p.add_argument("--out", default=None, help="folder for bench.json and bench.md (created); default: print only")
+    p.add_argument("--overwrite", action="store_true", help="replace bench.json / bench.md in --out")
     p.add_argument(
         "--device", default=None, choices=("cpu", "cuda", "all"), help="default: cpu, and cuda too when available"
     )
@@ -1028,7 +1029,15 @@ def run(args) -> int:
         print(f"bench: --precision takes auto, fp32, bf16 (comma-separated), got {args.precision!r}", file=sys.stderr)
         return 2
     from napari_multirater.inference.engine import ModelLoadError
+    from napari_multirater.io.outputs import OutputError, check_output_files
 
+    if args.out:  # before any work: never replaces the checkpoint or, without --overwrite, a result
+        try:
+            files = [Path(args.out) / "bench.json", Path(args.out) / "bench.md"]
+            check_output_files(files, [args.checkpoint], overwrite=getattr(args, "overwrite", False))
+        except OutputError as e:
+            print(f"bench: {e}", file=sys.stderr)
+            return 2
     try:
         base = build_engine(args.checkpoint, args.method, device="cpu")
     except (ModelLoadError, ValueError) as e:
