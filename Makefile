@@ -46,12 +46,13 @@ demo: system-check $(VENV)/.installed
 	fi
 
 test: system-check $(VENV)/.installed-testing
-	# -X utf8: text files default to UTF-8 even after Qt resets the C locale to ASCII mid-run
-	$(PY) -X utf8 -m pytest -q
+	# -X utf8: text files default to UTF-8 even after Qt resets the C locale to ASCII mid-run;
+	# -n auto: one pytest-xdist worker per core (at most 4), each with one torch thread (tests/conftest.py)
+	$(PY) -X utf8 -m pytest -q -n auto --maxprocesses 4
 
 # the quick loop: everything but the subprocess / torchrun / wheel-build / crash tests (marked slow)
 test-fast: system-check $(VENV)/.installed-testing
-	$(PY) -X utf8 -m pytest -q -m "not slow"
+	$(PY) -X utf8 -m pytest -q -m "not slow" -n auto --maxprocesses 4
 
 # the Qt-free core, training, inference and dev tools (see README "Developers" for the layers)
 MYPY_TARGETS := -p napari_multirater.io -p napari_multirater.datasets -p napari_multirater.annotation \

@@ -10,6 +10,16 @@ os.environ.setdefault("MULTIRATER_NOTHREADS", "0")
 
 
 @pytest.fixture(autouse=True)
+def _one_torch_thread_per_parallel_worker():
+    """Under pytest-xdist (``make test`` runs one worker per core), each worker computes with one
+    torch thread: two workers with two threads each on two cores spin-wait on each other."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
 def _private_config(tmp_path_factory, monkeypatch):
     """Rater identity and emergency copies never go to the user's real config folder."""
     if "NAPARI_MULTIRATER_CONFIG" not in os.environ:
