@@ -70,7 +70,7 @@ def test_engine_applies_the_choice_and_rechecks_old_calibrations(monkeypatch):
     monkeypatch.setattr(calibration, "usable_cores", lambda: 2)
     monkeypatch.setattr(calibration, "_RECENT", None)
     eng = _engine(threads=2)
-    assert eng.threads == 2 and eng.calibration is None
+    assert eng.threads == 2 and eng.calibration is None and not eng.recheck(now=1e9)  # fixed: never re-timed
     probe, _ = table_probe(BUSY)
     choice = eng.calibrate(probe=probe, now=100.0)
     assert (eng.threads, eng.precision.name) == (1, "bf16") and eng.calibration is choice
@@ -80,8 +80,6 @@ def test_engine_applies_the_choice_and_rechecks_old_calibrations(monkeypatch):
     assert seen == 1 and torch.get_num_threads() == before  # restored after the call
     quiet = {(1, "bf16"): 0.05, (2, "bf16"): 0.02, (1, "fp32"): 0.06, (2, "fp32"): 0.01}
     assert not eng.recheck(now=100.0 + calibration.RECHECK_S / 2, probe=table_probe(quiet)[0])
-    assert not eng.recheck(now=1e9, probe=table_probe(quiet)[0])  # threads fixed to 2, not "auto"
-    eng.threads_choice = "auto"
     assert eng.recheck(now=100.0 + calibration.RECHECK_S, probe=table_probe(quiet)[0])
     assert (eng.threads, eng.precision.name) == (2, "bf16")  # a run's re-check keeps the precision
     other = _engine(threads=2)  # a second model loaded soon after: threads reused, precision timed

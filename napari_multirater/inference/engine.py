@@ -338,8 +338,8 @@ class InferenceEngine:
         self, precision: bool = True, probe=None, now: float | None = None, reuse: bool = True
     ) -> calibration.Choice | None:
         """On CPU: time the thread counts (then, with ``precision`` and an ``auto`` precision, fp32
-        against bf16 where the CPU has native bf16) and keep the fastest; returns the choice (also
-        in ``self.calibration``), None on other devices. ``reuse``: take the thread count another
+        against bf16 where the CPU has native bf16) and keep the fastest (the engine's threads are
+        ``auto`` from then on); returns the choice (also in ``self.calibration``), None on other devices. ``reuse``: take the thread count another
         engine of this process timed less than ``RECHECK_S`` ago. ``probe``: injected timings (tests)."""
         if self.device.type != "cpu":
             return None
@@ -356,7 +356,7 @@ class InferenceEngine:
             (default_threads, self.precision.name),
             loadavg=calibration.loadavg_1min(),
         )
-        self.threads = choice.threads
+        self.threads, self.threads_choice = choice.threads, "auto"  # later runs re-check it
         if auto_prec:
             chosen = resolve_precision(choice.precision, "cpu")
             self.precision = dataclasses.replace(chosen, reason=f"auto: calibrated, {chosen.reason}")

@@ -71,9 +71,14 @@ def benchmark(
     argv=None,
     engine=None,
     precisions=("fp32", "auto"),
+    contention: bool = True,
+    competitor_threads: int = 2,
+    reference: str | None = None,
 ) -> dict:
     """Run every section on every device; returns the JSON-able result (targets evaluated).
-    ``engine``: an already built :func:`build_engine` for ``checkpoint`` / ``method`` (else built here)."""
+    ``engine``: an already built :func:`build_engine` for ``checkpoint`` / ``method`` (else built here).
+    ``contention``: section 5 under a competing process of ``competitor_threads`` threads (CPU);
+    ``reference``: path of a D-Persona reference checkout for the side-by-side section (CPU)."""
     import torch
 
     s = settings or Settings()
@@ -142,6 +147,22 @@ def benchmark(
         if dev.type == "cuda":
             base.model.to("cpu")
             torch.cuda.empty_cache()
+    cpu = torch.device("cpu")
+    base.model.to(cpu)
+    if reference:
+        from .bench_reference import bench_reference
+
+        result["reference"] = bench_reference(base, reference, s, precisions)
+        mem("side by side with the reference code", cpu, "cpu")
+    else:
+        result["reference"] = {"skipped": "no --reference-dpersona PATH given"}
+    if contention:
+        from .bench_contention import bench_contention
+
+        result["contention"] = bench_contention(base, s, competitor_threads)
+        mem("5 contention", cpu, "cpu")
+    else:
+        result["skipped"].append("contention (--skip-contention)")
     base.model.to(memory_format=torch.contiguous_format)
     result["machine"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     result["targets"] = evaluate_targets(result)
@@ -190,6 +211,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="fp32,auto",
         help="comma-separated precisions timed side by side: auto, fp32, bf16 (default fp32,auto; "
         "auto = bf16 + channels_last where the CPU/GPU computes bf16 natively)",
+    )
+    p.add_argument(
+        "--reference-dpersona",
+        default=None,
+        metavar="PATH",
+        help="a checkout of the D-Persona reference code (github.com/ycwu1997/D-Persona, with its "
+        "dependencies installed): its sampling is timed side by side in this process",
+    )
+    p.add_argument("--skip-contention", action="store_true", help="skip section 5 (under a competing process)")
+    p.add_argument(
+        "--competitor-threads",
+        type=POSITIVE_INT,
+        default=2,
+        help="threads of the competing process in section 5 (default 2)",
     )
     p.add_argument(
         "--train-configs", default=None, help=f"comma-separated configs to time (default: {','.join(TRAIN_CONFIGS)})"
@@ -242,6 +277,9 @@ def run(args) -> int:
             argv=getattr(args, "argv", None) or sys.argv[1:],
             engine=base,
             precisions=precisions,
+            contention=not args.skip_contention,
+            competitor_threads=args.competitor_threads,
+            reference=args.reference_dpersona,
         )
     finally:
         torch.set_num_threads(threads)  # the Python entry point leaves the process as it found it

@@ -23,12 +23,14 @@ ANCHORS = {
     "backbone_forward_ms": 57.0,
     "dpersona_stage1_train_step_s": 3.7,
 }
-TARGETS = {
+TARGETS = {  # issue 13, with the issue-30 limits for the personalizing 3x3-head D-Persona
     "n100_over_n1_max": 3.0,  # sampling N=100 costs at most 3x N=1
     "speedup_n100_min": 8.0,  # vectorized at least 8x faster than the naive loop at N=100
-    "marginal_ms_max": 0.06,  # (N=100 - N=1) / 99 at 128x128
+    "marginal_ms_max": 0.2,  # (N=100 - N=1) / 99 at 128x128
     "decode_ms_max": 10.0,  # one latent-explorer re-decode
-    "volume_whole_s_max": 8.0,  # 64x512x512 at N=8 samples per slice
+    "volume_whole_s_max": 10.0,  # 64x512x512 at N=8 samples per slice
+    "reference_speedup_n100_min": 6.0,  # N=100 against the D-Persona reference code, side by side
+    "contention_auto_over_best_max": 1.5,  # auto against the best fixed threads/precision, busy machine
 }
 HU_WINDOW = (-1000.0, 400.0)
 
@@ -179,7 +181,7 @@ def build_engine(checkpoint: str | None, method: str = "dpersona", device="cpu")
     from napari_multirater.inference.engine import InferenceEngine
 
     if checkpoint:
-        return InferenceEngine.load(checkpoint, device=device)
+        return InferenceEngine.load(checkpoint, device=device, threads=None)  # fixed threads: section 5 times auto
     name = method
     model = fresh_model(name)
     label = "stage I " if name == "dpersona" else ""

@@ -82,7 +82,108 @@ def evaluate_targets(result: dict) -> list[dict]:
                     "result": _miss(dec["median"], TARGETS["decode_ms_max"], True, " ms"),
                 }
             )
+    out += _reference_targets(result) + _contention_targets(result)
     return out
+
+
+def _reference_targets(result: dict) -> list[dict]:
+    lim = TARGETS["reference_speedup_n100_min"]
+    rows = {r["n"]: r for r in (result.get("reference") or {}).get("rows", [])}
+    if 100 not in rows:
+        return []
+    return [
+        {
+            "device": f"cpu {k.split()[-1]}",
+            "target": f"sampling N=100 >= {lim:g}x faster than the D-Persona reference code (side by side)",
+            "measured": f"{sp:.1f}x",
+            "value": sp,
+            "limit": lim,
+            "result": _miss(sp, lim, False, "x"),
+        }
+        for k, sp in rows[100]["speedup"].items()
+    ]
+
+
+def _contention_targets(result: dict) -> list[dict]:
+    con = result.get("contention") or {}
+    if not con.get("rows"):
+        return []
+    lim = TARGETS["contention_auto_over_best_max"]
+    worst = max(con["rows"], key=lambda r: r["auto_over_best"])
+    v = worst["auto_over_best"]
+    return [
+        {
+            "device": "cpu auto",
+            "target": f"under a competing {con['competitor']['threads']}-thread process, `auto` within "
+            f"{lim:g}x of the best fixed threads / precision",
+            "measured": f"{v:.2f}x (N={worst['n']}, best {worst['best_fixed']})",
+            "value": v,
+            "limit": lim,
+            "result": _miss(v, lim, True, "x"),
+        }
+    ]
+
+
+def reference_section(result: dict) -> list[str]:
+    """Markdown of the side-by-side run with the D-Persona reference code (or why it was skipped)."""
+    ref = result.get("reference")
+    if not ref:
+        return []
+    L = ["## Side by side with the D-Persona reference code (CPU, same process)", ""]
+    if ref.get("skipped"):
+        return L + [f"Skipped: {ref['skipped']}.", ""]
+    keys = [k for k in ref["rows"][0] if k.startswith("ours ")] + ["reference"]
+    L += [
+        f"Reference code imported from `{ref['reference_code']}` ({ref['reference_parameters']:,} parameters, "
+        f"random weights); timed call `{ref['call']}`; {ref['threads']} torch thread(s); interleaved run by run.",
+        "",
+        "| N | "
+        + " | ".join(f"{k} (ms)" for k in keys)
+        + " | "
+        + " | ".join(f"speed-up {k}" for k in keys[:-1])
+        + " |",
+        "|---:|" + "---|" * len(keys) + "---:|" * (len(keys) - 1),
+    ]
+    for row in ref["rows"]:
+        L.append(
+            f"| {row['n']} | "
+            + " | ".join(_ms(row[k]) for k in keys)
+            + " | "
+            + " | ".join(f"{row['speedup'][k]:.1f}x" for k in keys[:-1])
+            + " |"
+        )
+    return L + [""]
+
+
+def contention_section(result: dict) -> list[str]:
+    """Markdown of section 5: fixed threads/precision and ``auto`` under a competing process."""
+    con = result.get("contention")
+    if not con:
+        return []
+    comp, auto = con["competitor"], con["auto"]
+    keys = list(con["rows"][0]["times"])
+    L = [
+        f"## 5. Busy machine: `engine.sample` under a competing {comp['threads']}-thread process (ms)",
+        "",
+        f"Competitor: {comp['work']} (its own process, {comp['threads']} threads). 1-min load average "
+        f"{_load([con.get('loadavg_start')])} at the start / {_load([con.get('loadavg_end')])} at the end of the section. "
+        "Variants interleaved run by run.",
+        "",
+        f"`auto` chose **{auto['threads']} thread(s), {auto['precision']}** in {auto['calibration_s']:.2f} s of calibration "
+        f"under this load: {auto['reason']}. Probe medians: "
+        + ", ".join(f"{k} {v:.1f} ms" for k, v in auto["probe_ms"].items()),
+        "",
+        "| variant | " + " | ".join(f"N={r['n']}" for r in con["rows"]) + " |",
+        "|---|" + "---|" * len(con["rows"]),
+    ]
+    for k in keys:
+        L.append(f"| {k} | " + " | ".join(_ms(r["times"][k]) for r in con["rows"]) + " |")
+    L.append(
+        "| **auto / best fixed** | "
+        + " | ".join(f"{r['auto_over_best']:.2f}x (best: {r['best_fixed']})" for r in con["rows"])
+        + " |"
+    )
+    return L + [""]
 
 
 def _ms(st: dict | None, digits: int = 1) -> str:
@@ -301,6 +402,7 @@ def to_markdown(result: dict) -> str:
                     f"{row['images_per_s']:.1f} | {anchor} |"
                 )
             L.append("")
+    L += contention_section(result) + reference_section(result)
     L += [
         "## 4. Peak resident memory (process, `ru_maxrss`, cumulative)",
         "",
