@@ -5,8 +5,11 @@ Part A times ``model.sample`` of the shipped models on the bench's 128x128 crop,
 ``before`` (the previous inference path: plain conv2d, chunks of 16 samples) and ``after`` (oneDNN
 fused conv + bias + ReLU in fp32, chunks of 4 samples), fp32 and bf16 autocast, all variants
 interleaved run by run (medians). Part B times one batched decode of 32 samples per head design
-(random weights: the cost does not depend on them) and reports ms per sample. Not a test; prints a
-markdown table. Usage: ``PYTHONPATH=. python tools/fcomb_head_timings.py [--threads 1] [--rounds 7]``.
+(random weights: the cost does not depend on them) and reports ms per sample. Part C asks whether a
+band of the image could be skipped exactly: interval bounds over N=100 prior draws per LIDC slice
+(``--lidc`` npz, the CI fixture by default) give the fraction of hidden units whose ReLU state is
+the same for every draw, and the fraction of output pixels whose whole receptive field is such.
+Not a test; prints markdown. Usage: ``PYTHONPATH=. python tools/fcomb_head_timings.py [--threads 1] [--rounds 7]``.
 """
 
 from __future__ import annotations
@@ -135,14 +138,51 @@ def part_b(rounds: int, n: int = 32, hid: int = 16, size: int = 128) -> list[str
     return out
 
 
+def part_c(npz: str, n: int = 100, slices: int = 8) -> list[str]:
+    eng = InferenceEngine.load("lidc_dpersona", device="cpu", precision="fp32", threads=None)
+    m, fc = eng.model, eng.model.fcomb
+    d = np.load(npz)
+    rows = []
+    with torch.inference_mode():
+        for i in np.linspace(0, len(d["images"]) - 1, slices).astype(int):
+            x = torch.from_numpy(d["images"][i : i + 1].astype(np.float32) / 255.0)[:, None]
+            ctx = m.encode(x)
+            zb = (
+                m._prior_draws(ctx, n, torch.Generator().manual_seed(0))[0]
+                @ fc.layers[0].weight[:, fc.features :, 0, 0].t()
+            )
+            a = ctx["proj"][0].reshape(*x.shape[-2:], -1).permute(2, 0, 1)
+            lo, hi = a + zb.min(0).values[:, None, None], a + zb.max(0).values[:, None, None]
+            stable = [(lo > 0) | (hi <= 0)]
+            for layer in fc.layers[1:]:  # interval propagation: centre through W, radius through |W|
+                c, r = (lo.relu() + hi.relu()) / 2, (hi.relu() - lo.relu()) / 2
+                cc, rr = layer(c[None])[0], F.conv2d(r[None], layer.weight.abs(), padding=layer.padding)[0]
+                lo, hi = cc - rr, cc + rr
+                stable.append((lo > 0) | (hi <= 0))
+            k = fc.kernel_size
+            need = torch.zeros(x.shape[-2:], dtype=torch.bool)
+            for li, st in enumerate(stable):  # an output pixel needs every unit of its receptive field fixed
+                rad = (k // 2) * (len(stable) - 1 - li)
+                bad = (~st.all(0)).float()[None, None]
+                need |= (F.max_pool2d(bad, 2 * rad + 1, 1, rad)[0, 0] > 0) if rad else bad[0, 0] > 0
+            rows.append([float(st.float().mean()) for st in stable] + [1.0 - float(need.float().mean())])
+    r = np.asarray(rows).mean(0)
+    return [
+        f"Part C ({slices} LIDC slices of {npz}, N={n} prior draws): hidden units with one ReLU state for all draws, "
+        + ", ".join(f"layer {i + 1}: {v:.1%}" for i, v in enumerate(r[:-1]))
+        + f"; output pixels that could be skipped exactly: {r[-1]:.2%}"
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--lidc", default="../shared/data/lidc-slices/ci-fixture.npz")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     load = os.getloadavg()[0]
-    lines = part_a(a.rounds) + [""] + part_b(a.rounds)
+    lines = part_a(a.rounds) + [""] + part_b(a.rounds) + [""] + part_c(a.lidc)
     print(f"torch threads {a.threads}; 1-min load {load:.2f} at start / {os.getloadavg()[0]:.2f} at end (2 cores)\n")
     print("\n".join(lines))
 
