@@ -100,6 +100,15 @@ def test_a_thrashing_default_is_dropped_after_its_warm_up_call():
     assert c.threads == 1 and calls.count((2, "fp32")) == 1 and "44.0x faster" in c.reason
 
 
+def test_nothing_to_compare_times_nothing(monkeypatch):
+    probe, calls = table_probe({})
+    c = calibration.choose(probe, [2], ["fp32"], default=(2, "fp32"), loadavg=1.0)
+    assert (c.threads, c.precision, calls) == (2, "fp32", []) and c.reason.startswith("the only candidate")
+    monkeypatch.setattr(calibration, "_RECENT", (50.0, 2))  # another engine timed 2 threads 10 s ago
+    eng = _engine(precision="fp32")
+    assert eng.calibrate(probe=probe, now=60.0).threads == 2 and calls == []
+
+
 def test_threads_from_environment(monkeypatch):
     for value, expected in (("auto", "auto"), ("3", 3), ("torch", None), ("0", "auto"), ("many", "auto")):
         monkeypatch.setenv(calibration.ENV_VAR, value)

@@ -104,13 +104,15 @@ def choose(
     step2 = _medians(probe, [(n_thr, d_prec)] + others, rounds) if others else {}
     prec = _best(step2, (n_thr, d_prec), margin)[1] if step2 else d_prec
     timings = {_label(*c): 1000.0 * v for c, v in {**step1, **step2}.items()}
+    load = f", 1-min load {loadavg:.1f} on {usable_cores()} core(s)" if loadavg is not None else ""
+    if not timings:  # one thread count, one precision: nothing to compare, nothing timed
+        return Choice(n_thr, prec, f"the only candidate{load}", timings, loadavg)
     chosen_ms = timings[_label(n_thr, prec)]
     if (n_thr, prec) == (d_threads, d_prec):
         why = f"the default was fastest (or within {100 * margin:.0f}%)"
     else:
         base = {**step2, **step1}[(d_threads, d_prec)]
         why = f"{1000.0 * base / chosen_ms:.1f}x faster than the default {_label(d_threads, d_prec)}"
-    load = f", 1-min load {loadavg:.1f} on {usable_cores()} core(s)" if loadavg is not None else ""
     return Choice(n_thr, prec, f"probe {chosen_ms:.1f} ms, {why}{load}", timings, loadavg)
 
 
