@@ -147,7 +147,7 @@ def test_contention_report_and_target():
     }
     for r in con["rows"]:
         r["auto_over_best"] = r["times"]["auto"]["median"] / r["times"]["1 thread(s) fp32"]["median"]
-    (target,) = bench_report._contention_targets({"contention": con})
+    (target,) = bench_report.evaluate_targets({"devices": {}, "contention": con})
     assert target["measured"].startswith("1.70x (N=100") and target["result"].startswith("MISS by 0.2x")
     md = "\n".join(bench_report.contention_section({"contention": con}))
     assert "chose **1 thread(s), bf16**" in md and "| **auto / best fixed** | 1.10x" in md

@@ -14,114 +14,60 @@ def _miss(value: float, limit: float, upper: bool, unit: str = "") -> str:
     return f"MISS by {limit - value:.3g}{unit} ({100 * (1 - value / limit):.0f}% short)"
 
 
+def _target(device: str, target: str, key: str, value, measured: str, upper: bool, unit: str) -> dict:
+    """One target row: ``value`` against ``TARGETS[key]`` (``upper``: at most, else at least)."""
+    lim = TARGETS[key]
+    return {
+        "device": device,
+        "target": target,
+        "measured": measured,
+        "value": value,
+        "limit": lim,
+        "result": _miss(value, lim, upper, unit) if value is not None else "n/a (no per-sample loop for this method)",
+    }
+
+
 def evaluate_targets(result: dict) -> list[dict]:
     out = []
     for dev, r in result["devices"].items():
         smp = r.get("sampling") or {}
         if "n100_over_n1" in smp:
             v = smp["n100_over_n1"]
-            out.append(
-                {
-                    "device": dev,
-                    "target": f"sampling N=100 costs <= {TARGETS['n100_over_n1_max']:g}x N=1",
-                    "measured": f"{v:.2f}x",
-                    "value": v,
-                    "limit": TARGETS["n100_over_n1_max"],
-                    "result": _miss(v, TARGETS["n100_over_n1_max"], True, "x"),
-                }
-            )
+            t = f"sampling N=100 costs <= {TARGETS['n100_over_n1_max']:g}x N=1"
+            out.append(_target(dev, t, "n100_over_n1_max", v, f"{v:.2f}x", True, "x"))
         if "marginal_ms_per_sample" in smp:
             v = smp["marginal_ms_per_sample"]
-            out.append(
-                {
-                    "device": dev,
-                    "target": f"marginal cost per sample <= {TARGETS['marginal_ms_max']:g} ms ((N=100 - N=1) / 99)",
-                    "measured": f"{v:.3f} ms",
-                    "value": v,
-                    "limit": TARGETS["marginal_ms_max"],
-                    "result": _miss(v, TARGETS["marginal_ms_max"], True, " ms"),
-                }
-            )
+            t = f"marginal cost per sample <= {TARGETS['marginal_ms_max']:g} ms ((N=100 - N=1) / 99)"
+            out.append(_target(dev, t, "marginal_ms_max", v, f"{v:.3f} ms", True, " ms"))
         vol = (r.get("volume") or {}).get("whole")
         if vol and not result["settings"].get("quick"):
             v = vol["seconds"]["median"]
-            out.append(
-                {
-                    "device": dev,
-                    "target": f"64x512x512 volume, N=8 per slice, < {TARGETS['volume_whole_s_max']:g} s",
-                    "measured": f"{v:.2f} s",
-                    "value": v,
-                    "limit": TARGETS["volume_whole_s_max"],
-                    "result": _miss(v, TARGETS["volume_whole_s_max"], True, " s"),
-                }
-            )
+            t = f"64x512x512 volume, N=8 per slice, < {TARGETS['volume_whole_s_max']:g} s"
+            out.append(_target(dev, t, "volume_whole_s_max", v, f"{v:.2f} s", True, " s"))
         rows = {row["n"]: row for row in smp.get("rows", [])}
         if 100 in rows:
-            sp = rows[100]["speedup"]
-            out.append(
-                {
-                    "device": dev,
-                    "target": f"vectorized >= {TARGETS['speedup_n100_min']:g}x faster than naive at N=100",
-                    "measured": f"{sp:.1f}x" if sp is not None else "n/a",
-                    "value": sp,
-                    "limit": TARGETS["speedup_n100_min"],
-                    "result": _miss(sp, TARGETS["speedup_n100_min"], False, "x")
-                    if sp is not None
-                    else "n/a (no per-sample loop for this method)",
-                }
-            )
+            v = rows[100]["speedup"]
+            t = f"vectorized >= {TARGETS['speedup_n100_min']:g}x faster than naive at N=100"
+            out.append(_target(dev, t, "speedup_n100_min", v, f"{v:.1f}x" if v is not None else "n/a", False, "x"))
         dec = (r.get("interactive") or {}).get("decode_one")
         if dec:
-            out.append(
-                {
-                    "device": dev,
-                    "target": "one latent re-decode < 10 ms",
-                    "measured": f"{dec['median']:.2f} ms",
-                    "value": dec["median"],
-                    "limit": TARGETS["decode_ms_max"],
-                    "result": _miss(dec["median"], TARGETS["decode_ms_max"], True, " ms"),
-                }
-            )
-    out += _reference_targets(result) + _contention_targets(result)
-    return out
-
-
-def _reference_targets(result: dict) -> list[dict]:
-    lim = TARGETS["reference_speedup_n100_min"]
-    rows = {r["n"]: r for r in (result.get("reference") or {}).get("rows", [])}
-    if 100 not in rows:
-        return []
-    return [
-        {
-            "device": f"cpu {k.split()[-1]}",
-            "target": f"sampling N=100 >= {lim:g}x faster than the D-Persona reference code (side by side)",
-            "measured": f"{sp:.1f}x",
-            "value": sp,
-            "limit": lim,
-            "result": _miss(sp, lim, False, "x"),
-        }
-        for k, sp in rows[100]["speedup"].items()
-    ]
-
-
-def _contention_targets(result: dict) -> list[dict]:
+            v = dec["median"]
+            out.append(_target(dev, "one latent re-decode < 10 ms", "decode_ms_max", v, f"{v:.2f} ms", True, " ms"))
+    ref = {row["n"]: row for row in (result.get("reference") or {}).get("rows", [])}
+    if 100 in ref:
+        t = f"sampling N=100 >= {TARGETS['reference_speedup_n100_min']:g}x faster than the D-Persona reference code (side by side)"
+        for k, v in ref[100]["speedup"].items():
+            out.append(_target(f"cpu {k.split()[-1]}", t, "reference_speedup_n100_min", v, f"{v:.1f}x", False, "x"))
     con = result.get("contention") or {}
-    if not con.get("rows"):
-        return []
-    lim = TARGETS["contention_auto_over_best_max"]
-    worst = max(con["rows"], key=lambda r: r["auto_over_best"])
-    v = worst["auto_over_best"]
-    return [
-        {
-            "device": "cpu auto",
-            "target": f"under a competing {con['competitor']['threads']}-thread process, `auto` within "
-            f"{lim:g}x of the best fixed threads / precision",
-            "measured": f"{v:.2f}x (N={worst['n']}, best {worst['best_fixed']})",
-            "value": v,
-            "limit": lim,
-            "result": _miss(v, lim, True, "x"),
-        }
-    ]
+    if con.get("rows"):
+        w = max(con["rows"], key=lambda r: r["auto_over_best"])
+        t = (
+            f"under a competing {con['competitor']['threads']}-thread process, `auto` within "
+            f"{TARGETS['contention_auto_over_best_max']:g}x of the best fixed threads / precision"
+        )
+        m = f"{w['auto_over_best']:.2f}x (N={w['n']}, best {w['best_fixed']})"
+        out.append(_target("cpu auto", t, "contention_auto_over_best_max", w["auto_over_best"], m, True, "x"))
+    return out
 
 
 def reference_section(result: dict) -> list[str]:
