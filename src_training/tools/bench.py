@@ -9,7 +9,16 @@ Everything is measured in one run, on one machine, with the thread count and mac
    engine a CT-like 64x512x512 volume slice by slice (whole slices, then a centred 32x128x128 ROI);
 3. one training step (``Trainer.step``: forward + backward + Adam step) per method at batch 12 on 128x128, each with
    its compact default config from ``src_training/configs`` (D-Persona stage II too);
-4. the process's peak resident memory after each section.
+4. the process's peak resident memory after each section;
+5. on CPU, ``engine.sample`` under a competing process (``--competitor-threads``, default 2): every
+   fixed threads x precision choice against ``auto`` (the engine's own calibration under that load,
+   with what it chose and why), interleaved (``--skip-contention`` skips it);
+6. with ``--reference-dpersona PATH``, the D-Persona reference code's sampling side by side in this
+   process (imported from the user's checkout, skipped with the reason where it cannot be).
+
+The code lives in ``bench_common`` (settings, timing, model, machine), ``bench_inputs``,
+``bench_sampling`` (1-2b), ``bench_training`` (3), ``bench_contention`` (5), ``bench_reference`` (6)
+and ``bench_report`` (targets, markdown); this module is the driver and the command line.
 
 Without ``--checkpoint`` a freshly built compact D-Persona stage I (random weights) is timed; the
 output says so. Timings are medians with p10/p90 over ``--repeats`` runs after warm-up runs (CUDA is
