@@ -11,6 +11,7 @@ decoded in one batched call; the method's deterministic maps are computed per ba
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from contextlib import ExitStack, contextmanager
@@ -21,13 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from src_training.precision import autocast, prepare_input, prepare_model, resolve_precision
+from src_training.precision import autocast, cpu_bf16_native, prepare_input, prepare_model, resolve_precision
 
 from ..argtypes import MAX_SAMPLES
 from ..io.geometry import Geometry
 from ..modelfiles.intensity import InputNormalizer
 from ..modelfiles.registry import find_model, is_model_name
 from ..progress import Progress, run_to_completion
+from . import calibration
 from .defaults import DEFAULT_SAMPLES
 from .device import resolve_device, run_with_fallback
 from .roi import ROI, PredictionResult
@@ -153,6 +155,19 @@ def slices_text(keys, depth: int) -> str:
     return f"{what} of 0-{depth - 1}"
 
 
+@contextmanager
+def torch_threads(n: int | None):
+    """Within the block torch uses ``n`` intra-op threads (None: unchanged); restored after."""
+    before = torch.get_num_threads()
+    if n and n != before:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 @dataclass
 class Encoded:
     """An image encoded once for the latent explorer (model context + padding to undo)."""
@@ -176,7 +191,13 @@ class InferenceEngine:
         lidc_mapping: str = "fixed",
         target_spacing_mm: float | tuple | str | None = None,
         precision: str = "auto",
+        threads: int | str | None = None,
     ):
+        """``threads``: None leaves torch's thread count alone; an int fixes it for the engine's
+        calls; ``"auto"`` (the default of :meth:`load`) calibrates it on CPU, then the precision
+        where ``precision`` is ``auto`` (:meth:`calibrate`)."""
+        if not (threads is None or threads == "auto" or (isinstance(threads, int) and threads >= 1)):
+            raise ValueError(f"threads must be 'auto' or a positive number, got {threads!r}")
         self.model = model.eval()
         self.card = dict(card or {})
         self.name = name
@@ -199,7 +220,13 @@ class InferenceEngine:
             )
         self.precision_choice = precision
         self.precision = resolve_precision(precision, self.device)
+        self.threads_choice = threads
+        self.threads: int | None = threads if isinstance(threads, int) else None
+        self.calibration: calibration.Choice | None = None
+        self._calibrated_at: float | None = None
         self._call(lambda dev: None)  # moves the model (falls back to CPU if the GPU refuses)
+        if threads == "auto":
+            self.calibrate()
 
     # ------------------------------------------------------------------ loading / info
     @classmethod
@@ -210,6 +237,7 @@ class InferenceEngine:
     @classmethod
     def iter_load(cls, name_or_path, device="auto", **kwargs):
         """Generator form of :meth:`load` (yields :class:`Progress`, returns the engine) for workers."""
+        kwargs.setdefault("threads", calibration.threads_from_env())
         yield Progress(0, 3, f"finding {name_or_path}")
         text = str(name_or_path)
         path = Path(text).expanduser()
@@ -229,7 +257,7 @@ class InferenceEngine:
             raise ModelLoadError(str(e)) from None
         except Exception as e:  # noqa: BLE001 - any unreadable file is a load error for the user
             raise ModelLoadError(f"{path}: cannot load checkpoint: {e}") from None
-        yield Progress(2, 3, f"moving {path.stem} to {device}")
+        yield Progress(2, 3, f"moving {path.stem} to {device} (and timing threads / precision on this machine)")
         try:
             engine = cls(model, card, device=device, name=path.stem, **kwargs)
         except ValueError as e:
@@ -279,6 +307,8 @@ class InferenceEngine:
             "device": self.device_message,
             "precision": self.precision.describe(),
         }
+        if self.calibration is not None:
+            out["threads"] = self.calibration.describe()
         note = mi.rater_note(c)
         if note:
             out["raters"] += f" ({note})"
@@ -291,11 +321,80 @@ class InferenceEngine:
         return field_of_view(self.card)
 
     def set_precision(self, choice: str) -> str:
-        """Switch precision (``auto``/``fp32``/``bf16``) for later calls; returns its description."""
+        """Switch precision (``auto``/``fp32``/``bf16``) for later calls; returns its description.
+        ``auto`` with ``threads="auto"`` re-calibrates (threads, then precision)."""
         self.precision = resolve_precision(choice, self.device)
         self.precision_choice = choice
         prepare_model(self.model, self.precision)
+        if choice == "auto" and self.threads_choice == "auto":
+            self.calibrate()
         return self.precision.describe()
+
+    # ------------------------------------------------------------------ contention-aware calibration
+    def _probe(self, size: int = 128, n: int = 4):
+        """``probe(threads, precision) -> seconds`` of one ``sample`` call (n samples, one
+        ``size`` x ``size`` image): the calibration workload."""
+        m = self.pad_multiple
+        s = max(m, m * round(size / m))
+        x0 = torch.randn(1, self.model.in_channels, s, s, generator=torch.Generator().manual_seed(0))
+
+        def probe(threads: int, precision: str) -> float:
+            prec = resolve_precision(precision, "cpu")
+            prepare_model(self.model, prec)
+            x = prepare_input(x0, prec)
+            with torch_threads(threads), torch.inference_mode(), autocast(prec, "cpu"):
+                t = time.perf_counter()
+                self.model.sample(x, n, torch.Generator().manual_seed(0))
+                return time.perf_counter() - t
+
+        return probe
+
+    def calibrate(
+        self, precision: bool = True, probe=None, now: float | None = None, reuse: bool = True
+    ) -> calibration.Choice | None:
+        """On CPU: time the thread counts (then, with ``precision`` and an ``auto`` precision, fp32
+        against bf16 where the CPU has native bf16) and keep the fastest (the engine's threads are
+        ``auto`` from then on); returns the choice (also in ``self.calibration``), None on other devices. ``reuse``: take the thread count another
+        engine of this process timed less than ``RECHECK_S`` ago. ``probe``: injected timings (tests)."""
+        if self.device.type != "cpu":
+            return None
+        now = time.monotonic() if now is None else now
+        known = calibration.recent_threads(now) if reuse else None
+        default_threads = known or self.threads or torch.get_num_threads()
+        cands = [known] if known else calibration.thread_candidates(max(default_threads, calibration.usable_cores()))
+        auto_prec = precision and self.precision_choice == "auto"
+        precisions = ["fp32", "bf16"] if auto_prec and cpu_bf16_native()[0] else [self.precision.name]
+        choice = calibration.choose(
+            probe or self._probe(),
+            cands,
+            precisions,
+            (default_threads, self.precision.name),
+            loadavg=calibration.loadavg_1min(),
+        )
+        self.threads, self.threads_choice = choice.threads, "auto"  # later runs re-check it
+        if auto_prec:
+            chosen = resolve_precision(choice.precision, "cpu")
+            self.precision = dataclasses.replace(chosen, reason=f"auto: calibrated, {chosen.reason}")
+        prepare_model(self.model, self.precision)
+        self.calibration = choice
+        self._calibrated_at = now
+        calibration.remember_threads(choice.threads, now)
+        return choice
+
+    def recheck(self, now: float | None = None, probe=None) -> bool:
+        """At the start of a run: with ``threads="auto"``, re-time the thread count (precision is
+        kept: results of one session stay comparable) when the last calibration is older than
+        :data:`calibration.RECHECK_S`. Returns True when it re-calibrated."""
+        now = time.monotonic() if now is None else now
+        if self.threads_choice != "auto" or self._calibrated_at is None:
+            return False
+        if now - self._calibrated_at < calibration.RECHECK_S:
+            return False
+        recent = calibration.recent_threads(now)
+        if recent is not None:  # another engine of this process re-timed the machine a moment ago
+            self.threads, self._calibrated_at = recent, now
+            return False
+        return self.calibrate(precision=False, probe=probe, now=now, reuse=False) is not None
 
     def describe_resolution(self) -> str:
         t = self.target_spacing_mm
@@ -310,6 +409,8 @@ class InferenceEngine:
                 self.model.to(dev)
                 prepare_model(self.model, self.precision)
             with ExitStack() as stack:
+                if dev.type == "cpu":
+                    stack.enter_context(torch_threads(self.threads))
                 stack.enter_context(torch.inference_mode())
                 stack.enter_context(autocast(self.precision, dev))
                 return fn(dev)
@@ -637,6 +738,7 @@ class InferenceEngine:
             "scores": {},
         }
         batch_slices = max(int(batch_slices), 1)
+        self.recheck()  # a run starts: re-time the thread count if the last calibration is old
         yield Progress(0, len(zs), f"{len(zs)} slice(s), {n} sample(s) on {self.device.type}")
         t_start = time.perf_counter()
         for c0 in range(0, len(zs), batch_slices):
