@@ -33,10 +33,11 @@ from pathlib import Path
 import numpy as np
 
 from ..annotation.lock import AUTOSAVE_TIMEOUT, LockTimeout
+from ..annotation.prefill import pick_lesion
 from ..annotation.session import AnnotationSession
 from ..annotation.store import AnnotationStore, RaterIdentity, SaveConflict, loaded_revision
 from ..datasets.case import DatasetError
-from ..datasets.case_folder import check_identifier, image_checksum, now_iso, write_json
+from ..datasets.case_folder import check_identifier, image_checksum, now_iso, unconfirmed_prefill, write_json
 from ..io.geometry import geometry_from_layer
 from ..io.medical import MedicalIOError, write_image
 from .guidance import case_identity
@@ -142,6 +143,7 @@ class AnnotateController:
         self.at_risk = False  # the last save and its emergency copy both failed
         self.repeat = False  # the open case is an intra-rater repeat (saved next to the first mask, blind)
         self.last_rescue: str | None = None  # path of the last emergency / conflict copy
+        self.last_prefill = ""  # what the last pre-fill wrote, for the status line
         self.on_edit: Callable[[], None] | None = None  # the view refreshes its "unsaved" marker
         self.notify: Callable[[str], None] = _notify_error  # errors that must not go unnoticed
         viewer.layers.events.removing.connect(self._on_layer_removing)
@@ -519,9 +521,13 @@ class AnnotateController:
             out.append(ly)
         return sorted(out, key=lambda ly: (ly.metadata or {}).get(ROLE_KEY) not in ("persona", "sample"))
 
-    def prefill_from_layer(self, source) -> dict:
-        """Replace the rater's mask by a copy of Labels layer ``source`` (e.g. a model persona),
-        undoable; provenance records the source and later edits mark it ``edited``."""
+    def prefill_from_layer(self, source, *, everything: bool = False, point_mm=None) -> dict:
+        """Replace the rater's mask by the lesion of Labels layer ``source`` (e.g. a model persona)
+        at the ROI point (``point_mm``, world mm; default: the point the model run was centred on),
+        or by every mark of it (``everything``, or no point known); undoable. The source is hidden
+        and the annotation brought to the top so edits show. Provenance records the source; the
+        mask counts as the rater's once edited or :meth:`confirm`-ed. :attr:`last_prefill` says
+        what was written."""
         layer = self._need_annotation_layer()
         if source is None or source.__class__.__name__ != "Labels":
             raise AnnotateError("choose a Labels layer to pre-fill from")
@@ -548,13 +554,41 @@ class AnnotateController:
         info.setdefault(
             "output", f"{role} {md.get('persona') or md.get('rater') or source.name}".strip() if role else source.name
         )
+        point = md.get("roi_point_mm") if point_mm is None else point_mm
+        index = None
+        if point is not None and not everything:
+            index = np.asarray(layer.world_to_data(np.asarray(point, float)[-layer.ndim :]), float)
+        pick = pick_lesion(source.data, index, np.abs(np.asarray(layer.scale, float)), everything)
         self._suppress_edits = True
         try:
-            set_labels_undoable(layer, (np.asarray(source.data) != 0).astype(layer.data.dtype))
+            set_labels_undoable(layer, pick.mask.astype(layer.data.dtype))
         finally:
             self._suppress_edits = False
+        info["copied"] = pick.summary()
         self.session.mark_prefilled(info)
+        source.visible = False  # the model's layer above would hide every edit
+        self.viewer.layers.move(self.viewer.layers.index(layer), len(self.viewer.layers))
+        self.viewer.layers.selection.active = layer
+        self.last_prefill = (
+            f"Pre-filled {pick.summary()}. Hid {source.name!r} and put your annotation on top. "
+            "Edit it, or press Confirm if it is right as it is: until then it is saved as a draft, "
+            "not counted as your annotation."
+        )
         return dict(self.session.provenance)
+
+    @property
+    def is_draft(self) -> bool:
+        """The open mask is an untouched model pre-fill (saved as a draft, not counted)."""
+        return self.session is not None and unconfirmed_prefill({"provenance": self.session.provenance})
+
+    def confirm(self) -> dict:
+        """The rater accepts the pre-fill as it is: recorded as ``confirmed`` and saved, so it counts
+        as their annotation (training, reports, queue, agreement)."""
+        self._need_annotation_layer()
+        if self.session.provenance.get("kind") != "prefilled":
+            raise AnnotateError("nothing to confirm: this mask is not a model pre-fill (Save saves it)")
+        self.session.provenance.update(confirmed=True, confirmed_at=now_iso())
+        return self.save("confirmed and saved")
 
     def _need_annotation_layer(self):
         if not self.rater:
@@ -616,7 +650,7 @@ class AnnotateController:
         self._saved_sha = sidecar.get("mask_sha256") or image_checksum(mask)
         self.at_risk = False
         layer.metadata["sidecar"] = sidecar
-        self.last_save_reason = reason
+        self.last_save_reason = f"{reason} as a draft" if self.is_draft else reason
         return sidecar
 
     def overwrite(self) -> dict:

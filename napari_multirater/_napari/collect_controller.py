@@ -19,6 +19,7 @@ from ..annotation.queue import (
     QueueEntry,
     build_queue,
     collection_settings,
+    drafts_line,
     enough_raters,
     iter_model_disagreement,
     set_collection_settings,
@@ -102,7 +103,9 @@ class CollectController:
         if self.store is None:
             return ""
         k, n = enough_raters(self.store)
-        return f"{k} of {n} cases have enough raters (target {self.settings()['target_raters']})"
+        text = f"{k} of {n} cases have enough raters (target {self.settings()['target_raters']})"
+        drafts = drafts_line(self.store)
+        return f"{text}; {drafts}" if drafts else text
 
     # --- queue -----------------------------------------------------------------------------------
     def refresh_queue(self) -> list[QueueEntry]:

@@ -87,6 +87,18 @@ def enough_raters(store) -> tuple[int, int]:
     return sum(len(store.annotated_raters(c)) >= target for c in ids), len(ids)
 
 
+def drafts_line(store) -> str | None:
+    """How many saved masks are untouched model pre-fills, left out of every count (None: none)."""
+    drafts = store.drafts()
+    if not drafts:
+        return None
+    names = ", ".join(f"{c}/{r}" for c, r in drafts[:5]) + (", ..." if len(drafts) > 5 else "")
+    return (
+        f"{len(drafts)} unconfirmed model pre-fill(s) not counted ({names}): "
+        "a rater edits or confirms a pre-fill to make it an annotation"
+    )
+
+
 _RATER_CACHE: dict = {}  # (case folder, ((rater, mtime, size), ...)) -> score: refreshes stay cheap
 
 
@@ -284,6 +296,8 @@ def build_queue(store, rater: str, model_scores: dict | None = None) -> list[Que
     entries = []
     for cid, n, needs, score, src in rows:
         why = [f"{n} of {target} raters" if needs else f"has {n} raters (target {target})"]
+        if store.has_mask(cid, rater, drafts=True):
+            why.insert(0, "your pre-fill is not confirmed yet")
         if score is not None:
             why.append(f"{'model' if src == 'model' else 'rater'} disagreement {score:.2f}")
         entries.append(QueueEntry(cid, 0, n, needs, score, src, False, ", ".join(why)))

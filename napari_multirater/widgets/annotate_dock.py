@@ -188,7 +188,13 @@ class AnnotateDock(QWidget):
         self.prefill_combo.setToolTip("A Labels layer (e.g. a model persona) to start your mask from")
         self.prefill_btn = QPushButton("Pre-fill")
         self.prefill_btn.clicked.connect(self.prefill)
+        self.all_marks_box = QCheckBox("all marks")
+        self.all_marks_box.setToolTip(
+            "Copy every mark of the chosen layer; unticked, only the lesion at the ROI point "
+            "the model was run on (the component connected to the click) is copied"
+        )
         pre.addWidget(self.prefill_combo, 1)
+        pre.addWidget(self.all_marks_box)
         pre.addWidget(self.prefill_btn)
         wl.addRow("Start from:", pre)
         self.no_lesion_box = QCheckBox("No lesion in this case")
@@ -207,7 +213,14 @@ class AnnotateDock(QWidget):
         self.autosave_spin.setValue(int(round(autosave_seconds)))
         self.autosave_spin.setToolTip("Autosave interval while there are unsaved edits (0 = off)")
         self.autosave_spin.valueChanged.connect(lambda v: self.controller.set_autosave_interval(float(v)))
+        self.confirm_btn = QPushButton("Confirm")
+        self.confirm_btn.setToolTip(
+            "Accept the model pre-fill as your annotation as it is (an unedited, unconfirmed pre-fill "
+            "is kept as a draft and not counted)"
+        )
+        self.confirm_btn.clicked.connect(self.confirm)
         save_row.addWidget(self.save_btn, 1)
+        save_row.addWidget(self.confirm_btn)
         save_row.addWidget(QLabel("autosave"))
         save_row.addWidget(self.autosave_spin)
         wl.addRow(save_row)
@@ -359,7 +372,13 @@ class AnnotateDock(QWidget):
     def prefill(self) -> None:
         name = self.prefill_combo.currentText()
         layer = self.viewer.layers[name] if name in self.viewer.layers else None
-        self._run(lambda: self.controller.prefill_from_layer(layer), f"Pre-filled from {name}; edit and save.")
+        everything = self.all_marks_box.isChecked()
+        if self._run(lambda: self.controller.prefill_from_layer(layer, everything=everything)) is not None:
+            self.show_status(self.controller.last_prefill)
+
+    def confirm(self) -> None:
+        """Accept the untouched pre-fill as the rater's annotation (saved, counted)."""
+        self._run(self.controller.confirm, "Confirmed: the pre-fill is saved as your annotation.")
 
     def tick(self) -> None:
         """Timer: autosave when due, keep the status line current."""
@@ -500,8 +519,9 @@ class AnnotateDock(QWidget):
             b.setEnabled(has_project)
         self.next_todo_btn.setEnabled(has_project and has_rater)
         can_edit = c.annotation_layer is not None
-        for w in (self.save_btn, self.prefill_btn, self.prefill_combo, self.no_lesion_box):
+        for w in (self.save_btn, self.prefill_btn, self.prefill_combo, self.no_lesion_box, self.all_marks_box):
             w.setEnabled(can_edit)
+        self.confirm_btn.setEnabled(can_edit and c.is_draft)
         self.no_lesion_box.setChecked(bool(c.session is not None and c.session.provenance.get("no_lesion")))
         self._refresh_prefill_sources()  # Pre-fill stays disabled while there is nothing to start from
         self._refresh_save_status()
@@ -520,6 +540,8 @@ class AnnotateDock(QWidget):
         when = _local_time(s.last_saved)
         saved = f"{c.last_save_reason or 'last saved'} at {when}" if when else "not saved yet"
         state = "<b>unsaved edits</b>" if s.dirty else ("all saved" if when else "nothing painted yet")
+        if c.is_draft:
+            state += "; <b>draft</b>: an untouched model pre-fill, not counted until you edit it or press Confirm"
         self.save_label.setText(
             f"Case <b>{c.case_id}</b>: {state}; {saved}; active time {s.total_active_seconds:.0f} s."
         )
