@@ -20,7 +20,7 @@ def test_predict_cli_warns_like_the_dock_before_the_run(tmp_path, capsys):
     card = {**tiny_card("prob_unet", ["a", "b"]), "training_data": {"path": "../shared/data/lidc-slices"}}
     ckpt = make_tiny_checkpoint(tmp_path / "m.pt", "prob_unet", ["a", "b"], card=card)
     src = tmp_path / "slice.nii.gz"
-    write_image(src, np.full((288, 288), -800, np.int16), Geometry((0.625, 0.625), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)))
+    write_image(src, np.full((264, 264), -800, np.int16), Geometry((0.625, 0.625), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0)))
     base = ["predict", "--checkpoint", str(ckpt), "--image", str(src), "--samples", "1", "--no-uncertainty"]
     assert main([*base, "--out", str(tmp_path / "whole")]) == 0
     err = capsys.readouterr().err
@@ -113,3 +113,37 @@ def test_prefill_copies_the_clicked_lesion_and_stays_a_draft_until_confirmed(tmp
     dock.all_marks_box.setChecked(True)
     dock.prefill_btn.click()
     assert (own.data != 0).sum() == 125 and ctl.is_draft  # a new pre-fill is a draft again
+
+
+def test_blind_mode_keeps_other_readers_hidden_and_refuses_a_scrambled_dicom(tmp_path):
+    """Minors: the other readers' small-nodule points are hidden while blind, and an eye-click does
+    not show them; a DICOM series from napari's own reader (file-name slice order) is named as such
+    and cannot start a project."""
+    from napari.components import ViewerModel
+    from napari.layers import Image
+    from napari.layers._source import layer_source
+
+    from napari_multirater._napari.annotate_controller import AnnotateController, AnnotateError
+    from napari_multirater._napari.guidance import spacing_warning
+    from napari_multirater._napari.layers import ROLE_KEY
+    from tests.conftest import make_annotation_project
+
+    viewer = ViewerModel()
+    ctl = AnnotateController(viewer)
+    notes: list[str] = []
+    ctl.notify = notes.append
+    pts = viewer.add_points([[5, 5]], name="LIDC small nodules", metadata={ROLE_KEY: "points", "case_id": "lung0"})
+    ctl.open_project(make_annotation_project(tmp_path / "p", 1).root)
+    ctl.set_rater("carol")
+    ctl.load_case("lung0")
+    assert not pts.visible
+    pts.visible = True  # the eye icon
+    assert not pts.visible and "Blind mode" in notes[-1]
+
+    (tmp_path / "series").mkdir()
+    (tmp_path / "series" / "1.dcm").write_bytes(b"")
+    with layer_source(path=str(tmp_path / "series")):
+        plain = Image(np.zeros((3, 8, 8), np.int16), name="series")
+    assert "file-name order" in spacing_warning(plain)
+    with pytest.raises(AnnotateError, match="napari's own reader"):
+        ctl.new_project_from_layer(tmp_path / "new", plain)

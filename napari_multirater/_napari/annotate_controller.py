@@ -40,7 +40,7 @@ from ..datasets.case import DatasetError
 from ..datasets.case_folder import check_identifier, image_checksum, now_iso, unconfirmed_prefill, write_json
 from ..io.geometry import geometry_from_layer
 from ..io.medical import MedicalIOError, write_image
-from .guidance import case_identity
+from .guidance import REOPEN_HINT, case_identity, plain_dicom
 from .layers import (
     ROLE_KEY,
     binary_colormap,
@@ -66,6 +66,7 @@ __all__ = [
 OWNER_KEY = "multirater_annotate"
 UNBLINDED_KEY = "unblinded_view"  # other raters' masks this controller loaded for unblinded viewing
 _NOT_PREFILL_ROLES = ("rater", "consensus", "agreement")
+_KEPT_HIDDEN = "multirater_blind_hidden"  # blind mode watches this layer's visibility
 _DERIVED_FROM_RATERS = ("consensus", "agreement")  # Compare raters' outputs: blind mode hides them too
 _PROVENANCE_KEYS = ("model", "model_name", "checkpoint", "persona", "output", "sample", "seed", "kind")
 
@@ -210,6 +211,11 @@ class AnnotateController:
         loaded for annotation. Returns the case id."""
         if image_layer is None or image_layer.__class__.__name__ != "Image":
             raise AnnotateError("choose an image layer to start a project from")
+        if plain_dicom(image_layer):
+            raise AnnotateError(
+                f"layer {image_layer.name!r} is a DICOM series opened by napari's own reader: its slices are in "
+                f"file-name order and it has no spacing; {REOPEN_HINT}"
+            )
         data = np.asarray(image_layer.data)
         if data.ndim not in (2, 3) or getattr(image_layer, "rgb", False):
             raise AnnotateError(f"layer {image_layer.name!r}: only 2D/3D grey-value images can be annotated")
@@ -430,20 +436,36 @@ class AnnotateController:
         if not self.blind and not self.repeat:  # a repeat is always drawn blind
             return hidden
         for ly in self.viewer.layers:
-            md = ly.metadata or {}
-            if (md.get(ROLE_KEY) in _DERIVED_FROM_RATERS or self._trained_here(md)) and ly.visible:
-                ly.visible = False
-                hidden.append(ly.name)
-            elif (
-                md.get(ROLE_KEY) == "rater"
-                and md.get("case_id") == case_id
-                and not md.get(OWNER_KEY)
-                and md.get("rater") != self.rater
-                and ly.visible
-            ):
-                ly.visible = False
-                hidden.append(ly.name)
+            if self._blinded(ly, case_id):
+                if not (ly.metadata or {}).get(_KEPT_HIDDEN):
+                    ly.metadata[_KEPT_HIDDEN] = True
+                    ly.events.visible.connect(self._keep_hidden)  # one eye-click must not show it
+                if ly.visible:
+                    ly.visible = False
+                    hidden.append(ly.name)
         return hidden
+
+    def _blinded(self, layer, case_id: str | None) -> bool:
+        """Blind mode hides this layer: another rater's mask or small-nodule points of the case, or a
+        layer computed from raters (consensus, agreement, a model trained on this project)."""
+        md = layer.metadata or {}
+        if md.get(ROLE_KEY) in _DERIVED_FROM_RATERS or self._trained_here(md):
+            return True
+        return (
+            md.get(ROLE_KEY) in ("rater", "points")
+            and md.get("case_id") == case_id
+            and not md.get(OWNER_KEY)
+            and md.get("rater") != self.rater
+        )
+
+    def _keep_hidden(self, event) -> None:
+        """A layer blind mode hid was switched visible: hide it again and say why."""
+        layer = getattr(event, "source", None)
+        if layer is None or not layer.visible or not (self.blind or self.repeat):
+            return
+        if self._blinded(layer, self.case_id):
+            layer.visible = False
+            self.notify(f"Blind mode: {layer.name!r} stays hidden while you annotate; switch blind mode off to see it")
 
     def _trained_here(self, md: dict) -> bool:
         """A model output (layer metadata ``md``) of a model trained on this project's raters."""

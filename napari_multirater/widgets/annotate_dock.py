@@ -65,9 +65,11 @@ class _CloseWatcher(QObject):
         window.destroyed.connect(lambda *_: controller.disconnect())
 
     def eventFilter(self, obj, event) -> bool:
-        if event.type() == QEvent.Close and not self.dock.confirm_close():
-            event.ignore()
-            return True
+        if event.type() == QEvent.Close:
+            if not self.dock.confirm_close():
+                event.ignore()
+                return True
+            self.dock.remove_lock_files()  # the window closes: no hidden lock files left in the project
         return False
 
 
@@ -99,6 +101,11 @@ class AnnotateDock(QWidget):
         if ident.last_project and (Path(ident.last_project) / "dataset.json").is_file():
             self._run(lambda: self.controller.open_project(ident.last_project))
         self.refresh()
+        if self.controller.store is not None and ident.rater_id:  # a shared workstation: say whose it is
+            self.show_status(
+                f"Reopened {self.controller.store.name} as {ident.rater_id}, who used this computer last: "
+                "if you are someone else, set your own rater id above before painting."
+            )
 
     # --- layout ----------------------------------------------------------------------------------
     def _build(self, autosave_seconds: float) -> None:
@@ -400,18 +407,21 @@ class AnnotateDock(QWidget):
             pass
         self._napari_notify(message)
 
+    def remove_lock_files(self) -> None:
+        """Remove the project's idle lock files (held ones stay; the next save makes them again)."""
+        if self.controller.store is not None:
+            from ..annotation.lock import remove_idle_lock_files
+
+            remove_idle_lock_files(self.controller.store.root)
+
     def teardown(self) -> None:
         """Dock closed or removed from the viewer: save unsaved work, stop the timer and listening."""
         if self._closed:
             return
         self._closed = True
         self.timer.stop()
-        root = self.controller.store.root if self.controller.store is not None else None
         self.controller.close()
-        if root is not None:  # no hidden lock files left behind in the project folder
-            from ..annotation.lock import remove_idle_lock_files
-
-            remove_idle_lock_files(root)
+        self.remove_lock_files()
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             try:
                 ev.disconnect(self._refresh_prefill_sources)

@@ -727,8 +727,14 @@ class ModelDock(QWidget):
         img = self.controller.image_layer
         keep = ("scale", "translate", "rotate", "units", "axis_labels")
         kw = {k: v for k, v in transform_kwargs(img).items() if k in keep} if img else {}
-        layer = self.viewer.add_points(
-            name="mr roi point", ndim=img.ndim if img is not None else 2, size=6, face_color="#00e5ff", **kw
+        layer = self.viewer.add_points(  # a ring: the map under the click stays visible
+            name="mr roi point",
+            ndim=img.ndim if img is not None else 2,
+            size=10,
+            symbol="ring",
+            face_color="#00e5ff",
+            border_width=0,
+            **kw,
         )
         layer.mode = "add"
         self.roi_combo.setCurrentText(layer.name)
