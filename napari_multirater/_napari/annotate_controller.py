@@ -592,9 +592,8 @@ class AnnotateController:
         self.viewer.layers.move(self.viewer.layers.index(layer), len(self.viewer.layers))
         self.viewer.layers.selection.active = layer
         self.last_prefill = (
-            f"Pre-filled {pick.summary()}. Hid {source.name!r} and put your annotation on top. "
-            "Edit it, or press Confirm if it is right as it is: until then it is saved as a draft, "
-            "not counted as your annotation."
+            f"Pre-filled {pick.summary()}. Hid {source.name!r}; your annotation is on top. "
+            "Edit it, or press Confirm if it is right as it is (until then it is a draft, not counted)."
         )
         return dict(self.session.provenance)
 

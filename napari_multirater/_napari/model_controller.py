@@ -297,6 +297,9 @@ class ModelController:
                     self.apply(request, result)
             finally:
                 self._roi_point = None
+            roi_layer = request.roi_layer if request.scope == Scope.ROI else None
+            if roi_layer is not None and layer_in_viewer(self.viewer, roi_layer):  # the click stays in view
+                self.viewer.layers.move(self.viewer.layers.index(roi_layer), len(self.viewer.layers))
             if on_done is not None:
                 on_done(result)
 

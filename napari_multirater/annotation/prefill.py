@@ -27,8 +27,10 @@ class PrefillPick:
     def summary(self) -> str:
         """e.g. ``412 voxels on slices 18-21: the lesion at the ROI point (2 other marks not copied)``."""
         where = describe_slices(self.mask)
-        if self.distance_mm is None:
-            what = f"all {self.components} mark(s) of the source (no ROI point to choose a lesion)"
+        if self.distance_mm is None and self.components <= 1:
+            what = "the source's only mark"
+        elif self.distance_mm is None:
+            what = f"all {self.components} marks of the source (no ROI point, or 'all marks' chosen)"
         elif self.kept == 0:
             what = "nothing: the source marks nothing"
         else:

@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -162,10 +163,12 @@ class AnnotateDock(QWidget):
         pl.addWidget(self.blind_box)
         lay.addWidget(proj)
 
-        cases = QGroupBox("Cases")
+        cases = QWidget()
         cl = QVBoxLayout(cases)
+        cl.setContentsMargins(4, 4, 4, 4)
         self.case_list = QListWidget()
-        self.case_list.setMinimumHeight(90)
+        self.case_list.setMinimumHeight(60)
+        self.case_list.setMaximumHeight(96)
         self.case_list.itemClicked.connect(self._case_clicked)
         cl.addWidget(self.case_list, 1)
         self.progress_label = QLabel()
@@ -185,7 +188,19 @@ class AnnotateDock(QWidget):
         self.next_todo_btn = QPushButton("Next not annotated by me ▶▶")
         self.next_todo_btn.clicked.connect(lambda: self.next_case(True))
         cl.addWidget(self.next_todo_btn)
-        lay.addWidget(cases, 1)
+        from .collect_panel import CollectPanel  # Next case queue + Learn my style (issue 15)
+
+        self.collect_panel = CollectPanel(self)
+        # tabs keep the annotation controls and the status in view on a 1366x768 screen
+        self.sections = QTabWidget()
+        self.sections.addTab(cases, "Cases")
+        self.sections.addTab(self.collect_panel, "Next case && my style")
+        cases_height = cases.sizeHint().height() + self.sections.tabBar().sizeHint().height() + 8
+        self.sections.currentChanged.connect(  # the Cases page stays compact, the queue gets its room
+            lambda i: self.sections.setMaximumHeight(cases_height if i == 0 else 16777215)
+        )
+        self.sections.setMaximumHeight(cases_height)
+        lay.addWidget(self.sections)
 
         work = QGroupBox("Annotation")
         wl = QFormLayout(work)
@@ -240,10 +255,7 @@ class AnnotateDock(QWidget):
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
         lay.addWidget(self.status)
-        from .collect_panel import CollectPanel  # Next case queue + Learn my style (issue 15)
-
-        self.collect_panel = CollectPanel(self)
-        lay.addWidget(self.collect_panel)
+        lay.addStretch(1)
         self._refresh_prefill_sources()
 
     # --- helpers ---------------------------------------------------------------------------------

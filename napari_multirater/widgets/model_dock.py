@@ -730,12 +730,15 @@ class ModelDock(QWidget):
         layer = self.viewer.add_points(  # a ring: the map under the click stays visible
             name="mr roi point",
             ndim=img.ndim if img is not None else 2,
-            size=10,
-            symbol="ring",
-            face_color="#00e5ff",
-            border_width=0,
+            size=8,
+            face_color="transparent",
+            border_color="#00e5ff",
+            border_width=0.12,
+            border_width_is_relative=True,
             **kw,
         )
+        layer.current_face_color = "transparent"  # points added later keep the look
+        layer.current_border_color = "#00e5ff"
         layer.mode = "add"
         self.roi_combo.setCurrentText(layer.name)
         return layer
