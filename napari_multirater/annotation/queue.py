@@ -268,9 +268,9 @@ def repeat_candidates(store, rater: str, settings: dict | None = None) -> list[s
     if s["repeat_fraction"] <= 0 or len(own) < gap + 1:
         return []
     wanted = math.ceil(s["repeat_fraction"] * len(own))
-    seed = int(hashlib.sha256(rater.encode()).hexdigest()[:8], 16)
     eligible = own[: len(own) - gap]  # at least `gap` other cases saved since
-    order = [eligible[i] for i in np.random.default_rng(seed).permutation(len(eligible))]
+    # a fixed draw per (rater, case): more cases or another percentage never reshuffle earlier choices
+    order = sorted(eligible, key=lambda c: hashlib.sha256(f"{rater}/{c}".encode()).hexdigest())
     done = [c for c in own if has_repeat(store, c, rater)]
     return [c for c in order if c not in done][: max(wanted - len(done), 0)]
 
