@@ -90,6 +90,9 @@ def test_method_without_personas_is_refused_with_the_nearest_persona(make_napari
     store = make_style_project(tmp_path / "proj", 6)
     viewer = make_napari_viewer()
     panel = _dock(viewer, "newbie", store.root).collect_panel
+    offered = [panel.model_combo.itemText(i) for i in range(panel.model_combo.count())]
+    assert "phantom_pionono" in offered and not [n for n in offered if n.startswith("lidc_") or "unet" in n]
+    panel.model_combo.addItem("lidc_unet")  # as a model file the list cannot judge by its name
     panel.model_combo.setCurrentText("lidc_unet")
     panel.learn_btn.click()
     text = panel.result_label.text()

@@ -231,13 +231,13 @@ class CollectPanel(QWidget):
             self.result_label.setText(self.ctrl.last_report["text"])
 
     # --- refresh ---------------------------------------------------------------------------------------
-    def _fill_models(self, combo: QComboBox, first: str | None = None) -> None:
+    def _fill_models(self, combo: QComboBox, first: str | None = None, names: list[str] | None = None) -> None:
         current = combo.currentText()
         combo.blockSignals(True)
         combo.clear()
         if first:
             combo.addItem(first)
-        combo.addItems(self.ctrl.model_choices())
+        combo.addItems(self.ctrl.model_choices() if names is None else names)
         idx = combo.findText(current)
         if idx >= 0:
             combo.setCurrentIndex(idx)
@@ -248,7 +248,7 @@ class CollectPanel(QWidget):
             c = self.ctrl
             ready = c.store is not None and bool(c.annotate.rater)
             self._fill_models(self.rank_combo, NO_MODEL)
-            self._fill_models(self.model_combo)
+            self._fill_models(self.model_combo, names=c.learn_choices())  # personas, this kind of image
             for w in (self.next_btn, self.rank_btn, self.target_spin, self.repeat_spin, self.gap_spin):
                 w.setEnabled(
                     c.store is not None and (ready or w in (self.target_spin, self.repeat_spin, self.gap_spin))
