@@ -147,3 +147,21 @@ def test_blind_mode_keeps_other_readers_hidden_and_refuses_a_scrambled_dicom(tmp
     assert "file-name order" in spacing_warning(plain)
     with pytest.raises(AnnotateError, match="napari's own reader"):
         ctl.new_project_from_layer(tmp_path / "new", plain)
+
+
+@pytest.mark.gui
+def test_rater_mask_files_open_as_outlines_in_their_own_colours(make_napari_viewer, tmp_path):
+    """Minor: masks opened from files are thin outlines, one colour per file (not all filled alike)."""
+    from napari_multirater.io import Geometry, write_image
+
+    geo = Geometry((1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:20, 8:20] = 1
+    for rater in ("alice", "bob"):
+        write_image(tmp_path / f"{rater}.nii.gz", mask, geo, label=True)
+    viewer = make_napari_viewer()
+    for rater in ("alice", "bob"):
+        viewer.open(str(tmp_path / f"{rater}.nii.gz"), plugin="napari-multirater")
+    alice, bob = viewer.layers["alice"], viewer.layers["bob"]
+    assert alice.contour == 1 and bob.contour == 1
+    assert not np.allclose(alice.colormap.map(np.array([1])), bob.colormap.map(np.array([1])))
