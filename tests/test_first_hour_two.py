@@ -165,3 +165,11 @@ def test_rater_mask_files_open_as_outlines_in_their_own_colours(make_napari_view
     alice, bob = viewer.layers["alice"], viewer.layers["bob"]
     assert alice.contour == 1 and bob.contour == 1
     assert not np.allclose(alice.colormap.map(np.array([1])), bob.colormap.map(np.array([1])))
+
+
+def test_heatmap_labels_drop_what_every_file_name_shares():
+    from napari_multirater.analysis.report import short_labels
+
+    assert short_labels(["case12_alice_mask", "case12_bob_mask"]) == ["alice", "bob"]
+    assert short_labels(["mr rater: reader1", "mr rater: reader2"]) == ["reader1", "reader2"]
+    assert short_labels(["tight", "tight"]) == ["tight", "tight"]  # nothing left to tell apart: unchanged
