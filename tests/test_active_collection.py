@@ -47,13 +47,20 @@ def store(tmp_path):
 
 
 def test_settings_default_validated_and_stored_in_the_project(store):
-    assert collection_settings(store) == {"target_raters": 3, "repeat_fraction": 0.1, "repeat_gap": 5}
+    assert collection_settings(store) == {
+        "target_raters": 3,
+        "repeat_fraction": 0.1,
+        "repeat_gap": 5,
+        "announce_repeats": True,
+    }
     set_collection_settings(store, target_raters=2)
     assert store.manifest["collection"]["target_raters"] == 2
     with pytest.raises(DatasetError, match="repeat_fraction"):
         set_collection_settings(store, repeat_fraction=1.5)
     with pytest.raises(DatasetError, match="target_raters"):
         set_collection_settings(store, target_raters=0)
+    with pytest.raises(DatasetError, match="announce_repeats"):
+        set_collection_settings(store, announce_repeats="no")
     assert collection_settings(store)["target_raters"] == 2
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..annotation.lock import AUTOSAVE_TIMEOUT, LockTimeout
 from ..annotation.prefill import pick_lesion
+from ..annotation.queue import collection_settings
 from ..annotation.session import AnnotationSession
 from ..annotation.store import AnnotationStore, RaterIdentity, SaveConflict, loaded_revision
 from ..datasets.case import DatasetError
@@ -374,7 +375,7 @@ class AnnotateController:
             }
         )
         self._saved_sha = image_checksum((mask != 0).astype(np.uint8))
-        who = f"{self.rater} (repeat)" if self.repeat else self.rater
+        who = f"{self.rater} (repeat)" if self.repeat and self.announce_repeats else self.rater
         layer = self.viewer.add_labels(
             mask.astype(np.uint8),
             name=layer_name("annotation", who),
@@ -596,6 +597,14 @@ class AnnotateController:
             "Edit it, or press Confirm if it is right as it is (until then it is a draft, not counted)."
         )
         return dict(self.session.provenance)
+
+    @property
+    def announce_repeats(self) -> bool:
+        """Whether the project shows repeats as such (False: neutral, for test-retest designs)."""
+        try:
+            return self.store is None or bool(collection_settings(self.store)["announce_repeats"])
+        except DatasetError:
+            return True
 
     @property
     def is_draft(self) -> bool:

@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 SETTINGS_KEY = "collection"
-DEFAULT_SETTINGS = {"target_raters": 3, "repeat_fraction": 0.1, "repeat_gap": 5}
+DEFAULT_SETTINGS = {"target_raters": 3, "repeat_fraction": 0.1, "repeat_gap": 5, "announce_repeats": True}
 CACHE_FILE = Path(".multirater") / "disagreement_cache.json"
 
 
@@ -52,7 +52,11 @@ def _check_settings(s: dict) -> dict:
     for k, v in (s or {}).items():
         if k not in DEFAULT_SETTINGS:
             continue
-        if k == "repeat_fraction":
+        if k == "announce_repeats":  # False: repeats look like any other case (test-retest designs)
+            if not isinstance(v, bool):
+                raise DatasetError(f"collection setting announce_repeats must be true or false, got {v!r}")
+            out[k] = v
+        elif k == "repeat_fraction":
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= float(v) <= 1):
                 raise DatasetError(f"collection setting repeat_fraction must be a number in [0, 1], got {v!r}")
             out[k] = float(v)
@@ -312,7 +316,9 @@ def build_queue(store, rater: str, model_scores: dict | None = None) -> list[Que
             None,
             "none",
             True,
-            "repeat of one of your cases (drawn again blind; your first mask stays as it is)",
+            "repeat of one of your cases (drawn again blind; your first mask stays as it is)"
+            if s["announce_repeats"]
+            else "a case to annotate",
         )
         entries.insert(min(first + i * (gap + 1), len(entries)), rep)
     for i, e in enumerate(entries):

@@ -524,7 +524,9 @@ class AnnotateDock(QWidget):
         self.import_btn.setEnabled(has_project)
         self.case_list.blockSignals(True)
         self.case_list.clear()
+        neutral = c.repeat and not c.announce_repeats  # an open repeat keeps no tell-tale check mark
         for cid, done in c.case_rows():
+            done = done and not (neutral and cid == c.case_id)
             item = QListWidgetItem(f"{DONE_MARK if done else TODO_MARK}  {cid}")
             item.setData(Qt.UserRole, cid)
             self.case_list.addItem(item)
