@@ -47,13 +47,20 @@ def store(tmp_path):
 
 
 def test_settings_default_validated_and_stored_in_the_project(store):
-    assert collection_settings(store) == {"target_raters": 3, "repeat_fraction": 0.1, "repeat_gap": 5}
+    assert collection_settings(store) == {
+        "target_raters": 3,
+        "repeat_fraction": 0.1,
+        "repeat_gap": 5,
+        "announce_repeats": True,
+    }
     set_collection_settings(store, target_raters=2)
     assert store.manifest["collection"]["target_raters"] == 2
     with pytest.raises(DatasetError, match="repeat_fraction"):
         set_collection_settings(store, repeat_fraction=1.5)
     with pytest.raises(DatasetError, match="target_raters"):
         set_collection_settings(store, target_raters=0)
+    with pytest.raises(DatasetError, match="announce_repeats"):
+        set_collection_settings(store, announce_repeats="no")
     assert collection_settings(store)["target_raters"] == 2
 
 
@@ -106,6 +113,9 @@ def test_repeats_are_mixed_in_after_the_gap_and_stored_next_to_the_first_mask(st
     # ann has 5 cases; ceil(0.5 * 5) = 3 repeats, eligible once 1 other case was saved after them
     reps = repeat_candidates(store, "ann")
     assert len(reps) == 3 and len(set(reps)) == 3
+    set_collection_settings(store, repeat_fraction=0.2)  # a smaller share keeps the earlier choice
+    assert repeat_candidates(store, "ann") == reps[:1]
+    set_collection_settings(store, repeat_fraction=0.5)
     q = build_queue(store, "ann")
     kinds = [e.repeat for e in q]
     assert kinds[:4] == [True, False, True, False]  # due now (5 cases saved, none repeated), then every 1

@@ -322,6 +322,7 @@ def test_closing_the_viewer_window_saves(project, collect_dock):
     expected = (ctl.annotation_layer.data != 0).astype(np.uint8)
     case = ctl.case_id
     viewer.window.close()  # closes the Qt window; the layers stay (no layer-removal save)
+    assert not list(project.root.rglob(".*.lock"))  # no lock files left once the window closed
     np.testing.assert_array_equal(_saved(project, case, "ida"), expected)
 
 

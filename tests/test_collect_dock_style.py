@@ -90,6 +90,9 @@ def test_method_without_personas_is_refused_with_the_nearest_persona(make_napari
     store = make_style_project(tmp_path / "proj", 6)
     viewer = make_napari_viewer()
     panel = _dock(viewer, "newbie", store.root).collect_panel
+    offered = [panel.model_combo.itemText(i) for i in range(panel.model_combo.count())]
+    assert "phantom_pionono" in offered and not [n for n in offered if n.startswith("lidc_") or "unet" in n]
+    panel.model_combo.addItem("lidc_unet")  # as a model file the list cannot judge by its name
     panel.model_combo.setCurrentText("lidc_unet")
     panel.learn_btn.click()
     text = panel.result_label.text()
@@ -112,7 +115,12 @@ def test_queue_target_raters_and_blind_repeats_from_the_dock(make_napari_viewer,
     panel.repeat_spin.setValue(50)
     panel.gap_spin.setValue(1)
     panel.apply_settings()
-    assert collection_settings(store) == {"target_raters": 2, "repeat_fraction": 0.5, "repeat_gap": 1}
+    assert collection_settings(store) == {
+        "target_raters": 2,
+        "repeat_fraction": 0.5,
+        "repeat_gap": 1,
+        "announce_repeats": True,
+    }
     assert panel.status_label.text().startswith("2 of 6 cases have enough raters (target 2)")
     entries = [panel.queue_list.item(i).text() for i in range(panel.queue_list.count())]
     # ann saved 2 cases: one repeat is due after 1 other case -> it comes first, then new cases
@@ -121,11 +129,15 @@ def test_queue_target_raters_and_blind_repeats_from_the_dock(make_napari_viewer,
     assert entries[1].endswith("lung2 — needs raters")
     # the repeat first: one of ann's own cases, opened empty and blind even with blind mode off
     dock.blind_box.setChecked(False)
+    panel.announce_box.setChecked(False)  # test-retest: a repeat looks like any other case
+    assert collection_settings(store)["announce_repeats"] is False
+    assert "repeat" not in panel.queue_list.item(0).text()
     panel.next_btn.click()
     c = dock.controller
     rep_case = c.case_id
     assert c.repeat and rep_case in ("lung0", "lung1") and c.annotation_layer.data.sum() == 0
-    assert c.annotation_layer.name == layer_name("annotation", "ann (repeat)")
+    assert c.annotation_layer.name == layer_name("annotation", "ann")
+    assert dock.case_list.currentItem().text().startswith("·") and "repeat" not in dock.status.text()
     assert not [ly for ly in c.other_rater_layers() if ly.visible]
     _paint(c.annotation_layer, slice(42, 58), slice(42, 58))
     dock.save()

@@ -145,7 +145,7 @@ def test_model_dock_guides_to_the_right_input(make_napari_viewer):
     assert "128 x 128 px" in dock.card_label.text() and "80 x 80 mm" in dock.card_label.text()
     assert "wider than what the model was trained on" in dock.hint.text()
     assert dock.scope_combo.currentText() == "region of interest" and "mr roi point" in viewer.layers
-    assert dock.size_spin.value() == 80.0 and "spans 6 slice(s) of 2.5 mm" in dock.size_note.text()
+    assert dock.size_spin.value() == 80.0 and "30 mm deep: 6 slice(s) of 2.5 mm" in dock.size_note.text()
     viewer.layers["mr roi point"].add([3, 256, 256])  # click the lesion (the layer shares the image grid)
     dock.expert_combo.setCurrentText("expert_1")
     dock.run("personas", sync=True)

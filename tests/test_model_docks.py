@@ -216,7 +216,7 @@ def test_3d_current_slice_and_roi(make_napari_viewer, qtbot, ckpt_dir):
     assert dock.controller.current_slice_index() == 14
     _click_and_wait(qtbot, dock, dock.sample_btn)
     filled = np.nonzero(mean.data.reshape(mean.data.shape[0], -1).max(1))[0]
-    assert list(filled) == [10, 14]
+    assert list(filled) == [14]  # a run replaces the whole layer: only what was just computed is shown
     # a rectangle ROI drawn in world coordinates on slice 14
     dock.new_roi_layer()
     shapes = viewer.layers["mr roi"]
@@ -243,6 +243,9 @@ def test_3d_current_slice_and_roi(make_napari_viewer, qtbot, ckpt_dir):
     _click_and_wait(qtbot, dock, dock.sample_btn)
     res = dock.controller.last["samples"]
     assert res.region == (slice(1, 11), slice(38, 58), slice(38, 58))
+    box = np.zeros(img.data.shape, bool)
+    box[res.region] = True  # nothing of the earlier whole-slice run is left outside the point box
+    assert mean.data[~box].max() == 0 and mean.data[box].min() > 0 and samples.data[:, ~box].max() == 0
 
 
 def test_cancel_leaves_no_partial_layers(make_napari_viewer, qtbot, ckpt_dir):

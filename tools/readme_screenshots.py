@@ -12,6 +12,8 @@
 5. ``lidc_readers.png``: LIDC-IDRI-0006 opened with File > Open, the four reading sessions as
    outlines (LIDC convention: the edge map is outside the nodule) on the slice where all four
    outlined the nodule. Needs ``../shared/data/lidc-ct``.
+6. ``first_hour_*.png``: the steps of docs/first-hour.md on LIDC-IDRI-0006 (open, personas at an
+   ROI click, compare the readers, pre-fill, edit and save). Needs ``../shared/data/lidc-ct``.
 
 Look at the images before committing them.
 """
@@ -162,8 +164,7 @@ def prefill(out: Path) -> None:
     mdock.load_model(sync=True)
     mdock.expert_combo.setCurrentText("tight")
     mdock.run("personas", sync=True)
-    adock.prefill_btn.click()
-    viewer.layers["mr persona: tight"].visible = False
+    adock.prefill_btn.click()  # hides the persona and puts the annotation on top by itself
     _settle()  # the Model dock raises itself when first shown: bring the annotation dock forward after
     dock = adock.parentWidget()
     while dock is not None and not hasattr(dock, "setFloating"):
@@ -171,6 +172,83 @@ def prefill(out: Path) -> None:
     if dock is not None:
         dock.raise_()
     _shot(viewer, out / "screenshot_prefill.png")
+    viewer.close()
+
+
+def _raise_dock(widget) -> None:
+    """Bring a tabbed dock widget to the front."""
+    _settle()
+    dock = widget.parentWidget()
+    while dock is not None and not hasattr(dock, "setFloating"):
+        dock = dock.parentWidget()
+    if dock is not None:
+        dock.raise_()
+    _settle()
+
+
+def first_hour(out: Path) -> None:
+    """docs/first-hour.md, step by step on LIDC-IDRI-0006: open, personas at an ROI click, compare
+    the four readers, then collect: new project, pre-fill, edit, save (first_hour_*.png)."""
+    import os
+
+    import napari
+
+    if not SERIES_PATIENT.is_dir():
+        print(f"skipped first_hour_*.png: {SERIES_PATIENT} not present")
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="mr-first-hour-"))
+    os.environ["NAPARI_MULTIRATER_CONFIG"] = str(tmp / "config")  # a new user: no remembered rater
+    viewer = napari.Viewer(title="napari-multirater: first hour on LIDC-IDRI-0006")
+    _window(viewer)
+    viewer.open(str(SERIES_PATIENT), plugin=PLUGIN)  # File > Open Folder..., the patient folder
+    image = viewer.layers["LIDC-IDRI-0006"]
+    reader = viewer.layers["mr rater: reader1"]
+    idx = np.argwhere(np.asarray(reader.data) > 0).mean(0)
+    world = np.asarray(image.data_to_world(idx), float)
+    viewer.dims.set_point(0, world[0])
+    viewer.camera.center = tuple(world[1:])
+    viewer.camera.zoom = 6.0
+    _shot(viewer, out / "first_hour_1_open.png")
+
+    _, mdock = viewer.window.add_plugin_dock_widget(PLUGIN, "Model & sampling")
+    mdock.image_combo.setCurrentText(image.name)
+    mdock.device_combo.setCurrentText("cpu")
+    mdock.load_model(sync=True)
+    viewer.layers["mr roi point"].add(idx)
+    mdock.expert_combo.setCurrentText("all experts")
+    mdock.run("personas", sync=True)
+    mdock.tabs.setCurrentIndex(1)
+    _show_legend(mdock)
+    viewer.layers.selection.active = image
+    _shot(viewer, out / "first_hour_2_personas.png")
+
+    _, cdock = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare raters")
+    cdock.refresh_layers()
+    cdock.compute(sync=True)
+    _raise_dock(cdock)
+    _shot(viewer, out / "first_hour_3_compare.png")
+
+    _, adock = viewer.window.add_plugin_dock_widget(PLUGIN, "Collect annotations")
+    adock.rater_edit.setText("dr_new")
+    adock.rater_btn.click()
+    adock.new_project_from_layer(tmp / "my-project", image)
+    adock.prefill_combo.setCurrentText("mr persona: expert_3")
+    adock.prefill_btn.click()
+    viewer.dims.set_point(0, world[0])
+    viewer.camera.center = tuple(world[1:])
+    viewer.camera.zoom = 6.0
+    _raise_dock(adock)
+    _shot(viewer, out / "first_hour_4_prefill.png")
+
+    own = adock.controller.annotation_layer
+    z = int(round(idx[0]))
+    rows = np.nonzero(np.asarray(own.data[z]).any(1))[0]
+    if rows.size:  # erase the lowest row of the pre-fill on this slice, as the eraser does
+        cols = np.nonzero(np.asarray(own.data[z, rows[-1]]))[0]
+        own.data_setitem((np.full(cols.size, z), np.full(cols.size, rows[-1]), cols), 0)
+    adock.save()
+    _raise_dock(adock)
+    _shot(viewer, out / "first_hour_5_saved.png")
     viewer.close()
 
 
@@ -207,6 +285,7 @@ def learn_style(out: Path) -> None:
     panel.steps_spin.setValue(40)
     panel.learn_btn.click()
     panel.open_next()
+    adock.sections.setCurrentIndex(1)
     area = panel.parentWidget()
     while area is not None and not isinstance(area, QScrollArea):
         area = area.parentWidget()
@@ -223,7 +302,9 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(ROOT / "docs"))
-    p.add_argument("--only", choices=("demo", "lidc_roi", "prefill", "learn_style", "lidc_readers"), action="append")
+    p.add_argument(
+        "--only", choices=("demo", "lidc_roi", "prefill", "learn_style", "lidc_readers", "first_hour"), action="append"
+    )
     args = p.parse_args(argv)
     try:
         import napari._qt.qt_main_window as qmw
@@ -233,7 +314,7 @@ def main(argv=None) -> int:
         pass
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in args.only or ("demo", "lidc_roi", "prefill", "learn_style"):
+    for name in args.only or ("demo", "lidc_roi", "prefill", "learn_style", "lidc_readers", "first_hour"):
         globals()[name](out)
     return 0
 

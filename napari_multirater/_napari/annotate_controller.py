@@ -33,13 +33,15 @@ from pathlib import Path
 import numpy as np
 
 from ..annotation.lock import AUTOSAVE_TIMEOUT, LockTimeout
+from ..annotation.prefill import pick_lesion
+from ..annotation.queue import collection_settings
 from ..annotation.session import AnnotationSession
 from ..annotation.store import AnnotationStore, RaterIdentity, SaveConflict, loaded_revision
 from ..datasets.case import DatasetError
-from ..datasets.case_folder import check_identifier, image_checksum, now_iso, write_json
+from ..datasets.case_folder import check_identifier, image_checksum, now_iso, unconfirmed_prefill, write_json
 from ..io.geometry import geometry_from_layer
 from ..io.medical import MedicalIOError, write_image
-from .guidance import case_identity
+from .guidance import REOPEN_HINT, case_identity, plain_dicom
 from .layers import (
     ROLE_KEY,
     binary_colormap,
@@ -65,6 +67,7 @@ __all__ = [
 OWNER_KEY = "multirater_annotate"
 UNBLINDED_KEY = "unblinded_view"  # other raters' masks this controller loaded for unblinded viewing
 _NOT_PREFILL_ROLES = ("rater", "consensus", "agreement")
+_KEPT_HIDDEN = "multirater_blind_hidden"  # blind mode watches this layer's visibility
 _DERIVED_FROM_RATERS = ("consensus", "agreement")  # Compare raters' outputs: blind mode hides them too
 _PROVENANCE_KEYS = ("model", "model_name", "checkpoint", "persona", "output", "sample", "seed", "kind")
 
@@ -142,6 +145,7 @@ class AnnotateController:
         self.at_risk = False  # the last save and its emergency copy both failed
         self.repeat = False  # the open case is an intra-rater repeat (saved next to the first mask, blind)
         self.last_rescue: str | None = None  # path of the last emergency / conflict copy
+        self.last_prefill = ""  # what the last pre-fill wrote, for the status line
         self.on_edit: Callable[[], None] | None = None  # the view refreshes its "unsaved" marker
         self.notify: Callable[[str], None] = _notify_error  # errors that must not go unnoticed
         viewer.layers.events.removing.connect(self._on_layer_removing)
@@ -208,6 +212,11 @@ class AnnotateController:
         loaded for annotation. Returns the case id."""
         if image_layer is None or image_layer.__class__.__name__ != "Image":
             raise AnnotateError("choose an image layer to start a project from")
+        if plain_dicom(image_layer):
+            raise AnnotateError(
+                f"layer {image_layer.name!r} is a DICOM series opened by napari's own reader: its slices are in "
+                f"file-name order and it has no spacing; {REOPEN_HINT}"
+            )
         data = np.asarray(image_layer.data)
         if data.ndim not in (2, 3) or getattr(image_layer, "rgb", False):
             raise AnnotateError(f"layer {image_layer.name!r}: only 2D/3D grey-value images can be annotated")
@@ -366,7 +375,7 @@ class AnnotateController:
             }
         )
         self._saved_sha = image_checksum((mask != 0).astype(np.uint8))
-        who = f"{self.rater} (repeat)" if self.repeat else self.rater
+        who = f"{self.rater} (repeat)" if self.repeat and self.announce_repeats else self.rater
         layer = self.viewer.add_labels(
             mask.astype(np.uint8),
             name=layer_name("annotation", who),
@@ -428,20 +437,36 @@ class AnnotateController:
         if not self.blind and not self.repeat:  # a repeat is always drawn blind
             return hidden
         for ly in self.viewer.layers:
-            md = ly.metadata or {}
-            if (md.get(ROLE_KEY) in _DERIVED_FROM_RATERS or self._trained_here(md)) and ly.visible:
-                ly.visible = False
-                hidden.append(ly.name)
-            elif (
-                md.get(ROLE_KEY) == "rater"
-                and md.get("case_id") == case_id
-                and not md.get(OWNER_KEY)
-                and md.get("rater") != self.rater
-                and ly.visible
-            ):
-                ly.visible = False
-                hidden.append(ly.name)
+            if self._blinded(ly, case_id):
+                if not (ly.metadata or {}).get(_KEPT_HIDDEN):
+                    ly.metadata[_KEPT_HIDDEN] = True
+                    ly.events.visible.connect(self._keep_hidden)  # one eye-click must not show it
+                if ly.visible:
+                    ly.visible = False
+                    hidden.append(ly.name)
         return hidden
+
+    def _blinded(self, layer, case_id: str | None) -> bool:
+        """Blind mode hides this layer: another rater's mask or small-nodule points of the case, or a
+        layer computed from raters (consensus, agreement, a model trained on this project)."""
+        md = layer.metadata or {}
+        if md.get(ROLE_KEY) in _DERIVED_FROM_RATERS or self._trained_here(md):
+            return True
+        return (
+            md.get(ROLE_KEY) in ("rater", "points")
+            and md.get("case_id") == case_id
+            and not md.get(OWNER_KEY)
+            and md.get("rater") != self.rater
+        )
+
+    def _keep_hidden(self, event) -> None:
+        """A layer blind mode hid was switched visible: hide it again and say why."""
+        layer = getattr(event, "source", None)
+        if layer is None or not layer.visible or not (self.blind or self.repeat):
+            return
+        if self._blinded(layer, self.case_id):
+            layer.visible = False
+            self.notify(f"Blind mode: {layer.name!r} stays hidden while you annotate; switch blind mode off to see it")
 
     def _trained_here(self, md: dict) -> bool:
         """A model output (layer metadata ``md``) of a model trained on this project's raters."""
@@ -519,9 +544,13 @@ class AnnotateController:
             out.append(ly)
         return sorted(out, key=lambda ly: (ly.metadata or {}).get(ROLE_KEY) not in ("persona", "sample"))
 
-    def prefill_from_layer(self, source) -> dict:
-        """Replace the rater's mask by a copy of Labels layer ``source`` (e.g. a model persona),
-        undoable; provenance records the source and later edits mark it ``edited``."""
+    def prefill_from_layer(self, source, *, everything: bool = False, point_mm=None) -> dict:
+        """Replace the rater's mask by the lesion of Labels layer ``source`` (e.g. a model persona)
+        at the ROI point (``point_mm``, world mm; default: the point the model run was centred on),
+        or by every mark of it (``everything``, or no point known); undoable. The source is hidden
+        and the annotation brought to the top so edits show. Provenance records the source; the
+        mask counts as the rater's once edited or :meth:`confirm`-ed. :attr:`last_prefill` says
+        what was written."""
         layer = self._need_annotation_layer()
         if source is None or source.__class__.__name__ != "Labels":
             raise AnnotateError("choose a Labels layer to pre-fill from")
@@ -548,13 +577,48 @@ class AnnotateController:
         info.setdefault(
             "output", f"{role} {md.get('persona') or md.get('rater') or source.name}".strip() if role else source.name
         )
+        point = md.get("roi_point_mm") if point_mm is None else point_mm
+        index = None
+        if point is not None and not everything:
+            index = np.asarray(layer.world_to_data(np.asarray(point, float)[-layer.ndim :]), float)
+        pick = pick_lesion(source.data, index, np.abs(np.asarray(layer.scale, float)), everything)
         self._suppress_edits = True
         try:
-            set_labels_undoable(layer, (np.asarray(source.data) != 0).astype(layer.data.dtype))
+            set_labels_undoable(layer, pick.mask.astype(layer.data.dtype))
         finally:
             self._suppress_edits = False
+        info["copied"] = pick.summary()
         self.session.mark_prefilled(info)
+        source.visible = False  # the model's layer above would hide every edit
+        self.viewer.layers.move(self.viewer.layers.index(layer), len(self.viewer.layers))
+        self.viewer.layers.selection.active = layer
+        self.last_prefill = (
+            f"Pre-filled {pick.summary()}. Hid {source.name!r}; your annotation is on top. "
+            "Edit it, or press Confirm if it is right as it is (until then it is a draft, not counted)."
+        )
         return dict(self.session.provenance)
+
+    @property
+    def announce_repeats(self) -> bool:
+        """Whether the project shows repeats as such (False: neutral, for test-retest designs)."""
+        try:
+            return self.store is None or bool(collection_settings(self.store)["announce_repeats"])
+        except DatasetError:
+            return True
+
+    @property
+    def is_draft(self) -> bool:
+        """The open mask is an untouched model pre-fill (saved as a draft, not counted)."""
+        return self.session is not None and unconfirmed_prefill({"provenance": self.session.provenance})
+
+    def confirm(self) -> dict:
+        """The rater accepts the pre-fill as it is: recorded as ``confirmed`` and saved, so it counts
+        as their annotation (training, reports, queue, agreement)."""
+        self._need_annotation_layer()
+        if self.session.provenance.get("kind") != "prefilled":
+            raise AnnotateError("nothing to confirm: this mask is not a model pre-fill (Save saves it)")
+        self.session.provenance.update(confirmed=True, confirmed_at=now_iso())
+        return self.save("confirmed and saved")
 
     def _need_annotation_layer(self):
         if not self.rater:
@@ -616,7 +680,7 @@ class AnnotateController:
         self._saved_sha = sidecar.get("mask_sha256") or image_checksum(mask)
         self.at_risk = False
         layer.metadata["sidecar"] = sidecar
-        self.last_save_reason = reason
+        self.last_save_reason = f"{reason} as a draft" if self.is_draft else reason
         return sidecar
 
     def overwrite(self) -> dict:

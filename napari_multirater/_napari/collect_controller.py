@@ -19,6 +19,7 @@ from ..annotation.queue import (
     QueueEntry,
     build_queue,
     collection_settings,
+    drafts_line,
     enough_raters,
     iter_model_disagreement,
     set_collection_settings,
@@ -29,6 +30,8 @@ from .annotate_controller import AnnotateError
 from .workers import JobRunner
 
 __all__ = ["NO_MODEL", "CollectController", "on_new_model"]
+
+PERSONA_METHODS = ("dpersona", "pionono", "proseg")  # bundled methods with one persona per rater
 
 NO_MODEL = "(none: rank by the raters' disagreement)"
 _NEW_MODEL_LISTENERS: list = []
@@ -102,7 +105,9 @@ class CollectController:
         if self.store is None:
             return ""
         k, n = enough_raters(self.store)
-        return f"{k} of {n} cases have enough raters (target {self.settings()['target_raters']})"
+        text = f"{k} of {n} cases have enough raters (target {self.settings()['target_raters']})"
+        drafts = drafts_line(self.store)
+        return f"{text}; {drafts}" if drafts else text
 
     # --- queue -----------------------------------------------------------------------------------
     def refresh_queue(self) -> list[QueueEntry]:
@@ -141,6 +146,27 @@ class CollectController:
     @staticmethod
     def model_choices() -> list[str]:
         return list(_registry().available_models())
+
+    def learn_choices(self) -> list[str]:
+        """Models Learn my style can extend: with personas (by method name) and trained on the
+        project's kind of image (CT or phantom); models whose kind or method the name does not
+        tell (user files) stay offered."""
+        from ..inference.model_info import image_kind, name_kind
+
+        kind = None
+        if self.store is not None:
+            first = self.store.case_ids()[:1]
+            kind = image_kind({"case_id": first[0] if first else ""}, self.store.name)
+        out = []
+        for name in self.model_choices():
+            base = name.split("+", 1)[0].lower()
+            method_known = base.startswith(("lidc_", "phantom_"))
+            if method_known and not base.endswith(PERSONA_METHODS):
+                continue
+            if kind is not None and name_kind(name) not in (None, kind):
+                continue
+            out.append(name)
+        return out
 
     def output_path(self, model: str) -> Path:
         """A new file in the user model folder: ``<model>+<rater>.pt`` (``-2``, ``-3``... if taken)."""

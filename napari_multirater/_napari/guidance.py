@@ -42,13 +42,33 @@ def spacing_known(layer) -> bool:
     )
 
 
+def plain_dicom(layer) -> bool:
+    """A 3D layer napari's own reader made from DICOM files: no spacing, and its slices in file-name
+    order, not in patient order (scrambled for most series)."""
+    if layer is None or layer.ndim != 3 or spacing_known(layer):
+        return False
+    path = str(getattr(getattr(layer, "source", None), "path", None) or "")
+    if not path:
+        return False
+    from pathlib import Path
+
+    p = Path(path)
+    return p.suffix.lower() == ".dcm" or (p.is_dir() and any(p.glob("*.dcm")))
+
+
 def spacing_warning(layer) -> str | None:
     """One sentence when ``layer`` has no physical spacing (mm sizes and model resolution are then guesses)."""
     if layer is None or spacing_known(layer):
         return None
+    order = (
+        " Its slices are also in file-name order, not in patient order (a scrambled stack), so do not "
+        "annotate or run a model on it."
+        if plain_dicom(layer)
+        else ""
+    )
     return (
         f"{layer.name!r} has no physical spacing (scale 1, no geometry: a plain reader opened it), so "
-        f"sizes in mm are pixels and the model runs at the image's own pixel size. To fix this, {REOPEN_HINT}."
+        f"sizes in mm are pixels and the model runs at the image's own pixel size.{order} To fix this, {REOPEN_HINT}."
     )
 
 

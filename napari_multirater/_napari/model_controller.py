@@ -1,9 +1,10 @@
 """Layer side of model inference: typed run requests, jobs and the ``mr ...`` result layers (no Qt widgets).
 
-Every result goes into a layer with a fixed name that is reused on re-runs. Computed regions are
-written into existing Labels of the same shape through the undo history (a current-slice or ROI
-run only changes that region); other layers get their region replaced. All layers copy the image
-layer's geometry; ``mr samples`` gets one extra leading (sample) axis with scale 1.
+Every result goes into a layer with a fixed name that is reused on re-runs. A run replaces its
+whole output layer (zero outside the computed region: a current-slice run followed by an ROI run
+leaves nothing of the slice run on screen); Labels are written through the undo history, so one
+undo step brings the previous run back. All layers copy the image layer's geometry; ``mr samples``
+gets one extra leading (sample) axis with scale 1.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 
 from ..analysis.contours import sample_contours
 from ..inference.engine import InferenceEngine
-from ..inference.roi import ROI, PredictionResult
+from ..inference.roi import LESION_DEPTH_MM, ROI, PredictionResult
 from ..io.geometry import METADATA_KEY, geometry_from_layer
 from .layers import (
     MODEL_CONTOUR,
@@ -100,6 +101,7 @@ class ModelController:
         self.dropped: str | None = None  # why the last finished result was not shown (None: shown)
         self.hidden_earlier: list[str] = []  # older output layers hidden by the newest run
         self._target: tuple | None = None  # (image layer, transform kwargs) results are written for
+        self._roi_point: list[float] | None = None  # the ROI point (mm) of the result being shown
 
     # ------------------------------------------------------------------ jobs
     def _launch(self, gen, label: str, done, callbacks: dict, sync) -> Job:
@@ -207,7 +209,9 @@ class ModelController:
     # ------------------------------------------------------------------ regions of interest
     def roi_from_layer(self, layer, size_mm: float = 40.0) -> ROI:
         """A rectangle from a Shapes layer (last/selected shape) or a box of ``size_mm`` around a
-        point of a Points layer (last/selected point), in the image's voxel grid."""
+        point of a Points layer (last/selected point), in the image's voxel grid. The point box's
+        depth along z is at most :data:`LESION_DEPTH_MM` (the lesion, not the in-plane field of
+        view: an 80 mm box would span a whole series of 2.5 mm slices)."""
         img = self.image_layer
         kind = layer.__class__.__name__
         if kind == "Shapes":
@@ -232,7 +236,8 @@ class ModelController:
             idx = np.asarray(img.world_to_data(world), float)
             if img.ndim == 3 and layer.ndim < 3:
                 idx[0] = self.current_slice_index()
-            return ROI.point(self.geometry().index_to_physical(idx), size_mm)
+            size = (min(size_mm, LESION_DEPTH_MM), size_mm, size_mm) if img.ndim == 3 else size_mm
+            return ROI.point(self.geometry().index_to_physical(idx), size)
         raise ValueError(f"{layer.name!r} is a {kind} layer: use a Shapes (rectangle) or Points layer for the ROI")
 
     def scope_kwargs(self, request: RunRequest) -> dict:
@@ -285,8 +290,16 @@ class ModelController:
                 return
             if same_layer(target[0], self.image_layer):
                 self.last[kind] = result
-            with self._output_to(*target):
-                self.apply(request, result)
+            center = getattr(kw.get("roi"), "center_mm", None)
+            self._roi_point = None if center is None else [float(v) for v in center]
+            try:
+                with self._output_to(*target):
+                    self.apply(request, result)
+            finally:
+                self._roi_point = None
+            roi_layer = request.roi_layer if request.scope == Scope.ROI else None
+            if roi_layer is not None and layer_in_viewer(self.viewer, roi_layer):  # the click stays in view
+                self.viewer.layers.move(self.viewer.layers.index(roi_layer), len(self.viewer.layers))
             if on_done is not None:
                 on_done(result)
 
@@ -329,6 +342,7 @@ class ModelController:
             ROLE_KEY: role,
             "model": self.engine.name if self.engine else None,
             "image_layer": self._out_layer.name,
+            "roi_point_mm": self._roi_point,  # Pre-fill copies the lesion at this point
             **extra,
         }
         if td.get("path"):  # blind mode hides outputs of a model trained on the open project's raters
@@ -336,38 +350,21 @@ class ModelController:
         return meta
 
     def _labels(self, name, result_region, arr, lead=0, like_kw=None, undo=True, **kwargs):
-        """Create or update a Labels layer on the output image's grid (``lead`` extra leading axes,
-        e.g. samples): the region is written through the undo history (see :func:`upsert_layer`)."""
+        """Create or replace a Labels layer on the output image's grid (``lead`` extra leading axes,
+        e.g. samples): ``arr`` in the region, zero elsewhere, written through the undo history (one
+        step; see :func:`upsert_layer`)."""
         arr = np.asarray(arr)
         shape = tuple(arr.shape[:lead]) + tuple(np.shape(self._out_layer.data))
-        region = (slice(None),) * lead + tuple(result_region)
-        region = tuple(slice(r.start or 0, n if r.stop is None else r.stop) for r, n in zip(region, shape))
-        return upsert_layer(
-            self.viewer,
-            name,
-            arr,
-            "labels",
-            like=like_kw or self._out_kw(),
-            region=region,
-            shape=shape,
-            undo=undo,
-            **kwargs,
-        )
+        full = np.zeros(shape, arr.dtype if arr.dtype.kind in "iu" else np.uint8)
+        full[(slice(None),) * lead + tuple(result_region)] = arr
+        return upsert_layer(self.viewer, name, full, "labels", like=like_kw or self._out_kw(), undo=undo, **kwargs)
 
     def _image(self, name, region, arr, **kwargs):
-        """Create or update a float Image layer on the output image's grid (region replaced,
-        contrast fixed to 0..1 when created)."""
-        return upsert_layer(
-            self.viewer,
-            name,
-            arr,
-            "image",
-            like=self._out_kw(),
-            region=tuple(region),
-            shape=np.shape(self._out_layer.data),
-            contrast_limits=(0.0, 1.0),
-            **kwargs,
-        )
+        """Create or replace a float Image layer on the output image's grid (``arr`` in the region,
+        zero elsewhere; contrast fixed to 0..1 when created)."""
+        full = np.zeros(np.shape(self._out_layer.data), np.float32)
+        full[tuple(region)] = arr
+        return upsert_layer(self.viewer, name, full, "image", like=self._out_kw(), contrast_limits=(0.0, 1.0), **kwargs)
 
     def hide_other_families(self, family: str) -> list[str]:
         """Hide the visible output layers of the other families (older runs); remembered in

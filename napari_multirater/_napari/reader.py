@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from ..datasets.lidc_folder import find_lidc
 from ..io.medical import SUPPORTED_SUFFIXES, is_dicom_dir, is_supported_file, read_image
-from .layers import ROLE_KEY, display_window
+from .layers import ROLE_KEY, binary_colormap, display_window, rater_color
 from .lidc_reader import read_lidc
 
 MAX_LABEL_VALUES = 32
@@ -82,6 +83,20 @@ def _looks_like_labels(array: np.ndarray) -> bool:
     return np.unique(array).size <= MAX_LABEL_VALUES
 
 
+def _next_mask_index(name: str) -> int:
+    """The colour index of the next mask file opened: one more than the masks already in the viewer
+    (each rater's file gets its own colour), else from the name."""
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+    except ImportError:
+        viewer = None
+    if viewer is None:
+        return zlib.crc32(name.encode())
+    return sum((ly.metadata or {}).get(ROLE_KEY) == "labels" for ly in viewer.layers)
+
+
 def read_medical(path) -> list[tuple]:
     """Read one image file or DICOM folder into a napari layer (labels if it looks like a mask)."""
     if isinstance(path, list):
@@ -101,6 +116,13 @@ def read_medical(path) -> list[tuple]:
         show_warning(info["warning"])
     if _looks_like_labels(array):
         kw["metadata"][ROLE_KEY] = "labels"
+        if array.max() <= 1:  # a rater's binary mask: a thin outline in a colour of its own
+            from .lidc_reader import CONTOUR_KEY
+            from .sample_data import _outline_raters
+
+            _outline_raters()
+            kw["metadata"][CONTOUR_KEY] = 1
+            kw["colormap"] = binary_colormap(rater_color(_next_mask_index(name)))
         return [(array, kw, "labels")]
     kw["contrast_limits"] = display_window(array)
     kw["colormap"] = "gray"

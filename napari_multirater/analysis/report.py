@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -112,6 +113,23 @@ def lesions_csv(rows: Sequence[dict]) -> str:
     return f.getvalue()
 
 
+_SEPARATORS = " _-.:/"
+
+
+def short_labels(names: Sequence[str]) -> list[str]:
+    """Names without the prefix and suffix they all share, cut at a separator (``mr rater: ``,
+    ``case12_``, ``_mask``): ``alice``, ``bob`` for ``case12_alice_mask``, ``case12_bob_mask``."""
+    names = [str(n) for n in names]
+    if len(names) < 2:
+        return names
+    pre = os.path.commonprefix(names)
+    pre = pre[: max((pre.rfind(c) for c in _SEPARATORS), default=-1) + 1]
+    rev = os.path.commonprefix([n[len(pre) :][::-1] for n in names])
+    cut = max((rev.rfind(c) for c in _SEPARATORS), default=-1) + 1
+    out = [n[len(pre) : len(n) - cut] for n in names]
+    return out if all(out) and len(set(out)) == len(out) else names
+
+
 def pairwise_heatmap_figure(
     matrix: np.ndarray,
     names: Sequence[str],
@@ -129,8 +147,9 @@ def pairwise_heatmap_figure(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(111)
     im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=vmin, vmax=vmax)
-    ax.set_xticks(range(k), labels=list(names), rotation=45, ha="right")
-    ax.set_yticks(range(k), labels=list(names))
+    labels = short_labels(names)
+    ax.set_xticks(range(k), labels=labels, rotation=45, ha="right")
+    ax.set_yticks(range(k), labels=labels)
     norm_hi = im.norm.vmax if im.norm.vmax is not None else 1.0
     norm_lo = im.norm.vmin if im.norm.vmin is not None else 0.0
     mid = (norm_hi + norm_lo) / 2

@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 SETTINGS_KEY = "collection"
-DEFAULT_SETTINGS = {"target_raters": 3, "repeat_fraction": 0.1, "repeat_gap": 5}
+DEFAULT_SETTINGS = {"target_raters": 3, "repeat_fraction": 0.1, "repeat_gap": 5, "announce_repeats": True}
 CACHE_FILE = Path(".multirater") / "disagreement_cache.json"
 
 
@@ -55,7 +55,11 @@ def _check_settings(s: dict) -> dict:
     for k, v in (s or {}).items():
         if k not in DEFAULT_SETTINGS:
             continue
-        if k == "repeat_fraction":
+        if k == "announce_repeats":  # False: repeats look like any other case (test-retest designs)
+            if not isinstance(v, bool):
+                raise DatasetError(f"collection setting announce_repeats must be true or false, got {v!r}")
+            out[k] = v
+        elif k == "repeat_fraction":
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= float(v) <= 1):
                 raise DatasetError(f"collection setting repeat_fraction must be a number in [0, 1], got {v!r}")
             out[k] = float(v)
@@ -88,6 +92,18 @@ def enough_raters(store) -> tuple[int, int]:
     target = collection_settings(store)["target_raters"]
     ids = store.case_ids()
     return sum(len(store.annotated_raters(c)) >= target for c in ids), len(ids)
+
+
+def drafts_line(store) -> str | None:
+    """How many saved masks are untouched model pre-fills, left out of every count (None: none)."""
+    drafts = store.drafts()
+    if not drafts:
+        return None
+    names = ", ".join(f"{c}/{r}" for c, r in drafts[:5]) + (", ..." if len(drafts) > 5 else "")
+    return (
+        f"{len(drafts)} unconfirmed model pre-fill(s) not counted ({names}): "
+        "a rater edits or confirms a pre-fill to make it an annotation"
+    )
 
 
 _RATER_CACHE: dict = {}  # (case folder, ((rater, mtime, size), ...)) -> score: refreshes stay cheap
@@ -265,9 +281,9 @@ def repeat_candidates(store, rater: str, settings: dict | None = None) -> list[s
     if s["repeat_fraction"] <= 0 or len(own) < gap + 1:
         return []
     wanted = math.ceil(s["repeat_fraction"] * len(own))
-    seed = int(hashlib.sha256(rater.encode()).hexdigest()[:8], 16)
     eligible = own[: len(own) - gap]  # at least `gap` other cases saved since
-    order = [eligible[i] for i in np.random.default_rng(seed).permutation(len(eligible))]
+    # a fixed draw per (rater, case): more cases or another percentage never reshuffle earlier choices
+    order = sorted(eligible, key=lambda c: hashlib.sha256(f"{rater}/{c}".encode()).hexdigest())
     done = [c for c in own if has_repeat(store, c, rater)]
     return [c for c in order if c not in done][: max(wanted - len(done), 0)]
 
@@ -293,6 +309,8 @@ def build_queue(store, rater: str, model_scores: dict | None = None) -> list[Que
     entries = []
     for cid, n, needs, score, src in rows:
         why = [f"{n} of {target} raters" if needs else f"has {n} raters (target {target})"]
+        if store.has_mask(cid, rater, drafts=True):
+            why.insert(0, "your pre-fill is not confirmed yet")
         if score is not None:
             why.append(f"{'model' if src == 'model' else 'rater'} disagreement {score:.2f}")
         entries.append(QueueEntry(cid, 0, n, needs, score, src, False, ", ".join(why)))
@@ -307,7 +325,9 @@ def build_queue(store, rater: str, model_scores: dict | None = None) -> list[Que
             None,
             "none",
             True,
-            "repeat of one of your cases (drawn again blind; your first mask stays as it is)",
+            "repeat of one of your cases (drawn again blind; your first mask stays as it is)"
+            if s["announce_repeats"]
+            else "a case to annotate",
         )
         entries.insert(min(first + i * (gap + 1), len(entries)), rep)
     for i, e in enumerate(entries):

@@ -81,6 +81,7 @@ from ..datasets.case_folder import (
     new_manifest,
     now_iso,
     read_json,
+    unconfirmed_prefill,
     validate_manifest,
     write_json,
 )
@@ -476,14 +477,36 @@ class AnnotationStore:
         p = find_file(self.raters_dir(case_id), rater)
         return None if p is None else self.contained(p)
 
-    def has_mask(self, case_id: str, rater: str) -> bool:
+    def is_draft(self, case_id: str, rater: str) -> bool:
+        """Whether ``rater``'s saved mask of the case is an untouched model pre-fill (see
+        :func:`unconfirmed_prefill`); read without a lock, an unreadable sidecar is no draft."""
         try:
-            return self.mask_path(case_id, rater) is not None
+            check_identifier(rater, "rater id")
+            side = json.loads((self.raters_dir(case_id) / f"{rater}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, DatasetError):
+            return False
+        return unconfirmed_prefill(side)
+
+    def has_mask(self, case_id: str, rater: str, drafts: bool = False) -> bool:
+        """Whether ``rater`` annotated the case; an unconfirmed pre-fill counts only with ``drafts``."""
+        try:
+            found = self.mask_path(case_id, rater) is not None
         except DatasetError:
             return False
+        return found and (drafts or not self.is_draft(case_id, rater))
 
-    def annotated_raters(self, case_id: str) -> list[str]:
-        """Raters with a mask file for the case (manifest order, then others alphabetically)."""
+    def drafts(self, rater: str | None = None) -> list[tuple[str, str]]:
+        """``(case, rater)`` of every saved unconfirmed pre-fill (of ``rater`` only, if given)."""
+        out = []
+        for cid in self.case_ids():
+            for r in self.annotated_raters(cid, drafts=True):
+                if (rater is None or r == rater) and self.is_draft(cid, r):
+                    out.append((cid, r))
+        return out
+
+    def annotated_raters(self, case_id: str, drafts: bool = False) -> list[str]:
+        """Raters with a mask file for the case (manifest order, then others alphabetically);
+        unconfirmed pre-fills only with ``drafts``."""
         rdir = self.raters_dir(case_id)
         if not rdir.is_dir():
             return []
@@ -495,6 +518,8 @@ class AnnotationStore:
                     if stem.lower().endswith(s):
                         found.add(stem[: -len(s)])
                         break
+        if not drafts:
+            found = {r for r in found if not self.is_draft(case_id, r)}
         order = [r for r in self.raters() if r in found]
         return order + sorted(found - set(order))
 
@@ -843,7 +868,7 @@ class AnnotationStore:
         for cid in self.case_ids():
             try:
                 self._image_info(cid)
-                for rater in self.annotated_raters(cid):
+                for rater in self.annotated_raters(cid, drafts=True):
                     self.load_mask(cid, rater)
             except DatasetError as e:
                 problems.append(str(e))

@@ -87,7 +87,7 @@ def _persona_add(args) -> int:
 
 
 def _queue(args) -> int:
-    from ..annotation.queue import build_queue, enough_raters, iter_model_disagreement
+    from ..annotation.queue import build_queue, collection_settings, drafts_line, enough_raters, iter_model_disagreement
     from ..annotation.store import AnnotationStore
     from ..datasets.case import DatasetError
     from ..datasets.case_folder import check_identifier
@@ -117,11 +117,13 @@ def _queue(args) -> int:
     except DatasetError as e:
         return fail(str(e))
     print(f"{k} of {n} cases have enough raters")
+    if drafts_line(store):
+        print(drafts_line(store))
     if not queue:
         print(f"nothing left for {args.rater}: every case is annotated")
         return 0
     for e in queue[: args.limit or len(queue)]:
-        kind = "REPEAT" if e.repeat else "case"
+        kind = "REPEAT" if e.repeat and collection_settings(store)["announce_repeats"] else "case"
         print(f"{e.rank:3d}. {e.case_id}\t{kind}\t{e.reason}")
     return 0
 

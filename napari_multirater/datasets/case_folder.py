@@ -193,6 +193,22 @@ def annotation_sidecar(
     }
 
 
+UNCONFIRMED_PREFILL = "an unconfirmed model pre-fill (neither edited nor confirmed by the rater)"
+
+
+def unconfirmed_prefill(sidecar) -> bool:
+    """Whether an annotation sidecar records an untouched model pre-fill: saved so no work is lost,
+    but not the rater's annotation (training, reports, queue counts and agreement leave it out)
+    until the rater edits or confirms it (provenance ``edited`` / ``confirmed``)."""
+    prov = sidecar.get("provenance") if isinstance(sidecar, dict) else None
+    return (
+        isinstance(prov, dict)
+        and prov.get("kind") == "prefilled"
+        and not prov.get("edited")
+        and not prov.get("confirmed")
+    )
+
+
 class CaseFolderDataset(Sequence):
     """Lazy reader of a case-folder dataset; ``dataset[i]`` loads and validates one case
     (``strict``: a broken rater mask raises, else it only marks that rater invalid)."""
@@ -311,6 +327,10 @@ class CaseFolderDataset(Sequence):
                     sidecars[rater] = read_json(contained(self.root, side), "annotation sidecar")
                 except DatasetError as e:
                     problems.append(f"rater {rater}: {e} (mask used, sidecar ignored)")
+            if unconfirmed_prefill(sidecars.get(rater)):
+                masks[k] = 0
+                problems.append(f"rater {rater} left out: {UNCONFIRMED_PREFILL}")
+                continue
             drawn_on = sidecars.get(rater, {}).get("image_sha256")
             if drawn_on:
                 image_sha = image_sha or image_checksum(image)
@@ -382,9 +402,11 @@ def problems_summary(problems: Sequence[str], n_cases: int, where) -> str:
     """The one summary line after the per-file warnings of :func:`iter_cases_reporting`."""
     skipped = sum(" skipped: " in p for p in problems)
     left_out = sum(" left out: " in p for p in problems)
+    drafts = sum(UNCONFIRMED_PREFILL in p for p in problems)
     other = len(problems) - skipped - left_out
+    of_which = f" ({drafts} of them unconfirmed model pre-fills)" if drafts else ""
     return (
-        f"{where}: {skipped} case(s) skipped, {left_out} rater annotation(s) left out, {other} other "
+        f"{where}: {skipped} case(s) skipped, {left_out} rater annotation(s) left out{of_which}, {other} other "
         f"problem(s); {n_cases} case(s) used (see the warnings above)"
     )
 

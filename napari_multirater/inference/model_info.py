@@ -131,9 +131,24 @@ def describe_fov(fov: dict | None, spacing_yx=None) -> str:
     return text
 
 
-def input_advice(fov: dict | None, shape_yx, spacing_yx=None, factor: float = 2.0) -> str | None:
+DOCK_ROI_HOW = "Use a region of interest: click the lesion in the 'mr roi point' layer and run."
+
+
+def cli_roi_how(fov: dict | None, spacing_yx=None) -> str:
+    """The command-line form of the same advice (``multirater predict``)."""
+    size = roi_size_mm(fov, spacing_yx, default=64.0)
+    return (
+        f"Use a region of interest: --roi-point z,y,x (the lesion centre in mm) --roi-size-mm {size:g}, "
+        "or --roi z0,y0,x0,z1,y1,x1 (voxels)."
+    )
+
+
+def input_advice(
+    fov: dict | None, shape_yx, spacing_yx=None, factor: float = 2.0, how: str = DOCK_ROI_HOW
+) -> str | None:
     """A sentence when an input of ``shape_yx`` pixels (``spacing_yx`` mm, None = unknown) is much
-    larger (> ``factor`` per side) than the field of view the model was trained on; else None."""
+    larger (> ``factor`` per side) than the field of view the model was trained on; else None.
+    ``how`` ends it: what to do instead (the dock's or :func:`cli_roi_how`)."""
     if not fov:
         return None
     h, w = (int(v) for v in shape_yx[-2:])
@@ -152,8 +167,7 @@ def input_advice(fov: dict | None, shape_yx, spacing_yx=None, factor: float = 2.
         return None
     return (
         f"This image ({size}) is {ratio:.0f}x wider than what the model was trained on ({fov_text}, "
-        f"{fov.get('centred', '')}): on the whole image it marks unrelated structures. Use a region of "
-        "interest: click the lesion in the 'mr roi point' layer and run."
+        f"{fov.get('centred', '')}): on the whole image it marks unrelated structures. {how}"
     )
 
 

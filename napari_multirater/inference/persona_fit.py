@@ -405,7 +405,12 @@ def iter_add_persona(
     fit_cases = [c for c in cases if c.case_id in fit_ids]
     held_cases = [c for c in cases if c.case_id in held_ids]
     name = unique_persona_name(model.rater_names, rater)
-    yield Progress(0, int(steps), f"preparing {len(fit_cases)} case(s) ({len(held_cases)} held out)")
+    yield Progress(
+        0,
+        int(steps),
+        f"fit on {len(fit_cases)}, scored on {len(held_cases)} held-out case(s)"
+        + (" (few: a direction, not a size)" if len(held_cases) < 10 else ""),
+    )
     data = _prepare(engine, fit_cases)
     fitted = yield from iter_fit_persona(model, name, data, steps, batch_size, lr, seed)
     yield Progress(int(steps), int(steps), f"scoring on {len(held_cases)} held-out case(s)")

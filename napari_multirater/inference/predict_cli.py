@@ -161,6 +161,17 @@ def _roi(args, ndim: int):
     return None
 
 
+def _input_advice(engine, image, geometry) -> list[str]:
+    """The Model dock's input guidance for a run without an ROI: the image is much larger than the
+    model's training field of view (e.g. a whole CT slice for a nodule-crop model)."""
+    from . import model_info
+
+    spacing = tuple(abs(float(v)) for v in geometry.scale_zyx[-2:])
+    fov = engine.field_of_view()
+    text = model_info.input_advice(fov, image.shape[-2:], spacing, how=model_info.cli_roi_how(fov, spacing))
+    return [text] if text else []
+
+
 def run(args) -> int:
     from ..io import MedicalIOError, read_image, write_image
     from ..io.atomic import atomic_write_text
@@ -223,6 +234,9 @@ def run(args) -> int:
     if args.slice is not None and image.ndim == 3 and args.slice >= image.shape[0]:
         print(f"error: --slice {args.slice} is outside the image (slices 0 to {image.shape[0] - 1})", file=sys.stderr)
         return 2
+    advice = [] if roi is not None else _input_advice(engine, image, geometry)
+    for w in advice:  # before the (long) run, so the user can stop it and pass an ROI
+        print(f"warning: {w}", file=sys.stderr)
     try:
         result = engine.predict_volume(
             image,
@@ -262,7 +276,7 @@ def run(args) -> int:
             put(folder, f"uncertainty_{kind}", m, False)
         summary = {
             **result.info,
-            "warnings": read_warnings + list(result.info.get("warnings", [])),
+            "warnings": read_warnings + advice + list(result.info.get("warnings", [])),
             "image": str(args.image),
             "region": [[s.start, s.stop] for s in result.region],
             "scores": {k: [float(v) for v in vals] for k, vals in result.scores.items()},

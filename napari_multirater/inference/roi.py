@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+LESION_DEPTH_MM = 30.0  # a point box's depth along z: a lung nodule is at most 30 mm across
+
 
 @dataclass(frozen=True)
 class ROI:

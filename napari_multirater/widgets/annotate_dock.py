@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -65,9 +66,11 @@ class _CloseWatcher(QObject):
         window.destroyed.connect(lambda *_: controller.disconnect())
 
     def eventFilter(self, obj, event) -> bool:
-        if event.type() == QEvent.Close and not self.dock.confirm_close():
-            event.ignore()
-            return True
+        if event.type() == QEvent.Close:
+            if not self.dock.confirm_close():
+                event.ignore()
+                return True
+            self.dock.remove_lock_files()  # the window closes: no hidden lock files left in the project
         return False
 
 
@@ -99,6 +102,11 @@ class AnnotateDock(QWidget):
         if ident.last_project and (Path(ident.last_project) / "dataset.json").is_file():
             self._run(lambda: self.controller.open_project(ident.last_project))
         self.refresh()
+        if self.controller.store is not None and ident.rater_id:  # a shared workstation: say whose it is
+            self.show_status(
+                f"Reopened {self.controller.store.name} as {ident.rater_id}, who used this computer last: "
+                "if you are someone else, set your own rater id above before painting."
+            )
 
     # --- layout ----------------------------------------------------------------------------------
     def _build(self, autosave_seconds: float) -> None:
@@ -155,10 +163,12 @@ class AnnotateDock(QWidget):
         pl.addWidget(self.blind_box)
         lay.addWidget(proj)
 
-        cases = QGroupBox("Cases")
+        cases = QWidget()
         cl = QVBoxLayout(cases)
+        cl.setContentsMargins(4, 4, 4, 4)
         self.case_list = QListWidget()
-        self.case_list.setMinimumHeight(90)
+        self.case_list.setMinimumHeight(60)
+        self.case_list.setMaximumHeight(96)
         self.case_list.itemClicked.connect(self._case_clicked)
         cl.addWidget(self.case_list, 1)
         self.progress_label = QLabel()
@@ -178,7 +188,19 @@ class AnnotateDock(QWidget):
         self.next_todo_btn = QPushButton("Next not annotated by me ▶▶")
         self.next_todo_btn.clicked.connect(lambda: self.next_case(True))
         cl.addWidget(self.next_todo_btn)
-        lay.addWidget(cases, 1)
+        from .collect_panel import CollectPanel  # Next case queue + Learn my style (issue 15)
+
+        self.collect_panel = CollectPanel(self)
+        # tabs keep the annotation controls and the status in view on a 1366x768 screen
+        self.sections = QTabWidget()
+        self.sections.addTab(cases, "Cases")
+        self.sections.addTab(self.collect_panel, "Next case && my style")
+        cases_height = cases.sizeHint().height() + self.sections.tabBar().sizeHint().height() + 8
+        self.sections.currentChanged.connect(  # the Cases page stays compact, the queue gets its room
+            lambda i: self.sections.setMaximumHeight(cases_height if i == 0 else 16777215)
+        )
+        self.sections.setMaximumHeight(cases_height)
+        lay.addWidget(self.sections)
 
         work = QGroupBox("Annotation")
         wl = QFormLayout(work)
@@ -188,7 +210,13 @@ class AnnotateDock(QWidget):
         self.prefill_combo.setToolTip("A Labels layer (e.g. a model persona) to start your mask from")
         self.prefill_btn = QPushButton("Pre-fill")
         self.prefill_btn.clicked.connect(self.prefill)
+        self.all_marks_box = QCheckBox("all marks")
+        self.all_marks_box.setToolTip(
+            "Copy every mark of the chosen layer; unticked, only the lesion at the ROI point "
+            "the model was run on (the component connected to the click) is copied"
+        )
         pre.addWidget(self.prefill_combo, 1)
+        pre.addWidget(self.all_marks_box)
         pre.addWidget(self.prefill_btn)
         wl.addRow("Start from:", pre)
         self.no_lesion_box = QCheckBox("No lesion in this case")
@@ -207,7 +235,14 @@ class AnnotateDock(QWidget):
         self.autosave_spin.setValue(int(round(autosave_seconds)))
         self.autosave_spin.setToolTip("Autosave interval while there are unsaved edits (0 = off)")
         self.autosave_spin.valueChanged.connect(lambda v: self.controller.set_autosave_interval(float(v)))
+        self.confirm_btn = QPushButton("Confirm")
+        self.confirm_btn.setToolTip(
+            "Accept the model pre-fill as your annotation as it is (an unedited, unconfirmed pre-fill "
+            "is kept as a draft and not counted)"
+        )
+        self.confirm_btn.clicked.connect(self.confirm)
         save_row.addWidget(self.save_btn, 1)
+        save_row.addWidget(self.confirm_btn)
         save_row.addWidget(QLabel("autosave"))
         save_row.addWidget(self.autosave_spin)
         wl.addRow(save_row)
@@ -220,10 +255,7 @@ class AnnotateDock(QWidget):
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
         lay.addWidget(self.status)
-        from .collect_panel import CollectPanel  # Next case queue + Learn my style (issue 15)
-
-        self.collect_panel = CollectPanel(self)
-        lay.addWidget(self.collect_panel)
+        lay.addStretch(1)
         self._refresh_prefill_sources()
 
     # --- helpers ---------------------------------------------------------------------------------
@@ -359,7 +391,13 @@ class AnnotateDock(QWidget):
     def prefill(self) -> None:
         name = self.prefill_combo.currentText()
         layer = self.viewer.layers[name] if name in self.viewer.layers else None
-        self._run(lambda: self.controller.prefill_from_layer(layer), f"Pre-filled from {name}; edit and save.")
+        everything = self.all_marks_box.isChecked()
+        if self._run(lambda: self.controller.prefill_from_layer(layer, everything=everything)) is not None:
+            self.show_status(self.controller.last_prefill)
+
+    def confirm(self) -> None:
+        """Accept the untouched pre-fill as the rater's annotation (saved, counted)."""
+        self._run(self.controller.confirm, "Confirmed: the pre-fill is saved as your annotation.")
 
     def tick(self) -> None:
         """Timer: autosave when due, keep the status line current."""
@@ -381,18 +419,21 @@ class AnnotateDock(QWidget):
             pass
         self._napari_notify(message)
 
+    def remove_lock_files(self) -> None:
+        """Remove the project's idle lock files (held ones stay; the next save makes them again)."""
+        if self.controller.store is not None:
+            from ..annotation.lock import remove_idle_lock_files
+
+            remove_idle_lock_files(self.controller.store.root)
+
     def teardown(self) -> None:
         """Dock closed or removed from the viewer: save unsaved work, stop the timer and listening."""
         if self._closed:
             return
         self._closed = True
         self.timer.stop()
-        root = self.controller.store.root if self.controller.store is not None else None
         self.controller.close()
-        if root is not None:  # no hidden lock files left behind in the project folder
-            from ..annotation.lock import remove_idle_lock_files
-
-            remove_idle_lock_files(root)
+        self.remove_lock_files()
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             try:
                 ev.disconnect(self._refresh_prefill_sources)
@@ -483,7 +524,9 @@ class AnnotateDock(QWidget):
         self.import_btn.setEnabled(has_project)
         self.case_list.blockSignals(True)
         self.case_list.clear()
+        neutral = c.repeat and not c.announce_repeats  # an open repeat keeps no tell-tale check mark
         for cid, done in c.case_rows():
+            done = done and not (neutral and cid == c.case_id)
             item = QListWidgetItem(f"{DONE_MARK if done else TODO_MARK}  {cid}")
             item.setData(Qt.UserRole, cid)
             self.case_list.addItem(item)
@@ -500,8 +543,9 @@ class AnnotateDock(QWidget):
             b.setEnabled(has_project)
         self.next_todo_btn.setEnabled(has_project and has_rater)
         can_edit = c.annotation_layer is not None
-        for w in (self.save_btn, self.prefill_btn, self.prefill_combo, self.no_lesion_box):
+        for w in (self.save_btn, self.prefill_btn, self.prefill_combo, self.no_lesion_box, self.all_marks_box):
             w.setEnabled(can_edit)
+        self.confirm_btn.setEnabled(can_edit and c.is_draft)
         self.no_lesion_box.setChecked(bool(c.session is not None and c.session.provenance.get("no_lesion")))
         self._refresh_prefill_sources()  # Pre-fill stays disabled while there is nothing to start from
         self._refresh_save_status()
@@ -520,6 +564,8 @@ class AnnotateDock(QWidget):
         when = _local_time(s.last_saved)
         saved = f"{c.last_save_reason or 'last saved'} at {when}" if when else "not saved yet"
         state = "<b>unsaved edits</b>" if s.dirty else ("all saved" if when else "nothing painted yet")
+        if c.is_draft:
+            state += "; <b>draft</b>: an untouched model pre-fill, not counted until you edit it or press Confirm"
         self.save_label.setText(
             f"Case <b>{c.case_id}</b>: {state}; {saved}; active time {s.total_active_seconds:.0f} s."
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QGroupBox,
     QHBoxLayout,
@@ -59,6 +60,13 @@ class CollectPanel(QWidget):
             row.addWidget(w)
             w.editingFinished.connect(self.apply_settings)
         v.addLayout(row)
+        self.announce_box = QCheckBox("say which cases are repeats")
+        self.announce_box.setToolTip(
+            "untick for test-retest designs: a repeat then looks like any other case (no mark, no "
+            "'(repeat)' in the layer name); it is still saved as a repeat"
+        )
+        self.announce_box.toggled.connect(lambda *_: self.apply_settings())
+        v.addWidget(self.announce_box)
         rank = QHBoxLayout()
         self.rank_combo = QComboBox()
         self.rank_combo.setToolTip("rank the open cases by this model's disagreement (computed once per image, cached)")
@@ -129,6 +137,7 @@ class CollectPanel(QWidget):
                 target_raters=self.target_spin.value(),
                 repeat_fraction=self.repeat_spin.value() / 100.0,
                 repeat_gap=self.gap_spin.value(),
+                announce_repeats=self.announce_box.isChecked(),
             )
         )
         self.refresh()
@@ -139,7 +148,8 @@ class CollectPanel(QWidget):
             self.dock.show_status(
                 "nothing left to annotate"
                 if entry is None
-                else f"{entry.case_id}: " + ("repeat, drawn blind" if entry.repeat else entry.reason)
+                else f"{entry.case_id}: "
+                + ("repeat, drawn blind" if entry.repeat and self.announce_box.isChecked() else entry.reason)
             )
 
         self._run(go)
@@ -231,13 +241,13 @@ class CollectPanel(QWidget):
             self.result_label.setText(self.ctrl.last_report["text"])
 
     # --- refresh ---------------------------------------------------------------------------------------
-    def _fill_models(self, combo: QComboBox, first: str | None = None) -> None:
+    def _fill_models(self, combo: QComboBox, first: str | None = None, names: list[str] | None = None) -> None:
         current = combo.currentText()
         combo.blockSignals(True)
         combo.clear()
         if first:
             combo.addItem(first)
-        combo.addItems(self.ctrl.model_choices())
+        combo.addItems(self.ctrl.model_choices() if names is None else names)
         idx = combo.findText(current)
         if idx >= 0:
             combo.setCurrentIndex(idx)
@@ -248,7 +258,7 @@ class CollectPanel(QWidget):
             c = self.ctrl
             ready = c.store is not None and bool(c.annotate.rater)
             self._fill_models(self.rank_combo, NO_MODEL)
-            self._fill_models(self.model_combo)
+            self._fill_models(self.model_combo, names=c.learn_choices())  # personas, this kind of image
             for w in (self.next_btn, self.rank_btn, self.target_spin, self.repeat_spin, self.gap_spin):
                 w.setEnabled(
                     c.store is not None and (ready or w in (self.target_spin, self.repeat_spin, self.gap_spin))
@@ -268,14 +278,19 @@ class CollectPanel(QWidget):
                 spin.blockSignals(True)
                 spin.setValue(int(v))
                 spin.blockSignals(False)
+            self.announce_box.blockSignals(True)
+            self.announce_box.setChecked(bool(s["announce_repeats"]))
+            self.announce_box.blockSignals(False)
             self.status_label.setText(c.status_text())
             self.queue_list.clear()
             if not ready:
                 return
             blind = c.annotate.blind  # blind: the order only, no scores computed from others' masks
             for e in c.refresh_queue():
-                if e.repeat:
+                if e.repeat and s["announce_repeats"]:
                     text = f"{e.rank}. {REPEAT_MARK} {e.case_id} — repeat (blind)"
+                elif e.repeat:  # neutral: a repeat looks like any other case
+                    text = f"{e.rank}. {e.case_id}"
                 elif blind:
                     text = f"{e.rank}. {e.case_id}" + (" — needs raters" if e.needs_raters else "")
                 else:

@@ -35,6 +35,7 @@ from .._napari.model_controller import ALL_EXPERTS, ModelController
 from .._napari.model_request import DEFAULT_SAMPLES, RunKind, RunRequest, Scope
 from ..inference import model_info
 from ..inference.device import DEVICE_CHOICES, PRECISION_CHOICES
+from ..inference.roi import LESION_DEPTH_MM
 from ..modelfiles.intensity import IMAGE_UNITS, LIDC_MAPPINGS
 from ..modelfiles.registry import available_models
 from ._help import help_button
@@ -416,8 +417,9 @@ class ModelDock(QWidget):
             self.size_note.setText("box edge" if layer is None or layer.ndim != 3 else "box edge (no spacing: px)")
             return
         dz = abs(float(self.controller.geometry().scale_zyx[0])) or 1.0
-        n = max(1, min(int(round(self.size_spin.value() / dz)), layer.data.shape[0]))
-        self.size_note.setText(f"box edge; spans {n} slice(s) of {dz:g} mm")
+        depth = min(self.size_spin.value(), LESION_DEPTH_MM)
+        n = max(1, min(int(round(depth / dz)), layer.data.shape[0]))
+        self.size_note.setText(f"in-plane edge; {depth:g} mm deep: {n} slice(s) of {dz:g} mm")
 
     def use_roi_default(self) -> bool:
         """When the input is much larger than the model's field of view, make the ROI the default:
@@ -725,9 +727,18 @@ class ModelDock(QWidget):
         img = self.controller.image_layer
         keep = ("scale", "translate", "rotate", "units", "axis_labels")
         kw = {k: v for k, v in transform_kwargs(img).items() if k in keep} if img else {}
-        layer = self.viewer.add_points(
-            name="mr roi point", ndim=img.ndim if img is not None else 2, size=6, face_color="#00e5ff", **kw
+        layer = self.viewer.add_points(  # a ring: the map under the click stays visible
+            name="mr roi point",
+            ndim=img.ndim if img is not None else 2,
+            size=8,
+            face_color="transparent",
+            border_color="#00e5ff",
+            border_width=0.12,
+            border_width_is_relative=True,
+            **kw,
         )
+        layer.current_face_color = "transparent"  # points added later keep the look
+        layer.current_border_color = "#00e5ff"
         layer.mode = "add"
         self.roi_combo.setCurrentText(layer.name)
         return layer
