@@ -312,3 +312,23 @@ def test_remove_tree_replace_and_quarantine_never_follow_links(tmp_path, monkeyp
     (root / "d" / "e").mkdir()
     replace(root, root / "d" / "e", root / "e2")
     assert remove_tree(root, root / "e2") and not (root / "e2").exists()
+
+
+def test_dicom_folder_never_reads_a_slice_linked_from_outside(tmp_path, shared_data):
+    """A crafted series folder whose file is a symbolic link to another patient's slice: that
+    file is left out (with a warning naming it), never read as a slice of this series."""
+    import shutil
+
+    from napari_multirater.io.medical import read_image
+
+    src = sorted((shared_data / "lidc-ct" / "LIDC-IDRI-0006" / "series").glob("*.dcm"))[:4]
+    folder, elsewhere = tmp_path / "series", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    for f in src[:3]:
+        shutil.copy(f, folder / f.name)
+    shutil.copy(src[3], elsewhere / src[3].name)
+    (folder / src[3].name).symlink_to(elsewhere / src[3].name)
+    image, _, info = read_image(folder)
+    assert image.shape[0] == 3 and src[3].name not in info["file_names"]
+    assert "leading outside" in info["warning"] and src[3].name in info["warning"]

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from . import dicom_series
 from .atomic import WriteError, atomic_write, fsync_dir, fsync_file  # noqa: F401 (re-exported)
-from .contained import UnsafePath
+from .contained import UnsafePath, is_inside
 from .data_files import check_data_files
 from .geometry import Geometry
 
@@ -253,6 +253,11 @@ def _read_dicom_dir(path: Path, series_uid: str | None = None) -> tuple[sitk.Ima
         what = "the directory is empty" if n == 0 else f"no DICOM series among its {n} entries"
         raise MedicalIOError(f"{path}: cannot read the directory: {what}")
     files = {uid: tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), uid)) for uid in ids}
+    # a file whose real path leaves the folder (a symbolic link out) is never read as a slice
+    linked_out = sorted({Path(f).name for fs in files.values() for f in fs if not is_inside(path, f)})
+    files = {uid: kept for uid, fs in files.items() if (kept := tuple(f for f in fs if is_inside(path, f)))}
+    if not files:
+        raise MedicalIOError(f"{path}: every DICOM file leads outside the folder (symbolic links); nothing read")
     try:
         uid, choice = dicom_series.choose_series(path, files, series_uid)
         names = list(files[uid])
@@ -284,6 +289,11 @@ def _read_dicom_dir(path: Path, series_uid: str | None = None) -> tuple[sitk.Ima
         "sop_uids": [tag(i, "0008|0018") for i in range(n)],
     }
     warnings = []
+    if linked_out:
+        warnings.append(
+            f"{len(linked_out)} file(s) leading outside {path} (symbolic links) not read: "
+            f"{', '.join(linked_out[:5])}{' ...' if len(linked_out) > 5 else ''}"
+        )
     if dropped:
         info["duplicate_files"] = [Path(f).name for f in dropped]
         warnings.append(
@@ -294,7 +304,11 @@ def _read_dicom_dir(path: Path, series_uid: str | None = None) -> tuple[sitk.Ima
     unread = sorted(
         p.name
         for p in path.iterdir()
-        if p.is_file() and p.name not in in_series and not p.name.startswith(".") and _looks_like_dicom(p)
+        if p.is_file()
+        and p.name not in in_series
+        and p.name not in linked_out
+        and not p.name.startswith(".")
+        and _looks_like_dicom(p)
     )
     if unread:
         warnings.append(
