@@ -8,6 +8,7 @@ from napari_multirater.argtypes import POSITIVE_FLOAT, POSITIVE_INT, SEED
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16")  # == precision.PRECISION_CHOICES (kept import-light)
 METHOD_CHOICES = ("unet", "prob_unet", "dpersona", "proseg", "umanet", "pionono")
+SUBSETS = ("all", "select", "report")  # == protocol_split.SUBSETS
 
 
 def add_train_parser(sub) -> None:
@@ -77,6 +78,14 @@ def add_evaluate_parser(sub) -> None:
         help="the papers' protocol: only slices every rater marked, each method's reference output "
         "set feeding every metric, Hungarian per-expert Dice (see the README)",
     )
+    p.add_argument(
+        "--subset",
+        choices=SUBSETS,
+        default="all",
+        help="select: the first 600 slices of the split (what training selects on); report: the others "
+        "(val, not used for selection); all (default)",
+    )
+    p.add_argument("--presence-plot", help="write the presence reliability diagram (PNG) here")
     p.set_defaults(func=_evaluate)
 
 
@@ -126,6 +135,36 @@ def _export(args) -> int:
     if size > 10:
         print("warning: over the 10 MB limit for a model bundled with the plugin", file=sys.stderr)
     return 0
+
+
+def add_fit_presence_parser(sub) -> None:
+    p = sub.add_parser(
+        "fit-presence",
+        help="add a per-rater presence head (P(rater k marks a lesion)) to a trained model; only the head is fitted",
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint file, or the name of a bundled model")
+    p.add_argument("--data", required=True, help="the data the model was trained on (train: fit, val: select)")
+    p.add_argument("--out", required=True, help="output checkpoint (then `multirater export` it)")
+    p.add_argument("--steps", type=POSITIVE_INT, default=1500, help="full-batch Adam steps on the pooled features")
+    p.add_argument("--lr", type=POSITIVE_FLOAT, default=3e-3)
+    p.add_argument("--hidden", type=POSITIVE_INT, default=32)
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--max-train-images", type=POSITIVE_INT, help="use only the first N train slices")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto")
+    p.set_defaults(func=_fit_presence)
+
+
+def _fit_presence(args) -> int:
+    from napari_multirater.datasets.case import DatasetError
+
+    from .checkpoint import CheckpointError
+    from .presence_fit import run_fit_presence
+
+    try:
+        return run_fit_presence(args)
+    except (DatasetError, CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 def add_results_parser(sub) -> None:
@@ -180,4 +219,5 @@ def add_parser(sub) -> None:
     add_train_parser(sub)
     add_evaluate_parser(sub)
     add_export_parser(sub)
+    add_fit_presence_parser(sub)
     add_results_parser(sub)

@@ -76,7 +76,13 @@ class FeatureUNet(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def bottleneck_channels(self) -> int:
+        """Channels of the deepest encoder block (what a presence head reads)."""
+        return int(self.down[-1][0].out_channels)
+
+    def forward(self, x: torch.Tensor, return_bottleneck: bool = False):
+        """Features (B, F, H, W); with ``return_bottleneck`` also the deepest encoder block's output."""
         skips = []
         h = x
         for i, block in enumerate(self.down):
@@ -87,7 +93,7 @@ class FeatureUNet(nn.Module):
         for block, skip in zip(self.up, reversed(skips[:-1])):
             h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             h = block(torch.cat([h, skip], 1))
-        return self.out(h)
+        return (self.out(h), skips[-1]) if return_bottleneck else self.out(h)
 
 
 def build_backbone(config: dict) -> FeatureUNet:
