@@ -96,6 +96,11 @@ def add_export_parser(sub) -> None:
     p.add_argument("--fp16", action="store_true", help="store float weights as fp16 (loaded back as fp32)")
     p.add_argument("--eval-json", help="`multirater evaluate --json` output to record in the model card")
     p.add_argument("--note", action="append", default=[], help="free-text line for the card's notes (repeatable)")
+    p.add_argument(
+        "--config",
+        help="JSON merged over the model's config: inference options only (e.g. D-Persona heads.bank_seed); "
+        "the weights must still load",
+    )
     p.set_defaults(func=_export)
 
 
@@ -111,6 +116,12 @@ def _export(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     card = dict(card)
+    if args.config:
+        try:
+            model = _with_config(model, json.loads(Path(args.config).read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError, ValueError) as e:
+            print(f"error: --config {args.config}: {e}", file=sys.stderr)
+            return 2
     if args.eval_json:
         try:
             ev = json.loads(Path(args.eval_json).read_text(encoding="utf-8"))
@@ -118,13 +129,15 @@ def _export(args) -> int:
             print(f"error: cannot read {args.eval_json}: {e}", file=sys.stderr)
             return 2
         from .metrics import LIST_KEYS, SCALAR_KEYS
+        from .presence_metrics import BUCKET_KEYS as PRESENCE_KEYS
 
-        run_keys = ("persona_rater_dice", "per_bucket", "n_images", "n_samples", "split", "data", "conventions", "seed")
-        keep = SCALAR_KEYS + LIST_KEYS + run_keys
+        run_keys = ("persona_rater_dice", "per_bucket", "n_images", "n_samples", "split", "subset", "data")
+        keep = SCALAR_KEYS + LIST_KEYS + PRESENCE_KEYS + run_keys + ("conventions", "seed", "split_note")
         card["evaluation"] = {k: ev[k] for k in keep if k in ev}
+        subset = f" --subset {ev['subset']}" if ev.get("subset", "all") != "all" else ""
         card["evaluation"]["command"] = (
             f"multirater evaluate --checkpoint {Path(args.out).stem} --data {ev.get('data')} "
-            f"--split {ev.get('split')} --samples {ev.get('n_samples')} --seed {ev.get('seed', 0)}"
+            f"--split {ev.get('split')}{subset} --samples {ev.get('n_samples')} --seed {ev.get('seed', 0)}"
         )
     if args.note:
         card["notes"] = list(card.get("notes") or []) + list(args.note)
@@ -150,6 +163,7 @@ def add_fit_presence_parser(sub) -> None:
     p.add_argument("--hidden", type=POSITIVE_INT, default=32)
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--max-train-images", type=POSITIVE_INT, help="use only the first N train slices")
+    p.add_argument("--features-cache", help="file to keep the pooled bottleneck features in (reused when it matches)")
     p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto")
     p.set_defaults(func=_fit_presence)
 
@@ -165,6 +179,21 @@ def _fit_presence(args) -> int:
     except (DatasetError, CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _with_config(model, overlay: dict):
+    """``model`` rebuilt with ``overlay`` merged over its config and the same weights (strict)."""
+    from .models.base import deep_merge
+    from .models.registry import build_model
+
+    if not isinstance(overlay, dict):
+        raise ValueError("the config overlay must be a JSON object")
+    out = build_model(deep_merge(model.config, overlay))
+    try:
+        out.load_state_dict(model.state_dict(), strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"the weights no longer load with this config: {str(e).splitlines()[0]}") from None
+    return out.eval()
 
 
 def add_results_parser(sub) -> None:

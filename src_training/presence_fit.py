@@ -69,7 +69,7 @@ def fit_head(head: PresenceHead, train, select, *, steps: int = 1500, lr: float 
         if step % 25 == 0 or step == steps:
             with torch.no_grad():
                 sel = float(_bce(head, *ss))
-            curve.append((step, float(loss), sel))
+            curve.append((step, float(loss.detach()), sel))
             if sel < best[0]:
                 best = (sel, step, copy.deepcopy(head.state_dict()))
     head.load_state_dict(best[2])
@@ -96,6 +96,36 @@ def constant_prior(train_targets: torch.Tensor, train_valid: torch.Tensor) -> li
     """P(rater k marks) on train (over images where rater k is valid): the constant-prior baseline."""
     freq = (train_targets * train_valid).sum(0) / train_valid.sum(0).clamp(min=1.0)
     return [float(v) for v in freq]
+
+
+def _features(args, model, train_items, select, precision, progress):
+    """Pooled features of the train and selection slices, from ``--features-cache`` when it holds
+    the same checkpoint's features for the same numbers of slices (written there otherwise)."""
+    from pathlib import Path
+
+    from napari_multirater.io.atomic import atomic_write_bytes
+
+    key = {"checkpoint": str(args.checkpoint), "train": len(train_items), "select": len(select)}
+    cache = Path(args.features_cache) if getattr(args, "features_cache", None) else None
+    if cache is not None and cache.is_file():
+        data = torch.load(cache, weights_only=True)
+        if isinstance(data, dict) and data.get("key") == key:
+            print(f"features from {cache}", file=sys.stderr)
+            return tuple(data["train"]), tuple(data["select"])
+    train = pooled_features(model, train_items, precision, progress=progress)
+    sel = pooled_features(model, select, precision, progress=progress)
+    if cache is not None:
+        import io
+
+        buf = io.BytesIO()
+        torch.save({"key": key, "train": list(train), "select": list(sel)}, buf)
+        atomic_write_bytes(cache, buf.getvalue())
+    return train, sel
+
+
+def brier(probs: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> float:
+    """Mean squared error of per-rater probabilities over the valid (image, rater) pairs."""
+    return float((((probs - targets) ** 2) * valid).sum() / valid.sum().clamp(min=1.0))
 
 
 def run_fit_presence(args) -> int:
@@ -125,12 +155,14 @@ def run_fit_presence(args) -> int:
         train_items = ItemSubset(train_items, range(min(len(train_items), args.max_train_images)))
     val = items("val")
     select = ItemSubset(val, subset_indices(len(val), "select"))
-    train = pooled_features(model, train_items, precision, progress=progress)
-    sel = pooled_features(model, select, precision, progress=progress)
+    train, sel = _features(args, model, train_items, select, precision, progress)
     head = model.presence_head.float()
     report = fit_head(head, train, sel, steps=args.steps, lr=args.lr, seed=args.seed)
     freq = constant_prior(train[1], train[2])
     model.config["presence"]["train_frequency"] = freq
+    with torch.no_grad():
+        sel_brier = brier(torch.sigmoid(head.mlp(sel[0])), sel[1], sel[2])
+    prior_brier = brier(torch.tensor(freq).expand_as(sel[1]), sel[1], sel[2])
     card = dict(card)
     card["presence"] = {
         "fitted": "presence head only (bottleneck features precomputed; every other weight frozen)",
@@ -138,12 +170,15 @@ def run_fit_presence(args) -> int:
         "select_images": len(select),
         "best_step": report["best_step"],
         "select_bce": report["select_bce"],
+        "select_brier": sel_brier,
+        "select_brier_constant_prior": prior_brier,
         "train_frequency": freq,
         "command": " ".join(["multirater fit-presence"] + sys.argv[2:]),
     }
     save_checkpoint(args.out, model.float(), card)
     print(
-        f"presence head: best step {report['best_step']}, selection BCE {report['select_bce']:.4f}; "
+        f"presence head: best step {report['best_step']}, selection BCE {report['select_bce']:.4f}, "
+        f"Brier {sel_brier:.4f} (constant prior {prior_brier:.4f}); "
         f"train frequencies {', '.join(f'{v:.3f}' for v in freq)}; wrote {args.out}"
     )
     return 0

@@ -146,6 +146,7 @@ def run(args) -> int:
     from ..io import MedicalIOError, read_image, write_image
     from ..io.atomic import atomic_write_text
     from .engine import InferenceEngine, ModelLoadError
+    from .presence_text import other_scores, presence_summary
 
     try:
         engine = InferenceEngine.load(
@@ -243,7 +244,8 @@ def run(args) -> int:
         "warnings": read_warnings + list(result.info.get("warnings", [])),
         "image": str(args.image),
         "region": [[s.start, s.stop] for s in result.region],
-        "scores": {k: [float(v) for v in vals] for k, vals in result.scores.items()},
+        "scores": {k: [float(v) for v in vals] for k, vals in other_scores(result.scores).items()},
+        "presence": presence_summary(result.scores, result.region[0].start if len(result.region) == 3 else None),
         "files": written,
         "seconds": round(time.perf_counter() - t0, 3),
         "map_encoding": "float32 in [0, 1]" if args.float_maps else "uint8: probability = value / 255",

@@ -97,11 +97,3 @@ def gate_personas(logits: torch.Tensor, probs: torch.Tensor | None) -> torch.Ten
 def expected_markers(probs: torch.Tensor) -> torch.Tensor:
     """Expected number of raters marking (B,) = sum_k P(k)."""
     return probs.float().sum(1)
-
-
-def describe_presence(probs, names: list[str]) -> str:
-    """Plain words for one image: "about 3 of 4 experts would mark a lesion here (expert_1 12%, ...)"."""
-    p = [float(v) for v in probs]
-    expected = round(sum(p))
-    per = ", ".join(f"{name} {100 * v:.0f}%" for name, v in zip(names, p))
-    return f"about {expected} of {len(p)} experts would mark a lesion here ({per})"
