@@ -163,7 +163,10 @@ def add_fit_presence_parser(sub) -> None:
     p.add_argument("--hidden", type=POSITIVE_INT, default=32)
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--max-train-images", type=POSITIVE_INT, help="use only the first N train slices")
-    p.add_argument("--features-cache", help="file to keep the pooled bottleneck features in (reused when it matches)")
+    p.add_argument(
+        "--features-cache",
+        help="file to keep the pooled bottleneck features in, reused when it matches (default: OUT.features.pt)",
+    )
     p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto")
     p.set_defaults(func=_fit_presence)
 

@@ -99,27 +99,27 @@ def constant_prior(train_targets: torch.Tensor, train_valid: torch.Tensor) -> li
 
 
 def _features(args, model, train_items, select, precision, progress):
-    """Pooled features of the train and selection slices, from ``--features-cache`` when it holds
-    the same checkpoint's features for the same numbers of slices (written there otherwise)."""
+    """Pooled features of the train and selection slices, from ``--features-cache`` (default: next to
+    ``--out``, ``.features.pt``) when it holds the same checkpoint's features for the same numbers of
+    slices; written there otherwise, so a refit of the head skips the backbone."""
     from pathlib import Path
 
     from napari_multirater.io.atomic import atomic_write_bytes
 
     key = {"checkpoint": str(args.checkpoint), "train": len(train_items), "select": len(select)}
-    cache = Path(args.features_cache) if getattr(args, "features_cache", None) else None
-    if cache is not None and cache.is_file():
+    cache = Path(getattr(args, "features_cache", None) or Path(args.out).with_suffix(".features.pt"))
+    if cache.is_file():
         data = torch.load(cache, weights_only=True)
         if isinstance(data, dict) and data.get("key") == key:
             print(f"features from {cache}", file=sys.stderr)
             return tuple(data["train"]), tuple(data["select"])
     train = pooled_features(model, train_items, precision, progress=progress)
     sel = pooled_features(model, select, precision, progress=progress)
-    if cache is not None:
-        import io
+    import io
 
-        buf = io.BytesIO()
-        torch.save({"key": key, "train": list(train), "select": list(sel)}, buf)
-        atomic_write_bytes(cache, buf.getvalue())
+    buf = io.BytesIO()
+    torch.save({"key": key, "train": list(train), "select": list(sel)}, buf)
+    atomic_write_bytes(cache, buf.getvalue())
     return train, sel
 
 

@@ -148,3 +148,17 @@ def test_presence_in_plain_words():
     assert "expert_1 20% (shown empty)" in s["persona_text"]
     assert presence_summary({"quality": [1.0]}) is None
     assert presence_sentence({"a": 0.9, "b": 0.8, "c": 0.9}).startswith("about 3 of 3 experts")
+
+
+def test_engine_reports_presence_per_slice_for_predict_and_the_dock(tmp_path):
+    from napari_multirater.inference.engine import InferenceEngine
+    from src_training.checkpoint import save_checkpoint
+    from src_training.tools.testing import tiny_card
+
+    model = make("pionono", presence={"enabled": True, "hidden": 4}).eval()
+    save_checkpoint(tmp_path / "p.pt", model, tiny_card("pionono", model.rater_names))
+    engine = InferenceEngine.load(str(tmp_path / "p.pt"), device="cpu", precision="fp32")
+    result = engine.predict_volume(np.random.default_rng(0).normal(size=(2, 16, 16)).astype(np.float32), samples=4)
+    block = presence_summary(result.scores, first_slice=0)
+    assert set(block["per_rater"]) == {"a", "b", "c"} and len(block["expected_raters"]) == 2
+    assert block["text"].startswith("about ") and "of 3 experts would mark a lesion here" in block["text"]
