@@ -161,6 +161,12 @@ def add_fit_presence_parser(sub) -> None:
     p.add_argument("--steps", type=POSITIVE_INT, default=1500, help="full-batch Adam steps on the pooled features")
     p.add_argument("--lr", type=POSITIVE_FLOAT, default=3e-3)
     p.add_argument("--hidden", type=POSITIVE_INT, default=32)
+    p.add_argument(
+        "--inputs",
+        choices=("bottleneck", "all_levels"),
+        default="bottleneck",
+        help="what the head reads: the deepest encoder block, or every encoder block and the output features",
+    )
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--max-train-images", type=POSITIVE_INT, help="use only the first N train slices")
     p.add_argument(

@@ -465,7 +465,8 @@ def run_evaluate(args) -> int:
     if getattr(args, "presence_plot", None):
         if "presence" not in result:
             raise ValueError("--presence-plot: this model has no presence head (capabilities.presence is False)")
-        reliability_plot(result["presence"], args.presence_plot, f"{card.get('method')}, {result['split_note']}")
+        where = f"{result['n_images']} {split} slices" + (f" ({result['subset']})" if result["subset"] != "all" else "")
+        reliability_plot(result["presence"], args.presence_plot, f"{card.get('method')}: {where}")
     return _report(result, args, rank, f"{card.get('method')} on {args.data}, {result['split_note']}")
 
 

@@ -34,8 +34,8 @@ def pooled_features(model, items, precision: Precision, batch_size: int = 64, pr
         x, _ = padded_batch(raws)
         x = prepare_input(x, precision)
         with autocast(precision, x.device):
-            bottleneck = model.backbone(x, return_bottleneck=True)[1]
-        feats.append(PresenceHead.pool(bottleneck))
+            levels = model.backbone(x, return_levels=True)[1]
+        feats.append(PresenceHead.pool(model._presence_inputs(levels)))
         masks = torch.from_numpy(np.stack([m.reshape(m.shape[0], -1) for _, m, _ in raws])).float()
         valid = torch.from_numpy(np.stack([v for _, _, v in raws]))
         targets.append(presence_targets(masks, valid))
@@ -80,10 +80,10 @@ def fit_head(head: PresenceHead, train, select, *, steps: int = 1500, lr: float 
     return {"best_step": best[1], "select_bce": best[0], "curve": curve}
 
 
-def with_presence_head(model, hidden: int = 32):
+def with_presence_head(model, hidden: int = 32, inputs: str = "bottleneck"):
     """A copy of ``model`` whose config enables the presence head (fresh) with every other weight loaded."""
     cfg = copy.deepcopy(model.config)
-    cfg["presence"] = {**cfg.get("presence", {}), "enabled": True, "hidden": int(hidden)}
+    cfg["presence"] = {**cfg.get("presence", {}), "enabled": True, "hidden": int(hidden), "inputs": inputs}
     out = build_model(cfg)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("presence_head.")}
     missing, unexpected = out.load_state_dict(state, strict=False)
@@ -106,7 +106,7 @@ def _features(args, model, train_items, select, precision, progress):
 
     from napari_multirater.io.atomic import atomic_write_bytes
 
-    key = {"checkpoint": str(args.checkpoint), "train": len(train_items), "select": len(select)}
+    key = {"checkpoint": str(args.checkpoint), "train": len(train_items), "select": len(select), "inputs": args.inputs}
     cache = Path(getattr(args, "features_cache", None) or Path(args.out).with_suffix(".features.pt"))
     if cache.is_file():
         data = torch.load(cache, weights_only=True)
@@ -135,9 +135,9 @@ def run_fit_presence(args) -> int:
 
     precision = resolve_precision(args.precision, "cpu")
     base, card = load_checkpoint(resolve_checkpoint(args.checkpoint))
-    if not hasattr(base, "backbone") or not hasattr(base.backbone, "bottleneck_channels"):
+    if not hasattr(base, "backbone") or not hasattr(base.backbone, "level_channels"):
         raise ValueError(f"method {base.method!r} has no feature backbone to put a presence head on")
-    model = with_presence_head(base, args.hidden)
+    model = with_presence_head(base, args.hidden, args.inputs)
     prepare_model(model, precision)
     rank = bool(card.get("raters_ranked_by_area", False))
     window = (card.get("intensity") or {}).get("window")
@@ -165,7 +165,7 @@ def run_fit_presence(args) -> int:
     prior_brier = brier(torch.tensor(freq).expand_as(sel[1]), sel[1], sel[2])
     card = dict(card)
     card["presence"] = {
-        "fitted": "presence head only (bottleneck features precomputed; every other weight frozen)",
+        "fitted": f"presence head only on {args.inputs} features (precomputed; every other weight frozen)",
         "train_images": len(train_items),
         "select_images": len(select),
         "best_step": report["best_step"],

@@ -49,8 +49,8 @@ def test_gating_follows_the_presence_probability():
 
 
 def test_presence_head_shapes_and_loss_ignore_missing_raters():
-    head = PresenceHead(8, 3, hidden=4)
-    assert head(torch.randn(2, 8, 4, 4)).shape == (2, 3)
+    head = PresenceHead([8, 4], 3, hidden=4)
+    assert head([torch.randn(2, 8, 4, 4), torch.randn(2, 4, 8, 8)]).shape == (2, 3)
     masks = torch.zeros(2, 3, 4, 4)
     masks[0, 1, 1, 1] = 1
     valid = torch.tensor([[True, True, False], [True, True, True]])
@@ -59,9 +59,11 @@ def test_presence_head_shapes_and_loss_ignore_missing_raters():
     assert float(presence_loss(logits, masks, valid)) < 1e-3
 
 
-@pytest.mark.parametrize("method,stage", [("pionono", 1), ("proseg", 1), ("dpersona", 2)])
-def test_models_gate_samples_and_personas_by_presence(method, stage):
-    model = make(method, stage, presence={"enabled": True, "hidden": 4}).eval()
+@pytest.mark.parametrize(
+    "method,stage,inputs", [("pionono", 1, "bottleneck"), ("proseg", 1, "all_levels"), ("dpersona", 2, "bottleneck")]
+)
+def test_models_gate_samples_and_personas_by_presence(method, stage, inputs):
+    model = make(method, stage, presence={"enabled": True, "hidden": 4, "inputs": inputs}).eval()
     assert model.capabilities.presence and not make(method, stage).capabilities.presence
     x = torch.randn(2, 1, 16, 16)
     assert model.presence(x).shape == (2, 3)

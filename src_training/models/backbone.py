@@ -77,12 +77,13 @@ class FeatureUNet(nn.Module):
                     nn.init.zeros_(m.bias)
 
     @property
-    def bottleneck_channels(self) -> int:
-        """Channels of the deepest encoder block (what a presence head reads)."""
-        return int(self.down[-1][0].out_channels)
+    def level_channels(self) -> list[int]:
+        """Channels of every encoder block (the deepest, the bottleneck, last) and of the output."""
+        return [int(block[0].out_channels) for block in self.down] + [self.out_channels]
 
-    def forward(self, x: torch.Tensor, return_bottleneck: bool = False):
-        """Features (B, F, H, W); with ``return_bottleneck`` also the deepest encoder block's output."""
+    def forward(self, x: torch.Tensor, return_levels: bool = False):
+        """Features (B, F, H, W); with ``return_levels`` also ``[encoder block outputs..., features]``
+        (what a presence head reads)."""
         skips = []
         h = x
         for i, block in enumerate(self.down):
@@ -93,7 +94,8 @@ class FeatureUNet(nn.Module):
         for block, skip in zip(self.up, reversed(skips[:-1])):
             h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             h = block(torch.cat([h, skip], 1))
-        return (self.out(h), skips[-1]) if return_bottleneck else self.out(h)
+        out = self.out(h)
+        return (out, skips + [out]) if return_levels else out
 
 
 def build_backbone(config: dict) -> FeatureUNet:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .presence import PresenceHead
+from .presence import PRESENCE_INPUTS, PresenceHead
 
 BASE_DEFAULTS: dict[str, Any] = {
     "method": None,
@@ -26,7 +26,8 @@ BASE_DEFAULTS: dict[str, Any] = {
     "rater_sampling": "per_sample",
     # per-rater presence head (models/presence.py); train_frequency: P(rater k marks) on train (the
     # constant-prior baseline of the presence calibration), set when the head is fitted
-    "presence": {"enabled": False, "hidden": 32, "train_frequency": None},
+    # inputs: "bottleneck" (the deepest encoder block) or "all_levels" (every encoder block + the features)
+    "presence": {"enabled": False, "hidden": 32, "inputs": "bottleneck", "train_frequency": None},
 }
 
 RATER_SAMPLING_MODES = ("per_sample", "per_batch")
@@ -191,21 +192,28 @@ class MultiRaterModel(nn.Module):
         return self.sample(x, self.PAPER_SAMPLES, generator)
 
     # ------------------------------------------------------------------ per-rater presence
-    def _init_presence(self, channels: int) -> None:
+    def _init_presence(self) -> None:
         """Build the presence head when the config enables it (models that condition on raters)."""
         pc = self.config["presence"]
+        if pc.get("inputs", "bottleneck") not in PRESENCE_INPUTS:
+            raise ValueError(f"presence.inputs must be one of {PRESENCE_INPUTS}, not {pc.get('inputs')!r}")
         if pc.get("enabled"):
+            channels = self._presence_inputs(self.backbone.level_channels)
             self.presence_head = PresenceHead(channels, self.num_raters, int(pc.get("hidden", 32)))
+
+    def _presence_inputs(self, levels: list) -> list:
+        """The backbone levels the presence head reads: the bottleneck, or all of them."""
+        return [levels[-2]] if self.config["presence"].get("inputs", "bottleneck") == "bottleneck" else list(levels)
 
     @property
     def has_presence(self) -> bool:
         return hasattr(self, "presence_head")
 
-    def _presence_probs(self, bottleneck: torch.Tensor) -> torch.Tensor | None:
-        """(B, K) fp32 probabilities from the bottleneck, or None without a presence head."""
+    def _presence_probs(self, levels: list) -> torch.Tensor | None:
+        """(B, K) fp32 probabilities from the backbone levels, or None without a presence head."""
         if not self.has_presence:
             return None
-        return torch.sigmoid(self.presence_head(bottleneck))
+        return torch.sigmoid(self.presence_head(self._presence_inputs(levels)))
 
     def _presence_persona_tensors(self) -> dict[str, bool]:
         """A new persona's presence row: copied from the persona it starts from, not fitted."""
@@ -219,7 +227,7 @@ class MultiRaterModel(nn.Module):
         """P(rater k marks a lesion on this image) (B, K) in [0, 1] (``capabilities.presence``)."""
         if not self.has_presence:
             raise NotImplementedError(f"method {self.method!r} has no presence head (capabilities.presence is False)")
-        return self._presence_probs(self.backbone(x, return_bottleneck=True)[1])
+        return self._presence_probs(self.backbone(x, return_levels=True)[1])
 
     def uncertainty(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Method-specific maps (B, H, W) in [0, 1] and scores (B,); empty when none."""

@@ -143,7 +143,7 @@ class DPersona(ProbUNet):
             raise ValueError("D-Persona stage must be 1 or 2")
         if hc["code"] not in ("attention", "bounded"):
             raise ValueError(f"heads.code must be 'attention' or 'bounded', not {hc['code']!r}")
-        self._init_presence(self.backbone.bottleneck_channels)
+        self._init_presence()
         self.heads = ExpertQueryHeads(
             self.backbone.out_channels,
             self.num_raters,
@@ -211,13 +211,13 @@ class DPersona(ProbUNet):
             return mu, torch.exp(b * torch.tanh(raw / b))
 
     def _encode(self, x):
-        feats, bottleneck = self.backbone(x, return_bottleneck=True)
+        feats, levels = self.backbone(x, return_levels=True)
         return {
             "features": feats,
             "proj": self.fcomb.project(feats),
             "prior": self._gaussian_fp32(self.prior, x),
             "size": tuple(x.shape[-2:]),
-            "presence": self._presence_probs(bottleneck),
+            "presence": self._presence_probs(levels),
         }
 
     def _prior_draws(self, ctx, n, generator):

@@ -51,7 +51,7 @@ class PiononoModel(MultiRaterModel):
         self.latent_dim = ld
         self.backbone = build_backbone(cfg)
         self.head = Fcomb(self.backbone.out_channels, ld, cfg["head"]["hidden"], int(cfg["head"]["num_convs"]))
-        self._init_presence(self.backbone.bottleneck_channels)
+        self._init_presence()
         self.z_mu = nn.Parameter(torch.randn(k, ld) * float(cfg["posterior_init_sigma"]))
         s = float(cfg["posterior_init_scale"])
         raw = torch.zeros(k, ld, ld)
@@ -85,12 +85,12 @@ class PiononoModel(MultiRaterModel):
 
     # ------------------------------------------------------------------ inference
     def _encode(self, x):
-        feats, bottleneck = self.backbone(x, return_bottleneck=True)
+        feats, levels = self.backbone(x, return_levels=True)
         return {
             "proj": self.head.project(feats),
             "size": tuple(x.shape[-2:]),
             "batch": x.shape[0],
-            "presence": self._presence_probs(bottleneck),
+            "presence": self._presence_probs(levels),
         }
 
     @torch.no_grad()

@@ -1,8 +1,9 @@
 """Per-rater presence: P(rater k / area-ranked expert k marks a lesion on this image), and the
 stratified, presence-gated sample sets built on it.
 
-``PresenceHead`` reads the backbone bottleneck (deepest encoder block): global average + max pool ->
-Linear -> ReLU -> Linear -> K logits, trained with BCE against "rater k drew something" where rater k
+``PresenceHead`` reads the backbone bottleneck (deepest encoder block; ``presence.inputs:
+all_levels``: every encoder block and the output features): global average + max pool of each,
+concatenated -> Linear -> ReLU -> Linear -> K logits, trained with BCE against "rater k drew something" where rater k
 is valid. ``stratified_raters`` gives every rater n/K of n samples (the remainder drawn from the
 generator); ``gate_samples`` empties each of rater k's samples with probability 1 - P(k) (drawn from
 the generator); ``gate_personas`` empties persona k where P(k) < 0.5. Nothing here adds a fixed
@@ -17,27 +18,26 @@ from torch import nn
 
 EMPTY_LOGIT = -30.0  # sigmoid(-30) ~ 1e-13: an empty mask at any threshold, finite under bf16 / fp16
 PERSONA_THRESHOLD = 0.5
+PRESENCE_INPUTS = ("bottleneck", "all_levels")
 
 
 class PresenceHead(nn.Module):
-    """Bottleneck (B, C, h, w) -> per-rater presence logits (B, K); ``pool`` and ``mlp`` are
-    separate so the head can be fitted on precomputed pooled features."""
+    """Feature maps [(B, C_i, h_i, w_i), ...] -> per-rater presence logits (B, K); ``pool`` and
+    ``mlp`` are separate so the head can be fitted on precomputed pooled features."""
 
-    def __init__(self, channels: int, num_raters: int, hidden: int = 32):
+    def __init__(self, channels: list[int], num_raters: int, hidden: int = 32):
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(2 * int(channels), int(hidden)), nn.ReLU(), nn.Linear(int(hidden), num_raters)
-        )
+        n_in = 2 * sum(int(c) for c in channels)
+        self.mlp = nn.Sequential(nn.Linear(n_in, int(hidden)), nn.ReLU(), nn.Linear(int(hidden), num_raters))
 
     @staticmethod
-    def pool(bottleneck: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) -> (B, 2C) fp32: [mean ; max] over the spatial grid."""
-        b = bottleneck.float()
-        return torch.cat([b.mean((2, 3)), b.amax((2, 3))], 1)
+    def pool(maps: list[torch.Tensor]) -> torch.Tensor:
+        """[(B, C_i, h, w)] -> (B, 2 sum C_i) fp32: [mean ; max] over each map's spatial grid."""
+        return torch.cat([torch.cat([m.float().mean((2, 3)), m.float().amax((2, 3))], 1) for m in maps], 1)
 
-    def forward(self, bottleneck: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(bottleneck.device.type, enabled=False):
-            return self.mlp(self.pool(bottleneck))
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        with torch.autocast(maps[0].device.type, enabled=False):
+            return self.mlp(self.pool(maps))
 
 
 def presence_targets(masks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

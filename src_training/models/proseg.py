@@ -98,7 +98,7 @@ class ProSeg(MultiRaterModel):
             nn.Linear(int(cfg["classifier_hidden"]), k),
         )
         self.head = Fcomb(zc, ld, cfg["head"]["hidden"], int(cfg["head"]["num_convs"]), init="xavier")
-        self._init_presence(self.backbone.bottleneck_channels)
+        self._init_presence()
         self.recon = None
         if cfg["recon_branch"]:
             self.recon = nn.Sequential(
@@ -137,7 +137,7 @@ class ProSeg(MultiRaterModel):
 
     # ------------------------------------------------------------------ inference
     def _encode(self, x):
-        feats, bottleneck = self.backbone(x, return_bottleneck=True)
+        feats, levels = self.backbone(x, return_levels=True)
         mu, logvar = (t.float() for t in self.stats(feats))  # latent statistics stay fp32 under autocast
         proj = self.head.project(mu)  # (B, K, P, hid), affine in Z
         return {
@@ -146,7 +146,7 @@ class ProSeg(MultiRaterModel):
             "proj": proj,
             "proj_mean": proj.mean(1),
             "size": tuple(x.shape[-2:]),
-            "presence": self._presence_probs(bottleneck),
+            "presence": self._presence_probs(levels),
         }
 
     @torch.no_grad()
