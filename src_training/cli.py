@@ -164,8 +164,9 @@ def add_fit_presence_parser(sub) -> None:
     p.add_argument(
         "--inputs",
         choices=("bottleneck", "all_levels"),
-        default="bottleneck",
-        help="what the head reads: the deepest encoder block, or every encoder block and the output features",
+        default="all_levels",
+        help="what the head reads: every encoder block and the output features (default; LIDC selection Brier "
+        "0.145 against 0.152 for the bottleneck alone), or the deepest encoder block",
     )
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--max-train-images", type=POSITIVE_INT, help="use only the first N train slices")
