@@ -100,13 +100,13 @@ def constant_prior(train_targets: torch.Tensor, train_valid: torch.Tensor) -> li
 
 def _features(args, model, train_items, select, precision, progress):
     """Pooled features of the train and selection slices, from ``--features-cache`` (default: next to
-    ``--out``, ``.features.pt``) when it holds the same checkpoint's features for the same numbers of
-    slices; written there otherwise, so a refit of the head skips the backbone."""
+    ``--out``, ``.features.pt``) when it holds features of the same backbone weights, inputs and
+    numbers of slices; written there otherwise, so a refit of the head skips the backbone."""
     from pathlib import Path
 
     from napari_multirater.io.atomic import atomic_write_bytes
 
-    key = {"checkpoint": str(args.checkpoint), "train": len(train_items), "select": len(select), "inputs": args.inputs}
+    key = {"backbone": backbone_digest(model), "train": len(train_items), "select": len(select), "inputs": args.inputs}
     cache = Path(getattr(args, "features_cache", None) or Path(args.out).with_suffix(".features.pt"))
     if cache.is_file():
         data = torch.load(cache, weights_only=True)
@@ -121,6 +121,18 @@ def _features(args, model, train_items, select, precision, progress):
     torch.save({"key": key, "train": list(train), "select": list(sel)}, buf)
     atomic_write_bytes(cache, buf.getvalue())
     return train, sel
+
+
+def backbone_digest(model) -> str:
+    """SHA-256 of the backbone's weights: pooled features depend on nothing else, so a cache is
+    reused across checkpoints that share a frozen backbone (D-Persona stage II and its stage I)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.backbone.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def brier(probs: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> float:

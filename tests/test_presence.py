@@ -164,3 +164,15 @@ def test_engine_reports_presence_per_slice_for_predict_and_the_dock(tmp_path):
     block = presence_summary(result.scores, first_slice=0)
     assert set(block["per_rater"]) == {"a", "b", "c"} and len(block["expected_raters"]) == 2
     assert block["text"].startswith("about ") and "of 3 experts would mark a lesion here" in block["text"]
+
+
+def test_feature_cache_key_follows_the_backbone_weights_only():
+    from src_training.presence_fit import backbone_digest
+
+    a, b = make("dpersona", 2, seed=0), make("dpersona", 2, seed=0)
+    with torch.no_grad():
+        b.heads.layers[0].weight.add_(1.0)  # stage-II heads differ, the frozen backbone does not
+    assert backbone_digest(a) == backbone_digest(b)
+    with torch.no_grad():
+        b.backbone.out[0].weight.add_(1.0)
+    assert backbone_digest(a) != backbone_digest(b)
