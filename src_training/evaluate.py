@@ -18,9 +18,14 @@ import numpy as np
 import torch
 
 from . import metrics as M
+from .batching import crop_slices, padded_batch
 from .checkpoint import CheckpointError
 from .data import SliceDataset, load_split, normalize_image, pad_to_multiple, rank_by_area
+from .paper_protocol import evaluate_paper_protocol
 from .precision import FP32, Precision, autocast, prepare_input, prepare_model, resolve_precision
+from .presence_metrics import BUCKET_KEYS as PRESENCE_KEYS
+from .presence_metrics import presence_calibration, presence_record, reliability_plot
+from .protocol_split import SUBSET_NOTES, ItemSubset, subset_indices
 from .split_choice import choose_split, count_all, split_summary
 
 LOWER_IS_BETTER = {"ged", "ged_dpersona"}
@@ -75,9 +80,19 @@ def predict_batch(
     return torch.sigmoid(samples.float()).cpu().numpy(), torch.sigmoid(personas.float()).cpu().numpy()
 
 
+@torch.inference_mode()
+def predict_presence(model, images: torch.Tensor, precision: Precision = FP32) -> np.ndarray | None:
+    """P(rater k marks) (B, K) as numpy float32, or None for a model without a presence head."""
+    if not model.capabilities.presence:
+        return None
+    images = prepare_input(images, precision)
+    with autocast(precision, images.device):
+        return model.presence(images).float().cpu().numpy()
+
+
 def evaluate_items(
     model,
-    items: SliceDataset,
+    items: SliceDataset | ItemSubset,
     *,
     n_samples: int = 10,
     device="cpu",
@@ -92,18 +107,21 @@ def evaluate_items(
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
     n = len(items) if max_images is None else min(len(items), max_images)
-    results, matrices, experts, diags = [], [], [], []
+    results, matrices, experts, diags, presence = [], [], [], [], []
     stage2 = is_stage2(model)
     for start in range(0, n, batch_size):
         idx = range(start, min(start + batch_size, n))
         raws = [items.raw(i) for i in idx]
         x, crops = padded_batch(raws, device)
         samples, personas = predict_batch(model, x, n_samples, gen, precision)
+        probs = predict_presence(model, x, precision)
         if stage2:
             diags.append((len(raws), _diagnostics(model, x, gen)))
         for b, ((_, masks, valid), sl) in enumerate(zip(raws, crops)):
             pers = personas[b][:, sl[0], sl[1]]
             results.append(M.evaluate_image(masks, samples[b][:, sl[0], sl[1]], valid, pers))
+            if probs is not None:
+                presence.append(presence_record(probs[b], masks, valid))
             matrices.append(persona_rater_dice(masks, valid, pers))
             if stage2:
                 experts.append(M.evaluate_image(masks, pers, valid, pers))
@@ -112,7 +130,24 @@ def evaluate_items(
     model.train(was_training)
     buckets = range(1, len(items.rater_names) + 1)
     agg = _with_identity_matrix(results, matrices, M.aggregate(results, buckets=buckets))
+    if presence:
+        prior = (model.config.get("presence") or {}).get("train_frequency")
+        _with_presence(agg, presence_calibration(presence, [r["n_marked"] for r in results], prior, buckets))
     return _with_experts(agg, experts, diags, buckets)
+
+
+def _with_presence(agg: dict, calibration: dict) -> None:
+    """Presence calibration as flat keys overall and per bucket, the full block under ``presence``."""
+    agg["presence"] = calibration
+    for key in PRESENCE_KEYS:
+        agg[key] = calibration[key]
+        for b, v in calibration["per_bucket"].items():
+            agg["per_bucket"].setdefault(b, {})[key] = v[key]
+    agg["conventions"]["presence"] = (
+        "presence_brier: mean (P(rater k marks) - [rater k drew])^2 over valid raters; presence_brier_prior: the "
+        "same for the constant prior (each rater's marking frequency on train); presence_expected: sum_k "
+        "P(rater k marks) against presence_true, the number of raters that marked"
+    )
 
 
 @torch.inference_mode()
@@ -171,19 +206,6 @@ def _with_identity_matrix(results: list[dict], matrices: list[np.ndarray], agg: 
     return agg
 
 
-def padded_batch(raws, device="cpu") -> tuple[torch.Tensor, list[tuple[slice, slice]]]:
-    """The images of ``raws`` ((image, masks, valid) items) padded to a multiple of 16 as one
-    (B, 1, H, W) tensor, and per image the slices that crop an output back to the image's size."""
-    padded = [pad_to_multiple(img, masks, 16)[0] for img, masks, _ in raws]
-    x = torch.from_numpy(np.stack(padded))[:, None].to(device)
-    return x, [_crop_slices(p.shape, img.shape) for p, (img, _, _) in zip(padded, raws)]
-
-
-def _crop_slices(padded_hw, hw):
-    ph, pw = padded_hw[0] - hw[0], padded_hw[1] - hw[1]
-    return slice(ph // 2, ph // 2 + hw[0]), slice(pw // 2, pw // 2 + hw[1])
-
-
 def evaluate_volumes(
     model,
     dataset,
@@ -213,7 +235,7 @@ def evaluate_volumes(
             padded = [pad_to_multiple(s, np.zeros((1, *s.shape), np.uint8), 16)[0] for s in chunk]
             x = torch.from_numpy(np.stack(padded))[:, None].to(device)
             s, p = predict_batch(model, x, n_samples, gen, precision)
-            sl = _crop_slices(padded[0].shape, chunk.shape[1:])
+            sl = crop_slices(padded[0].shape, chunk.shape[1:])
             samples.append(s[:, :, sl[0], sl[1]])
             personas.append(p[:, :, sl[0], sl[1]])
         samples = np.concatenate(samples).transpose(1, 0, 2, 3)  # (n, Z, H, W)
@@ -245,6 +267,9 @@ def markdown_table(result: dict, title: str = "") -> str:
         cells = [_f(result.get(key))] + [_f(b.get(key)) for b in result["per_bucket"].values()]
         label = f"{key} ({SAMPLE_ROWS_LABEL})" if experts and key in SAMPLE_KEYS else key
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    for key in PRESENCE_KEYS if "presence" in result else ():
+        cells = [_f(result.get(key))] + [_f(b.get(key)) for b in result["per_bucket"].values()]
+        rows.append(f"| {key} | " + " | ".join(cells) + " |")
     for key in SAMPLE_KEYS if experts else ():
         cells = [_f(experts.get(key))] + [_f(experts["per_bucket"].get(b, {}).get(key)) for b in result["per_bucket"]]
         rows.append(f"| {key} ({EXPERT_ROWS_LABEL}) | " + " | ".join(cells) + " |")
@@ -296,6 +321,20 @@ def align_raters(dataset, model_raters: list[str], ranked: bool) -> None:
     dataset.rater_names = list(model_raters)
 
 
+def _items(dataset, window, rank: bool, args) -> SliceDataset | ItemSubset:
+    """The 2D items to score: ``--subset`` select / report of the split, at most ``--max-images``."""
+    subset = getattr(args, "subset", "all")
+    if subset == "all":
+        return SliceDataset(dataset, window, rank_raters=rank, augment=None, max_cases=args.max_images)
+    items = SliceDataset(dataset, window, rank_raters=rank, augment=None)
+    return ItemSubset(items, subset_indices(len(items), subset, args.max_images))
+
+
+def _subset_note(args) -> str:
+    subset = getattr(args, "subset", "all")
+    return "" if subset == "all" else f"; {SUBSET_NOTES[subset]}"
+
+
 def run_human_reference(args) -> int:
     """``multirater evaluate --human-reference``: leave-one-rater-out inter-rater agreement."""
     from .human_reference import human_reference
@@ -306,15 +345,16 @@ def run_human_reference(args) -> int:
         raise ValueError("--human-reference scores 2D slices; this dataset holds volumes")
     rank = bool(getattr(dataset, "patient", None) is not None)  # LIDC shards: raters ranked by area, as for training
     window = getattr(dataset, "intensity_window", None) or [0, 255]
-    items = SliceDataset(dataset, window, rank_raters=rank, augment=None, max_cases=args.max_images)
+    items = _items(dataset, window, rank, args)
     result = human_reference(items)
-    where = split_summary(split, how, result["n_images"], count_all(args.data), "image")
+    where = split_summary(split, how, result["n_images"], count_all(args.data), "image") + _subset_note(args)
     result.update(
         {
             "data": str(args.data),
             "split": split,
             "split_note": where,
             "method": "human reference (leave-one-rater-out)",
+            "subset": getattr(args, "subset", "all"),
             "scored_per": "image",
             "raters_ranked_by_area": rank,
             "rater_names": [f"expert_{k + 1}" for k in range(len(items.rater_names))]
@@ -379,14 +419,14 @@ def run_evaluate(args) -> int:
             print(f"\revaluating {done}/{total}", end="" if sys.stderr.isatty() else "\n", file=sys.stderr, flush=True)
 
     volumetric = len(dataset) and dataset[0].image.ndim == 3
+    if volumetric and getattr(args, "subset", "all") != "all":
+        raise ValueError("--subset splits 2D slices (the LIDC val slices); this dataset holds volumes")
     if getattr(args, "paper_protocol", False):
         if volumetric:
             raise ValueError(
                 "--paper-protocol scores 2D slices (the papers' LIDC protocol); this dataset holds volumes"
             )
-        from .paper_protocol import evaluate_paper_protocol
-
-        items = SliceDataset(dataset, window, rank_raters=rank, augment=None, max_cases=args.max_images)
+        items = _items(dataset, window, rank, args)
         result = evaluate_paper_protocol(
             model, items, device=device, seed=args.seed, progress=progress, precision=precision
         )
@@ -404,7 +444,7 @@ def run_evaluate(args) -> int:
             precision=precision,
         )
     else:
-        items = SliceDataset(dataset, window, rank_raters=rank, augment=None, max_cases=args.max_images)
+        items = _items(dataset, window, rank, args)
         result = evaluate_items(
             model, items, n_samples=n_samples, device=device, seed=args.seed, progress=progress, precision=precision
         )
@@ -423,7 +463,15 @@ def run_evaluate(args) -> int:
         }
     )
     result["conventions"]["scored_per"] = "volume (all slices together)" if volumetric else "2D image"
-    result["split_note"] = split_summary(split, how, result["n_images"], count_all(args.data), result["scored_per"])
+    result["split_note"] = split_summary(
+        split, how, result["n_images"], count_all(args.data), result["scored_per"]
+    ) + _subset_note(args)
+    result["subset"] = getattr(args, "subset", "all")
+    if getattr(args, "presence_plot", None):
+        if "presence" not in result:
+            raise ValueError("--presence-plot: this model has no presence head (capabilities.presence is False)")
+        where = f"{result['n_images']} {split} slices" + (f" ({result['subset']})" if result["subset"] != "all" else "")
+        reliability_plot(result["presence"], args.presence_plot, f"{card.get('method')}: {where}")
     return _report(result, args, rank, f"{card.get('method')} on {args.data}, {result['split_note']}")
 
 

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from . import metrics as M
+from .batching import padded_batch
 from .data import SliceDataset
-from .evaluate import padded_batch
 from .precision import FP32, Precision, autocast, prepare_input
 
 PAPER_KEYS = ("ged_dpersona", "dice_soft", "dice_max", "dice_max_reverse", "dice_match", "dice_each_matched_mean")

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from . import metrics as M
+from .batching import padded_batch
 from .data import SliceDataset, load_split
-from .evaluate import align_raters, padded_batch, predict_batch, resolve_checkpoint
+from .evaluate import align_raters, predict_batch, resolve_checkpoint
 from .precision import FP32, prepare_model, resolve_precision
 
 HEADLINE = ("ged", "ged_dpersona", "dice_soft", "dice_max", "dice_max_reverse", "dice_match")

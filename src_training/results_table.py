@@ -18,8 +18,11 @@ SUMMARY = (
     "dice_match",
     "dice_each_identity_mean",
     "dice_each_matched_mean",
+    "presence_brier",
+    "presence_brier_prior",
 )
-BUCKET_METRICS = ("ged", "ged_dpersona", "dice_soft", "dice_match", "dice_each_identity_mean")
+BUCKET_METRICS = ("ged", "ged_dpersona", "dice_soft", "dice_max", "dice_match", "dice_each_identity_mean")
+PRESENCE_BUCKET_METRICS = ("presence_brier", "presence_brier_prior", "presence_expected", "presence_true")
 
 
 class ResultsError(ValueError):
@@ -105,7 +108,7 @@ def per_bucket_table(rows) -> str:
         "|" + "---|" * (len(buckets) + 2),
     ]
     for label, ev in _metric_rows(rows):
-        for m in BUCKET_METRICS:
+        for m in BUCKET_METRICS + (PRESENCE_BUCKET_METRICS if "presence" in ev else ()):
             cells = [_f(ev["per_bucket"].get(b, {}).get(m)) for b in buckets]
             lines.append(f"| {label} | {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -160,8 +163,14 @@ def render(paths, personas: bool = False, paper: bool = False) -> str:
     if personas:
         return "\n\n".join(f"**{label}**\n\n{persona_matrix_table(ev)}" for label, ev in rows)
     first = rows[0][1]
+    subset = {"report": "; val, not used for selection", "select": "; the selection slices"}.get(
+        first.get("subset"), ""
+    )
     head = (
-        f"Data: {first.get('data')} (split {first.get('split')}), {first.get('n_images')} images, "
+        f"Data: {first.get('data')} (split {first.get('split')}{subset}), {first.get('n_images')} images, "
         f"scored per {first.get('scored_per', 'image')}."
     )
+    mixed = sorted({str(ev.get("subset", "all")) for _, ev in rows})
+    if len(mixed) > 1:
+        raise ResultsError(f"the files score different val subsets ({', '.join(mixed)}): one table per subset")
     return "\n\n".join([head, summary_table(rows), per_expert_table(rows), per_bucket_table(rows)])

@@ -461,13 +461,15 @@ def _experts_summary(metrics: dict) -> str:
     if "experts_dice_match" not in metrics:
         return ""
     k = len(metrics.get("dice_each_identity", []))
+    entropy = ""
+    if "diag_attn_entropy_1" in metrics:  # attention codes only (not heads.code "bounded")
+        entropy = " entropy/logN=[" + " ".join(f"{metrics[f'diag_attn_entropy_{i + 1}']:.2f}" for i in range(k)) + "]"
     return (
         f" | experts: dice_match={metrics['experts_dice_match']:.4f} identity="
         f"[{' '.join(f'{v:.3f}' for v in metrics['dice_each_identity'])}] |q|=["
         + " ".join(f"{metrics.get(f'diag_q_norm_{i + 1}', float('nan')):.3g}" for i in range(k))
-        + "] entropy/logN=["
-        + " ".join(f"{metrics.get(f'diag_attn_entropy_{i + 1}', float('nan')):.2f}" for i in range(k))
         + "]"
+        + entropy
     )
 
 
@@ -485,6 +487,9 @@ def _stage2_from_stage1(tcfg: dict, mcfg: dict):
             f"stage I raters {stage1['config']['rater_names']} differ from the data's {mcfg['rater_names']}"
         )
     overrides = {k: mcfg[k] for k in ("heads", "rater_names", "num_raters") if k in mcfg}
+    drawn = (mcfg.get("loss") or {}).get("shape_only_where_drawn")
+    if drawn is not None:  # the one stage-II loss option; every other loss key is stage I's
+        overrides["loss"] = {"shape_only_where_drawn": bool(drawn)}
     return dpersona_stage2_from_stage1(stage1["state_dict"], stage1["config"], overrides)
 
 

@@ -157,6 +157,11 @@ CASES = [
     ("export --checkpoint /nonexistent/m.pt --out {out}/m.pt", 2, "/nonexistent/m.pt"),
     ("export --checkpoint {ckptfile} --out {out}/m.pt --eval-json /nonexistent/e.json", 2, "/nonexistent/e.json"),
     ("export --checkpoint {evil} --out {out}/m.pt", 2, "evil.pt"),
+    ("export --checkpoint {ckptfile} --out {out}/m.pt --config /nonexistent/o.json", 2, "/nonexistent/o.json"),
+    ("export --checkpoint {ckptfile} --out {out}/m.pt --config {badjson}", 2, "bad.json"),
+    (E + "--subset nope", 2, "--subset"),
+    ("fit-presence --checkpoint /nonexistent/m.pt --data {ds} --out {out}/p.pt", 2, "/nonexistent/m.pt"),
+    ("fit-presence --checkpoint {ckptfile} --data {ds} --out {out}/p.pt --steps 0", 2, "--steps"),
     ("results /nonexistent/e.json", 2, "/nonexistent/e.json"),
     ("results {badjson}", 2, "bad.json"),
 ]

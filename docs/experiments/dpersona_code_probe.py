@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
+from src_training.batching import padded_batch
 from src_training.checkpoint import load_checkpoint
 from src_training.data import SliceDataset, load_split
-from src_training.evaluate import padded_batch, persona_rater_dice
+from src_training.evaluate import persona_rater_dice
 
 torch.set_num_threads(1)
 ckpt, data = sys.argv[1], sys.argv[2]

@@ -32,6 +32,7 @@ from ..progress import Progress, run_to_completion
 from . import calibration
 from .defaults import DEFAULT_SAMPLES
 from .device import resolve_device, run_with_fallback
+from .presence_text import PRESENCE_PREFIX
 from .roi import ROI, PredictionResult
 
 SAMPLE_KINDS = ("entropy", "variance", "mutual_information")
@@ -674,6 +675,9 @@ class InferenceEngine:
                 maps, scores = self._method_maps(x, pad)
                 out["uncertainty"].update({k: back(v[:, None], "linear")[:, 0] for k, v in maps.items()})
                 out["scores"] = scores
+            if self.capabilities.presence:  # P(rater k marks a lesion) per slice, as per-image scores
+                p = self.model.presence(x).float()
+                out["scores"].update({f"{PRESENCE_PREFIX}{r}": p[:, k] for k, r in enumerate(self.rater_names)})
             return _to_numpy(out)
 
         return self._call(fn)

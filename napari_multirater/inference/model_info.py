@@ -239,6 +239,8 @@ def plain_metrics(card: dict, limit: int = 3) -> str:
     if out and isinstance(n, int):
         if not full:
             out[-1] += f"; the selection subset of {n} val images"
+        elif vm.get("split") in (None, "val") and vm.get("subset") == "report":
+            out[-1] += f"; {n} val images not used for selection"
         elif vm.get("split") in (None, "val"):
             out[-1] += f"; all {n} val images"
         else:  # e.g. a held-out phantom series scored with --split all

@@ -177,6 +177,7 @@ def run(args) -> int:
     from ..io.atomic import atomic_write_text
     from ..io.outputs import OutputError, check_output_folder, staged_output_folder
     from .engine import InferenceEngine, ModelLoadError
+    from .presence_text import other_scores, presence_summary
 
     try:  # before any work: the outputs never replace an input or, without --overwrite, a result
         out = check_output_folder(
@@ -279,7 +280,8 @@ def run(args) -> int:
             "warnings": read_warnings + advice + list(result.info.get("warnings", [])),
             "image": str(args.image),
             "region": [[s.start, s.stop] for s in result.region],
-            "scores": {k: [float(v) for v in vals] for k, vals in result.scores.items()},
+            "scores": {k: [float(v) for v in vals] for k, vals in other_scores(result.scores).items()},
+            "presence": presence_summary(result.scores, result.region[0].start if len(result.region) == 3 else None),
             "files": written,
             "seconds": round(time.perf_counter() - t0, 3),
             "map_encoding": "float32 in [0, 1]" if args.float_maps else "uint8: probability = value / 255",

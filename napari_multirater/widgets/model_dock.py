@@ -35,6 +35,7 @@ from .._napari.model_controller import ALL_EXPERTS, ModelController
 from .._napari.model_request import DEFAULT_SAMPLES, RunKind, RunRequest, Scope
 from ..inference import model_info
 from ..inference.device import DEVICE_CHOICES, PRECISION_CHOICES
+from ..inference.presence_text import other_scores, presence_summary, presence_words
 from ..inference.roi import LESION_DEPTH_MM
 from ..modelfiles.intensity import IMAGE_UNITS, LIDC_MAPPINGS
 from ..modelfiles.registry import available_models
@@ -651,10 +652,14 @@ class ModelDock(QWidget):
         if self.controller.hidden_earlier:
             msg += f"; {len(self.controller.hidden_earlier)} earlier output layer(s) hidden"
         self.earlier_btn.setEnabled(bool(self.controller.hidden_earlier))
-        if result.scores:
-            text = ", ".join(f"{k} {float(np.mean(v)):.3f}" for k, v in result.scores.items())
-            self.scores_label.setText(f"image scores (mean over the computed slices): {text}")
+        presence = presence_summary(result.scores, z.start if z is not None else None)
+        scores = other_scores(result.scores)
+        lines = [presence_words(presence, kind == RunKind.PERSONAS)] if presence else []
+        if scores:
+            text = ", ".join(f"{k} {float(np.mean(v)):.3f}" for k, v in scores.items())
+            lines.append(f"image scores (mean over the computed slices): {text}")
             msg += f"; {text}"
+        self.scores_label.setText("\n".join(lines))
         self.status.setText(msg)
         eng = self.controller.engine
         for w in eng.warnings[self._n_warnings :]:

@@ -76,7 +76,14 @@ class FeatureUNet(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def level_channels(self) -> list[int]:
+        """Channels of every encoder block (the deepest, the bottleneck, last) and of the output."""
+        return [int(block[0].out_channels) for block in self.down] + [self.out_channels]
+
+    def forward(self, x: torch.Tensor, return_levels: bool = False):
+        """Features (B, F, H, W); with ``return_levels`` also ``[encoder block outputs..., features]``
+        (what a presence head reads)."""
         skips = []
         h = x
         for i, block in enumerate(self.down):
@@ -87,7 +94,8 @@ class FeatureUNet(nn.Module):
         for block, skip in zip(self.up, reversed(skips[:-1])):
             h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             h = block(torch.cat([h, skip], 1))
-        return self.out(h)
+        out = self.out(h)
+        return (out, skips + [out]) if return_levels else out
 
 
 def build_backbone(config: dict) -> FeatureUNet:

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .presence import PRESENCE_INPUTS, PresenceHead
+
 BASE_DEFAULTS: dict[str, Any] = {
     "method": None,
     "in_channels": 1,
@@ -22,6 +24,10 @@ BASE_DEFAULTS: dict[str, Any] = {
     "rater_names": None,
     "backbone": {"widths": [16, 32, 64, 128], "features": 16, "norm": "batch", "convs_per_block": 2},
     "rater_sampling": "per_sample",
+    # per-rater presence head (models/presence.py); train_frequency: P(rater k marks) on train (the
+    # constant-prior baseline of the presence calibration), set when the head is fitted
+    # inputs: "bottleneck" (the deepest encoder block) or "all_levels" (every encoder block + the features)
+    "presence": {"enabled": False, "hidden": 32, "inputs": "bottleneck", "train_frequency": None},
 }
 
 RATER_SAMPLING_MODES = ("per_sample", "per_batch")
@@ -36,6 +42,7 @@ class Capabilities:
     uncertainty: list = field(default_factory=list)
     latent_dim: int = 0
     blend: bool = False
+    presence: bool = False  # ``presence(x)``: P(rater k marks a lesion here); samples / personas gated by it
     notes: str = ""
 
     def to_dict(self) -> dict:
@@ -183,6 +190,44 @@ class MultiRaterModel(nn.Module):
         ``evaluate --paper-protocol``): here ``PAPER_SAMPLES`` diverse samples (Prob. U-Net, D-Persona
         stage I; deterministic methods repeat their one prediction). Logits (B, S, H, W)."""
         return self.sample(x, self.PAPER_SAMPLES, generator)
+
+    # ------------------------------------------------------------------ per-rater presence
+    def _init_presence(self) -> None:
+        """Build the presence head when the config enables it (models that condition on raters)."""
+        pc = self.config["presence"]
+        if pc.get("inputs", "bottleneck") not in PRESENCE_INPUTS:
+            raise ValueError(f"presence.inputs must be one of {PRESENCE_INPUTS}, not {pc.get('inputs')!r}")
+        if pc.get("enabled"):
+            channels = self._presence_inputs(self.backbone.level_channels)
+            self.presence_head = PresenceHead(channels, self.num_raters, int(pc.get("hidden", 32)))
+
+    def _presence_inputs(self, levels: list) -> list:
+        """The backbone levels the presence head reads: the bottleneck, or all of them."""
+        return [levels[-2]] if self.config["presence"].get("inputs", "bottleneck") == "bottleneck" else list(levels)
+
+    @property
+    def has_presence(self) -> bool:
+        return hasattr(self, "presence_head")
+
+    def _presence_probs(self, levels: list) -> torch.Tensor | None:
+        """(B, K) fp32 probabilities from the backbone levels, or None without a presence head."""
+        if not self.has_presence:
+            return None
+        return torch.sigmoid(self.presence_head(self._presence_inputs(levels)))
+
+    def _presence_persona_tensors(self) -> dict[str, bool]:
+        """A new persona's presence row: copied from the persona it starts from, not fitted."""
+        if not self.has_presence:
+            return {}
+        last = len(self.presence_head.mlp) - 1
+        return {f"presence_head.mlp.{last}.weight": False, f"presence_head.mlp.{last}.bias": False}
+
+    @torch.no_grad()
+    def presence(self, x: torch.Tensor) -> torch.Tensor:
+        """P(rater k marks a lesion on this image) (B, K) in [0, 1] (``capabilities.presence``)."""
+        if not self.has_presence:
+            raise NotImplementedError(f"method {self.method!r} has no presence head (capabilities.presence is False)")
+        return self._presence_probs(self.backbone(x, return_levels=True)[1])
 
     def uncertainty(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Method-specific maps (B, H, W) in [0, 1] and scores (B,); empty when none."""

@@ -18,6 +18,12 @@ no 1/sqrt(L) scaling and final ReLU by default, as the reference) gives z~_k -> 
 Options not in the paper: ``query_relu: false`` (signed query), ``scale`` (1/sqrt(L)),
 ``key_proj`` (a learned L x L key map per head; the values stay the prior samples).
 Only the heads train; backbone / prior / posterior / fcomb are frozen and stay in eval mode.
+Bounded, deterministic personas (not in the paper, issue 32): ``heads.code: "bounded"`` gives z_k =
+mu + sigma * code_scale * tanh(q_k) (no bank); with attention, ``heads.query_cap`` bounds |q_k|,
+``heads.bank_seed`` makes the bank one seeded set shared by every image and call (persona k is the
+same output on every call; set ``n_infer`` = ``n_train`` so it is the bank it trained on), and
+``loss.shape_only_where_drawn`` trains persona k's shape only where expert k drew. A presence head
+(``presence.enabled``) gates the prior samples by rater strata and empties persona k where P(k) < 0.5.
 Prior/posterior mu and sigma, the sampled codes and the attention run in fp32 even under autocast.
 """
 
@@ -31,6 +37,7 @@ from torch import nn
 from .. import losses as L
 from .base import Capabilities, choose_raters, deep_merge, unpack_batch, weighted_mean
 from .fcomb import Fcomb
+from .presence import gate_personas, gate_samples, presence_targets, stratified_raters
 from .prob_unet import ProbUNet
 
 
@@ -99,6 +106,7 @@ class DPersona(ProbUNet):
                 "identity_weight": 0.0,
                 "kl_warmup_steps": 0,
                 "rec_bce_weight": 0.0,
+                "shape_only_where_drawn": False,  # stage II: persona k's shape loss only where expert k drew
             },
             "heads": {
                 "widths": [32, 16],
@@ -108,6 +116,12 @@ class DPersona(ProbUNet):
                 "key_proj": False,
                 "n_train": 100,
                 "n_infer": 500,
+                # persona code (not in the paper): "attention" over a bank of prior draws (the paper), or
+                # "bounded": z_k = mu + sigma * code_scale * tanh(q_k), one deterministic code per image
+                "code": "attention",
+                "code_scale": 2.0,
+                "query_cap": None,  # attention: |q_k| scaled down to at most this norm (None: unbounded)
+                "bank_seed": None,  # attention: int -> one seeded bank of N prior draws, shared by every image
             },
         },
     )
@@ -127,6 +141,9 @@ class DPersona(ProbUNet):
         self.stage = int(self.config["stage"])
         if self.stage not in (1, 2):
             raise ValueError("D-Persona stage must be 1 or 2")
+        if hc["code"] not in ("attention", "bounded"):
+            raise ValueError(f"heads.code must be 'attention' or 'bounded', not {hc['code']!r}")
+        self._init_presence()
         self.heads = ExpertQueryHeads(
             self.backbone.out_channels,
             self.num_raters,
@@ -167,7 +184,7 @@ class DPersona(ProbUNet):
         if self.stage != 2:
             return {}
         out = {f"heads.{k}": True for k, _ in self.heads.named_parameters()}
-        return out
+        return {**out, **self._presence_persona_tensors()}
 
     def config_with_persona(self, name):
         cfg = super().config_with_persona(name)
@@ -194,12 +211,13 @@ class DPersona(ProbUNet):
             return mu, torch.exp(b * torch.tanh(raw / b))
 
     def _encode(self, x):
-        feats = self.backbone(x)
+        feats, levels = self.backbone(x, return_levels=True)
         return {
             "features": feats,
             "proj": self.fcomb.project(feats),
             "prior": self._gaussian_fp32(self.prior, x),
             "size": tuple(x.shape[-2:]),
+            "presence": self._presence_probs(levels),
         }
 
     def _prior_draws(self, ctx, n, generator):
@@ -229,6 +247,7 @@ class DPersona(ProbUNet):
             uncertainty=[],
             latent_dim=self.latent_dim,
             blend=True,
+            presence=self.has_presence,
             notes="D-Persona stage II: expert k = Fcomb(attention of query q_k over N prior samples); "
             "blend interpolates two experts' queries before the attention.",
         )
@@ -269,11 +288,39 @@ class DPersona(ProbUNet):
         with torch.autocast(device_type=q.device.type, enabled=False):
             return a @ z_set.float()
 
+    def _cap(self, q: torch.Tensor) -> torch.Tensor:
+        """Queries scaled down to norm ``heads.query_cap`` where longer (unchanged when None)."""
+        cap = self.config["heads"].get("query_cap")
+        if cap is None:
+            return q
+        norm = q.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return q * (float(cap) / norm).clamp(max=1.0).to(q.dtype)
+
+    def _bank(self, ctx, n: int, generator) -> torch.Tensor:
+        """The N prior codes the queries attend over (B, N, L), fp32: with ``heads.bank_seed`` one
+        seeded set of standard-normal draws shared by every image and call (mu + sigma * eps), so
+        persona k is the same output on every call; otherwise fresh draws from ``generator``."""
+        seed = self.config["heads"].get("bank_seed")
+        if seed is None:
+            return self._prior_draws(ctx, n, generator)
+        mu, sigma = (t.float() for t in ctx["prior"])
+        g = torch.Generator().manual_seed(int(seed))
+        eps = torch.randn(int(n), self.latent_dim, generator=g).to(mu.device)
+        return mu[:, None] + sigma[:, None] * eps[None]
+
+    def persona_codes(self, ctx, q, n, generator=None, keys=None) -> torch.Tensor:
+        """The persona codes (B, M, L) for queries q (B, M, L): attention over the bank (``code:
+        attention``) or mu + sigma * code_scale * tanh(q) (``code: bounded``), fp32."""
+        hc = self.config["heads"]
+        if hc["code"] == "bounded":
+            mu, sigma = (t.float() for t in ctx["prior"])
+            with torch.autocast(device_type=q.device.type, enabled=False):
+                return mu[:, None] + sigma[:, None] * float(hc["code_scale"]) * torch.tanh(q.float())
+        z_set = self._bank(ctx, n, generator)
+        return self._attend(self._cap(q), z_set, self._keys() if keys is None else keys)
+
     def _expert_logits(self, ctx, q, n, generator=None, keys=None):
-        z_set = self._prior_draws(ctx, n, generator)
-        return self.fcomb.decode(
-            ctx["proj"], self._attend(q, z_set, self._keys() if keys is None else keys), ctx["size"]
-        )
+        return self.fcomb.decode(ctx["proj"], self.persona_codes(ctx, q, n, generator, keys), ctx["size"])
 
     @torch.no_grad()
     def diagnostics(self, x, n: int | None = None, generator=None) -> dict:
@@ -283,11 +330,13 @@ class DPersona(ProbUNet):
             return {}
         n = int(n or self.config["heads"]["n_infer"])
         ctx = self._encode(x)
-        q = self.heads(ctx["features"]).float()
-        z_set = self._prior_draws(ctx, n, generator)
-        a = self.attention(q, z_set, self._keys())
-        ent = -(a * torch.log(a.clamp_min(1e-30))).sum(-1) / math.log(n)
-        zt = a @ z_set
+        q = self._cap(self.heads(ctx["features"])).float()
+        if self.config["heads"]["code"] == "bounded":  # no attention: the codes' spread and |q| only
+            a, zt = None, self.persona_codes(ctx, q, n, generator)
+        else:
+            z_set = self._bank(ctx, n, generator)
+            a = self.attention(q, z_set, self._keys())
+            zt = a @ z_set
         dist = torch.cdist(zt, zt)
         k = zt.shape[1]
         pair = dist.sum((1, 2)) / max(k * (k - 1), 1)
@@ -295,9 +344,22 @@ class DPersona(ProbUNet):
         out = {"z_spread": float(rel.mean())}
         for i in range(k):
             out[f"q_norm_{i + 1}"] = float(q[:, i].norm(dim=-1).mean())
-            out[f"attn_entropy_{i + 1}"] = float(ent[:, i].mean())
-            out[f"attn_max_{i + 1}"] = float(a[:, i].max(-1).values.mean())
+            if a is not None:
+                ent = -(a[:, i] * torch.log(a[:, i].clamp_min(1e-30))).sum(-1) / math.log(n)
+                out[f"attn_entropy_{i + 1}"] = float(ent.mean())
+                out[f"attn_max_{i + 1}"] = float(a[:, i].max(-1).values.mean())
         return out
+
+    @torch.no_grad()
+    def sample(self, x, n, generator=None):
+        """Prior samples; with a presence head each is assigned a rater stratum (n // K per rater) and
+        is empty with probability 1 - P(that rater marks)."""
+        ctx = self._encode(x)
+        out = self.decode(ctx, self._prior_draws(ctx, n, generator))
+        if ctx["presence"] is None:
+            return out
+        r = stratified_raters(x.shape[0], int(n), self.num_raters, generator, x.device)
+        return gate_samples(out, r, ctx["presence"], generator)
 
     @torch.no_grad()
     def personalize(self, x, generator=None):
@@ -305,7 +367,8 @@ class DPersona(ProbUNet):
             return super().personalize(x)
         ctx = self._encode(x)
         q = self.heads(ctx["features"])
-        return self._expert_logits(ctx, q, int(self.config["heads"]["n_infer"]), generator)
+        out = self._expert_logits(ctx, q, int(self.config["heads"]["n_infer"]), generator)
+        return gate_personas(out, ctx["presence"])
 
     @torch.no_grad()
     def reference_outputs(self, x, generator=None):
@@ -377,25 +440,32 @@ class DPersona(ProbUNet):
         with torch.no_grad():
             ctx = self._encode(x)
         q = self.heads(ctx["features"])
-        n = int(self.config["heads"]["n_train"])
-        z_set = self._prior_draws(ctx, n, None)
-        a = self.attention(q, z_set, self._keys())
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            zt = a @ z_set
+        hc = self.config["heads"]
+        n = int(hc["n_train"])
+        a = None
+        if hc["code"] == "bounded":
+            zt = self.persona_codes(ctx, q, n, None)
+        else:
+            z_set = self._bank(ctx, n, None)
+            a = self.attention(self._cap(q), z_set, self._keys())
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                zt = a @ z_set
         logits = self.fcomb.decode(ctx["proj"], zt, ctx["size"])
-        w = valid.to(x.dtype)[:, :, None, None]
+        drew = presence_targets(masks, valid) if self.config["loss"].get("shape_only_where_drawn") else valid
+        w = drew.to(x.dtype)[:, :, None, None]
         seg = L.generalized_dice_loss(torch.sigmoid(logits.float()), masks, w)
         out = {"loss": seg, "seg": seg.detach()}
         with torch.no_grad():  # collapse diagnostics for log.csv
-            qd = q.detach().float()
-            ent = -(a * torch.log(a.clamp_min(1e-30))).sum(-1).mean(0) / math.log(n)
             zd = zt.detach()
             k = zd.shape[1]
             pair = torch.cdist(zd, zd).sum((1, 2)) / max(k * (k - 1), 1)
             out["z_spread"] = (pair / ctx["prior"][1].norm(dim=1).clamp_min(1e-12)).mean()
+            qd = self._cap(q).detach().float()
+            ent = None if a is None else -(a * torch.log(a.clamp_min(1e-30))).sum(-1).mean(0) / math.log(n)
             for i in range(k):
                 out[f"q_norm_{i + 1}"] = qd[:, i].norm(dim=-1).mean()
-                out[f"attn_entropy_{i + 1}"] = ent[i]
+                if ent is not None:
+                    out[f"attn_entropy_{i + 1}"] = ent[i]
         return out
 
 

@@ -8,8 +8,10 @@ parameters at the train config's ``z_lr`` (default 0.02, reference).
 
 Documented choices: ``personalize`` uses z = mu_r (``personalize_mode: "mu"``, deterministic,
 fast) or the mean of ``personalize_mc`` (20) MC logits (``"mc"``, reference). ``sample`` draws from
-the raters' mixture (uniform rater, then z ~ q(z|r); ``sample_mode: "mixture"``, default: the head
-only ever sees z near the raters' posteriors) or from the prior (``"prior"``). The explorer's
+the raters' mixture, stratified (n // K samples per rater, then z ~ q(z|r); ``sample_mode:
+"mixture"``, default: the head only ever sees z near the raters' posteriors) or from the prior
+(``"prior"``). With a presence head (``presence.enabled``) rater k's samples are empty with
+probability 1 - P(k) and persona k is empty where P(k) < 0.5 (models/presence.py). The explorer's
 ``latent_prior`` is the moment-matched diagonal Gaussian of that mixture. ``blend`` mixes mu_i, mu_j.
 """
 
@@ -23,8 +25,9 @@ from torch import nn
 
 from .. import losses as L
 from .backbone import build_backbone
-from .base import Capabilities, MultiRaterModel, choose_raters, randint, randn, unpack_batch, weighted_mean
+from .base import Capabilities, MultiRaterModel, choose_raters, randn, unpack_batch, weighted_mean
 from .fcomb import Fcomb
+from .presence import gate_personas, gate_samples, stratified_raters
 
 
 class PiononoModel(MultiRaterModel):
@@ -48,6 +51,7 @@ class PiononoModel(MultiRaterModel):
         self.latent_dim = ld
         self.backbone = build_backbone(cfg)
         self.head = Fcomb(self.backbone.out_channels, ld, cfg["head"]["hidden"], int(cfg["head"]["num_convs"]))
+        self._init_presence()
         self.z_mu = nn.Parameter(torch.randn(k, ld) * float(cfg["posterior_init_sigma"]))
         s = float(cfg["posterior_init_scale"])
         raw = torch.zeros(k, ld, ld)
@@ -64,6 +68,7 @@ class PiononoModel(MultiRaterModel):
             uncertainty=[],
             latent_dim=self.latent_dim,
             blend=True,
+            presence=self.has_presence,
             notes="Pionono: image-independent per-rater Gaussians; samples from the raters' mixture, "
             "experts at their posterior means, blend interpolates the means.",
         )
@@ -80,8 +85,13 @@ class PiononoModel(MultiRaterModel):
 
     # ------------------------------------------------------------------ inference
     def _encode(self, x):
-        feats = self.backbone(x)
-        return {"proj": self.head.project(feats), "size": tuple(x.shape[-2:]), "batch": x.shape[0]}
+        feats, levels = self.backbone(x, return_levels=True)
+        return {
+            "proj": self.head.project(feats),
+            "size": tuple(x.shape[-2:]),
+            "batch": x.shape[0],
+            "presence": self._presence_probs(levels),
+        }
 
     @torch.no_grad()
     def encode(self, x):
@@ -99,25 +109,33 @@ class PiononoModel(MultiRaterModel):
     def decode(self, ctx, z):
         return self.head.decode(ctx["proj"], z.to(ctx["proj"].dtype), ctx["size"])
 
-    def _draw(self, b, n, generator, like):
-        eps = randn((b, n, self.latent_dim), generator, like)
-        if self.config["sample_mode"] == "prior":
-            return eps * float(self.config["prior_sigma"])
-        r = randint(self.num_raters, (b, n), generator, like.device)
-        return self._rater_draws(r, eps)
-
     @torch.no_grad()
     def sample(self, x, n, generator=None):
+        """Stratified: n // K samples per rater (z ~ q(z|r)), each of rater k's empty with probability
+        1 - P(k) when the model has a presence head; ``sample_mode: "prior"`` draws z from the prior."""
         ctx = self._encode(x)
-        return self.decode(ctx, self._draw(x.shape[0], int(n), generator, self.z_mu))
+        r, z = self._draw(x.shape[0], int(n), generator, self.z_mu)
+        if r is None:
+            return self.decode(ctx, z)
+        return gate_samples(self.decode(ctx, z), r, ctx["presence"], generator)
+
+    def _draw(self, b, n, generator, like):
+        """``(rater (b, n) or None for prior draws, z (b, n, L))``: the latents ``sample`` decodes."""
+        r = stratified_raters(b, n, self.num_raters, generator, like.device)
+        eps = randn((b, n, self.latent_dim), generator, like)
+        if self.config["sample_mode"] == "prior":
+            return None, eps * float(self.config["prior_sigma"])
+        return r, self._rater_draws(r, eps)
 
     @torch.no_grad()
     def personalize(self, x, generator=None):
         ctx = self._encode(x)
         b = x.shape[0]
         if self.config["personalize_mode"] == "mu":
-            return self.decode(ctx, self.z_mu.expand(b, -1, -1))
-        return self._rater_mc_logits(ctx, b, int(self.config["personalize_mc"]), generator)
+            out = self.decode(ctx, self.z_mu.expand(b, -1, -1))
+        else:
+            out = self._rater_mc_logits(ctx, b, int(self.config["personalize_mc"]), generator)
+        return gate_personas(out, ctx["presence"])
 
     def _rater_mc_logits(self, ctx, b: int, mc: int, generator) -> torch.Tensor:
         """Per rater the mean of ``mc`` logits decoded from draws of its Gaussian: (B, K, H, W)."""
@@ -149,7 +167,8 @@ class PiononoModel(MultiRaterModel):
         return [self.z_mu, self.z_tril_raw]
 
     def persona_tensors(self):
-        return {"z_mu": True, "z_tril_raw": True}  # a new rater Gaussian; backbone and head frozen
+        # a new rater Gaussian; backbone and head frozen
+        return {"z_mu": True, "z_tril_raw": True, **self._presence_persona_tensors()}
 
     def loss(self, batch, step=0):
         x, masks, valid = unpack_batch(batch)

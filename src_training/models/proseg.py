@@ -11,10 +11,12 @@ Loss: GDL(y_r) + cls_weight CE + kl_weight (KL_Dir + mean-element KL_Z) + recon_
 
 Inference conventions (documented choices):
 * ``personalize``: tau = posterior mean alpha_k / sum(alpha_k), Z = mu_k(x) (deterministic).
-* ``sample``: every sample draws a rater r uniformly and tau ~ Dir(prior_alpha); Z = mu_r(x)
+* ``sample``: stratified raters (n // K samples per rater, models/presence.py), tau ~ Dir(prior_alpha); Z = mu_r(x)
   (``sample_z: "rater_mean"``, default, fast) or Z ~ N(mu_r, sigma_r^2) (``"rater_sample"``).
 * Explorer latent = tau: ``latent_prior`` returns the Dir(prior_alpha) mean and std; ``decode``
   projects z onto the simplex (clamp at 0, renormalise; all-zero -> uniform) and uses Z = mean_k mu_k.
+* Presence head (``presence.enabled``): rater k's samples empty with probability 1 - P(k), persona k
+  empty where P(k) < 0.5.
 * ``blend(i, j, t)``: tau and Z linearly mixed between the two raters' personalized latents.
 * ``uncertainty``: ``ambiguity`` = mean_k,c sigma_k / prior sigma, clipped to [0, 1].
 """
@@ -33,13 +35,13 @@ from .base import (
     Capabilities,
     MultiRaterModel,
     choose_raters,
-    randint,
     randn,
     sample_dirichlet,
     unpack_batch,
     weighted_mean,
 )
 from .fcomb import Fcomb
+from .presence import gate_personas, gate_samples, stratified_raters
 
 
 class StatisticHeads(nn.Module):
@@ -96,6 +98,7 @@ class ProSeg(MultiRaterModel):
             nn.Linear(int(cfg["classifier_hidden"]), k),
         )
         self.head = Fcomb(zc, ld, cfg["head"]["hidden"], int(cfg["head"]["num_convs"]), init="xavier")
+        self._init_presence()
         self.recon = None
         if cfg["recon_branch"]:
             self.recon = nn.Sequential(
@@ -112,6 +115,7 @@ class ProSeg(MultiRaterModel):
             uncertainty=["ambiguity"],
             latent_dim=self.latent_dim,
             blend=True,
+            presence=self.has_presence,
             notes="ProSeg: samples draw tau ~ Dir(prior) and a random rater's ambiguity map; experts use the "
             "posterior-mean preference tau_k with Z = mu_k. Explorer latent = tau, projected onto the simplex.",
         )
@@ -133,10 +137,17 @@ class ProSeg(MultiRaterModel):
 
     # ------------------------------------------------------------------ inference
     def _encode(self, x):
-        feats = self.backbone(x)
+        feats, levels = self.backbone(x, return_levels=True)
         mu, logvar = (t.float() for t in self.stats(feats))  # latent statistics stay fp32 under autocast
         proj = self.head.project(mu)  # (B, K, P, hid), affine in Z
-        return {"mu": mu, "logvar": logvar, "proj": proj, "proj_mean": proj.mean(1), "size": tuple(x.shape[-2:])}
+        return {
+            "mu": mu,
+            "logvar": logvar,
+            "proj": proj,
+            "proj_mean": proj.mean(1),
+            "size": tuple(x.shape[-2:]),
+            "presence": self._presence_probs(levels),
+        }
 
     @torch.no_grad()
     def encode(self, x):
@@ -159,11 +170,13 @@ class ProSeg(MultiRaterModel):
     def sample(self, x, n, generator=None):
         ctx = self._encode(x)
         b, n = x.shape[0], int(n)
-        r = randint(self.num_raters, (b, n), generator, x.device)
+        r = stratified_raters(b, n, self.num_raters, generator, x.device)
         tau = sample_dirichlet(self._prior_alpha(x), (b, n), generator)
         if self.config["sample_z"] == "rater_sample":
-            return self._decode_sampled_z(ctx, r, tau, generator)
-        return self.head.decode(ctx["proj"], tau, ctx["size"], index=r)
+            out = self._decode_sampled_z(ctx, r, tau, generator)
+        else:
+            out = self.head.decode(ctx["proj"], tau, ctx["size"], index=r)
+        return gate_samples(out, r, ctx["presence"], generator)
 
     def _decode_sampled_z(self, ctx, r: torch.Tensor, tau: torch.Tensor, generator) -> torch.Tensor:
         """Logits with the boundary latent sampled, Z ~ N(mu_r, sigma_r^2), for raters r (B, n)."""
@@ -189,7 +202,7 @@ class ProSeg(MultiRaterModel):
         ctx = self._encode(x)
         a = self.alpha()
         tau = (a / a.sum(-1, keepdim=True)).expand(x.shape[0], -1, -1)
-        return self.head.decode(ctx["proj"], tau, ctx["size"])
+        return gate_personas(self.head.decode(ctx["proj"], tau, ctx["size"]), ctx["presence"])
 
     @torch.no_grad()
     def blend(self, x, i, j, t, generator=None):
@@ -224,7 +237,7 @@ class ProSeg(MultiRaterModel):
         out = {f"stats.{k}": True for k, _ in self.stats.named_parameters()}
         last = len(self.classifier) - 1
         out.update({"alpha_raw": True, f"classifier.{last}.weight": True, f"classifier.{last}.bias": True})
-        return out
+        return {**out, **self._presence_persona_tensors()}
 
     def finish_new_persona(self, steps: int = 200) -> None:
         """Fit the new (last) classifier row: p(r | tau) with tau ~ Dir(alpha_r) of every rater

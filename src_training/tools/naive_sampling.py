@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..models.base import randint, randn, sample_dirichlet
+from ..models.base import randn, sample_dirichlet
+from ..models.presence import stratified_raters
 
 
 def _prob_unet(model, x, n, generator):
@@ -21,7 +22,7 @@ def _prob_unet(model, x, n, generator):
 
 def _pionono(model, x, n, generator):
     feats = model.backbone(x)
-    z = model._draw(x.shape[0], n, generator, model.z_mu)
+    _, z = model._draw(x.shape[0], n, generator, model.z_mu)
     return torch.cat([model.head.forward_naive(feats, z[:, i]) for i in range(n)], 1)
 
 
@@ -30,7 +31,7 @@ def _proseg(model, x, n, generator):
     feats = model.backbone(x)
     mu, _ = model.stats(feats)
     b = x.shape[0]
-    r = randint(model.num_raters, (b, n), generator, x.device)
+    r = stratified_raters(b, n, model.num_raters, generator, x.device)
     tau = sample_dirichlet(model._prior_alpha(x), (b, n), generator)
     bi = torch.arange(b, device=x.device)
     return torch.cat([model.head.forward_naive(mu[bi, r[:, i]], tau[:, i]) for i in range(n)], 1)
