@@ -132,6 +132,26 @@ def test_personas_blend_and_selection(make_napari_viewer, qtbot, ckpt_dir):
     _shot(viewer, "model_dock_personas_2d")
 
 
+def test_presence_in_plain_words_next_to_the_samples_and_personas(make_napari_viewer, qtbot, tmp_path):
+    """A model with a presence head says how many experts would mark a lesion, in the status line
+    (in view) and, with each expert's or persona's probability, under the results."""
+    from src_training.checkpoint import save_checkpoint
+    from src_training.tools.testing import PHANTOM_RATERS, tiny_card
+    from tests.test_models import make
+
+    names = list(PHANTOM_RATERS)
+    model = make("pionono", presence={"enabled": True, "hidden": 4}, num_raters=len(names), rater_names=names).eval()
+    save_checkpoint(tmp_path / "p.pt", model, tiny_card("pionono", names))
+    viewer, dock = _setup(make_napari_viewer, qtbot, tmp_path / "p.pt")
+    _click_and_wait(qtbot, dock, dock.sample_btn)
+    assert "experts would mark a lesion here" in dock.status.text()
+    assert "of 4 experts would mark a lesion here (tight " in dock.scores_label.text()
+    dock.tabs.setCurrentIndex(1)
+    _click_and_wait(qtbot, dock, dock.persona_btn)
+    assert "experts would mark a lesion here" in dock.status.text()
+    assert "persona probabilities: tight " in dock.scores_label.text()
+
+
 def test_uncertainty_kinds_and_contour(make_napari_viewer, qtbot, ckpt_dir):
     viewer, dock = _setup(make_napari_viewer, qtbot, ckpt_dir / "umanet.pt", show=True)
     dock.tabs.setCurrentIndex(2)

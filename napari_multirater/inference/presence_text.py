@@ -40,9 +40,15 @@ def presence_summary(scores: dict, first_slice: int | None = None) -> dict | Non
     return {
         "per_rater": {n: [float(v) for v in per[n]] for n in names},
         "expected_raters": [float(v) for v in expected],
+        "headline": presence_headline(at) + where,
         "text": presence_sentence(at) + where,
         "persona_text": presence_sentence(at, personas=True) + where,
     }
+
+
+def presence_headline(probs: dict[str, float]) -> str:
+    """ "about 3 of 4 experts would mark a lesion here": the expected number of raters, rounded."""
+    return f"about {int(round(sum(probs.values())))} of {len(probs)} experts would mark a lesion here"
 
 
 def presence_words(summary: dict, personas: bool = False) -> str:
@@ -53,12 +59,10 @@ def presence_words(summary: dict, personas: bool = False) -> str:
 def presence_sentence(probs: dict[str, float], personas: bool = False) -> str:
     """ "about 3 of 4 experts would mark a lesion here (expert_1 12%, ...)"; with ``personas`` each
     persona's probability and whether it is shown empty (below 50%)."""
-    k = len(probs)
-    expected = int(round(sum(probs.values())))
     if personas:
         per = ", ".join(
             f"{n} {100 * p:.0f}%" + ("" if p >= PERSONA_THRESHOLD else " (shown empty)") for n, p in probs.items()
         )
-        return f"about {expected} of {k} experts would mark a lesion here; persona probabilities: {per}"
+        return f"{presence_headline(probs)}; persona probabilities: {per}"
     per = ", ".join(f"{n} {100 * p:.0f}%" for n, p in probs.items())
-    return f"about {expected} of {k} experts would mark a lesion here ({per})"
+    return f"{presence_headline(probs)} ({per})"

@@ -655,6 +655,8 @@ class ModelDock(QWidget):
         presence = presence_summary(result.scores, z.start if z is not None else None)
         scores = other_scores(result.scores)
         lines = [presence_words(presence, kind == RunKind.PERSONAS)] if presence else []
+        if presence:  # the status line stays in view when the dock is scrolled: the headline goes there too
+            msg += f"; {presence['headline']}"
         if scores:
             text = ", ".join(f"{k} {float(np.mean(v)):.3f}" for k, v in scores.items())
             lines.append(f"image scores (mean over the computed slices): {text}")
