@@ -196,17 +196,23 @@ def add_fit_presence_parser(sub) -> None:
     p.set_defaults(func=_fit_presence)
 
 
-def _fit_presence(args) -> int:
+def _one_line_errors(run, args) -> int:
+    """``run(args)``; a bad dataset, checkpoint or value is one ``error:`` line and exit code 2."""
     from napari_multirater.datasets.case import DatasetError
 
     from .checkpoint import CheckpointError
-    from .presence_fit import run_fit_presence
 
     try:
-        return run_fit_presence(args)
+        return run(args)
     except (DatasetError, CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _fit_presence(args) -> int:
+    from .presence_fit import run_fit_presence
+
+    return _one_line_errors(run_fit_presence, args)
 
 
 def _with_config(model, overlay: dict):
@@ -260,16 +266,9 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from napari_multirater.datasets.case import DatasetError
-
-    from .checkpoint import CheckpointError
     from .evaluate import run_evaluate
 
-    try:
-        return run_evaluate(args)
-    except (DatasetError, CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return _one_line_errors(run_evaluate, args)
 
 
 def add_parser(sub) -> None:
