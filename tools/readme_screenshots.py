@@ -74,15 +74,24 @@ def demo(out: Path) -> None:
     viewer.close()
 
 
-def lidc_roi(out: Path) -> None:
+def _lidc_viewer(title: str, shots: str):
+    """A 1366x768 viewer with LIDC-IDRI-0006 opened by the plugin (File > Open Folder..., the patient
+    folder); None, with a message naming ``shots``, where the shared series is absent."""
     import napari
 
     if not SERIES_PATIENT.is_dir():
-        print(f"skipped screenshot_lidc_roi.png: {SERIES_PATIENT} not present")
-        return
-    viewer = napari.Viewer(title="napari-multirater: LIDC-IDRI-0006 with an ROI click")
+        print(f"skipped {shots}: {SERIES_PATIENT} not present")
+        return None
+    viewer = napari.Viewer(title=title)
     _window(viewer)
     viewer.open(str(SERIES_PATIENT), plugin=PLUGIN)
+    return viewer
+
+
+def lidc_roi(out: Path) -> None:
+    viewer = _lidc_viewer("napari-multirater: LIDC-IDRI-0006 with an ROI click", "screenshot_lidc_roi.png")
+    if viewer is None:
+        return
     image = viewer.layers["LIDC-IDRI-0006"]
     reader = viewer.layers["mr rater: reader1"]
     idx = np.argwhere(np.asarray(reader.data) > 0).mean(0)
@@ -114,14 +123,9 @@ def _hide_notifications(viewer) -> None:
 
 
 def lidc_readers(out: Path) -> None:
-    import napari
-
-    if not SERIES_PATIENT.is_dir():
-        print(f"skipped lidc_readers.png: {SERIES_PATIENT} not present")
+    viewer = _lidc_viewer("napari-multirater: LIDC-IDRI-0006 reading sessions", "lidc_readers.png")
+    if viewer is None:
         return
-    viewer = napari.Viewer(title="napari-multirater: LIDC-IDRI-0006 reading sessions")
-    _window(viewer)
-    viewer.open(str(SERIES_PATIENT), plugin=PLUGIN)
     image = viewer.layers["LIDC-IDRI-0006"]
     readers = [viewer.layers[f"mr rater: reader{k}"] for k in range(1, 5)]
     all_four = np.logical_and.reduce([np.asarray(r.data) > 0 for r in readers])
@@ -165,12 +169,7 @@ def prefill(out: Path) -> None:
     mdock.expert_combo.setCurrentText("tight")
     mdock.run("personas", sync=True)
     adock.prefill_btn.click()  # hides the persona and puts the annotation on top by itself
-    _settle()  # the Model dock raises itself when first shown: bring the annotation dock forward after
-    dock = adock.parentWidget()
-    while dock is not None and not hasattr(dock, "setFloating"):
-        dock = dock.parentWidget()
-    if dock is not None:
-        dock.raise_()
+    _raise_dock(adock)  # the Model dock raises itself when first shown: bring the annotation dock forward after
     _shot(viewer, out / "screenshot_prefill.png")
     viewer.close()
 
@@ -191,16 +190,11 @@ def first_hour(out: Path) -> None:
     the four readers, then collect: new project, pre-fill, edit, save (first_hour_*.png)."""
     import os
 
-    import napari
-
-    if not SERIES_PATIENT.is_dir():
-        print(f"skipped first_hour_*.png: {SERIES_PATIENT} not present")
-        return
     tmp = Path(tempfile.mkdtemp(prefix="mr-first-hour-"))
     os.environ["NAPARI_MULTIRATER_CONFIG"] = str(tmp / "config")  # a new user: no remembered rater
-    viewer = napari.Viewer(title="napari-multirater: first hour on LIDC-IDRI-0006")
-    _window(viewer)
-    viewer.open(str(SERIES_PATIENT), plugin=PLUGIN)  # File > Open Folder..., the patient folder
+    viewer = _lidc_viewer("napari-multirater: first hour on LIDC-IDRI-0006", "first_hour_*.png")
+    if viewer is None:
+        return
     image = viewer.layers["LIDC-IDRI-0006"]
     reader = viewer.layers["mr rater: reader1"]
     idx = np.argwhere(np.asarray(reader.data) > 0).mean(0)
