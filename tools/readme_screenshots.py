@@ -88,14 +88,18 @@ def _lidc_viewer(title: str, shots: str):
     return viewer
 
 
+def _reader1_nodule(viewer):
+    """(the CT layer, reader 1's nodule centre as a voxel index, the same in world coordinates)."""
+    image = viewer.layers["LIDC-IDRI-0006"]
+    idx = np.argwhere(np.asarray(viewer.layers["mr rater: reader1"].data) > 0).mean(0)
+    return image, idx, np.asarray(image.data_to_world(idx), float)
+
+
 def lidc_roi(out: Path) -> None:
     viewer = _lidc_viewer("napari-multirater: LIDC-IDRI-0006 with an ROI click", "screenshot_lidc_roi.png")
     if viewer is None:
         return
-    image = viewer.layers["LIDC-IDRI-0006"]
-    reader = viewer.layers["mr rater: reader1"]
-    idx = np.argwhere(np.asarray(reader.data) > 0).mean(0)
-    world = np.asarray(image.data_to_world(idx), float)
+    image, idx, world = _reader1_nodule(viewer)
     _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "Model & sampling")
     dock.image_combo.setCurrentText(image.name)
     dock.device_combo.setCurrentText("cpu")
@@ -195,10 +199,7 @@ def first_hour(out: Path) -> None:
     viewer = _lidc_viewer("napari-multirater: first hour on LIDC-IDRI-0006", "first_hour_*.png")
     if viewer is None:
         return
-    image = viewer.layers["LIDC-IDRI-0006"]
-    reader = viewer.layers["mr rater: reader1"]
-    idx = np.argwhere(np.asarray(reader.data) > 0).mean(0)
-    world = np.asarray(image.data_to_world(idx), float)
+    image, idx, world = _reader1_nodule(viewer)
     viewer.dims.set_point(0, world[0])
     viewer.camera.center = tuple(world[1:])
     viewer.camera.zoom = 6.0
