@@ -116,3 +116,18 @@ def test_rater_names_that_are_not_identifiers_are_refused_at_load(tmp_path, good
 
     with pytest.raises(ModelLoadError, match="rater"):
         InferenceEngine.load(crafted(tmp_path, good, rename), device="cpu")
+
+
+def test_per_rater_lists_follow_the_rater_limit_not_the_width_limit():
+    """A model of 9 raters with a fitted presence head (one train frequency per rater) and any
+    seed for its persona bank is a valid config; 300 rater names are not."""
+    from src_training.models.config_check import check_model_config
+
+    names = [f"r{k}" for k in range(9)]
+    cfg = tiny_config("pionono", num_raters=9, rater_names=names)
+    cfg["presence"] = {"enabled": True, "hidden": 4, "train_frequency": [0.5] * 9}
+    cfg["heads"] = {**cfg["heads"], "bank_seed": 12345}
+    check_model_config(cfg)
+    many = [f"r{k}" for k in range(300)]
+    with pytest.raises(ValueError, match="rater_names has 300 entries"):
+        check_model_config(tiny_config("pionono", num_raters=256, rater_names=many))

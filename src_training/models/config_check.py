@@ -15,7 +15,8 @@ MAX_INT = 4096  # any size-like integer of a model config (widths, hidden units,
 MAX_LEVELS = 8  # entries of a list of widths
 MAX_RATERS = 256
 MAX_PARAMS = 100_000_000  # estimated conv parameters of all width lists together (400 MB in fp32)
-INT_LIMITS = {"kl_warmup_steps": 10**9, "num_raters": MAX_RATERS, "stage": 2}
+INT_LIMITS = {"kl_warmup_steps": 10**9, "num_raters": MAX_RATERS, "stage": 2, "bank_seed": 2**63 - 1}
+LIST_LIMITS = {"rater_names": MAX_RATERS, "train_frequency": MAX_RATERS}  # one entry per rater; others MAX_LEVELS
 SKIP = ("train",)
 
 
@@ -34,10 +35,11 @@ def _check_value(path: str, key: str, value) -> None:
         if not math.isfinite(value) or abs(value) > 1e9:
             raise ValueError(f"{_where(path)} = {value!r} is not a finite number of sensible size")
     elif isinstance(value, list):
-        if key == "rater_names":
+        most = LIST_LIMITS.get(key, MAX_LEVELS)
+        if len(value) > most:
+            raise ValueError(f"{_where(path)} has {len(value)} entries (at most {most})")
+        if key == "rater_names":  # names, checked as identifiers by check_rater_names
             return
-        if len(value) > MAX_LEVELS:
-            raise ValueError(f"{_where(path)} has {len(value)} entries (at most {MAX_LEVELS})")
         for i, v in enumerate(value):
             if isinstance(v, (list, dict)):
                 raise ValueError(f"{_where(path)}[{i}] must be a number")
