@@ -89,6 +89,30 @@ def test_npz_member_declaring_more_than_it_holds_is_refused(tmp_path):
         LidcNpzDataset(path)
 
 
+def test_npz_member_without_the_npy_suffix_is_bounded_too(tmp_path, monkeypatch):
+    """numpy reads a member by its first bytes, not its name: an 'images' member (no .npy) with a
+    lying header, or a large non-array member, must not slip past the bound."""
+    import napari_multirater.io.npz_bounds as bounds
+    from napari_multirater.datasets.lidc_npz import LidcNpzDataset
+
+    path = tmp_path / "renamed.npz"
+    _npz_with_lying_header(path)
+    with zipfile.ZipFile(path) as z:
+        members = {i.filename: z.read(i) for i in z.infolist()}
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("images", members["images.npy"])
+        z.writestr("masks.npy", members["masks.npy"])
+    with pytest.raises(DatasetError, match="declares shape"):
+        LidcNpzDataset(path)
+    blob = tmp_path / "blob.npz"
+    with zipfile.ZipFile(blob, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("masks.npy", members["masks.npy"])
+        z.writestr("extra", bytes(400_000))
+    monkeypatch.setattr(bounds, "MAX_NPZ_BYTES", 300_000)
+    with pytest.raises(DatasetError, match="extra expands"):
+        LidcNpzDataset(blob)
+
+
 def test_npz_expanding_beyond_the_bound_is_refused(tmp_path, monkeypatch):
     """Was: a 6 MB npz of zeros expanding to 5.6 GB was loaded whole (bound scaled down here)."""
     import napari_multirater.io.npz_bounds as bounds

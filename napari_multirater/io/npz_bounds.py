@@ -24,6 +24,16 @@ class NpzBoundsError(ValueError):
     """An npz member declares more data than it holds, or the arrays exceed the bound."""
 
 
+def _is_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bool:
+    """Whether a member starts with the ``.npy`` magic (what ``np.load`` reads it by)."""
+    prefix = np.lib.format.MAGIC_PREFIX
+    try:
+        with zf.open(info) as f:
+            return f.read(len(prefix)) == prefix
+    except (OSError, zipfile.BadZipFile, NotImplementedError, EOFError) as e:
+        raise NpzBoundsError(f"member {info.filename}: unreadable ({e})") from None
+
+
 def _header(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype, int]:
     """(shape, dtype, header length) of one ``.npy`` member, reading only its first bytes."""
     with zf.open(info) as f:
@@ -50,7 +60,14 @@ def check_npz_bounds(path, max_bytes: int | None = None) -> int:
     total = 0
     with zf:
         for info in zf.infolist():
-            if not info.filename.endswith(".npy"):
+            # numpy picks the reader by the member's first bytes, not its name: every member counts
+            if not _is_npy(zf, info):
+                total += info.file_size  # np.load reads such a member whole, as bytes
+                if total > max_bytes:
+                    raise NpzBoundsError(
+                        f"member {info.filename} expands to {info.file_size} bytes: more than "
+                        f"{max_bytes / 2**30:.1f} GiB in all"
+                    )
                 continue
             try:
                 shape, dtype, head = _header(zf, info)
