@@ -121,11 +121,10 @@ class PiononoModel(MultiRaterModel):
 
     def _draw(self, b, n, generator, like):
         """``(rater (b, n) or None for prior draws, z (b, n, L))``: the latents ``sample`` decodes."""
+        if self.config["sample_mode"] == "prior":  # no rater strata to draw
+            return None, randn((b, n, self.latent_dim), generator, like) * float(self.config["prior_sigma"])
         r = stratified_raters(b, n, self.num_raters, generator, like.device)
-        eps = randn((b, n, self.latent_dim), generator, like)
-        if self.config["sample_mode"] == "prior":
-            return None, eps * float(self.config["prior_sigma"])
-        return r, self._rater_draws(r, eps)
+        return r, self._rater_draws(r, randn((b, n, self.latent_dim), generator, like))
 
     @torch.no_grad()
     def personalize(self, x, generator=None):
