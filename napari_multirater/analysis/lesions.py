@@ -133,8 +133,8 @@ def compare_lesions(
     key = {(r, lab): i for i, (r, lab, *_) in enumerate(lesions)}
     for r, s in itertools.combinations(raters, 2):
         both = (labels[r] > 0) & (labels[s] > 0)
-        for a, b in {(int(x), int(y)) for x, y in zip(labels[r][both], labels[s][both])}:
-            edges.append((key[(r, a)], key[(s, b)]))
+        pairs = np.unique(np.stack([labels[r][both], labels[s][both]]), axis=1).T  # overlapping lesion pairs
+        edges += [(key[(r, int(a))], key[(s, int(b))]) for a, b in pairs]
     if lesions:
         near = cKDTree(np.stack([c for *_, c, _ in lesions]) * spacing).query_pairs(float(match_distance_mm))
         edges += [(i, j) for i, j in near if lesions[i][0] != lesions[j][0]]

@@ -117,13 +117,15 @@ def _queue(args) -> int:
     except DatasetError as e:
         return fail(str(e))
     print(f"{k} of {n} cases have enough raters")
-    if drafts_line(store):
-        print(drafts_line(store))
+    drafts = drafts_line(store)
+    if drafts:
+        print(drafts)
     if not queue:
         print(f"nothing left for {args.rater}: every case is annotated")
         return 0
+    announce = collection_settings(store)["announce_repeats"]
     for e in queue[: args.limit or len(queue)]:
-        kind = "REPEAT" if e.repeat and collection_settings(store)["announce_repeats"] else "case"
+        kind = "REPEAT" if e.repeat and announce else "case"
         print(f"{e.rank:3d}. {e.case_id}\t{kind}\t{e.reason}")
     return 0
 

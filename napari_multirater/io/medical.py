@@ -254,8 +254,9 @@ def _read_dicom_dir(path: Path, series_uid: str | None = None) -> tuple[sitk.Ima
         raise MedicalIOError(f"{path}: cannot read the directory: {what}")
     files = {uid: tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), uid)) for uid in ids}
     # a file whose real path leaves the folder (a symbolic link out) is never read as a slice
-    linked_out = sorted({Path(f).name for fs in files.values() for f in fs if not is_inside(path, f)})
-    files = {uid: kept for uid, fs in files.items() if (kept := tuple(f for f in fs if is_inside(path, f)))}
+    outside = {f for fs in files.values() for f in fs if not is_inside(path, f)}
+    linked_out = sorted({Path(f).name for f in outside})
+    files = {uid: kept for uid, fs in files.items() if (kept := tuple(f for f in fs if f not in outside))}
     if not files:
         raise MedicalIOError(f"{path}: every DICOM file leads outside the folder (symbolic links); nothing read")
     try:
