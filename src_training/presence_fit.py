@@ -17,7 +17,7 @@ import torch
 
 from .batching import padded_batch
 from .data import SliceDataset, load_split
-from .models.presence import PresenceHead, presence_targets
+from .models.presence import PresenceHead, presence_targets, weighted_bce
 from .models.registry import build_model
 from .precision import Precision, autocast, prepare_input
 from .protocol_split import ItemSubset, subset_indices
@@ -46,8 +46,7 @@ def pooled_features(model, items, precision: Precision, batch_size: int = 64, pr
 
 
 def _bce(head: PresenceHead, f, t, w) -> torch.Tensor:
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(head.mlp(f), t, reduction="none")
-    return (loss * w).sum() / w.sum().clamp(min=1.0)
+    return weighted_bce(head.mlp(f), t, w)
 
 
 def fit_head(head: PresenceHead, train, select, *, steps: int = 1500, lr: float = 3e-3, seed: int = 0) -> dict:

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .atomic import default_file_mode, fsync_dir
+from .contained import is_inside
 
 __all__ = [
     "OutputError",
@@ -54,11 +55,7 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def _inside(path: Path, folder: Path) -> bool:
-    try:
-        _real(path).relative_to(_real(folder))
-    except ValueError:
-        return False
-    return True
+    return is_inside(os.path.abspath(Path(folder).expanduser()), os.path.abspath(Path(path).expanduser()))
 
 
 def input_replaced_by(out, inputs: Iterable, own_folder=None) -> Path | None:

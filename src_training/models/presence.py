@@ -46,12 +46,15 @@ def presence_targets(masks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (drew & valid.bool()).float()
 
 
+def weighted_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """BCE averaged with ``weight`` (1 for a valid (image, rater) pair, 0 for a missing rater)."""
+    bce = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
+    return (bce * weight).sum() / weight.sum().clamp(min=1.0)
+
+
 def presence_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Mean BCE over the valid (image, rater) pairs."""
-    target = presence_targets(masks, valid)
-    w = valid.float()
-    bce = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
-    return (bce * w).sum() / w.sum().clamp(min=1.0)
+    return weighted_bce(logits, presence_targets(masks, valid), valid.float())
 
 
 def _uniform(shape, generator: torch.Generator | None, device) -> torch.Tensor:
